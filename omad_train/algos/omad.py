@@ -1,0 +1,132 @@
+"""OMAD: per-agent diffusion actors, one joint distributional critic, simultaneous actor update.
+
+Reads top to bottom: networks in __init__, then `update()` = critic step, actor step, temperature
+step, target update (ALGORITHM.md sections 2-5).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..critic import CategoricalCritic, project_distribution
+from ..diffusion import AgentPolicy, DiffusionActors
+from ..layout import AgentLayout
+from .common import clip_grad_norm_per_agent, polyak_update
+
+
+class OMAD:
+    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, value_range: tuple[float, float]):
+        self.cfg, self.layout = cfg, layout
+        self.actors = DiffusionActors(
+            layout.obs_dims, layout.act_dims, layout.action_low, layout.action_high,
+            hidden=cfg.actor_hidden, denoising_steps=cfg.denoising_steps, prior_std=cfg.prior_std,
+            dt_init=cfg.dt_init, time_features=cfg.time_features,
+        )
+        self.critic = CategoricalCritic(state_dim + layout.joint_dim, cfg.critic_hidden, cfg.num_atoms, *value_range)
+        self.critic_target = CategoricalCritic(state_dim + layout.joint_dim, cfg.critic_hidden, cfg.num_atoms, *value_range)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(cfg.alpha_init), requires_grad=cfg.auto_alpha)
+
+        self.actor_opt = torch.optim.Adam(self.actors.parameters(), lr=cfg.lr_actor)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_critic)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
+        self.cost_budget = self.joint(torch.tensor(layout.act_dims, dtype=torch.float32) * cfg.cost_budget_per_dim)
+        self.chain = torch.compile(self.actors) if cfg.compile else self.actors
+        self.num_updates = 0
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def joint(self, per_agent: torch.Tensor) -> torch.Tensor:
+        """Combine per-agent costs [n, ...] into the joint one (config `entropy_norm`)."""
+        return per_agent.sum(0) if self.cfg.entropy_norm == "sum" else per_agent.mean(0)
+
+    def noise(self, batch: int) -> torch.Tensor:
+        return torch.randn(self.cfg.denoising_steps + 1, self.layout.n, batch, self.layout.act_max)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.detach().exp()
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, zero_noise: bool = False) -> np.ndarray:
+        """obs [n, B, d_o_max] -> actions [n, B, d_a_max] sampled from the current policies."""
+        noise = self.noise(obs.shape[1])
+        if zero_noise:
+            noise.zero_()
+        return self.chain(torch.from_numpy(obs), noise, with_cost=False).action.numpy()
+
+    # -- the update -----------------------------------------------------------------------------
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        cfg = self.cfg
+        obs, next_obs = batch["obs"].transpose(0, 1), batch["next_obs"].transpose(0, 1)
+        B = obs.shape[1]
+        alpha = self.alpha
+
+        # Critic: C51 target from the next joint action of all current policies.
+        with torch.no_grad():
+            nxt = self.chain(next_obs, self.noise(B))
+            next_probs = self.critic_target.logits(batch["next_state"], self.layout.joint(nxt.action)).softmax(-1)
+            if cfg.critic_target_reduce == "mean":
+                next_probs = next_probs.mean(0)
+            else:  # the head with the lower expected value, per sample
+                lower = (next_probs * self.critic_target.atoms).sum(-1).argmin(0)
+                next_probs = next_probs.gather(0, lower.view(1, B, 1).expand(1, B, next_probs.shape[-1]))[0]
+            soft_atoms = self.critic.atoms - alpha * self.joint(nxt.cost).unsqueeze(-1)
+            bootstrap = (batch["discount"] * (1.0 - batch["done"])).unsqueeze(-1)
+            target_atoms = cfg.reward_scale * batch["reward"].unsqueeze(-1) + bootstrap * soft_atoms
+            target = project_distribution(next_probs, target_atoms, self.critic.v_min, self.critic.v_max, cfg.num_atoms)
+        logits = self.critic.logits(batch["state"], batch["action"])
+        critic_loss = -(target * logits.log_softmax(-1)).sum(-1).mean(-1).sum()  # summed over heads
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
+        self.critic_opt.step()
+        metrics = {"critic_loss": critic_loss.item()}
+
+        # Actors: all agents at once, through their reparameterised chains.
+        if self.num_updates % cfg.policy_delay == 0:
+            out = self.chain(obs, self.noise(B))
+            self.critic.requires_grad_(False)
+            q = self.critic.q_values(batch["state"], self.layout.joint(out.action)).mean(0)
+            self.critic.requires_grad_(True)
+            cost = self.joint(out.cost)
+            actor_loss = (-q + alpha * cost).mean()
+            self.actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            if cfg.grad_clip > 0:
+                clip_grad_norm_per_agent(self.actors.parameters(), cfg.grad_clip)
+            self.actor_opt.step()
+            metrics.update(actor_loss=actor_loss.item(), q=q.mean().item(), entropy_bound=-cost.mean().item())
+
+            if cfg.auto_alpha:
+                running = self.joint(out.running_cost).mean().detach()
+                alpha_loss = -self.log_alpha * (running - self.cost_budget)
+                self.alpha_opt.zero_grad(set_to_none=True)
+                alpha_loss.backward()
+                self.alpha_opt.step()
+                metrics["running_cost"] = running.item()
+
+        polyak_update(self.critic_target, self.critic, cfg.tau)
+        self.num_updates += 1
+        metrics["alpha"] = self.alpha.item()
+        return metrics
+
+    # -- persistence ----------------------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"actors": self.actors, "critic": self.critic, "critic_target": self.critic_target}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt}
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        return {"log_alpha": self.log_alpha}
+
+    def agent_policy(self, i: int) -> AgentPolicy:
+        policy = AgentPolicy(self.layout.names[i], self.actors.agent_hparams(i))
+        policy.actors.load_state_dict(self.actors.agent_state_dict(i))
+        return policy

@@ -1,0 +1,179 @@
+"""Run-dir checkpoints: safetensors + JSON, written atomically, verified on load.
+
+Layout of a run dir:
+    config.json, spec.json                  resolved config and agent specs
+    checkpoints/step-<N>/manifest.json      format version, step, sha256 of every file below
+    checkpoints/step-<N>/actors/<agent>.safetensors   deployable per-agent policy (+ hparams metadata)
+    checkpoints/step-<N>/train.safetensors  all modules, optimizer moments, RNG states
+    checkpoints/step-<N>/replay.safetensors replay buffer snapshot
+    checkpoints/step-<N>/train_state.json   counters, optimizer hyper-parameters, numpy RNG, env snapshot
+    checkpoints/LATEST                      name of the newest complete checkpoint
+A checkpoint directory is written under a temporary name and renamed when complete; LATEST is
+replaced atomically afterwards, so a killed run always leaves a complete checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
+from safetensors.torch import load_file as load_torch, save_file as save_torch
+
+from .errors import OmadError
+
+FORMAT_VERSION = 1
+KEEP_CHECKPOINTS = 2
+
+
+class CheckpointError(OmadError, RuntimeError):
+    """A checkpoint file is missing, corrupt or does not match; the message names the file."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# -- optimizers as flat tensors + JSON (no pickle) ----------------------------------------------
+def optimizer_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors = {
+        f"{name}.{idx}.{key}": value.detach().clone().contiguous()
+        for idx, per_param in sd["state"].items()
+        for key, value in per_param.items()
+    }
+    return tensors, {"param_groups": sd["param_groups"], "params_with_state": sorted(sd["state"].keys())}
+
+
+def restore_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for idx in meta["params_with_state"]:
+        prefix = f"{name}.{idx}."
+        state[int(idx)] = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# -- writing --------------------------------------------------------------------------------------
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    actor_files: dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]],
+    train_tensors: dict[str, torch.Tensor],
+    replay_arrays: dict[str, np.ndarray],
+    train_state: dict[str, Any],
+) -> Path:
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:010d}"
+    final, tmp = root / name, root / (name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "actors").mkdir(parents=True)
+    for agent, (tensors, meta) in actor_files.items():
+        save_torch(tensors, str(tmp / "actors" / f"{agent}.safetensors"), metadata=meta)
+    save_torch({k: v.contiguous() for k, v in train_tensors.items()}, str(tmp / "train.safetensors"))
+    save_numpy({k: np.ascontiguousarray(v) for k, v in replay_arrays.items()}, str(tmp / "replay.safetensors"))
+    (tmp / "train_state.json").write_text(json.dumps(train_state) + "\n")
+    files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+    manifest = {"format_version": FORMAT_VERSION, "step": step, "files": {f: sha256_file(tmp / f) for f in files}}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    write_json_atomic(root / "LATEST", {"checkpoint": name})
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old)
+    return final
+
+
+# -- reading --------------------------------------------------------------------------------------
+def latest_checkpoint(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run dir {run_dir} does not exist")
+    pointer = run_dir / "checkpoints" / "LATEST"
+    try:
+        name = json.loads(pointer.read_text())["checkpoint"]
+    except FileNotFoundError:
+        raise CheckpointError(f"{pointer}: no checkpoint has been written in this run dir yet") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{pointer}: unreadable checkpoint pointer ({err})") from None
+    path = run_dir / "checkpoints" / name
+    verify_checkpoint(path)
+    return path
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """Check the manifest's format version and every file's sha256; return the manifest."""
+    mpath = path / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{mpath}: missing; {path} is not a complete checkpoint") from None
+    except ValueError as err:
+        raise CheckpointError(f"{mpath}: corrupt JSON ({err})") from None
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{mpath}: checkpoint format version {version!r}, this omad reads version {FORMAT_VERSION}")
+    for rel, digest in manifest["files"].items():
+        f = path / rel
+        if not f.is_file():
+            raise CheckpointError(f"{f}: listed in the manifest but missing")
+        if sha256_file(f) != digest:
+            raise CheckpointError(f"{f}: sha256 does not match the manifest (file corrupt or modified)")
+    return manifest
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_torch(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read safetensors file ({err})") from None
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    try:
+        return load_numpy(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read safetensors file ({err})") from None
+
+
+def load_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read safetensors file ({err})") from None
+
+
+def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path, prefix: str = "") -> None:
+    """Load `prefix`-ed tensors into a module, naming the file and tensor on any mismatch."""
+    own = module.state_dict()
+    picked = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing = sorted(set(own) - set(picked))
+    if missing:
+        raise CheckpointError(f"{source}: missing tensors {[prefix + m for m in missing][:5]}")
+    for k, v in own.items():
+        if picked[k].shape != v.shape:
+            raise CheckpointError(
+                f"{source}: tensor '{prefix + k}' has shape {tuple(picked[k].shape)}, "
+                f"the configured model expects {tuple(v.shape)}"
+            )
+    module.load_state_dict({k: picked[k] for k in own})

@@ -1,0 +1,119 @@
+"""Training configuration: one pydantic model, defaults in code, overridable from YAML/JSON and flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import OmadError
+
+ALGOS = ("omad", "hasac", "hatd3", "omad-gaussian")
+
+# Critic support per environment family. MaMuJoCo returns reach the thousands (the paper's
+# ablation: V_max = 200 fails, >= 1000 works); MPE per-step team rewards are a few units.
+DEFAULT_VALUE_RANGE = {"mamujoco": (-1000.0, 1000.0), "mpe": (-500.0, 300.0)}
+
+
+class ConfigError(OmadError, ValueError):
+    """A config value is invalid; the message names the field."""
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # run
+    env: str = Field("mamujoco:HalfCheetah-2x3", description="environment id (see `omad envs`)")
+    env_options: dict[str, Any] = Field(default_factory=dict, description="adapter options, e.g. {N: 4}")
+    algo: Literal["omad", "hasac", "hatd3", "omad-gaussian"] = "omad"
+    seed: int = 0
+    total_steps: int = Field(100_000, gt=0, description="environment steps (summed over env copies)")
+    num_envs: int = Field(1, gt=0, description="environment copies stepped together")
+    learning_starts: int = Field(5000, ge=0, description="uniform-random warm-up steps")
+    batch_size: int = Field(256, gt=0)
+    buffer_size: int = Field(1_000_000, gt=0)
+    updates_per_step: float = Field(1.0, gt=0, description="gradient updates per env step (UTD)")
+    eval_every: int = Field(5000, gt=0, description="env steps between evaluations")
+    eval_episodes: int = Field(5, gt=0)
+    eval_zero_noise: bool = Field(False, description="evaluate the zero-noise (deterministic) policy")
+    checkpoint_every: int = Field(10_000, gt=0, description="env steps between checkpoints")
+    torch_threads: int = Field(0, ge=0, description="0 = torch default")
+    compile: bool = Field(False, description="torch.compile the actor chain")
+    progress: bool = True
+
+    # RL
+    gamma: float = Field(0.99, gt=0, le=1)
+    tau: float = Field(0.005, gt=0, le=1)
+    n_step: int = Field(1, ge=1)
+    reward_scale: float = Field(1.0, gt=0)
+    grad_clip: float = Field(1.0, ge=0, description="max grad norm; 0 disables")
+    policy_delay: int = Field(1, ge=1)
+
+    # diffusion actor
+    denoising_steps: int = Field(8, ge=1, description="K")
+    prior_std: float = Field(2.5, gt=0, description="s0")
+    dt_init: float = Field(0.1, gt=0)
+    actor_hidden: list[int] = Field(default_factory=lambda: [256, 256, 256])
+    time_features: int = Field(16, gt=0)
+    lr_actor: float = Field(3e-4, gt=0)
+
+    # critic
+    critic_hidden: list[int] = Field(default_factory=lambda: [256, 256])
+    num_atoms: int = Field(101, ge=2)
+    v_min: float | None = Field(None, description="critic support; None = family default")
+    v_max: float | None = None
+    critic_target_reduce: Literal["mean", "min"] = "mean"
+    lr_critic: float = Field(3e-4, gt=0)
+
+    # temperature
+    auto_alpha: bool = True
+    alpha_init: float = Field(0.1, gt=0)
+    lr_alpha: float = Field(1e-3, gt=0)
+    cost_budget_per_dim: float = Field(4.0, description="running-cost budget C = this * sum d_a")
+    entropy_norm: Literal["sum", "mean"] = Field("sum", description="l_joint = sum or mean of l_i")
+
+    def value_range(self, family: str) -> tuple[float, float]:
+        lo, hi = DEFAULT_VALUE_RANGE[family]
+        lo = self.v_min if self.v_min is not None else lo
+        hi = self.v_max if self.v_max is not None else hi
+        if not lo < hi:
+            raise ConfigError(f"v_min ({lo}) must be below v_max ({hi})")
+        return lo, hi
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        name = ".".join(str(p) for p in e["loc"]) or "config"
+        lines.append(f"invalid config field '{name}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def build_config(base: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
+    """Validate a config from a dict plus overrides; errors name the offending field."""
+    data = dict(base or {})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig(**data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of field: value")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")

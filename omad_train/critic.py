@@ -1,0 +1,42 @@
+"""The joint categorical (C51) critic over (global state, joint action), with two heads."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .networks import StackedMLP
+
+
+class CategoricalCritic(nn.Module):
+    def __init__(self, d_in: int, hidden: list[int], num_atoms: int, v_min: float, v_max: float, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.net = StackedMLP(heads, d_in, hidden, num_atoms, layer_norm=True)
+        self.register_buffer("atoms", torch.linspace(v_min, v_max, num_atoms))
+        self.v_min, self.v_max = v_min, v_max
+
+    def logits(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
+        """[heads, B, M]"""
+        x = torch.cat([state, joint_action], dim=-1)
+        return self.net(x.unsqueeze(0).expand(self.heads, -1, -1))
+
+    def q_values(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
+        """Expected value per head: [heads, B]."""
+        return (self.logits(state, joint_action).softmax(-1) * self.atoms).sum(-1)
+
+
+def project_distribution(
+    probs: torch.Tensor, target_atoms: torch.Tensor, v_min: float, v_max: float, num_atoms: int
+) -> torch.Tensor:
+    """C51 projection of a distribution with mass `probs[b, j]` at `target_atoms[b, j]` onto the
+    fixed support linspace(v_min, v_max, num_atoms). Targets are clipped to the support first."""
+    delta = (v_max - v_min) / (num_atoms - 1)
+    pos = (target_atoms.clamp(v_min, v_max) - v_min) / delta
+    lower = pos.floor().clamp(0, num_atoms - 1)
+    upper = (lower + 1).clamp(max=num_atoms - 1)
+    upper_weight = pos - lower  # 0 when the target sits exactly on an atom
+    out = torch.zeros_like(probs)
+    out.scatter_add_(-1, lower.long(), probs * (1.0 - upper_weight))
+    out.scatter_add_(-1, upper.long(), probs * upper_weight)
+    return out

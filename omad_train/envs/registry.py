@@ -1,0 +1,132 @@
+"""The environment registry: every valid id, its defaults, and how to build it.
+
+Ids are `<family>:<task>`. The env libraries are imported inside `make_env`, so importing this
+module costs only numpy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+from typing import Any
+
+from omad_train.envs.adapter import ParallelEnvAdapter
+from omad_train.errors import OmadError
+from omad_train.envs.base import EnvSpec, MultiAgentEnv
+from omad_train.envs.scripted import adversary_to_landmark_nearest_good_agent
+
+# mpe2 task module -> default options (on top of max_cycles=25).
+_MPE_TASKS: dict[str, dict[str, Any]] = {
+    "simple_spread_v3": {"N": 3},
+    "simple_adversary_v3": {},
+    "simple_reference_v3": {},
+    "simple_speaker_listener_v4": {},
+}
+_MPE_DEFAULTS: dict[str, Any] = {"max_cycles": 25}
+_MPE_SCRIPTED = {"simple_adversary_v3": {"adversary_0": adversary_to_landmark_nearest_good_agent}}
+
+# MaMuJoCo (scenario, partition); the id is "mamujoco:<scenario>-<partition>".
+_MAMUJOCO_TASKS: tuple[tuple[str, str], ...] = (
+    ("Ant", "2x4"),
+    ("Ant", "2x4d"),
+    ("Ant", "4x2"),
+    ("HalfCheetah", "2x3"),
+    ("HalfCheetah", "6x1"),
+    ("Walker2d", "2x3"),
+    ("Swimmer", "2x1"),
+    ("Hopper", "3x1"),
+    ("Humanoid", "9|8"),
+)
+# agent_obsk=1 (observe own joints + 1 hop of neighbours) is both the library default and HARL's.
+_MAMUJOCO_DEFAULTS: dict[str, Any] = {"agent_obsk": 1, "max_episode_steps": 1000}
+
+ENV_IDS: tuple[str, ...] = tuple(f"mpe:{task}" for task in _MPE_TASKS) + tuple(
+    f"mamujoco:{scenario}-{partition}" for scenario, partition in _MAMUJOCO_TASKS
+)
+
+RENDER_MODES = (None, "rgb_array", "human")
+
+
+class UnknownEnvError(OmadError, ValueError):
+    def __init__(self, env_id: str):
+        super().__init__(f"unknown env id {env_id!r}; valid ids: {', '.join(ENV_IDS)}")
+
+
+def env_family(env_id: str) -> str:
+    """"mpe" or "mamujoco"."""
+    if env_id not in ENV_IDS:
+        raise UnknownEnvError(env_id)
+    return env_id.split(":", 1)[0]
+
+
+def make_env(
+    env_id: str, options: dict[str, Any] | None = None, render_mode: str | None = None
+) -> MultiAgentEnv:
+    """Build one environment copy. `options` override the id's defaults and pass through to
+    the underlying env constructor (e.g. `N`, `max_cycles`, `local_ratio` for MPE;
+    `max_episode_steps`, `agent_obsk` or Gymnasium MuJoCo kwargs for MaMuJoCo)."""
+    if render_mode not in RENDER_MODES:
+        raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
+    family = env_family(env_id)
+    task = env_id.split(":", 1)[1]
+    if family == "mpe":
+        return _make_mpe(env_id, task, dict(options or {}), render_mode)
+    return _make_mamujoco(env_id, task, dict(options or {}), render_mode)
+
+
+def get_spec(env_id: str, options: dict[str, Any] | None = None) -> EnvSpec:
+    env = make_env(env_id, options)
+    try:
+        return env.spec
+    finally:
+        env.close()
+
+
+def _make_mpe(
+    env_id: str, task: str, options: dict[str, Any], render_mode: str | None
+) -> MultiAgentEnv:
+    resolved = {**_MPE_DEFAULTS, **_MPE_TASKS[task], **options}
+    task_module = importlib.import_module(f"mpe2.{task}")
+    parallel_env = task_module.parallel_env(
+        continuous_actions=True, render_mode=render_mode, **resolved
+    )
+    return ParallelEnvAdapter(
+        env_id,
+        parallel_env,
+        max_episode_steps=resolved["max_cycles"],
+        options=resolved,
+        scripted_policies=_MPE_SCRIPTED.get(task),
+        render_mode=render_mode,
+    )
+
+
+def _make_mamujoco(
+    env_id: str, task: str, options: dict[str, Any], render_mode: str | None
+) -> MultiAgentEnv:
+    scenario, partition = task.split("-", 1)
+    resolved = {**_MAMUJOCO_DEFAULTS, **options}
+    if render_mode == "rgb_array":
+        # Headless offscreen rendering: EGL with Mesa's software driver works without a display.
+        os.environ.setdefault("MUJOCO_GL", "egl")
+    import mujoco
+
+    # MuJoCo 4 also appends every warning (e.g. HalfCheetah's deprecated `settotalmass`)
+    # to MUJOCO_LOG.TXT in the working directory; the console copy is enough.
+    log_config = mujoco.MjLogConfig.get()
+    log_config.logto_file = False
+    log_config.set()
+    # gymnasium_robotics prints an unrelated Adroit notice to stderr on import.
+    with contextlib.redirect_stderr(io.StringIO()):
+        from gymnasium_robotics import mamujoco_v1
+    parallel_env = mamujoco_v1.parallel_env(
+        scenario, partition, render_mode=render_mode, **resolved
+    )
+    return ParallelEnvAdapter(
+        env_id,
+        parallel_env,
+        max_episode_steps=resolved["max_episode_steps"],
+        options=resolved,
+        render_mode=render_mode,
+    )

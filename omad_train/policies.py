@@ -1,0 +1,48 @@
+"""Load a run dir's deployable per-agent policies (no training state, no code execution)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .checkpoint import CheckpointError, latest_checkpoint, load_into, load_metadata, load_tensors
+from .diffusion import AgentPolicy
+from .envs.base import EnvSpec
+
+ACTOR_KINDS = {"diffusion": AgentPolicy}
+
+
+def load_spec(run_dir: str | Path) -> EnvSpec:
+    path = Path(run_dir) / "spec.json"
+    try:
+        return EnvSpec.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; {run_dir} is not a run dir") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: unreadable agent spec ({err})") from None
+
+
+def load_policies(run_dir: str | Path) -> dict:
+    """`{agent name: AgentPolicy}` in the environment's agent order, from the latest checkpoint."""
+    spec = load_spec(run_dir)
+    ckpt = latest_checkpoint(Path(run_dir))
+    policies = {}
+    for agent in spec.agents:
+        path = ckpt / "actors" / f"{agent.name}.safetensors"
+        meta = load_metadata(path)
+        kind = meta.get("actor")
+        if kind not in ACTOR_KINDS:
+            raise CheckpointError(f"{path}: unknown actor kind {kind!r} (known: {sorted(ACTOR_KINDS)})")
+        try:
+            hparams = json.loads(meta["hparams"])
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(f"{path}: missing or corrupt 'hparams' metadata ({err})") from None
+        policy = ACTOR_KINDS[kind](agent.name, hparams)
+        if (policy.obs_dim, policy.act_dim) != (agent.obs_dim, agent.act_dim):
+            raise CheckpointError(
+                f"{path}: policy sizes (obs {policy.obs_dim}, act {policy.act_dim}) do not match spec.json "
+                f"(obs {agent.obs_dim}, act {agent.act_dim})"
+            )
+        load_into(policy.actors, load_tensors(path), path)
+        policies[agent.name] = policy.eval()
+    return policies

@@ -1,0 +1,107 @@
+"""Replay buffer with n-step returns (numpy only).
+
+Each stored transition is (state, obs, joint action, n-step return R, bootstrap discount, done,
+next state, next obs). For a window of m <= n steps, R = sum_j gamma^j r_j and the bootstrap
+discount is gamma^m. `done` is set only on true termination: a time-limit truncation keeps the
+bootstrap from the true next observation.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+FIELDS = ("state", "obs", "action", "reward", "discount", "done", "next_state", "next_obs")
+
+
+@dataclass
+class Transition:
+    state: np.ndarray
+    obs: np.ndarray
+    action: np.ndarray
+    reward: float
+    next_state: np.ndarray
+    next_obs: np.ndarray
+    terminated: bool
+    truncated: bool
+
+
+class ReplayBuffer:
+    def __init__(self, capacity: int, shapes: dict[str, tuple[int, ...]], num_envs: int, n_step: int, gamma: float):
+        self.capacity, self.n_step, self.gamma = capacity, n_step, gamma
+        self.shapes = dict(shapes)
+        self.data = {
+            "state": np.zeros((capacity, *shapes["state"]), np.float32),
+            "obs": np.zeros((capacity, *shapes["obs"]), np.float32),
+            "action": np.zeros((capacity, *shapes["action"]), np.float32),
+            "reward": np.zeros(capacity, np.float32),
+            "discount": np.zeros(capacity, np.float32),
+            "done": np.zeros(capacity, np.float32),
+            "next_state": np.zeros((capacity, *shapes["state"]), np.float32),
+            "next_obs": np.zeros((capacity, *shapes["obs"]), np.float32),
+        }
+        self.pos, self.size = 0, 0
+        self.pending: list[deque[Transition]] = [deque() for _ in range(num_envs)]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, env_index: int, t: Transition) -> None:
+        """Add one env step of copy `env_index`; n-step windows are written as they complete."""
+        window = self.pending[env_index]
+        window.append(t)
+        if t.terminated or t.truncated:
+            while window:  # the episode ended: every pending start gets a shortened window
+                self._write(window)
+                window.popleft()
+        elif len(window) == self.n_step:
+            self._write(window)
+            window.popleft()
+
+    def _write(self, window: deque[Transition]) -> None:
+        first, last = window[0], window[-1]
+        ret = sum(self.gamma**j * t.reward for j, t in enumerate(window))
+        i = self.pos
+        d = self.data
+        d["state"][i], d["obs"][i], d["action"][i] = first.state, first.obs, first.action
+        d["reward"][i] = ret
+        d["discount"][i] = self.gamma ** len(window)
+        d["done"][i] = float(last.terminated)
+        d["next_state"][i], d["next_obs"][i] = last.next_state, last.next_obs
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+        idx = rng.integers(0, self.size, size=batch_size)
+        return {k: v[idx] for k, v in self.data.items()}
+
+    # -- checkpointing: plain arrays, no pickle -------------------------------------------------
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {f"buffer.{k}": v[: self.size] for k, v in self.data.items()}
+        for e, window in enumerate(self.pending):
+            for j, t in enumerate(window):
+                for name in ("state", "obs", "action", "next_state", "next_obs"):
+                    arrays[f"pending.{e}.{j}.{name}"] = np.asarray(getattr(t, name), np.float32)
+                arrays[f"pending.{e}.{j}.scalars"] = np.array([t.reward, t.terminated, t.truncated], np.float64)
+        return arrays
+
+    def state_meta(self) -> dict:
+        return {"pos": self.pos, "size": self.size, "pending": [len(w) for w in self.pending]}
+
+    def load_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        self.pos, self.size = int(meta["pos"]), int(meta["size"])
+        for k in FIELDS:
+            self.data[k][: self.size] = arrays[f"buffer.{k}"]
+        for e, count in enumerate(meta["pending"]):
+            self.pending[e].clear()
+            for j in range(count):
+                p = f"pending.{e}.{j}."
+                reward, terminated, truncated = arrays[p + "scalars"]
+                self.pending[e].append(
+                    Transition(
+                        arrays[p + "state"], arrays[p + "obs"], arrays[p + "action"], float(reward),
+                        arrays[p + "next_state"], arrays[p + "next_obs"], bool(terminated), bool(truncated),
+                    )
+                )

@@ -1,0 +1,318 @@
+"""Environment adapters: the registry, the conventions every env follows, and VecEnv."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes.util
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omad_train.envs import (
+    ENV_IDS,
+    EnvSpec,
+    UnknownEnvError,
+    VecEnv,
+    env_family,
+    get_spec,
+    make_env,
+)
+from omad_train.envs.adapter import episode_end_flags
+from omad_train.envs.scripted import adversary_to_landmark_nearest_good_agent
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Every id with its default options, plus Cooperative Navigation with 4 agents.
+ENV_CASES = [(env_id, None) for env_id in ENV_IDS] + [("mpe:simple_spread_v3", {"N": 4})]
+CASE_IDS = [f"{env_id}{'' if opts is None else opts}" for env_id, opts in ENV_CASES]
+
+
+def random_actions(spec: EnvSpec, rng: np.random.Generator) -> list[np.ndarray]:
+    return [rng.uniform(a.action_low, a.action_high).astype(np.float32) for a in spec.agents]
+
+
+def assert_obs_and_state_match_spec(spec: EnvSpec, obs: list[np.ndarray], state: np.ndarray):
+    assert len(obs) == len(spec.agents)
+    for agent, agent_obs in zip(spec.agents, obs):
+        assert agent_obs.dtype == np.float32 and agent_obs.shape == (agent.obs_dim,)
+        assert np.all(np.isfinite(agent_obs))
+    assert state.dtype == np.float32 and state.shape == (spec.state_dim,)
+
+
+def run_episode(env_id, options, seed, num_steps, action_seed=0):
+    """Obs, states and rewards of `num_steps` random steps after reset(seed)."""
+    env = make_env(env_id, options)
+    rng = np.random.default_rng(action_seed)
+    obs, state = env.reset(seed=seed)
+    trace = [(obs, state, 0.0)]
+    for _ in range(num_steps):
+        result = env.step(random_actions(env.spec, rng))
+        trace.append((result.obs, result.state, result.reward))
+        if result.terminated or result.truncated:
+            break
+    env.close()
+    return trace
+
+
+@pytest.mark.parametrize("env_id,options", ENV_CASES, ids=CASE_IDS)
+def test_spec_matches_arrays_and_random_steps_work(env_id, options):
+    env = make_env(env_id, options)
+    spec = env.spec
+    assert spec.env_id == env_id and spec.max_episode_steps > 0 and len(spec.agents) >= 2
+    for agent in spec.agents:
+        low, high = np.array(agent.action_low), np.array(agent.action_high)
+        assert low.shape == high.shape == (agent.act_dim,)
+        assert np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low < high)
+    assert spec == EnvSpec.from_dict(spec.to_dict())
+    assert get_spec(env_id, options) == spec
+
+    obs, state = env.reset(seed=0)
+    assert_obs_and_state_match_spec(spec, obs, state)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        result = env.step(random_actions(spec, rng))
+        assert_obs_and_state_match_spec(spec, result.obs, result.state)
+        assert isinstance(result.reward, float) and np.isfinite(result.reward)
+        assert isinstance(result.terminated, bool) and isinstance(result.truncated, bool)
+        if result.terminated or result.truncated:
+            break
+    env.close()
+
+
+def test_agent_order_and_options():
+    four_agents = [f"agent_{i}" for i in range(4)]
+    assert get_spec("mpe:simple_spread_v3", {"N": 4}).agent_names == four_agents
+    assert get_spec("mpe:simple_speaker_listener_v4").agent_names == ["speaker_0", "listener_0"]
+    # Physical Deception: the scripted adversary is not part of the team.
+    assert get_spec("mpe:simple_adversary_v3").agent_names == ["agent_0", "agent_1"]
+    assert get_spec("mamujoco:Ant-4x2").agent_names == four_agents
+    spread = get_spec("mpe:simple_spread_v3")
+    assert spread.options == {"max_cycles": 25, "N": 3} and spread.max_episode_steps == 25
+    assert spread.agents[0].action_low == (0.0,) * 5 and spread.agents[0].action_high == (1.0,) * 5
+    cheetah = get_spec("mamujoco:HalfCheetah-2x3", {"max_episode_steps": 7})
+    assert cheetah.max_episode_steps == 7 and cheetah.options["agent_obsk"] == 1
+
+
+def make_raw_mpe(task, **kwargs):
+    import importlib
+
+    module = importlib.import_module(f"mpe2.{task}")
+    return module.parallel_env(continuous_actions=True, max_cycles=25, **kwargs)
+
+
+def make_raw_mamujoco(scenario, partition):
+    with contextlib.redirect_stderr(io.StringIO()):
+        from gymnasium_robotics import mamujoco_v1
+    return mamujoco_v1.parallel_env(scenario, partition, agent_obsk=1, max_episode_steps=1000)
+
+
+@pytest.mark.parametrize(
+    "env_id,make_raw",
+    [
+        ("mpe:simple_spread_v3", lambda: make_raw_mpe("simple_spread_v3", N=3)),
+        ("mpe:simple_adversary_v3", lambda: make_raw_mpe("simple_adversary_v3")),
+        ("mamujoco:HalfCheetah-2x3", lambda: make_raw_mamujoco("HalfCheetah", "2x3")),
+    ],
+)
+def test_team_reward_is_mean_of_team_agents_raw_rewards(env_id, make_raw):
+    env, raw = make_env(env_id), make_raw()
+    obs, _ = env.reset(seed=3)
+    raw_obs, _ = raw.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        actions = random_actions(env.spec, rng)
+        raw_actions = dict(zip(env.spec.agent_names, actions))
+        if "adversary_0" in raw.possible_agents:
+            adversary_obs = raw_obs["adversary_0"]
+            raw_actions["adversary_0"] = adversary_to_landmark_nearest_good_agent(adversary_obs)
+        result = env.step(actions)
+        raw_obs, raw_rewards, *_ = raw.step(raw_actions)
+        expected = np.mean([raw_rewards[name] for name in env.spec.agent_names])
+        assert result.reward == pytest.approx(expected, rel=1e-6, abs=1e-9)
+        for name, agent_obs in zip(env.spec.agent_names, result.obs):
+            np.testing.assert_allclose(agent_obs, np.asarray(raw_obs[name], dtype=np.float32))
+        np.testing.assert_allclose(result.state, np.asarray(raw.state(), dtype=np.float32))
+    env.close()
+    raw.close()
+
+
+@pytest.mark.parametrize("env_id,options", ENV_CASES, ids=CASE_IDS)
+def test_same_seed_and_actions_reproduce_the_episode(env_id, options):
+    first, second = run_episode(env_id, options, 7, 10), run_episode(env_id, options, 7, 10)
+    assert len(first) == len(second)
+    for (obs_a, state_a, reward_a), (obs_b, state_b, reward_b) in zip(first, second):
+        for a, b in zip(obs_a, obs_b):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(state_a, state_b)
+        assert reward_a == reward_b
+    other_seed = run_episode(env_id, options, 8, 0)
+    assert not np.array_equal(first[0][1], other_seed[0][1])
+
+
+def test_actions_are_clipped_before_reaching_the_env():
+    for env_id in ("mpe:simple_spread_v3", "mpe:simple_adversary_v3", "mamujoco:Hopper-3x1"):
+        env = make_env(env_id)
+        sent = []
+        raw_step = env._env.step
+        env._env.step = lambda actions: (sent.append(actions), raw_step(actions))[1]
+        env.reset(seed=0)
+        rng = np.random.default_rng(0)
+        env.step([rng.uniform(-5.0, 5.0, a.act_dim) for a in env.spec.agents])
+        (actions,) = sent
+        assert set(actions) == set(env._env.possible_agents)  # scripted agents act too
+        for name, action in actions.items():
+            space = env._env.action_space(name)
+            assert action.dtype == np.float32 and space.contains(action), (name, action)
+        env.close()
+
+
+def test_mpe_time_limit_is_truncation():
+    env = make_env("mpe:simple_spread_v3", {"max_cycles": 5})
+    env.reset(seed=0)
+    zeros = [np.zeros(a.act_dim) for a in env.spec.agents]
+    flags = [(r.terminated, r.truncated) for r in (env.step(zeros) for _ in range(5))]
+    assert flags == [(False, False)] * 4 + [(False, True)]
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(zeros)
+    env.reset(seed=1)  # usable again after reset
+    env.step(zeros)
+
+
+def test_mamujoco_time_limit_is_truncation():
+    env = make_env("mamujoco:HalfCheetah-2x3", {"max_episode_steps": 5})
+    assert env.spec.max_episode_steps == 5
+    env.reset(seed=0)
+    zeros = [np.zeros(a.act_dim) for a in env.spec.agents]
+    flags = [(r.terminated, r.truncated) for r in (env.step(zeros) for _ in range(5))]
+    assert flags == [(False, False)] * 4 + [(False, True)]
+
+
+def test_mujoco_fall_is_termination_not_truncation():
+    env = make_env("mamujoco:Hopper-3x1")
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for step in range(1, 1001):
+        result = env.step([rng.uniform(-1, 1, a.act_dim) for a in env.spec.agents])
+        if result.terminated or result.truncated:
+            break
+    assert result.terminated and not result.truncated and step < 1000
+
+
+def test_episode_end_flag_mapping():
+    assert episode_end_flags({"a": False, "b": False}, {"a": False, "b": False}) == (False, False)
+    assert episode_end_flags({"a": True, "b": True}, {"a": False, "b": False}) == (True, False)
+    assert episode_end_flags({"a": False, "b": False}, {"a": True, "b": True}) == (False, True)
+    # a fall on the last allowed step is a true terminal state
+    assert episode_end_flags({"a": True, "b": True}, {"a": True, "b": True}) == (True, False)
+
+
+def test_unknown_id_lists_every_valid_id():
+    for bad in ("mpe:simple_tag_v3", "HalfCheetah-2x3", "mamujoco:Ant-8x1"):
+        with pytest.raises(UnknownEnvError) as info:
+            make_env(bad)
+        assert isinstance(info.value, ValueError)
+        assert all(env_id in str(info.value) for env_id in ENV_IDS)
+    with pytest.raises(UnknownEnvError):
+        env_family("nope")
+    assert env_family("mpe:simple_spread_v3") == "mpe"
+    assert env_family("mamujoco:Humanoid-9|8") == "mamujoco"
+    assert len(ENV_IDS) == 13 and len(set(ENV_IDS)) == 13
+
+
+def test_vec_env_seeds_shapes_and_auto_reset():
+    num_envs, seed, horizon = 3, 11, 4
+    vec = VecEnv("mpe:simple_spread_v3", num_envs, seed, {"max_cycles": horizon})
+    spec = vec.spec
+    obs, state = vec.reset()
+    assert [o.shape for o in obs] == [(num_envs, a.obs_dim) for a in spec.agents]
+    assert state.shape == (num_envs, spec.state_dim) and state.dtype == np.float32
+    # copy j starts from seed + j
+    for j in range(num_envs):
+        single = make_env("mpe:simple_spread_v3", {"max_cycles": horizon})
+        np.testing.assert_array_equal(single.reset(seed=seed + j)[1], state[j])
+
+    rng = np.random.default_rng(0)
+    rewards = []
+    for t in range(1, horizon + 1):
+        actions = [rng.uniform(0, 1, (num_envs, a.act_dim)) for a in spec.agents]
+        step = vec.step(actions)
+        assert step.reward.shape == (num_envs,) and step.reward.dtype == np.float32
+        assert step.terminated.dtype == bool and step.truncated.dtype == bool
+        rewards.append(step.reward)
+        if t < horizon:
+            assert not step.truncated.any() and step.episode_returns == []
+            np.testing.assert_array_equal(step.state, step.next_state)
+            for o, n in zip(step.obs, step.next_obs):
+                np.testing.assert_array_equal(o, n)
+    # the last step ended every episode: next_* is the true final obs, obs/state the fresh reset
+    assert step.truncated.all() and not step.terminated.any()
+    assert not np.array_equal(step.state, step.next_state)
+    assert all(not np.array_equal(o, n) for o, n in zip(step.obs, step.next_obs))
+    expected_returns = np.sum(rewards, axis=0, dtype=np.float64)
+    finished = [(j, length) for j, _, length in step.episode_returns]
+    assert finished == [(j, horizon) for j in range(num_envs)]
+    for j, episode_return, _ in step.episode_returns:
+        assert episode_return == pytest.approx(expected_returns[j], rel=1e-5)
+    vec.close()
+
+
+def test_vec_env_is_reproducible_across_auto_resets():
+    def trace():
+        vec = VecEnv("mamujoco:Hopper-3x1", 2, 5, {"max_episode_steps": 6})
+        vec.reset()
+        rng = np.random.default_rng(1)
+        states = []
+        for _ in range(14):
+            vec_step = vec.step([rng.uniform(-1, 1, (2, a.act_dim)) for a in vec.spec.agents])
+            states.append(vec_step.state)
+        vec.close()
+        return np.stack(states)
+
+    np.testing.assert_array_equal(trace(), trace())
+
+
+def test_import_is_torch_free_and_lazy():
+    code = (
+        "import sys, omad_train.envs\n"
+        "heavy = ('torch', 'mujoco', 'mpe2', 'gymnasium_robotics')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, env=env)
+
+
+def assert_non_blank_rgb(frame: np.ndarray):
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+    assert frame.shape[0] > 16 and frame.shape[1] > 16
+    assert frame.std() > 1.0  # not a single flat colour
+
+
+def test_render_mpe():
+    env = make_env("mpe:simple_adversary_v3", render_mode="rgb_array")
+    env.reset(seed=0)
+    assert_non_blank_rgb(env.render())
+    env.close()
+
+
+@pytest.mark.skipif(
+    ctypes.util.find_library("EGL") is None,
+    reason="no EGL library for headless MuJoCo rendering (apt: libegl1 libgl1 libgl1-mesa-dri)",
+)
+def test_render_mamujoco():
+    env = make_env("mamujoco:HalfCheetah-2x3", render_mode="rgb_array")
+    env.reset(seed=0)
+    assert_non_blank_rgb(env.render())
+    env.close()
+
+
+def test_render_without_render_mode_fails_clearly():
+    env = make_env("mpe:simple_spread_v3")
+    env.reset(seed=0)
+    with pytest.raises(RuntimeError, match="rgb_array"):
+        env.render()
