@@ -31,17 +31,12 @@ class Transition:
 class ReplayBuffer:
     def __init__(self, capacity: int, shapes: dict[str, tuple[int, ...]], num_envs: int, n_step: int, gamma: float):
         self.capacity, self.n_step, self.gamma = capacity, n_step, gamma
-        self.shapes = dict(shapes)
-        self.data = {
-            "state": np.zeros((capacity, *shapes["state"]), np.float32),
-            "obs": np.zeros((capacity, *shapes["obs"]), np.float32),
-            "action": np.zeros((capacity, *shapes["action"]), np.float32),
-            "reward": np.zeros(capacity, np.float32),
-            "discount": np.zeros(capacity, np.float32),
-            "done": np.zeros(capacity, np.float32),
-            "next_state": np.zeros((capacity, *shapes["state"]), np.float32),
-            "next_obs": np.zeros((capacity, *shapes["obs"]), np.float32),
+        field_shapes = {
+            "state": shapes["state"], "obs": shapes["obs"], "action": shapes["action"], "reward": (),
+            "discount": (), "done": (), "next_state": shapes["state"], "next_obs": shapes["obs"],
         }
+        # Storage grows as it fills (up to capacity), so a large buffer_size costs memory only when used.
+        self.data = {k: np.zeros((0, *s), np.float32) for k, s in field_shapes.items()}
         self.pos, self.size = 0, 0
         self.pending: list[deque[Transition]] = [deque() for _ in range(num_envs)]
 
@@ -64,6 +59,7 @@ class ReplayBuffer:
         first, last = window[0], window[-1]
         ret = sum(self.gamma**j * t.reward for j, t in enumerate(window))
         i = self.pos
+        self._reserve(i + 1)
         d = self.data
         d["state"][i], d["obs"][i], d["action"][i] = first.state, first.obs, first.action
         d["reward"][i] = ret
@@ -72,6 +68,15 @@ class ReplayBuffer:
         d["next_state"][i], d["next_obs"][i] = last.next_state, last.next_obs
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
+
+    def _reserve(self, n: int) -> None:
+        allocated = len(self.data["reward"])
+        if n > allocated:
+            grown = min(self.capacity, max(n, 2 * allocated, 1024))
+            for k, v in self.data.items():
+                bigger = np.zeros((grown, *v.shape[1:]), np.float32)
+                bigger[:allocated] = v
+                self.data[k] = bigger
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
         idx = rng.integers(0, self.size, size=batch_size)
@@ -92,6 +97,7 @@ class ReplayBuffer:
 
     def load_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
         self.pos, self.size = int(meta["pos"]), int(meta["size"])
+        self._reserve(self.size)
         for k in FIELDS:
             self.data[k][: self.size] = arrays[f"buffer.{k}"]
         for e, count in enumerate(meta["pending"]):

@@ -63,8 +63,7 @@ class Trainer:
         self.envs = VecEnv(cfg.env, cfg.num_envs, cfg.seed, cfg.env_options)
         L = self.layout
         shapes = {"state": (self.spec.state_dim,), "obs": (L.n, L.obs_max), "action": (L.joint_dim,)}
-        capacity = min(cfg.buffer_size, cfg.total_steps)
-        self.buffer = ReplayBuffer(capacity, shapes, cfg.num_envs, cfg.n_step, cfg.gamma)
+        self.buffer = ReplayBuffer(cfg.buffer_size, shapes, cfg.num_envs, cfg.n_step, cfg.gamma)
         self.step, self.update_debt, self.eval_round = 0, 0.0, 0
         self.episodes_done, self.last_train_return = 0, float("nan")
 

@@ -1,0 +1,52 @@
+"""Prometheus metrics of one server, in their own registry (so several servers can share a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Loopback round trips take a few hundred microseconds; queues under load reach milliseconds.
+LATENCY_BUCKETS_S = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "omad_requests", "Requests handled (each ActStream message counts once)", ["method"], registry=self.registry
+        )
+        self.errors = Counter("omad_errors", "Failed calls by gRPC status code", ["method", "code"], registry=self.registry)
+        self.latency = Histogram(
+            "omad_request_latency_seconds", "Server time per request", ["method"],
+            buckets=LATENCY_BUCKETS_S, registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "omad_batch_size", "Rows (observations) per inference call", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.inference = Histogram(
+            "omad_inference_seconds", "ONNX Runtime time per inference call", buckets=LATENCY_BUCKETS_S, registry=self.registry
+        )
+        self.in_flight = Gauge("omad_in_flight_calls", "Calls being handled", registry=self.registry)
+        self._http = None
+
+    def observe_request(self, method: str, seconds: float) -> None:
+        self.requests.labels(method).inc()
+        self.latency.labels(method).observe(seconds)
+
+    def observe_error(self, method: str, code_name: str) -> None:
+        self.errors.labels(method, code_name).inc()
+
+    def observe_batch(self, rows: int, seconds: float) -> None:
+        self.batch_size.observe(rows)
+        self.inference.observe(seconds)
+
+    def serve_http(self, host: str, port: int) -> int:
+        """Expose /metrics on host:port (0: a free port); returns the bound port."""
+        self._http, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return self._http.server_port
+
+    def stop_http(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

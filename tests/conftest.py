@@ -1,0 +1,27 @@
+"""Shared fixtures. `tiny_run_dir` trains a few hundred steps of a tiny OMAD on Cooperative Navigation
+once per session, so export/serve/eval tests work on a real run dir in seconds."""
+
+from __future__ import annotations
+
+import pytest
+
+TINY = dict(
+    env="mpe:simple_spread_v3", total_steps=300, learning_starts=100, batch_size=32, eval_every=300,
+    eval_episodes=2, checkpoint_every=300, denoising_steps=4, actor_hidden=[32, 32], critic_hidden=[32, 32],
+    num_atoms=21, progress=False, seed=0,
+)
+
+
+def tiny_config(**overrides):
+    from omad_train.config import build_config
+
+    return build_config(TINY, **overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory):
+    from omad_train.trainer import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny_config(), out)
+    return out

@@ -1,0 +1,47 @@
+"""C51 projection: exact cases."""
+
+import torch
+
+from omad_train.critic import project_distribution
+
+V_MIN, V_MAX, M = -10.0, 10.0, 21  # atoms at -10, -9, ..., 10
+ATOMS = torch.linspace(V_MIN, V_MAX, M)
+
+
+def project(probs, targets):
+    return project_distribution(probs, targets, V_MIN, V_MAX, M)
+
+
+def test_atom_aligned_targets_move_mass_without_splitting():
+    probs = torch.softmax(torch.randn(4, M), -1)
+    out = project(probs, ATOMS.expand(4, M) + 2.0)  # shift by exactly two atoms
+    assert torch.allclose(out[:, 2:-1], probs[:, : M - 3], atol=1e-7)
+    assert torch.allclose(out[:, -1], probs[:, -3:].sum(-1), atol=1e-6)  # the top three clip onto V_MAX
+    assert torch.all(out[:, :2] == 0)
+
+
+def test_mass_is_conserved():
+    probs = torch.softmax(torch.randn(64, M), -1)
+    out = project(probs, torch.randn(64, M) * 20)
+    assert torch.allclose(out.sum(-1), torch.ones(64), atol=1e-6)
+    assert torch.all(out >= 0)
+
+
+def test_targets_outside_the_support_are_clipped():
+    probs = torch.softmax(torch.randn(3, M), -1)
+    high = project(probs, torch.full((3, M), 1e6))
+    low = project(probs, torch.full((3, M), -1e6))
+    assert torch.allclose(high[:, -1], torch.ones(3)) and torch.all(high[:, :-1] == 0)
+    assert torch.allclose(low[:, 0], torch.ones(3)) and torch.all(low[:, 1:] == 0)
+
+
+def test_between_atoms_splits_linearly():
+    probs = torch.zeros(1, M)
+    probs[0, 5] = 1.0
+    targets = torch.zeros(1, M)
+    targets[0, 5] = 0.25  # a quarter of the way from atom 10 (0.0) to atom 11 (1.0)
+    out = project(probs, targets)
+    assert torch.isclose(out[0, 10], torch.tensor(0.75)) and torch.isclose(out[0, 11], torch.tensor(0.25))
+    assert torch.isclose(out.sum(), torch.tensor(1.0))
+    # and the expected value is preserved inside the support
+    assert torch.isclose((out * ATOMS).sum(), torch.tensor(0.25))
