@@ -16,13 +16,13 @@ from typing import Callable
 
 import numpy as np
 
-InferFn = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+InferFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(eq=False)
 class Job:
     obs: np.ndarray  # [B, d_o]
-    noise: np.ndarray | None  # [K+1, B, d_a]; None when the model takes no noise
+    noise: np.ndarray  # [K+1, B, d_a]
     future: asyncio.Future = field(init=False)
     enqueued_ns: int = field(init=False, default=0)
 
@@ -133,7 +133,7 @@ class MicroBatcher:
             obs, noise = jobs[0].obs, jobs[0].noise
         else:
             obs = np.concatenate([job.obs for job in jobs], axis=0)
-            noise = None if jobs[0].noise is None else np.concatenate([job.noise for job in jobs], axis=1)
+            noise = np.concatenate([job.noise for job in jobs], axis=1)
         started = time.perf_counter_ns()
         try:
             actions = await loop.run_in_executor(self._executor, self._infer, obs, noise)

@@ -24,7 +24,7 @@ class ServeConfig(BaseModel):
 
     model: Path = Field(description="the agent's .onnx file from `omad export`")
     host: str = Field("127.0.0.1", description="interface to bind; 0.0.0.0 exposes the server to the network")
-    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one (logged at start)")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one (logged at start)")
     threads: int = Field(1, ge=1, le=256, description="ONNX Runtime intra-op threads")
     max_batch: int = Field(64, ge=1, le=65536, description="largest batch of one request, and of one merged inference call")
     max_delay_us: int = Field(

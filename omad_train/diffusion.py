@@ -168,7 +168,8 @@ class AgentPolicy(nn.Module):
         if len(hparams["obs_dims"]) != 1:
             raise ValueError("AgentPolicy wraps a one-agent stack")
         self.name, self.hparams = name, dict(hparams)
-        self.actors = actors = DiffusionActors(**hparams)
+        with torch.random.fork_rng(devices=[]):  # built to be loaded: don't disturb the caller's RNG stream
+            self.actors = actors = DiffusionActors(**hparams)
         self.obs_dim, self.act_dim = actors.obs_dims[0], actors.act_dims[0]
         self.denoising_steps = actors.denoising_steps
         self.action_low = actors.action_low[0, 0].tolist()

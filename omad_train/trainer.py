@@ -64,7 +64,7 @@ class Trainer:
         L = self.layout
         shapes = {"state": (self.spec.state_dim,), "obs": (L.n, L.obs_max), "action": (L.joint_dim,)}
         self.buffer = ReplayBuffer(cfg.buffer_size, shapes, cfg.num_envs, cfg.n_step, cfg.gamma)
-        self.step, self.update_debt, self.eval_round = 0, 0.0, 0
+        self.step, self.update_debt = 0, 0.0
         self.episodes_done, self.last_train_return = 0, float("nan")
 
     # -- acting ---------------------------------------------------------------------------------
@@ -88,8 +88,7 @@ class Trainer:
 
     def run_evaluation(self) -> dict:
         cfg = self.cfg
-        self.eval_round += 1
-        seed = cfg.seed + 1_000_003 * self.eval_round  # fresh seeds, independent of training
+        seed = cfg.seed + 1_000_003 + self.step  # fresh seeds, apart from training's, same on resume
         result = evaluate(
             cfg.env, self.eval_policy, [cfg.denoising_steps + 1] * self.layout.n, cfg.eval_episodes, seed,
             cfg.env_options, zero_noise=cfg.eval_zero_noise,
@@ -116,7 +115,6 @@ class Trainer:
             "format_version": FORMAT_VERSION,
             "step": self.step,
             "update_debt": self.update_debt,
-            "eval_round": self.eval_round,
             "episodes_done": self.episodes_done,
             "last_train_return": self.last_train_return,
             "num_updates": algo.num_updates,
@@ -153,7 +151,7 @@ class Trainer:
         self.buffer.load_state(arrays, state["replay"])
         self.envs.restore(state["envs"], {k[5:]: v for k, v in arrays.items() if k.startswith("envs.")})
         self.step, self.update_debt = state["step"], state["update_debt"]
-        self.eval_round, self.episodes_done = state["eval_round"], state["episodes_done"]
+        self.episodes_done = state["episodes_done"]
         self.last_train_return = state["last_train_return"]
         algo.num_updates = state["num_updates"]
 

@@ -25,3 +25,13 @@ def tiny_run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config(), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export_dir(tiny_run_dir, tmp_path_factory):
+    """`omad export` of the tiny run (3 agents, K = 4): an export dir for runtime, serving and eval tests."""
+    from exporters.onnx_export import export_run
+
+    out = tmp_path_factory.mktemp("exports") / "tiny"
+    export_run(tiny_run_dir, out)
+    return out

@@ -1,0 +1,218 @@
+"""ONNX export: graph shape and contents, parity with torch (two runtimes), metadata, CLI, failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx.reference import ReferenceEvaluator
+
+from exporters import onnx_export
+from exporters.onnx_export import ExportError, export_run, forbidden_ops
+from exporters.runtime import load_export
+from exporters.schema import MANIFEST_NAME, NOISE_LAYOUT, metadata_key
+from omad_train.checkpoint import latest_checkpoint, sha256_file
+from omad_train.cli import main as omad_main
+from omad_train.policies import load_policies, load_spec
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def torch_policies(tiny_run_dir):
+    return load_policies(tiny_run_dir)
+
+
+def random_inputs(policy, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    obs = rng.standard_normal((batch, policy.obs_dim), dtype=np.float32)
+    noise = rng.standard_normal((policy.denoising_steps + 1, batch, policy.act_dim), dtype=np.float32)
+    return obs, noise
+
+
+def torch_act(policy, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return policy(torch.from_numpy(obs), torch.from_numpy(noise)).numpy()
+
+
+# -- files and graph ----------------------------------------------------------------------------
+def test_manifest_lists_agents_in_env_order_with_file_hashes(tiny_run_dir, tiny_export_dir):
+    spec = load_spec(tiny_run_dir)
+    manifest = json.loads((tiny_export_dir / MANIFEST_NAME).read_text())
+    assert [entry["agent"] for entry in manifest["agents"]] == spec.agent_names
+    assert manifest["env_id"] == "mpe:simple_spread_v3" and manifest["format_version"] == 1
+    for entry in manifest["agents"]:
+        assert entry["file"] == entry["agent"] + ".onnx"
+        assert entry["sha256"] == sha256_file(tiny_export_dir / entry["file"])
+    assert not list(tiny_export_dir.parent.glob(".*")), "no staging dir left next to the export"
+
+
+def test_metadata_holds_what_a_server_needs(tiny_run_dir, tiny_export_dir):
+    spec = load_spec(tiny_run_dir)
+    checkpoint = latest_checkpoint(tiny_run_dir)
+    for agent in spec.agents:
+        model = onnx.load(tiny_export_dir / f"{agent.name}.onnx")
+        props = {p.key: p.value for p in model.metadata_props}
+        assert props[metadata_key("format_version")] == "1"
+        assert props[metadata_key("agent")] == agent.name
+        assert json.loads(props[metadata_key("obs_dim")]) == agent.obs_dim
+        assert json.loads(props[metadata_key("act_dim")]) == agent.act_dim
+        assert json.loads(props[metadata_key("action_low")]) == list(agent.action_low)
+        assert json.loads(props[metadata_key("action_high")]) == list(agent.action_high)
+        assert json.loads(props[metadata_key("denoising_steps")]) == 4
+        assert json.loads(props[metadata_key("noise_steps")]) == 5
+        assert props[metadata_key("noise_layout")] == NOISE_LAYOUT
+        assert props[metadata_key("env_id")] == spec.env_id
+        assert props[metadata_key("algo")] == "omad"
+        assert props[metadata_key("actor_kind")] == "diffusion"
+        assert props[metadata_key("source_run")] == str(tiny_run_dir.resolve())
+        assert props[metadata_key("source_checkpoint")] == checkpoint.name
+        weights = checkpoint / "actors" / f"{agent.name}.safetensors"
+        assert props[metadata_key("weights_sha256")] == sha256_file(weights)
+
+
+def test_graph_signature_has_a_dynamic_batch(tiny_export_dir, torch_policies):
+    policy = torch_policies["agent_0"]
+    model = onnx.load(tiny_export_dir / "agent_0.onnx")
+
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    inputs = {v.name: v for v in model.graph.input}
+    assert list(inputs) == ["obs", "noise"] and [v.name for v in model.graph.output] == ["action"]
+    assert dims(inputs["obs"]) == ["batch", policy.obs_dim]
+    assert dims(inputs["noise"]) == [5, "batch", policy.act_dim]
+    assert dims(model.graph.output[0]) == ["batch", policy.act_dim]
+    for value in [*model.graph.input, *model.graph.output]:
+        assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_graph_is_unrolled_without_control_flow_or_random_ops(tiny_export_dir):
+    for path in sorted(tiny_export_dir.glob("*.onnx")):
+        model = onnx.load(path)
+        op_types = {node.op_type for node in model.graph.node}
+        assert forbidden_ops(model) == []
+        assert not op_types & {"Loop", "If", "Scan"} and not any(op.startswith("Random") for op in op_types)
+        assert not model.functions
+        onnx.checker.check_model(model, full_check=True)
+
+
+def test_forbidden_op_finder_sees_nested_graphs():
+    h = onnx.helper
+    noise = h.make_node("RandomNormal", [], ["r"], shape=[1])
+    body = h.make_graph([noise], "body", [], [h.make_tensor_value_info("r", onnx.TensorProto.FLOAT, [1])])
+    branch = h.make_node("If", ["c"], ["y"], then_branch=body, else_branch=body)
+    graph = h.make_graph(
+        [branch], "g", [h.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    assert forbidden_ops(h.make_model(graph)) == ["If", "RandomNormal"]
+
+
+# -- parity -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_onnx_runtime_matches_torch_at_any_batch(tiny_export_dir, torch_policies, batch):
+    exported = load_export(tiny_export_dir)
+    for name, policy in torch_policies.items():
+        obs, noise = random_inputs(policy, batch, seed=batch)
+        actions = exported[name].act(obs, noise)
+        assert actions.shape == (batch, policy.act_dim) and actions.dtype == np.float32
+        assert np.abs(actions - torch_act(policy, obs, noise)).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_reference_evaluator_matches_torch(tiny_export_dir, torch_policies, batch):
+    """ONNX's own reference evaluator: an independent runtime, so the graph (not ORT) is right."""
+    policy = torch_policies["agent_1"]
+    evaluator = ReferenceEvaluator(str(tiny_export_dir / "agent_1.onnx"))
+    obs, noise = random_inputs(policy, batch, seed=10 + batch)
+    (actions,) = evaluator.run(None, {"obs": obs, "noise": noise})
+    assert np.abs(actions - torch_act(policy, obs, noise)).max() <= TOLERANCE
+
+
+def test_round_trip_export_acts_like_the_checkpoint(tiny_run_dir, tiny_export_dir):
+    checkpoint_policies = load_policies(tiny_run_dir)
+    exported = load_export(tiny_export_dir)
+    assert list(exported) == list(checkpoint_policies)
+    for name, policy in checkpoint_policies.items():
+        obs, noise = random_inputs(policy, 16, seed=3)
+        obs *= 3.0  # beyond the unit scale of the export's own parity check
+        assert np.abs(exported[name].act(obs, noise) - torch_act(policy, obs, noise)).max() <= TOLERANCE
+
+
+def test_zero_noise_equals_torch_with_zero_noise(tiny_export_dir, torch_policies):
+    policy = torch_policies["agent_2"]
+    exported = load_export(tiny_export_dir)["agent_2"]
+    obs, noise = random_inputs(policy, 5)
+    first = exported.act(obs, zero_noise=True)
+    np.testing.assert_array_equal(first, exported.act(obs, zero_noise=True))
+    assert np.abs(first - torch_act(policy, obs, np.zeros_like(noise))).max() <= TOLERANCE
+
+
+# -- CLI and failures ---------------------------------------------------------------------------
+def test_cli_export_with_triton_repository(tiny_run_dir, tmp_path, capsys):
+    pytest.importorskip("tritonclient.grpc")
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    out = tmp_path / "export"
+    assert omad_main(["export", str(tiny_run_dir), "--out", str(out), "--triton"]) == 0
+    report = capsys.readouterr().out
+    assert "max err B=1" in report and "max err B=64" in report and report.count(" ok ") == 3
+
+    for entry in json.loads((out / MANIFEST_NAME).read_text())["agents"]:
+        model_dir = out / "triton" / entry["agent"]
+        assert (model_dir / "1" / "model.onnx").read_bytes() == (out / entry["file"]).read_bytes()
+        config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert config.name == entry["agent"] and config.backend == "onnxruntime" and config.max_batch_size == 0
+        shapes = {t.name: list(t.dims) for t in [*config.input, *config.output]}
+        assert shapes == {"obs": [-1, entry["obs_dim"]], "noise": [5, -1, 5], "action": [-1, 5]}
+        assert all(t.data_type == model_config_pb2.TYPE_FP32 for t in [*config.input, *config.output])
+
+    # an existing export is kept unless --overwrite, and then replaced
+    assert omad_main(["export", str(tiny_run_dir), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "triton").is_dir()
+
+
+def test_cli_missing_run_dir_is_one_line_exit_2(tmp_path, capsys):
+    out = tmp_path / "export"
+    assert omad_main(["export", str(tmp_path / "no-such-run"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "does not exist" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_cli_other_checkpoint_format_version_is_one_line(tiny_run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run)
+    manifest_path = latest_checkpoint(run) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format_version"] = 999
+    manifest_path.write_text(json.dumps(manifest))
+    assert omad_main(["export", str(run), "--out", str(tmp_path / "export")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "format version 999" in err and "\n" not in err
+    assert not (tmp_path / "export").exists()
+
+
+def test_overwrite_never_deletes_a_dir_that_is_not_an_export(tiny_run_dir, tmp_path):
+    keep = tmp_path / "precious"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not an export dir"):
+        export_run(tiny_run_dir, keep, overwrite=True)
+    assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_failed_verification_leaves_no_export_dir(tiny_run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "PARITY_TOLERANCE", -1.0)
+    out = tmp_path / "exports" / "bad"
+    with pytest.raises(ExportError, match="differs from torch"):
+        export_run(tiny_run_dir, out)
+    assert not out.exists()
+    assert list((tmp_path / "exports").iterdir()) == [], "the staging dir is removed too"

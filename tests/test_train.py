@@ -1,0 +1,129 @@
+"""Training loop: artifacts, checkpoint round trip, exact resume, and clear errors on bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+import omad_train
+from omad_train.checkpoint import CheckpointError, latest_checkpoint
+from omad_train.trainer import Trainer, train
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "omad_train.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_run_dir_has_every_artifact(tiny_run_dir):
+    for name in ("config.json", "spec.json", "metrics.jsonl", "curves.png"):
+        assert (tiny_run_dir / name).is_file(), name
+    assert list((tiny_run_dir / "tensorboard").glob("events.*"))
+    record = json.loads((tiny_run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 300 and "eval_return_mean" in record and record["updates"] > 0
+    ckpt = latest_checkpoint(tiny_run_dir)
+    assert sorted(p.name for p in (ckpt / "actors").iterdir()) == [f"agent_{i}.safetensors" for i in range(3)]
+
+
+def test_checkpoint_round_trip_gives_the_trained_policies(tmp_path):
+    cfg = tiny_config(total_steps=200, checkpoint_every=200, eval_every=200)
+    trainer = Trainer(cfg, tmp_path)
+    trainer.train()
+    policies = omad_train.load_policies(tmp_path)
+    assert list(policies) == ["agent_0", "agent_1", "agent_2"]
+    obs = torch.randn(8, 18)
+    noise = torch.randn(cfg.denoising_steps + 1, 8, 5)
+    for i, (name, policy) in enumerate(policies.items()):
+        assert (policy.obs_dim, policy.act_dim, policy.denoising_steps) == (18, 5, cfg.denoising_steps)
+        expected = trainer.algo.agent_policy(i)(obs, noise)
+        assert torch.equal(policy(obs, noise), expected)
+        action, bound = policy.sample_with_bound(obs, noise)
+        assert torch.equal(action, expected) and bound.shape == (8,)
+        assert torch.all((action >= 0) & (action <= 1))  # mpe2 bounds
+
+
+def test_resume_is_exact(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(tiny_config(total_steps=400, checkpoint_every=200), straight)
+    train(tiny_config(total_steps=200, checkpoint_every=200), resumed)
+    train(tiny_config(total_steps=400, checkpoint_every=200), resumed, resume=True)
+    a = load_file(latest_checkpoint(straight) / "train.safetensors")
+    b = load_file(latest_checkpoint(resumed) / "train.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    last = lambda run: json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last(straight)["eval_return_mean"] == last(resumed)["eval_return_mean"]
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--env", "mpe:simple_spread_v3", "--total-steps", "100000",
+            "--learning-starts", "100", "--batch-size", "32", "--checkpoint-every", "150", "--eval-every", "100000",
+            "--denoising-steps", "2", "--actor-hidden", "[16]", "--critic-hidden", "[16]", "--progress", "false"]
+    proc = subprocess.Popen([sys.executable, "-m", "omad_train.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = 120
+        import time
+
+        start = time.time()
+        while not (out / "checkpoints" / "LATEST").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() - start < deadline
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    step = json.loads((latest_checkpoint(out) / "manifest.json").read_text())["step"]
+    assert step >= 150
+    result = run_cli("train", "--out", str(out), "--resume", "--total-steps", str(step + 150))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((latest_checkpoint(out) / "manifest.json").read_text())["step"] == step + 150
+
+
+def test_unknown_env_lists_valid_ids(tmp_path):
+    result = run_cli("train", "--env", "mpe:nope", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert "unknown env id 'mpe:nope'" in result.stderr and "mamujoco:HalfCheetah-2x3" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_config_value_names_the_field(tmp_path):
+    result = run_cli("train", "--env", "mpe:simple_spread_v3", "--batch-size", "-3", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "batch_size" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "bad.yaml").write_text("learning_rate_typo: 3\n")
+    result = run_cli("train", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "r2"))
+    assert result.returncode == 2 and "learning_rate_typo" in result.stderr
+
+
+def test_existing_out_is_refused_without_resume_or_overwrite(tiny_run_dir):
+    before = sorted(p.name for p in tiny_run_dir.rglob("*"))
+    result = run_cli("train", "--env", "mpe:simple_spread_v3", "--out", str(tiny_run_dir))
+    assert result.returncode == 2 and "already exists" in result.stderr and "--resume" in result.stderr
+    assert sorted(p.name for p in tiny_run_dir.rglob("*")) == before
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(total_steps=150, checkpoint_every=150, eval_every=150), out)
+    actor = latest_checkpoint(out) / "actors" / "agent_1.safetensors"
+    data = bytearray(actor.read_bytes())
+    data[-10] ^= 0xFF
+    actor.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="agent_1.safetensors.*sha256"):
+        omad_train.load_policies(out)
+    result = run_cli("train", "--out", str(out), "--resume", "--total-steps", "300")
+    assert result.returncode == 2 and "agent_1.safetensors" in result.stderr
+
+
+def test_mismatched_checkpoint_names_file_and_tensor(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(total_steps=150, checkpoint_every=150, eval_every=150), out)
+    config = json.loads((out / "config.json").read_text())
+    config["actor_hidden"] = [64, 64]  # the saved weights are 32-wide
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"train.safetensors: tensor 'actors\..*' has shape"):
+        Trainer(tiny_config(**{k: v for k, v in config.items() if k != "total_steps"}, total_steps=300), out).restore()
