@@ -121,7 +121,7 @@ def export_policy(
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as err:  # ValidationError or InferenceError
-        raise ExportError(f"{info.agent}: onnx.checker rejects the graph ({err})") from None
+        raise ExportError(f"{info.agent}: onnx.checker rejects the graph ({one_line(err)})") from None
     max_error = parity_errors(policy, OnnxPolicy(path))
     for batch, error in max_error.items():
         if not error <= PARITY_TOLERANCE:  # also catches NaN
@@ -157,8 +157,11 @@ def trace_to_onnx(policy: torch.nn.Module, opset: int) -> onnx.ModelProto:
                 verbose=False,
             )
     except Exception as err:
-        raise ExportError(f"{policy.name}: torch.onnx.export failed at opset {opset} ({type(err).__name__}: {err})") from None
+        raise ExportError(f"{policy.name}: torch.onnx.export failed at opset {opset} ({one_line(err)})") from None
     model = program.model_proto
+    actual_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if actual_opset != opset:  # the exporter falls back to its own opset when it cannot convert
+        raise ExportError(f"{policy.name}: cannot export at opset {opset} (the exporter produced opset {actual_opset})")
     strip_debug_info(model)
     return model
 
@@ -176,16 +179,25 @@ def strip_debug_info(model: onnx.ModelProto) -> None:
 
 @contextlib.contextmanager
 def quiet_torch_exporter():
-    """The exporter warns about things irrelevant here (torchvision ops, deprecations)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """The exporter warns about things irrelevant here (torchvision ops, deprecations); real
+    problems surface as exceptions or in the checks that follow."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def one_line(err: Exception) -> str:
+    """An exception as one line for the CLI (exporter and checker messages span many)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 def forbidden_ops(model: onnx.ModelProto) -> list[str]:

@@ -17,17 +17,30 @@ from .server import PolicyServer
 
 
 class ServerThread:
-    def __init__(self, config: ServeConfig, token: str | None = None, tls: tuple[bytes, bytes, bytes | None] | None = None):
+    def __init__(
+        self,
+        config: ServeConfig,
+        token: str | None = None,
+        tls: tuple[bytes, bytes, bytes | None] | None = None,
+        load: bool = True,
+    ):
+        """load=False only listens (health NOT_SERVING); call `load()` to finish starting."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="omad-server-loop", daemon=True)
         self._thread.start()
         self.server = PolicyServer(config, token=token, tls=tls)
         try:
-            self.port: int = self.run(self.server.start())
+            self.run(self.server.listen())
+            if load:
+                self.load()
         except BaseException:
-            self._shutdown_loop()
+            self.close()
             raise
+        self.port: int = self.server.port
         self.addr = f"{config.host}:{self.port}"
+
+    def load(self) -> None:
+        self.run(self.server.load_model())
 
     def run(self, coroutine: Coroutine[Any, Any, Any], timeout_s: float = 60.0) -> Any:
         """Run a coroutine on the server's loop and wait for its result."""

@@ -50,7 +50,7 @@ class TrainConfig(BaseModel):
     n_step: int = Field(1, ge=1)
     reward_scale: float = Field(1.0, gt=0)
     grad_clip: float = Field(1.0, ge=0, description="max grad norm; 0 disables")
-    policy_delay: int = Field(1, ge=1)
+    policy_delay: int = Field(2, ge=1, description="actor + temperature update every N critic updates")
 
     # diffusion actor
     denoising_steps: int = Field(8, ge=1, description="K")

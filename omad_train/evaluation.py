@@ -83,3 +83,21 @@ def evaluate(
     finally:
         envs.close()
     return EvalResult(returns.tolist(), lengths.tolist(), seconds, steps, frames)
+
+
+def uniform_random_policy(low: list[np.ndarray], high: list[np.ndarray], seed: int) -> ActFn:
+    """The random baseline: each agent's action uniform in its bounds (ignores obs and noise)."""
+    rng = np.random.default_rng(seed)
+
+    def act(obs: list[np.ndarray], noise: list[np.ndarray]) -> list[np.ndarray]:
+        return [rng.uniform(lo, hi, size=(o.shape[0], len(lo))).astype(np.float32) for o, lo, hi in zip(obs, low, high)]
+
+    return act
+
+
+def random_baseline(env_id: str, episodes: int, seed: int, options: dict | None = None) -> EvalResult:
+    from .envs import get_spec
+
+    spec = get_spec(env_id, options)
+    act = uniform_random_policy([np.array(a.action_low) for a in spec.agents], [np.array(a.action_high) for a in spec.agents], seed)
+    return evaluate(env_id, act, [1] * len(spec.agents), episodes, seed, options)

@@ -216,3 +216,9 @@ def test_failed_verification_leaves_no_export_dir(tiny_run_dir, tmp_path, monkey
         export_run(tiny_run_dir, out)
     assert not out.exists()
     assert list((tmp_path / "exports").iterdir()) == [], "the staging dir is removed too"
+
+
+def test_unsupported_opset_is_refused_not_silently_changed(tiny_run_dir, tmp_path):
+    with pytest.raises(ExportError, match="cannot export at opset 5"):
+        export_run(tiny_run_dir, tmp_path / "export", opset=5)
+    assert not (tmp_path / "export").exists()

@@ -390,36 +390,13 @@ def test_expired_deadline_is_reported_and_its_work_skipped(model_path, policy):
 
 
 def test_health_is_not_serving_until_the_model_is_loaded(model_path):
-    import asyncio
-
-    from omad_serve.server import PolicyServer
-
-    loop = asyncio.new_event_loop()
-    server = PolicyServer(ServeConfig(model=model_path, port=0))
-    try:
-        loop.run_until_complete(server.listen())
-        addr = f"127.0.0.1:{server.port}"
-        done = threading.Event()
-        statuses = {}
-
-        def probe():  # the loop must keep running while the probe waits for answers
-            statuses["health"] = health_status(addr)
-            statuses["act"] = raw_call(addr, "/omad.v1.Policy/GetSpec", b"")
-            done.set()
-
-        threading.Thread(target=probe).start()
-        while not done.is_set():
-            loop.run_until_complete(asyncio.sleep(0.01))
-        assert statuses["health"] == "NOT_SERVING"
-        assert statuses["act"][0] == grpc.StatusCode.UNAVAILABLE and "loading" in statuses["act"][1]
-        loop.run_until_complete(server.load_model())
-        threading.Thread(target=lambda: statuses.update(after=health_status(addr))).start()
-        while "after" not in statuses:
-            loop.run_until_complete(asyncio.sleep(0.01))
-        assert statuses["after"] == "SERVING"
-    finally:
-        loop.run_until_complete(server.stop())
-        loop.close()
+    with ServerThread(ServeConfig(model=model_path, port=0), load=False) as starting:
+        assert health_status(starting.addr) == "NOT_SERVING"
+        code, details = raw_call(starting.addr, "/omad.v1.Policy/GetSpec", b"")
+        assert code == grpc.StatusCode.UNAVAILABLE and "loading" in details
+        starting.load()
+        assert health_status(starting.addr) == "SERVING"
+        assert raw_call(starting.addr, "/omad.v1.Policy/GetSpec", b"")[0] == grpc.StatusCode.OK
 
 
 # ---- auth and TLS ------------------------------------------------------------------------------

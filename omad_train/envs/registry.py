@@ -112,17 +112,23 @@ def _make_mamujoco(
         os.environ.setdefault("MUJOCO_GL", "egl")
     import mujoco
 
-    # MuJoCo 4 also appends every warning (e.g. HalfCheetah's deprecated `settotalmass`)
-    # to MUJOCO_LOG.TXT in the working directory; the console copy is enough.
+    # MuJoCo 4 appends every warning to MUJOCO_LOG.TXT in the working directory: never write it.
+    # While the model compiles, console warnings are off too: the gymnasium XMLs use the
+    # deprecated `settotalmass`, which MuJoCo would report once per environment copy.
     log_config = mujoco.MjLogConfig.get()
     log_config.logto_file = False
+    log_config.logto_console = False
     log_config.set()
-    # gymnasium_robotics prints an unrelated Adroit notice to stderr on import.
-    with contextlib.redirect_stderr(io.StringIO()):
-        from gymnasium_robotics import mamujoco_v1
-    parallel_env = mamujoco_v1.parallel_env(
-        scenario, partition, render_mode=render_mode, **resolved
-    )
+    try:
+        # gymnasium_robotics prints an unrelated Adroit notice to stderr on import.
+        with contextlib.redirect_stderr(io.StringIO()):
+            from gymnasium_robotics import mamujoco_v1
+        parallel_env = mamujoco_v1.parallel_env(
+            scenario, partition, render_mode=render_mode, **resolved
+        )
+    finally:
+        log_config.logto_console = True
+        log_config.set()
     return ParallelEnvAdapter(
         env_id,
         parallel_env,
