@@ -1,0 +1,233 @@
+"""Closed-loop evaluation: the environment steps here; each agent's policy is a torch checkpoint,
+an ONNX export, or a gRPC server per agent. One loop (omad_train.evaluation.evaluate) serves all
+three sources, and the noise stream is drawn by that loop, so the three give the same returns.
+
+Torch is imported only for the `--run-dir` source.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from omad_train.envs import get_spec
+from omad_train.envs.base import EnvSpec
+from omad_train.errors import OmadError
+from omad_train.evaluation import EvalResult, evaluate
+
+
+class EvalError(OmadError):
+    pass
+
+
+@dataclass(frozen=True)
+class AgentEndpoint:
+    """What a policy source says about one agent, checked against the environment before stepping."""
+
+    name: str
+    obs_dim: int
+    act_dim: int
+    noise_steps: int
+    env_id: str  # "" when the source doesn't know
+    where: str  # file or address, for error messages
+
+
+@dataclass
+class PolicySource:
+    """Per-agent callables `fn(obs [B, d_o], noise [K+1, B, d_a]) -> actions [B, d_a]`."""
+
+    kind: str
+    agents: list[AgentEndpoint]
+    calls: list  # one callable per agent, in env order
+    concurrent: bool = False  # issue the agents' calls for a step in parallel (gRPC)
+    step_timeout_s: float = 10.0
+    latency_us: dict[str, list[float]] = field(default_factory=dict)
+    _pool: ThreadPoolExecutor | None = None
+    _on_close: list = field(default_factory=list)
+
+    def act(self, obs: list[np.ndarray], noise: list[np.ndarray]) -> list[np.ndarray]:
+        if not self.concurrent:
+            return [self._timed(i, obs[i], noise[i]) for i in range(len(self.calls))]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=len(self.calls), thread_name_prefix="agent")
+        futures = [self._pool.submit(self._timed, i, obs[i], noise[i]) for i in range(len(self.calls))]
+        results = []
+        for agent, fut in zip(self.agents, futures):
+            try:
+                results.append(fut.result(timeout=self.step_timeout_s))
+            except FutureTimeout:
+                raise EvalError(f"episode failed: agent {agent.name} at {agent.where} sent no action within {self.step_timeout_s} s") from None
+            except OmadError as err:
+                raise EvalError(f"episode failed: agent {agent.name} at {agent.where}: {err}") from None
+        return results
+
+    def _timed(self, i: int, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        out = self.calls[i](obs, noise)
+        self.latency_us.setdefault(self.agents[i].name, []).append((time.perf_counter() - start) * 1e6)
+        return np.asarray(out, np.float32)
+
+    def check_against(self, spec: EnvSpec) -> None:
+        """Refuse a source whose agents don't fit the environment, before the first step."""
+        if len(self.agents) != len(spec.agents):
+            raise EvalError(f"{spec.env_id} has {len(spec.agents)} agents, the {self.kind} source gives {len(self.agents)}")
+        for mine, theirs in zip(self.agents, spec.agents):
+            problems = []
+            if mine.env_id and mine.env_id != spec.env_id:
+                problems.append(f"trained for env {mine.env_id!r}, not {spec.env_id!r}")
+            if (mine.obs_dim, mine.act_dim) != (theirs.obs_dim, theirs.act_dim):
+                problems.append(f"obs/act sizes {mine.obs_dim}/{mine.act_dim}, env wants {theirs.obs_dim}/{theirs.act_dim}")
+            if problems:
+                raise EvalError(f"agent {theirs.name} ({mine.where}): " + "; ".join(problems))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        for fn in self._on_close:
+            fn()
+
+
+# -- the three sources ---------------------------------------------------------------------------
+def torch_source(run_dir: str | Path) -> PolicySource:
+    import torch
+
+    from omad_train.policies import load_policies, load_spec
+
+    spec = load_spec(run_dir)
+    policies = load_policies(run_dir)
+
+    def call(policy):
+        def fn(obs, noise):
+            with torch.no_grad():
+                return policy(torch.from_numpy(obs), torch.from_numpy(noise)).numpy()
+
+        return fn
+
+    agents = [
+        AgentEndpoint(name, p.obs_dim, p.act_dim, p.denoising_steps + 1, spec.env_id, str(run_dir))
+        for name, p in policies.items()
+    ]
+    return PolicySource("torch", agents, [call(p) for p in policies.values()])
+
+
+def onnx_source(export_dir: str | Path, threads: int = 1) -> PolicySource:
+    from exporters.runtime import load_export
+
+    policies = load_export(export_dir, threads=threads)
+    agents = [
+        AgentEndpoint(name, p.info.obs_dim, p.info.act_dim, p.info.noise_steps, p.info.env_id, str(export_dir))
+        for name, p in policies.items()
+    ]
+    return PolicySource("onnx", agents, [lambda o, z, p=p: p.act(o, noise=z) for p in policies.values()])
+
+
+def grpc_source(addrs: list[str], token: str | None = None, timeout_s: float = 5.0, retries: int = 3, **tls) -> PolicySource:
+    """One streaming session per agent server; an unreachable server fails here, naming the address."""
+    from omad_serve.client import PolicyCallError, PolicyClient
+
+    clients, streams, agents = [], [], []
+    try:
+        for i, addr in enumerate(addrs):
+            client = PolicyClient(addr, token=token, timeout_s=timeout_s, retries=retries, **tls)
+            clients.append(client)
+            try:
+                spec = client.spec()
+            except PolicyCallError as err:
+                raise EvalError(f"agent {i} server at {addr} is not usable ({err.code.name}: {err.details}) after {retries} retries") from None
+            agents.append(AgentEndpoint(spec.agent, spec.obs_dim, spec.act_dim, spec.noise_steps, spec.env_id, addr))
+            streams.append(client.stream())
+    except BaseException:
+        for c in clients:
+            c.close()
+        raise
+
+    def close():
+        for s in streams:
+            s.close()
+        for c in clients:
+            c.close()
+
+    calls = [lambda o, z, s=s: s.act(o, noise=z)[0] for s in streams]
+    return PolicySource("grpc", agents, calls, concurrent=True, step_timeout_s=timeout_s, _on_close=[close])
+
+
+# -- running and reporting -----------------------------------------------------------------------
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
+
+
+def run_eval(
+    env_id: str, source: PolicySource, episodes: int, seed: int, zero_noise: bool = False,
+    record: str | Path | None = None, options: dict | None = None,
+) -> dict:
+    spec = get_spec(env_id, options)
+    source.check_against(spec)
+    try:
+        result: EvalResult = evaluate(
+            env_id, source.act, [a.noise_steps for a in source.agents], episodes, seed, options,
+            zero_noise=zero_noise, record=record is not None,
+        )
+    finally:
+        source.close()
+    report = {
+        "env": env_id,
+        "source": source.kind,
+        "episodes": episodes,
+        "seed": seed,
+        "noise": "zero" if zero_noise else "stochastic",
+        "return_mean": result.mean,
+        "return_std": result.std,
+        "returns": result.returns,
+        "lengths": result.lengths,
+        "control_rate_hz": result.control_rate_hz,
+        "latency_us": {name: percentiles(v) for name, v in source.latency_us.items()},
+    }
+    if record is not None:
+        report["recording"] = str(write_video(Path(record), result.frames))
+    return report
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 30) -> Path:
+    if not frames:
+        raise EvalError("no frames were rendered; nothing to record")
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".gif":
+        imageio.mimsave(path, frames[::2], duration=2000 / fps, loop=0)  # every other frame keeps GIFs small
+    elif path.suffix.lower() == ".mp4":
+        try:
+            imageio.mimsave(path, frames, fps=fps)
+        except (ImportError, ValueError) as err:
+            raise EvalError(f"writing MP4 needs the imageio-ffmpeg package ({err}); use a .gif path instead") from None
+    else:
+        raise EvalError(f"--record {path}: use a .gif or .mp4 file name")
+    return path
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        f"env {report['env']}  source {report['source']}  noise {report['noise']}  episodes {report['episodes']}",
+        f"return      {report['return_mean']:10.2f} +- {report['return_std']:.2f}",
+        f"length      {np.mean(report['lengths']):10.1f}",
+        f"loop rate   {report['control_rate_hz']:10.1f} steps/s",
+    ]
+    if report["latency_us"]:
+        lines.append(f"{'agent':<12}{'p50 us':>10}{'p95 us':>10}{'p99 us':>10}")
+        for name, p in report["latency_us"].items():
+            lines.append(f"{name:<12}{p['p50']:>10.0f}{p['p95']:>10.0f}{p['p99']:>10.0f}")
+    if "recording" in report:
+        lines.append(f"recording   {report['recording']}")
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, report: dict) -> None:
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")
