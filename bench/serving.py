@@ -7,7 +7,9 @@ Policy: K = 8, a 3x256 score net, HalfCheetah 2x3 sizes, random weights (cost do
 Parts, numbered as in BENCHMARKS.md:
   1. torch eager, in-process, batch 1 and 64
   2. ONNX Runtime (exporters.runtime.OnnxPolicy.act, validation included), in-process, batch 1 and 64
-  3-5 (gRPC floor, `omad serve` round trip, throughput) plug in as further PARTS entries.
+  3. a no-op gRPC server process (bench/noop_grpc_server.py): unary and streaming round trip, batch 1
+  4. `omad serve` round trip through PolicyClient: unary and streaming, batch 1
+  5. throughput: C = 1, 4, 16, 64 closed-loop streaming clients, with and without micro-batching
 Each part returns rows (one measurement each); ratios are taken between rows of the same run.
 Writes bench/results/serving.json and bench/results/serving.md. Nothing here asserts on time.
 """
@@ -15,21 +17,29 @@ Writes bench/results/serving.json and bench/results/serving.md. Nothing here ass
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
+import grpc
 import numpy as np
 import onnxruntime
 import torch
 
 from exporters.onnx_export import export_policy
 from exporters.runtime import OnnxPolicy
+from omad_serve._generated import policy_pb2, policy_pb2_grpc
+from omad_serve.client import PolicyClient, act_request, wait_until_serving
+from omad_serve.launcher import pick_ports
 from omad_train.diffusion import AgentPolicy
 from omad_train.envs import get_spec
 
@@ -138,8 +148,178 @@ def part_onnxruntime(bench: Bench) -> list[dict]:
     return rows
 
 
+# -- parts 3-5: over gRPC on loopback (server processes; the torch-free PolicyClient) -------------
+REPO_DIR = Path(__file__).resolve().parent.parent
+THROUGHPUT_CLIENTS = (1, 4, 16, 64)
+THROUGHPUT_SECONDS = 3.0  # measured, after a quarter of that as warm-up
+
+
+@contextlib.contextmanager
+def server_process(argv: list[str], log_path: Path, wait_ready: Callable[[], None]) -> Iterator[None]:
+    """A server process for the duration of a measurement; its stderr goes to log_path."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(argv, cwd=REPO_DIR, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        wait_ready()
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def noop_server(bench: Bench) -> tuple[contextlib.AbstractContextManager, str]:
+    """bench/noop_grpc_server.py: the same service and messages, a constant reply, no work."""
+    port = pick_ports("127.0.0.1", 0, 1)[0]
+    addr = f"127.0.0.1:{port}"
+    argv = [sys.executable, str(REPO_DIR / "bench" / "noop_grpc_server.py"), str(port), str(bench.policy.act_dim)]
+
+    def ready() -> None:
+        with grpc.insecure_channel(addr) as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+
+    return server_process(argv, bench.onnx_path.parent / "noop.log", ready), addr
+
+
+def omad_server(bench: Bench, *flags: str) -> tuple[contextlib.AbstractContextManager, str]:
+    """`omad serve --model` of the benchmark graph, one ONNX Runtime thread."""
+    port = pick_ports("127.0.0.1", 0, 1)[0]
+    addr = f"127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "omad_train.cli", "serve", "--model", str(bench.onnx_path), "--port", str(port),
+            "--threads", "1", "--log-level", "warning", *flags]
+    return server_process(argv, bench.onnx_path.parent / "serve.log", lambda: wait_until_serving(addr, 60)), addr
+
+
+def round_trips(bench: Bench, name: str, addr: str) -> list[dict]:
+    """PolicyClient round trips at batch 1 with explicit noise (the inputs of part 2): unary, streaming."""
+    obs, noise = bench.inputs[1]
+    rows = []
+    with PolicyClient(addr, retries=0, timeout_s=30) as client:
+        rows.append({"name": f"{name} unary", "threads": 1, "batch": 1, **time_calls(lambda: client.act(obs, noise=noise), bench)})
+        with client.stream() as session:
+            timed = time_calls(lambda: session.act(obs, noise=noise), bench)
+            rows.append({"name": f"{name} streaming", "threads": 1, "batch": 1, **timed})
+    return rows
+
+
+def part_grpc_floor(bench: Bench) -> list[dict]:
+    """3. A no-op gRPC server process (constant reply): what Python gRPC costs on loopback."""
+    server, addr = noop_server(bench)
+    with server:
+        return round_trips(bench, "no-op gRPC", addr)
+
+
+def part_omad_serve(bench: Bench) -> list[dict]:
+    """4. `omad serve`: decode, validate, queue, ONNX Runtime on its thread, encode."""
+    server, addr = omad_server(bench)
+    with server:
+        return round_trips(bench, "omad serve", addr)
+
+
+def part_throughput(bench: Bench) -> list[dict]:
+    """5. C closed-loop clients (grpc.aio, one channel and one ActStream each, batch 1) against one
+    server: `omad serve` with and without micro-batching, and the no-op server as the ceiling."""
+    obs, _ = bench.inputs[1]
+    request, _ = act_request(obs, None, None, False)  # the server draws the noise, as in closed-loop eval
+    servers = {
+        "no-op gRPC": lambda: noop_server(bench),
+        "no batching": lambda: omad_server(bench, "--no-batching"),
+        "batching": lambda: omad_server(bench, "--batching", "--max-batch", "64"),
+    }
+    rows = []
+    for mode, make_server in servers.items():
+        server, addr = make_server()
+        with server:
+            for clients in THROUGHPUT_CLIENTS:
+                stats = asyncio.run(closed_loop(addr, request, clients, THROUGHPUT_SECONDS))
+                rows.append({"name": f"{clients} clients, {mode}", "mode": mode, "clients": clients, "threads": 1, "batch": 1, **stats})
+    return rows
+
+
+async def closed_loop(addr: str, request: policy_pb2.ActRequest, clients: int, seconds: float) -> dict:
+    """Each client sends its next observation as soon as its last action arrives."""
+    loop = asyncio.get_running_loop()
+    measure_from = loop.time() + seconds / 4
+    end = measure_from + seconds
+    latencies: list[int] = []
+
+    async def client(channel: grpc.aio.Channel) -> None:
+        stream = policy_pb2_grpc.PolicyStub(channel).ActStream()
+        while (now := loop.time()) < end:
+            started = time.perf_counter_ns()
+            await stream.write(request)
+            await stream.read()
+            if now >= measure_from:
+                latencies.append(time.perf_counter_ns() - started)
+        await stream.done_writing()
+
+    channels = [grpc.aio.insecure_channel(addr) for _ in range(clients)]
+    try:
+        await asyncio.gather(*(client(channel) for channel in channels))
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))
+    micros = np.array(latencies) / 1e3
+    return {
+        "actions_per_s": len(micros) / seconds,
+        "median_us": float(np.median(micros)),
+        "p99_us": float(np.percentile(micros, 99)),
+        "mean_us": float(micros.mean()),
+        "repeats": len(micros),
+    }
+
+
+def grpc_targets(rows: list[dict]) -> list[dict]:
+    """BENCHMARKS.md's serving targets for parts 3-5, from rows of this run (skipped if a part is missing)."""
+    single = {r["name"]: r for r in rows if r["batch"] == 1 and r["threads"] == 1 and "clients" not in r}
+    ort = single.get("ONNX Runtime")
+    targets = []
+    for mode, limit in (("streaming", 1.3), ("unary", None)):  # only streaming has a target; unary for context
+        served, floor = single.get(f"omad serve {mode}"), single.get(f"no-op gRPC {mode}")
+        if served and floor and ort:
+            ratio = served["median_us"] / (floor["median_us"] + ort["median_us"])
+            targets.append({
+                "target": f"{mode} round trip / (no-op {mode} + in-process ORT)" + (f" <= {limit}" if limit else " (no target)"),
+                "measured": f"{served['median_us']:.0f} / ({floor['median_us']:.0f} + {ort['median_us']:.0f}) us = {ratio:.2f}x",
+                "met": ratio <= limit if limit else None,
+            })
+    load = {(r["mode"], r["clients"]): r for r in rows if "clients" in r}
+    for clients in THROUGHPUT_CLIENTS:
+        batched, unbatched = load.get(("batching", clients)), load.get(("no batching", clients))
+        if clients < 16 or not (batched and unbatched):
+            continue
+        speedup = batched["actions_per_s"] / unbatched["actions_per_s"]
+        targets.append({
+            "target": f"C = {clients}: batching / no batching actions/s >= 3",
+            "measured": f"{batched['actions_per_s']:.0f} / {unbatched['actions_per_s']:.0f} = {speedup:.2f}x",
+            "met": speedup >= 3,
+        })
+        targets.append({
+            "target": f"C = {clients}: batching p99 < 5 ms",
+            "measured": f"{batched['p99_us'] / 1e3:.2f} ms",
+            "met": batched["p99_us"] < 5e3,
+        })
+    return targets
+
+
+def grpc_markdown(result: dict) -> list[str]:
+    lines = []
+    load = [r for r in result["rows"] if "clients" in r]
+    if load:
+        lines += ["", "Throughput (part 5): closed-loop streaming clients, batch 1, one server process (1 ORT thread).", "",
+                  "| clients | server | actions/s | median (us) | p99 (us) |", "|---:|---|---:|---:|---:|"]
+        lines += [f"| {r['clients']} | {r['mode']} | {r['actions_per_s']:.0f} | {r['median_us']:.0f} | {r['p99_us']:.0f} |" for r in load]
+    if result.get("targets"):
+        lines += ["", "| target (BENCHMARKS.md) | measured | met |", "|---|---|---|"]
+        met = {True: "yes", False: "**no**", None: "-"}
+        lines += [f"| {t['target']} | {t['measured']} | {met[t['met']]} |" for t in result["targets"]]
+    return lines
+
+
 # Part number -> function(bench) -> rows. Parts 3-5 (gRPC) are added here.
-PARTS = {1: part_torch_eager, 2: part_onnxruntime}
+PARTS = {1: part_torch_eager, 2: part_onnxruntime, 3: part_grpc_floor, 4: part_omad_serve, 5: part_throughput}
 
 
 # -- summary ------------------------------------------------------------------------------------
@@ -210,6 +390,7 @@ def markdown(result: dict) -> str:
             lines.append(
                 f"| {q['what']} | {q['batch']} | {q['median_ratio']:.2f}x | {q['p99_ratio']:.2f}x | {q['torch_threads']} / {q['ort_threads']} |"
             )
+    lines += grpc_markdown(result)
     lines += ["", f"Parity of the benchmarked graph (max abs error vs torch): "
               + ", ".join(f"batch {b}: {e:.1e}" for b, e in result["parity"].items()), ""]
     return "\n".join(lines)
@@ -257,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"median {row['median_us']:8.1f} us  p99 {row['p99_us']:8.1f} us", flush=True)
     result["machine"]["load_average_at_end"] = list(os.getloadavg())
     result["ratios"] = ratios(result["rows"])
+    result["targets"] = grpc_targets(result["rows"])
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serving.json").write_text(json.dumps(result, indent=2) + "\n")

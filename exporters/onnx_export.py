@@ -55,7 +55,7 @@ PARITY_SEED = 0
 
 
 class ExportError(OmadError):
-    """An export cannot be made or failed verification; nothing was written."""
+    """An export cannot be made or failed verification (`export_run` then leaves nothing behind)."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def export_policy(
         if not error <= PARITY_TOLERANCE:  # also catches NaN
             raise ExportError(
                 f"{info.agent}: ONNX Runtime differs from torch by {error:.3g} at batch {batch} "
-                f"(tolerance {PARITY_TOLERANCE:g}); nothing was exported"
+                f"(tolerance {PARITY_TOLERANCE:g})"
             )
     sha256 = sha256_file(path)
     return AgentReport(info.agent, True, max_error, path.stat().st_size, sha256, replace(info, sha256=sha256))

@@ -1,4 +1,9 @@
-"""Micro-batching: concurrent requests become one inference call on one thread off the event loop.
+"""Micro-batching: concurrent requests become one inference call, on one thread off the event loop.
+
+Handlers put jobs on a thread-safe queue and await a future. The inference thread takes the first
+job, gathers whatever else is queued (waiting up to max_delay_us for more, if asked) up to max_batch
+rows, runs ONNX Runtime once, and hands every caller its slice back on the event loop in one
+callback. One thread wake-up and one loop wake-up per batch keeps the loopback round trip short.
 
 Every job carries its own noise (explicit, drawn from its seed, zeros, or drawn by the server)
 before it is queued, so a merged call computes exactly what the separate calls would have:
@@ -8,9 +13,9 @@ observations concatenate along axis 0, noise [K+1, B, d_a] along axis 1.
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -43,6 +48,9 @@ class BatcherClosed(RuntimeError):
     pass
 
 
+_STOP = None  # queued by close(): the thread finishes the jobs before it, then exits
+
+
 class MicroBatcher:
     def __init__(
         self,
@@ -56,79 +64,78 @@ class MicroBatcher:
         self._max_batch = max_batch
         self._max_delay_s = max_delay_us / 1e6
         self._merge = merge
-        self._on_batch = on_batch  # (rows, inference seconds), for metrics
-        self._queue: deque[Job] = deque()
-        self._queued_rows = 0
-        self._arrived = asyncio.Event()
+        self._on_batch = on_batch  # (rows, inference seconds), for metrics; called on the thread
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         # One thread: ONNX Runtime parallelises inside a call (--threads); queued requests merge
         # into the next call instead of competing for cores.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omad-infer")
-        self._worker: asyncio.Task | None = None
+        self._thread = threading.Thread(target=self._run, name="omad-infer", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     def start(self) -> None:
-        self._worker = asyncio.get_running_loop().create_task(self._run(), name="omad-batcher")
+        self._loop = asyncio.get_running_loop()
+        self._thread.start()
 
     async def submit(self, job: Job) -> JobResult:
         """Queue the job and wait for its slice of a batch. Cancelling the wait drops the job."""
         if self._closed:
             raise BatcherClosed("the server is shutting down")
-        job.future = asyncio.get_running_loop().create_future()
+        job.future = self._loop.create_future()
         job.enqueued_ns = time.perf_counter_ns()
-        self._queue.append(job)
-        self._queued_rows += job.rows
-        self._arrived.set()
+        self._jobs.put(job)
         return await job.future
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Finish the queued jobs, stop the thread, fail anything left."""
+        if self._closed:
+            return
         self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-        _fail(list(self._queue), BatcherClosed("the server is shutting down"))
-        self._queue.clear()
-        self._executor.shutdown(wait=True)
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        self._jobs.put(_STOP)
+        deadline = time.monotonic() + timeout_s
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
         while True:
-            while not self._queue:
-                self._arrived.clear()
-                await self._arrived.wait()
-            if self._merge and self._max_delay_s > 0:
-                await self._wait_for_more(loop)
-            jobs = self._take_batch()
-            if jobs:
-                await self._run_batch(jobs, loop)
-
-    async def _wait_for_more(self, loop: asyncio.AbstractEventLoop) -> None:
-        deadline = loop.time() + self._max_delay_s
-        while self._queued_rows < self._max_batch:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                return
-
-    def _take_batch(self) -> list[Job]:
-        jobs: list[Job] = []
-        rows = 0
-        while self._queue:
-            job = self._queue[0]
-            if not job.future.done() and jobs and (not self._merge or rows + job.rows > self._max_batch):
+                job = self._jobs.get_nowait()
+            except queue.Empty:
                 break
-            self._queue.popleft()
-            self._queued_rows -= job.rows
-            if job.future.done():  # its caller gave up (deadline, cancel): skip the work
-                continue
-            jobs.append(job)
-            rows += job.rows
-        return jobs
+            if job is not None and not job.future.done():
+                job.future.set_exception(BatcherClosed("the server is shutting down"))
 
-    async def _run_batch(self, jobs: list[Job], loop: asyncio.AbstractEventLoop) -> None:
+    # ---- the inference thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        carried: Job | None = None  # a job that did not fit into the previous batch
+        stopping = False
+        while not stopping:
+            first = carried if carried is not None else self._jobs.get()
+            carried = None
+            if first is _STOP:
+                return
+            jobs, rows = [first], first.rows
+            deadline = time.monotonic() + self._max_delay_s
+            while self._merge and rows < self._max_batch:
+                remaining = deadline - time.monotonic()
+                try:
+                    job = self._jobs.get(timeout=remaining) if remaining > 0 else self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is _STOP:
+                    stopping = True
+                    break
+                if rows + job.rows > self._max_batch:
+                    carried = job
+                    break
+                jobs.append(job)
+                rows += job.rows
+            self._run_batch(jobs)
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        # A caller that gave up (deadline, cancel) needs no work. Reading the flag off the loop
+        # thread is a benign race: at worst its rows are computed and then dropped in _deliver.
+        jobs = [job for job in jobs if not job.future.cancelled()]
+        if not jobs:
+            return
         if len(jobs) == 1:
             obs, noise = jobs[0].obs, jobs[0].noise
         else:
@@ -136,25 +143,26 @@ class MicroBatcher:
             noise = np.concatenate([job.noise for job in jobs], axis=1)
         started = time.perf_counter_ns()
         try:
-            actions = await loop.run_in_executor(self._executor, self._infer, obs, noise)
-        except asyncio.CancelledError:  # closing: nobody may wait forever
-            _fail(jobs, BatcherClosed("the server is shutting down"))
-            raise
+            actions, error = self._infer(obs, noise), None
         except Exception as err:  # noqa: BLE001 - reported to every caller of this batch
-            _fail(jobs, err)
-            return
+            actions, error = None, err
         inference_ns = time.perf_counter_ns() - started
-        if self._on_batch is not None:
+        if self._on_batch is not None and error is None:
             self._on_batch(obs.shape[0], inference_ns / 1e9)
-        offset = 0
-        for job in jobs:
-            if not job.future.done():
-                result = JobResult(actions[offset : offset + job.rows], started - job.enqueued_ns, inference_ns, obs.shape[0])
-                job.future.set_result(result)
-            offset += job.rows
+        try:
+            self._loop.call_soon_threadsafe(_deliver, jobs, actions, error, started, inference_ns)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
 
 
-def _fail(jobs: list[Job], error: BaseException) -> None:
+def _deliver(jobs: list[Job], actions: np.ndarray | None, error: Exception | None, started_ns: int, inference_ns: int) -> None:
+    """On the event loop: give each caller its slice (or the batch's error)."""
+    offset, batch_size = 0, sum(job.rows for job in jobs)
     for job in jobs:
         if not job.future.done():
-            job.future.set_exception(error)
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                action = actions[offset : offset + job.rows]
+                job.future.set_result(JobResult(action, started_ns - job.enqueued_ns, inference_ns, batch_size))
+        offset += job.rows

@@ -88,7 +88,7 @@ def _wait_for_stop_or_failure(servers: list[tuple[str, subprocess.Popen]], stop:
     while not stop.wait(0.2):
         for agent, process in servers:
             code = process.poll()
-            if code is not None:
+            if code is not None and not stop.is_set():  # (a terminal's Ctrl-C reaches the servers too)
                 logs.log_event(log, "agent_exited", logging.ERROR, agent=agent, returncode=code, pid=process.pid)
                 return True
     logs.log_event(log, "stopping", agents=len(servers))

@@ -27,11 +27,15 @@ class ServerMetrics:
             "omad_inference_seconds", "ONNX Runtime time per inference call", buckets=LATENCY_BUCKETS_S, registry=self.registry
         )
         self.in_flight = Gauge("omad_in_flight_calls", "Calls being handled", registry=self.registry)
+        self._per_method: dict[str, tuple] = {}  # label lookups cached: this runs once per request
         self._http = None
 
     def observe_request(self, method: str, seconds: float) -> None:
-        self.requests.labels(method).inc()
-        self.latency.labels(method).observe(seconds)
+        children = self._per_method.get(method)
+        if children is None:
+            children = self._per_method[method] = (self.requests.labels(method), self.latency.labels(method))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_error(self, method: str, code_name: str) -> None:
         self.errors.labels(method, code_name).inc()

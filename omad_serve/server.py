@@ -43,6 +43,7 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 KSERVE_MODEL_VERSION = "1"
 KSERVE_PLATFORM = "onnxruntime_onnx"
 MAX_WARMUP_ROWS = 256
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 Status = grpc.StatusCode
 log = logs.get_logger("omad_serve.server")
@@ -76,6 +77,7 @@ class PolicyServer:
     def __init__(self, config: ServeConfig, token: str | None = None, tls: tuple[bytes, bytes, bytes | None] | None = None):
         self.config = config
         self.metrics = ServerMetrics()
+        self.metrics.in_flight.set_function(lambda: self._in_flight)  # read at scrape time, free per call
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.info: ModelInfo | None = None
@@ -148,15 +150,23 @@ class PolicyServer:
             reason = "address in use or not available"
         if not port:
             raise ServeConfigError(f"cannot listen on {address}: {reason}")
+        if cfg.metrics_port is not None:
+            try:
+                self.metrics_port = self.metrics.serve_http(cfg.host.strip("[]"), cfg.metrics_port)
+            except OSError as err:
+                raise ServeConfigError(f"cannot serve metrics on {cfg.host}:{cfg.metrics_port}: {err}") from None
         await server.start()
         self._server, self.port = server, port
-        if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve_http(cfg.host, cfg.metrics_port)
         logs.log_event(
             log, "listening", addr=f"{cfg.host}:{port}", port=port, metrics_port=self.metrics_port,
             tls=self._tls is not None, mtls=bool(self._tls and self._tls[2]), auth=self._token is not None,
             config=cfg.model_dump(mode="json"),
         )
+        if cfg.host not in LOOPBACK_HOSTS and (self._tls is None or self._token is None):
+            logs.log_event(
+                log, "exposed", logging.WARNING, host=cfg.host,
+                advice="serving beyond loopback: consider --tls-cert/--tls-key (and --tls-client-ca) plus --token-file",
+            )
 
     async def load_model(self) -> None:
         """Load and warm up the model in a thread (health stays NOT_SERVING meanwhile), then SERVING."""
@@ -246,7 +256,6 @@ class PolicyServer:
         async def call(request, context):
             started = time.perf_counter()
             self._in_flight += 1
-            self.metrics.in_flight.inc()
             try:
                 self._admit(needs_model)
                 _check_parsed(request)
@@ -258,7 +267,6 @@ class PolicyServer:
                 raise
             finally:
                 self._in_flight -= 1
-                self.metrics.in_flight.dec()
                 self.metrics.observe_request(method, time.perf_counter() - started)
 
         return call
@@ -266,7 +274,6 @@ class PolicyServer:
     def _stream(self, method: str, handle: Callable[[Any, Any], Awaitable[None]]):
         async def call(requests, context):
             self._in_flight += 1
-            self.metrics.in_flight.inc()
             try:
                 self._admit(needs_model=True)
                 await handle(requests, context)
@@ -277,7 +284,6 @@ class PolicyServer:
                 raise
             finally:
                 self._in_flight -= 1
-                self.metrics.in_flight.dec()
 
         return call
 
@@ -289,8 +295,7 @@ class PolicyServer:
         if not isinstance(err, RequestError):
             log.exception("internal error in %s", method)
             err = RequestError(Status.INTERNAL, f"internal server error in {method}; see the server log")
-        elif err.code != Status.INVALID_ARGUMENT:
-            logs.log_event(log, "call_failed", logging.DEBUG, method=method, code=err.code.name, reason=err.message)
+        logs.log_event(log, "call_failed", logging.DEBUG, method=method, code=err.code.name, reason=err.message)
         self.metrics.observe_error(method, err.code.name)
         await context.abort(err.code, err.message)
 

@@ -1,0 +1,48 @@
+"""A no-op omad.v1.Policy server: the floor that Python gRPC itself sets (bench/serving.py, part 3).
+
+    python bench/noop_grpc_server.py PORT ACT_DIM     # serves 127.0.0.1:PORT until SIGTERM / SIGINT
+
+Same process layout as `omad serve` (one grpc.aio process, the same messages), but Act and
+ActStream answer a constant action without reading the request: no validation, no inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from omad_serve._generated import policy_pb2, policy_pb2_grpc  # noqa: E402
+
+
+class NoopPolicy(policy_pb2_grpc.PolicyServicer):
+    def __init__(self, act_dim: int):
+        action = policy_pb2.Tensor(shape=[1, act_dim], data=bytes(4 * act_dim))
+        self.reply = policy_pb2.ActReply(action=action, timing=policy_pb2.Timing(batch_size=1), model_sha256="0" * 64)
+
+    async def Act(self, request, context):
+        return self.reply
+
+    async def ActStream(self, requests, context):
+        async for _request in requests:  # same shape as omad serve's handler: read one, write one
+            await context.write(self.reply)
+
+
+async def serve(port: int, act_dim: int) -> None:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    policy_pb2_grpc.add_PolicyServicer_to_server(NoopPolicy(act_dim), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(0)
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(int(sys.argv[1]), int(sys.argv[2])))

@@ -1,0 +1,134 @@
+"""The serving image without a Docker engine: the Dockerfile's invariants checked statically, and its
+install step replayed in a fresh virtual environment (no torch), which then serves the tiny export."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    joined = text.replace("\\\n", " ")
+    out = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, args = line.partition(" ")
+            out.append((keyword.upper(), args.strip()))
+    return out
+
+
+def stages(text: str) -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for keyword, args in instructions(text):
+        if keyword == "FROM":
+            result.append([])
+        if result:
+            result[-1].append((keyword, args))
+    return result
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> str:
+    return (REPO / "Dockerfile").read_text()
+
+
+def pip_install_args(dockerfile_text: str) -> list[str]:
+    """The arguments of the build stage's `pip install`."""
+    for keyword, args in stages(dockerfile_text)[0]:
+        if keyword == "RUN" and "pip install" in args:
+            return shlex.split(args.split("pip install", 1)[1])
+    raise AssertionError("no pip install in the build stage")
+
+
+def test_dockerfile_invariants(dockerfile):
+    build, final = stages(dockerfile)[0], stages(dockerfile)[-1]
+    assert len(stages(dockerfile)) >= 2, "multi-stage"
+    final_keys = dict(final)
+    assert "COPY" in final_keys and "--from=build" in final_keys["COPY"], "the final stage copies the built venv"
+
+    user = final_keys.get("USER", "root").split(":")[0]
+    assert user not in ("root", "0"), "runs as a non-root user"
+
+    assert json.loads(final_keys["ENTRYPOINT"]) == ["omad", "serve"], "exec-form entrypoint"
+    assert final_keys["STOPSIGNAL"] == "SIGTERM"
+    healthcheck = final_keys["HEALTHCHECK"]
+    command = json.loads(healthcheck.split("CMD", 1)[1].strip())
+    assert command[:2] == ["omad", "health"] and "--addr" in command
+
+    args = pip_install_args(dockerfile)
+    assert args[args.index("-c") + 1] == "constraints.txt", "pinned versions"
+    targets = [a for a in args if a.startswith(".")]
+    assert targets == [".[cpu]"], "the package with the cpu extra only (no train extra: no torch)"
+    for keyword, args_text in build:
+        if keyword == "COPY":
+            for source in shlex.split(args_text)[:-1]:
+                assert (REPO / source).exists(), f"COPY source {source} is missing"
+
+
+def test_serving_dependencies_have_no_torch():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    serving = project["dependencies"] + project["optional-dependencies"]["cpu"]
+    assert not [d for d in serving if d.lower().startswith("torch")]
+
+
+def test_dockerignore_keeps_secrets_and_environments_out():
+    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
+    assert {".git", ".venv", "runs/", "exports/", "*.pem", "*.key"} <= ignored
+
+
+def test_image_install_step_in_a_fresh_venv(tmp_path, dockerfile, tiny_export_dir):
+    """Replay the build stage: copy what it copies, run its pip install, then serve without torch."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for keyword, args_text in stages(dockerfile)[0]:
+        if keyword == "COPY":
+            for source in shlex.split(args_text)[:-1]:
+                path = REPO / source
+                if path.is_dir():
+                    shutil.copytree(path, src / source, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    shutil.copy(path, src / source)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python, omad = venv / "bin" / "python", venv / "bin" / "omad"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *pip_install_args(dockerfile)], cwd=src, check=True, timeout=600)
+
+    no_torch = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
+    subprocess.run([str(python), "-c", no_torch], check=True, timeout=60)
+    subprocess.run([str(omad), "health", "--help"], check=True, capture_output=True, timeout=60)
+    subprocess.run([str(python), "-c", "import omad_serve.server, omad_serve.client"], check=True, cwd=tmp_path, timeout=60)
+
+    from exporters.runtime import OnnxPolicy, read_manifest
+    from omad_serve.client import PolicyClient, wait_until_serving
+    from omad_serve.launcher import pick_ports
+
+    model = Path(tiny_export_dir) / read_manifest(tiny_export_dir)["agents"][0]["file"]
+    port = pick_ports("127.0.0.1", 0, 1)[0]
+    server = subprocess.Popen([str(omad), "serve", "--model", str(model), "--port", str(port)], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        addr = f"127.0.0.1:{port}"
+        wait_until_serving(addr, timeout_s=60)
+        assert subprocess.run([str(omad), "health", "--addr", addr], capture_output=True, timeout=60).returncode == 0
+        policy = OnnxPolicy(model)
+        obs = np.ones((2, policy.info.obs_dim), np.float32)
+        with PolicyClient(addr) as client:
+            np.testing.assert_allclose(client.act(obs, seed=3)[0], policy.act(obs, seed=3), atol=1e-6)
+        server.terminate()
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

@@ -1,0 +1,304 @@
+"""`omad serve` and `omad health` as real processes: SIGTERM drain, the multi-agent launcher (no
+orphans), health exit codes, and 64 concurrent clients with every answer checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from exporters.runtime import OnnxPolicy, read_manifest
+from omad_serve.client import PolicyCallError, PolicyClient, check_health, wait_until_serving
+from omad_serve.config import ServeConfig
+from omad_serve.testing import ServerThread
+
+REPO = Path(__file__).resolve().parent.parent
+OMAD = [sys.executable, "-m", "omad_train.cli"]
+
+
+class Process:
+    """A child process whose stdout lines and stderr JSON log events are collected by threads."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([*OMAD, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.events: queue.Queue[dict] = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+
+    def _read_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            try:
+                self.events.put(json.loads(line))
+            except ValueError:
+                pass
+
+    def wait_for_event(self, name: str, timeout_s: float = 60) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                event = self.events.get(timeout=0.1)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            if event.get("event") == name:
+                return event
+        raise AssertionError(f"no {name!r} event; stderr:\n{''.join(self.stderr)}")
+
+    def line(self, timeout_s: float = 30) -> str:
+        return self.lines.get(timeout=timeout_s)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def model_path(tiny_export_dir) -> Path:
+    return Path(tiny_export_dir) / read_manifest(tiny_export_dir)["agents"][0]["file"]
+
+
+@pytest.fixture(scope="module")
+def policy(model_path) -> OnnxPolicy:
+    return OnnxPolicy(model_path)
+
+
+def random_inputs(policy: OnnxPolicy, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    info = policy.info
+    return (
+        rng.standard_normal((batch, info.obs_dim), dtype=np.float32),
+        rng.standard_normal((info.noise_steps, batch, info.act_dim), dtype=np.float32),
+    )
+
+
+def is_gone(pid: int) -> bool:
+    """Exited (reaped, or a zombie waiting for a reaper)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def wait_gone(pids: list[int], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not all(map(is_gone, pids)):
+        time.sleep(0.05)
+    return [pid for pid in pids if not is_gone(pid)]
+
+
+def test_sigterm_drains_in_flight_calls_then_exits(model_path, policy):
+    # a 300 ms batching window keeps unary calls in flight long enough to signal in between
+    server = Process("serve", "--model", str(model_path), "--port", "0", "--max-delay-us", "300000", "--grace-s", "5")
+    try:
+        addr = f"127.0.0.1:{server.wait_for_event('serving')['port']}"
+        session_client = PolicyClient(addr, retries=0)
+        session = session_client.stream()
+        obs, noise = random_inputs(policy, 1, seed=0)
+        session.act(obs, noise=noise)
+
+        results: dict[int, object] = {}
+
+        def in_flight_call(index: int) -> None:
+            obs_i, noise_i = random_inputs(policy, 2, seed=index)
+            with PolicyClient(addr, retries=0) as c:
+                try:
+                    results[index] = (c.act(obs_i, noise=noise_i, timeout=10)[0], policy.act(obs_i, noise=noise_i))
+                except PolicyCallError as err:
+                    results[index] = err
+
+        callers = [threading.Thread(target=in_flight_call, args=(i,)) for i in range(4)]
+        for t in callers:
+            t.start()
+        time.sleep(0.1)
+        server.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+
+        deadline = time.monotonic() + 3
+        while check_health(addr, timeout_s=1) != "NOT_SERVING" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert check_health(addr, timeout_s=1) == "NOT_SERVING"
+        with PolicyClient(addr, retries=0) as late:
+            with pytest.raises(PolicyCallError) as caught:
+                late.act(obs)
+            assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "draining" in caught.value.details
+
+        served, _ = session.act(obs, noise=noise)  # an open stream keeps working while draining
+        np.testing.assert_allclose(served, policy.act(obs, noise=noise), atol=1e-6)
+        session.close()
+        session_client.close()
+
+        for t in callers:
+            t.join(10)
+        assert len(results) == 4
+        for outcome in results.values():
+            assert not isinstance(outcome, PolicyCallError), outcome
+            np.testing.assert_allclose(outcome[0], outcome[1], atol=1e-6)
+
+        assert server.proc.wait(timeout=5) == 0
+        assert time.monotonic() - signalled < 5
+        server.wait_for_event("stopped", timeout_s=5)
+    finally:
+        server.kill()
+
+
+def test_an_idle_open_stream_does_not_hold_the_server_past_its_grace(model_path, policy):
+    server = Process("serve", "--model", str(model_path), "--port", "0", "--grace-s", "1")
+    try:
+        addr = f"127.0.0.1:{server.wait_for_event('serving')['port']}"
+        with PolicyClient(addr, retries=0) as client:
+            session = client.stream()
+            session.act(np.zeros((1, policy.info.obs_dim), np.float32))
+            server.proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            assert server.proc.wait(timeout=5) == 0
+            assert time.monotonic() - signalled < 2.5
+            with pytest.raises(PolicyCallError):
+                session.act(np.zeros((1, policy.info.obs_dim), np.float32))
+    finally:
+        server.kill()
+
+
+def test_port_in_use_is_a_clear_error(model_path):
+    with ServerThread(ServeConfig(model=model_path, port=0)) as running:
+        server = Process("serve", "--model", str(model_path), "--port", str(running.port))
+        try:
+            assert server.proc.wait(timeout=60) == 2
+            assert "cannot listen on" in "".join(server.stderr)
+        finally:
+            server.kill()
+
+
+def test_a_bad_model_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "agent.onnx"
+    bad.write_bytes(b"not a graph")
+    result = subprocess.run([*OMAD, "serve", "--model", str(bad), "--port", "0"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "error:" in result.stderr and str(bad) in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_launcher_serves_every_agent_and_stops_them_all(tiny_export_dir, sig):
+    agents = [entry["agent"] for entry in read_manifest(tiny_export_dir)["agents"]]
+    launcher = Process("serve", "--export-dir", str(tiny_export_dir), "--base-port", "0", "--grace-s", "3")
+    try:
+        started = [launcher.wait_for_event("agent_started") for _ in agents]
+        addrs = dict(launcher.line().split() for _ in agents)
+        assert list(addrs) == agents
+        ports = [int(addr.rsplit(":", 1)[1]) for addr in addrs.values()]
+        assert len(set(ports)) == len(agents)
+        for agent, addr in addrs.items():
+            wait_until_serving(addr, timeout_s=60)
+            with PolicyClient(addr) as client:
+                assert client.spec().agent == agent
+        children = [event["pid"] for event in started]
+
+        launcher.proc.send_signal(sig)
+        assert launcher.proc.wait(timeout=20) == 0
+        assert wait_gone(children, timeout_s=5) == []
+    finally:
+        launcher.kill()
+
+
+def test_launcher_death_takes_its_servers_along(tiny_export_dir):
+    launcher = Process("serve", "--export-dir", str(tiny_export_dir), "--base-port", "0")
+    try:
+        children = [launcher.wait_for_event("agent_started")["pid"] for _ in read_manifest(tiny_export_dir)["agents"]]
+        launcher.proc.kill()  # no chance to clean up: the kernel's parent-death signal must
+        launcher.proc.wait()
+        assert wait_gone(children, timeout_s=15) == []
+    finally:
+        launcher.kill()
+
+
+def test_launcher_stops_everything_when_one_agent_fails(tiny_export_dir, tmp_path):
+    broken = tmp_path / "export"
+    shutil.copytree(tiny_export_dir, broken)
+    victim = read_manifest(broken)["agents"][1]["file"]
+    with open(broken / victim, "ab") as f:
+        f.write(b"tampered")  # sha256 no longer matches the manifest
+    launcher = Process("serve", "--export-dir", str(broken), "--base-port", "0")
+    try:
+        children = [launcher.wait_for_event("agent_started")["pid"] for _ in range(3)]
+        assert launcher.proc.wait(timeout=60) == 1
+        launcher.wait_for_event("agent_exited", timeout_s=5)
+        assert wait_gone(children, timeout_s=5) == []
+    finally:
+        launcher.kill()
+
+
+def test_omad_health_exit_codes(model_path):
+    def health(addr: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*OMAD, "health", "--addr", addr, "--timeout", "2"], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+    with ServerThread(ServeConfig(model=model_path, port=0), load=False) as starting:
+        result = health(starting.addr)
+        assert result.returncode == 1 and "NOT_SERVING" in result.stdout
+        starting.load()
+        result = health(starting.addr)
+        assert result.returncode == 0 and "SERVING" in result.stdout
+        free_port = starting.port
+    result = health(f"127.0.0.1:{free_port}")  # nothing listens there any more
+    assert result.returncode == 1 and "UNAVAILABLE" in result.stdout
+
+
+def test_64_concurrent_clients_get_every_answer_right(model_path, policy):
+    clients, requests_each = 64, 200
+    server = Process("serve", "--model", str(model_path), "--port", "0", "--max-batch", "64")
+    try:
+        addr = f"127.0.0.1:{server.wait_for_event('serving')['port']}"
+        inputs = [random_inputs(policy, requests_each, seed=1000 + i) for i in range(clients)]
+        errors: list[BaseException] = []
+        mismatches: list[tuple[int, int]] = []
+        served_batches: list[int] = []
+        start = threading.Barrier(clients)
+
+        def closed_loop_client(index: int) -> None:
+            obs, noise = inputs[index]
+            expected = np.stack([policy.act(obs[i : i + 1], noise=noise[:, i : i + 1])[0] for i in range(requests_each)])
+            try:
+                with PolicyClient(addr, retries=0, timeout_s=30) as client:
+                    start.wait(timeout=60)
+                    for i in range(requests_each):
+                        action, timing = client.act(obs[i : i + 1], noise=noise[:, i : i + 1])
+                        served_batches.append(timing.batch_size)
+                        if not np.allclose(action[0], expected[i], rtol=0, atol=1e-5):
+                            mismatches.append((index, i))
+            except BaseException as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=closed_loop_client, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        assert not any(t.is_alive() for t in threads)
+        assert errors == [] and mismatches == []
+        assert len(served_batches) == clients * requests_each
+        assert max(served_batches) > 1  # concurrent requests were merged
+        assert check_health(addr) == "SERVING"
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout=15)
+        finally:
+            server.kill()
