@@ -188,7 +188,7 @@ def run_eval(
         "returns": result.returns,
         "lengths": result.lengths,
         "control_rate_hz": result.control_rate_hz,
-        "latency_us": {name: percentiles(v) for name, v in source.latency_us.items()},
+        "latency_us": {a.name: percentiles(source.latency_us.get(a.name, [])) for a in source.agents},
     }
     if record is not None:
         report["recording"] = str(write_video(Path(record), result.frames))

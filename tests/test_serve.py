@@ -348,13 +348,16 @@ def test_server_is_healthy_after_fuzzing(server, client, policy):
 
 
 def test_concurrent_requests_merge_into_one_call_with_unchanged_answers(model_path, policy):
-    config = ServeConfig(model=model_path, port=0, max_batch=64, max_delay_us=100_000)
+    config = ServeConfig(model=model_path, port=0, max_batch=64, max_delay_us=300_000)
     with ServerThread(config) as batching_server:
         results: dict[int, tuple] = {}
+        start_together = threading.Barrier(12)
 
         def one_client(index: int) -> None:
             obs, noise = random_request(policy, 1 + index % 3, seed=200 + index)
             with PolicyClient(batching_server.addr, retries=0) as c:
+                c.spec()  # connected before the race starts
+                start_together.wait(timeout=30)
                 if index % 3 == 0:
                     results[index] = (c.act(obs, seed=index), policy.act(obs, seed=index))
                 elif index % 3 == 1:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -107,10 +108,23 @@ def wait_gone(pids: list[int], timeout_s: float) -> list[int]:
     return [pid for pid in pids if not is_gone(pid)]
 
 
+def in_flight_calls(metrics_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("omad_in_flight_calls "):
+                return float(line.split()[1])
+    raise AssertionError("no omad_in_flight_calls metric")
+
+
 def test_sigterm_drains_in_flight_calls_then_exits(model_path, policy):
-    # a 300 ms batching window keeps unary calls in flight long enough to signal in between
-    server = Process("serve", "--model", str(model_path), "--port", "0", "--max-delay-us", "300000", "--grace-s", "5")
+    # A 1 s batching window (4 requests never fill --max-batch 64) holds unary calls in flight.
+    grace_s = 10
+    server = Process(
+        "serve", "--model", str(model_path), "--port", "0", "--max-delay-us", "1000000", "--grace-s", str(grace_s),
+        "--metrics-port", "0",
+    )
     try:
+        metrics_port = server.wait_for_event("listening")["metrics_port"]
         addr = f"127.0.0.1:{server.wait_for_event('serving')['port']}"
         session_client = PolicyClient(addr, retries=0)
         session = session_client.stream()
@@ -130,7 +144,10 @@ def test_sigterm_drains_in_flight_calls_then_exits(model_path, policy):
         callers = [threading.Thread(target=in_flight_call, args=(i,)) for i in range(4)]
         for t in callers:
             t.start()
-        time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while in_flight_calls(metrics_port) < 5 and time.monotonic() < deadline:  # 4 unary calls + the stream
+            time.sleep(0.01)
+        assert in_flight_calls(metrics_port) == 5
         server.proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
 
@@ -155,8 +172,8 @@ def test_sigterm_drains_in_flight_calls_then_exits(model_path, policy):
             assert not isinstance(outcome, PolicyCallError), outcome
             np.testing.assert_allclose(outcome[0], outcome[1], atol=1e-6)
 
-        assert server.proc.wait(timeout=5) == 0
-        assert time.monotonic() - signalled < 5
+        assert server.proc.wait(timeout=grace_s) == 0
+        assert time.monotonic() - signalled < grace_s
         server.wait_for_event("stopped", timeout_s=5)
     finally:
         server.kill()
