@@ -243,11 +243,11 @@ def export_run(
     """Export every agent of a run dir's latest checkpoint into the export dir `out`."""
     run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
     check_target(out, overwrite)
-    checkpoint = latest_checkpoint(run_dir)  # missing run dir, other format version, corrupt files
+    checkpoint = latest_checkpoint(run_dir, files=[])  # missing run dir, other format version (load_policies hashes the actors)
     spec = load_spec(run_dir)
     algo = read_algo(run_dir)
     policies = load_policies(run_dir)
-    if latest_checkpoint(run_dir) != checkpoint:
+    if latest_checkpoint(run_dir, files=[]) != checkpoint:
         raise ExportError(f"{run_dir}: a new checkpoint appeared during the export (training still running?); run it again")
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -102,7 +102,8 @@ def save_checkpoint(
 
 
 # -- reading --------------------------------------------------------------------------------------
-def latest_checkpoint(run_dir: Path) -> Path:
+def latest_checkpoint(run_dir: Path, files: list[str] | None = None) -> Path:
+    """The newest complete checkpoint, verified (only `files`, relative paths, when given)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run dir {run_dir} does not exist")
@@ -114,12 +115,12 @@ def latest_checkpoint(run_dir: Path) -> Path:
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{pointer}: unreadable checkpoint pointer ({err})") from None
     path = run_dir / "checkpoints" / name
-    verify_checkpoint(path)
+    verify_checkpoint(path, files)
     return path
 
 
-def verify_checkpoint(path: Path) -> dict:
-    """Check the manifest's format version and every file's sha256; return the manifest."""
+def verify_checkpoint(path: Path, files: list[str] | None = None) -> dict:
+    """Check the manifest's format version and the sha256 of every file (or of `files`); return the manifest."""
     mpath = path / "manifest.json"
     try:
         manifest = json.loads(mpath.read_text())
@@ -131,6 +132,8 @@ def verify_checkpoint(path: Path) -> dict:
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{mpath}: checkpoint format version {version!r}, this omad reads version {FORMAT_VERSION}")
     for rel, digest in manifest["files"].items():
+        if files is not None and rel not in files:
+            continue
         f = path / rel
         if not f.is_file():
             raise CheckpointError(f"{f}: listed in the manifest but missing")

@@ -25,7 +25,7 @@ def load_spec(run_dir: str | Path) -> EnvSpec:
 def load_policies(run_dir: str | Path) -> dict:
     """`{agent name: AgentPolicy}` in the environment's agent order, from the latest checkpoint."""
     spec = load_spec(run_dir)
-    ckpt = latest_checkpoint(Path(run_dir))
+    ckpt = latest_checkpoint(Path(run_dir), files=[f"actors/{a.name}.safetensors" for a in spec.agents])
     policies = {}
     for agent in spec.agents:
         path = ckpt / "actors" / f"{agent.name}.safetensors"
