@@ -145,7 +145,7 @@ def test_mismatched_sizes_or_agent_count_are_refused(tiny_export_dir):
 def test_server_dying_mid_episode_fails_the_episode_without_hanging(tiny_export_dir):
     with ExitStack() as stack:
         servers = serve_all(stack, tiny_export_dir)
-        source = grpc_source([s.addr for s in servers], timeout_s=2.0, retries=1)
+        source = grpc_source([s.addr for s in servers], timeout_s=5.0, retries=1)
         steps = []
         original = source.act
 
@@ -159,7 +159,7 @@ def test_server_dying_mid_episode_fails_the_episode_without_hanging(tiny_export_
         start = time.monotonic()
         with pytest.raises(EvalError, match="episode failed: agent agent_1"):
             run_eval("mpe:simple_spread_v3", source, 1, seed=0)
-        assert time.monotonic() - start < 15
+        assert time.monotonic() - start < 30
         assert len(steps) == 5
 
 
