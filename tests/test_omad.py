@@ -78,7 +78,7 @@ def test_diffusion_policy_keeps_both_modes_of_a_bimodal_reward():
     spec = toy_spec([1, 1], [1, 1], state_dim=1)
     layout = AgentLayout(spec)
     cfg = build_config(dict(env="mpe:simple_spread_v3", actor_hidden=[64, 64], critic_hidden=[64, 64],
-                            denoising_steps=8, num_atoms=51, lr_actor=1e-3, lr_critic=1e-3, batch_size=256))
+                            denoising_steps=8, num_atoms=51, lr_actor=1e-3, lr_critic=1e-3, batch_size=256, policy_delay=1))
     algo = OMAD(cfg, layout, spec.state_dim, (-1.0, 0.5))
     B = 256
     zeros = torch.zeros(B, 2, 1)
