@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,10 @@ class RunLogger:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.records = self._read_records(start_step)
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step or None)
-        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", disable=not progress, dynamic_ncols=True)
+        # Redraw at most every 0.5 s on a terminal, every 30 s into a log file.
+        interval = 0.5 if sys.stderr.isatty() else 30.0
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", disable=not progress, dynamic_ncols=True,
+                        mininterval=interval, maxinterval=max(interval, 10.0))
         self.t0, self.step0, self.updates0 = time.perf_counter(), start_step, None
         self.step, self.updates = start_step, 0
 
