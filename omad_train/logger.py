@@ -46,7 +46,9 @@ class RunLogger:
         self.step, self.updates = step, updates
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         if self.bar.n % 100 == 0 or step >= self.bar.total:
-            self.bar.set_postfix(env_sps=f"{(step - self.step0) / elapsed:.0f}", ups=f"{(updates - self.updates0) / elapsed:.1f}")
+            self.bar.set_postfix(
+                env_sps=f"{(step - self.step0) / elapsed:.0f}", ups=f"{(updates - self.updates0) / elapsed:.1f}", refresh=False
+            )
 
     def log(self, record: dict) -> None:
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
