@@ -131,6 +131,7 @@ class PolicyServer:
             "ServerMetadata": self._unary("ServerMetadata", self._server_metadata, needs_model=False),
             "ModelMetadata": self._unary("ModelMetadata", self._model_metadata),
             "ModelInfer": self._unary("ModelInfer", self._model_infer),
+            "ModelConfig": self._unary("ModelConfig", self._model_config),
         })
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for service in ("", POLICY_SERVICE.full_name, KSERVE_SERVICE.full_name):
@@ -393,6 +394,22 @@ class PolicyServer:
             ],
             outputs=[tensor(name=ACTION_OUTPUT, datatype="FP32", shape=[-1, info.act_dim])],
         )
+
+    async def _model_config(self, request: kserve_pb2.ModelConfigRequest, context) -> kserve_pb2.ModelConfigResponse:
+        """Triton's ModelConfig (perf_analyzer asks for it): max_batch_size 0, since noise batches on axis 1."""
+        self._require_this_model(request.name, request.version)
+        info, fp32 = self.info, kserve_pb2.TYPE_FP32
+        return kserve_pb2.ModelConfigResponse(config=kserve_pb2.ModelConfig(
+            name=info.agent,
+            platform=KSERVE_PLATFORM,
+            backend="onnxruntime",
+            max_batch_size=0,
+            input=[
+                kserve_pb2.ModelInput(name=OBS_INPUT, data_type=fp32, dims=[-1, info.obs_dim]),
+                kserve_pb2.ModelInput(name=NOISE_INPUT, data_type=fp32, dims=[info.noise_steps, -1, info.act_dim], optional=True),
+            ],
+            output=[kserve_pb2.ModelOutput(name=ACTION_OUTPUT, data_type=fp32, dims=[-1, info.act_dim])],
+        ))
 
     async def _model_infer(self, request: kserve_pb2.ModelInferRequest, context) -> kserve_pb2.ModelInferResponse:
         received_ns = time.perf_counter_ns()

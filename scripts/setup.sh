@@ -4,8 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  if ! ldconfig -p | grep -q libEGL.so; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libegl1 libgl1 libgl1-mesa-dri >/dev/null
+  # EGL + Mesa: offscreen MuJoCo rendering; libb64: tritonclient's perf_analyzer binary.
+  if ! ldconfig -p | grep -q libEGL.so || ! ldconfig -p | grep -q libb64.so; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      libegl1 libgl1 libgl1-mesa-dri libb64-0d >/dev/null
   fi
 fi
 

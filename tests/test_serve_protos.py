@@ -36,13 +36,19 @@ def test_kserve_proto_is_wire_compatible_with_tritonclient():
     """Every message and method we define exists in tritonclient's grpc_service.proto with the same
     field numbers and types (Triton's proto is a superset of the KServe v2 one)."""
     from tritonclient.grpc import service_pb2 as triton_pb2
+    from tritonclient.grpc import model_config_pb2 as triton_config_pb2
 
     from omad_serve._generated import grpc_service_pb2 as ours
 
     our_file, triton_file = ours.DESCRIPTOR, triton_pb2.DESCRIPTOR
     assert our_file.package == triton_file.package == "inference"
+    # ModelConfig and its parts come from Triton's model_config.proto (a separate file there).
+    triton_messages = {**triton_config_pb2.DESCRIPTOR.message_types_by_name, **triton_file.message_types_by_name}
+    for name, enum in our_file.enum_types_by_name.items():
+        their_values = {v.name: v.number for v in triton_config_pb2.DESCRIPTOR.enum_types_by_name[name].values}
+        assert {v.name: v.number for v in enum.values}.items() <= their_values.items(), name
     for name, message in our_file.message_types_by_name.items():
-        theirs = _fields(triton_file.message_types_by_name[name])
+        theirs = _fields(triton_messages[name])
         for field, spec in _fields(message).items():
             assert field in theirs, f"{name}.{field}"
             number, kind, repeated, nested = spec
@@ -55,7 +61,7 @@ def test_kserve_proto_is_wire_compatible_with_tritonclient():
         theirs = their_service.methods_by_name[method.name]
         assert (method.input_type.name, method.output_type.name) == (theirs.input_type.name, theirs.output_type.name)
     assert {m.name for m in our_service.methods} >= {
-        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"
+        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer", "ModelConfig"
     }
 
 
