@@ -2,7 +2,7 @@
 an ONNX export, or a gRPC server per agent. One loop (omad_train.evaluation.evaluate) serves all
 three sources, and the noise stream is drawn by that loop, so the three give the same returns.
 
-Torch is imported only for the `--run-dir` source.
+Torch-free: the torch source lives with the checkpoints, in omad_train.policies.torch_source.
 """
 
 from __future__ import annotations
@@ -92,29 +92,7 @@ class PolicySource:
             fn()
 
 
-# -- the three sources ---------------------------------------------------------------------------
-def torch_source(run_dir: str | Path) -> PolicySource:
-    import torch
-
-    from omad_train.policies import load_policies, load_spec
-
-    spec = load_spec(run_dir)
-    policies = load_policies(run_dir)
-
-    def call(policy):
-        def fn(obs, noise):
-            with torch.no_grad():
-                return policy(torch.from_numpy(obs), torch.from_numpy(noise)).numpy()
-
-        return fn
-
-    agents = [
-        AgentEndpoint(name, p.obs_dim, p.act_dim, p.denoising_steps + 1, spec.env_id, str(run_dir))
-        for name, p in policies.items()
-    ]
-    return PolicySource("torch", agents, [call(p) for p in policies.values()])
-
-
+# -- the ONNX and gRPC sources -------------------------------------------------------------------
 def onnx_source(export_dir: str | Path, threads: int = 1) -> PolicySource:
     from exporters.runtime import load_export
 

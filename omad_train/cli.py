@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _subcommand_registrars():
     """Subcommands from the other packages, when they are installed."""
     registrars = []
-    for module in ("exporters.cli", "omad_serve.cli", "omad_serve.eval_cli", "omad_train.demo"):
+    for module in ("exporters.cli", "omad_serve.cli", "omad_train.eval_cli", "omad_train.demo"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError:

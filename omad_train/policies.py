@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from .checkpoint import CheckpointError, latest_checkpoint, load_into, load_metadata, load_tensors
 from .diffusion import AgentPolicy
 from .envs.base import EnvSpec
@@ -46,3 +48,24 @@ def load_policies(run_dir: str | Path) -> dict:
         load_into(policy.actors, load_tensors(path), path)
         policies[agent.name] = policy.eval()
     return policies
+
+
+def torch_source(run_dir: str | Path):
+    """The torch checkpoint as a closed-loop evaluation source (omad_serve.closed_loop stays torch-free)."""
+    from omad_serve.closed_loop import AgentEndpoint, PolicySource
+
+    spec = load_spec(run_dir)
+    policies = load_policies(run_dir)
+
+    def call(policy):
+        def fn(obs, noise):
+            with torch.no_grad():
+                return policy(torch.from_numpy(obs), torch.from_numpy(noise)).numpy()
+
+        return fn
+
+    agents = [
+        AgentEndpoint(name, p.obs_dim, p.act_dim, p.denoising_steps + 1, spec.env_id, str(run_dir))
+        for name, p in policies.items()
+    ]
+    return PolicySource("torch", agents, [call(p) for p in policies.values()])

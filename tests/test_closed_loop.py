@@ -14,7 +14,8 @@ import pytest
 from conftest import tiny_config
 
 from exporters.runtime import read_manifest
-from omad_serve.closed_loop import AgentEndpoint, EvalError, grpc_source, onnx_source, run_eval, torch_source
+from omad_serve.closed_loop import AgentEndpoint, EvalError, grpc_source, onnx_source, run_eval
+from omad_train.policies import torch_source
 from omad_serve.config import ServeConfig
 from omad_serve.testing import ServerThread
 

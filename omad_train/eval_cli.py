@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .closed_loop import EvalError, format_report, grpc_source, onnx_source, run_eval, torch_source, write_json
+from omad_serve.closed_loop import EvalError, format_report, grpc_source, onnx_source, run_eval, write_json
 
 
 def register(subparsers) -> None:
@@ -39,6 +39,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.export_dir:
         source = onnx_source(args.export_dir, threads=args.threads)
     else:
+        from .policies import torch_source  # the only source that needs torch
+
         source = torch_source(args.run_dir)
     report = run_eval(args.env, source, args.episodes, args.seed, args.zero_noise, args.record, options)
     print(format_report(report))
