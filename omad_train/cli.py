@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _subcommand_registrars():
     """Subcommands from the other packages, when they are installed."""
     registrars = []
-    for module in ("exporters.cli", "omad_serve.cli", "omad_train.eval_cli", "omad_train.demo"):
+    for module in ("exporters.cli", "omad_serve.cli", "omad_train.eval_cli", "omad_train.demo",
+                   "omad_train.sweep", "omad_train.report"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError:

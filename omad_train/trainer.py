@@ -22,6 +22,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ConfigError, TrainConfig, save_config
+from .coverage import Coverage
 from .envs import VecEnv, env_family, get_spec
 from .envs.base import EnvSpec
 from .errors import OmadError
@@ -66,6 +67,7 @@ class Trainer:
         self.buffer = ReplayBuffer(cfg.buffer_size, shapes, cfg.num_envs, cfg.n_step, cfg.gamma)
         self.step, self.update_debt = 0, 0.0
         self.episodes_done, self.last_train_return = 0, float("nan")
+        self.coverage = Coverage.for_run(cfg.env, self.out)  # Ant only: torso (x, y) state coverage
 
     # -- acting ---------------------------------------------------------------------------------
     def random_actions(self, batch: int) -> np.ndarray:
@@ -187,6 +189,8 @@ class Trainer:
                     self.last_train_return = float(ret)
                 obs, state = res.obs, res.state
                 prev_step, self.step = self.step, self.step + cfg.num_envs
+                if self.coverage is not None:
+                    self.coverage.observe(self.envs, prev_step)
 
                 if self.step >= cfg.learning_starts and len(self.buffer) >= cfg.batch_size:
                     self.update_debt += cfg.num_envs * cfg.updates_per_step
@@ -202,6 +206,8 @@ class Trainer:
                               "train_return_last": self.last_train_return, **last, **self.run_evaluation()}
                     logger.log(record)
                 if crossed(cfg.checkpoint_every):
+                    if self.coverage is not None:  # before the checkpoint: see omad_train/coverage.py
+                        self.coverage.save(self.out)
                     self.save()
         finally:
             logger.close()

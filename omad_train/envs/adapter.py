@@ -83,6 +83,11 @@ class ParallelEnvAdapter(MultiAgentEnv):
             action_high=tuple(float(x) for x in high),
         )
 
+    @property
+    def raw_env(self) -> Any:
+        """The wrapped PettingZoo parallel env (for read-only access to simulator state)."""
+        return self._env
+
     def reset(self, seed: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
         raw_obs, _ = self._env.reset(seed=seed)
         self._last_raw_obs = self._all_agents_obs(raw_obs)

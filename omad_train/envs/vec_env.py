@@ -124,6 +124,11 @@ class VecEnv:
             raise RuntimeError("call reset() first")
         return self._current
 
+    @property
+    def copies(self) -> tuple[MultiAgentEnv, ...]:
+        """The environment copies, in order (read-only access, e.g. to the MuJoCo state)."""
+        return tuple(self._envs)
+
     def render(self, copy: int = 0) -> np.ndarray:
         return self._envs[copy].render()
 

@@ -1,0 +1,111 @@
+"""`omad sweep`: run dirs and DONE markers, skip on re-run, resume of interrupted jobs, failures
+collected, clear errors before anything runs, and the same sweep as Ray tasks."""
+
+import json
+import time
+
+import pytest
+
+from omad_train.cli import main
+from omad_train.config import build_config
+from omad_train.sweep import DONE_FILE, SWEEP_FILE, SweepError, job_dir, run_sweep, safe_name
+from omad_train.trainer import train
+
+ENV = "mpe:simple_spread_v3"
+# Jobs of a few seconds: tiny networks, K = 2, two evaluations and two checkpoints in 300 steps.
+TINY = dict(learning_starts=100, batch_size=32, eval_every=150, eval_episodes=1, checkpoint_every=150,
+            denoising_steps=2, actor_hidden=[16, 16], critic_hidden=[16, 16], num_atoms=11)
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_safe_name():
+    assert safe_name("mpe:simple_spread_v3") == "mpe_simple_spread_v3"
+    assert safe_name("mamujoco:Humanoid-9|8") == "mamujoco_Humanoid-9_8"
+    assert safe_name("a/b:c") == "a_b_c"
+
+
+def test_local_sweep_trains_resumes_and_skips(tmp_path):
+    out = tmp_path / "sweep"
+    seed0, seed1 = job_dir(out, ENV, "omad", 0), job_dir(out, ENV, "omad", 1)
+    # seed 0 was interrupted after its checkpoint at step 150 (no DONE marker); seed 1 was killed
+    # before its first checkpoint and left only a partial dir behind.
+    train(build_config(TINY, env=ENV, seed=0, total_steps=150, progress=False, torch_threads=1), seed0)
+    seed1.mkdir(parents=True)
+    (seed1 / "metrics.jsonl").write_text('{"step": 150, "eval_return_mean": 0.0, "eval_return_std": 0.0}\n')
+
+    lines = []
+    summary = run_sweep(out, [ENV], ["omad"], [0, 1], total_steps=300, base=TINY, local_workers=2, log=lines.append)
+    assert summary["failed"] == [] and len(summary["done"]) == 2, lines
+    assert any("seed 0: resumed from step 150" in line for line in lines), lines
+    assert any("seed 1: trained" in line for line in lines), lines
+    for run_dir in (seed0, seed1):
+        done = json.loads((run_dir / DONE_FILE).read_text())
+        assert done["total_steps"] == 300 and done["final"]["step"] == 300
+        assert [r["step"] for r in metrics(run_dir)] == [150, 300]
+        assert json.loads((run_dir / "config.json").read_text())["torch_threads"] == 1  # 2 cores / 2 workers
+        assert not (run_dir / "coverage.json").exists()  # recorded on Ant only
+    assert "resume from step 150" in (seed0.parent / "seed-0.log").read_text()
+    sweep = json.loads((out / SWEEP_FILE).read_text())
+    assert sweep["total_steps"] == 300 and sweep["config"] == TINY
+    assert sorted(j["dir"] for j in sweep["jobs"]) == ["mpe_simple_spread_v3/omad/seed-0", "mpe_simple_spread_v3/omad/seed-1"]
+
+    # A re-run trains nothing: both jobs are skipped and their files stay as they were.
+    before = {p: (p / "metrics.jsonl").read_bytes() for p in (seed0, seed1)}
+    t0 = time.perf_counter()
+    again = run_sweep(out, [ENV], ["omad"], [0, 1], total_steps=300, base=TINY, local_workers=2, log=lines.append)
+    assert again == {"done": [], "skipped": [f"{ENV} omad seed 0", f"{ENV} omad seed 1"], "failed": []}
+    assert time.perf_counter() - t0 < 5
+    assert before == {p: (p / "metrics.jsonl").read_bytes() for p in (seed0, seed1)}
+
+    # Another shared config in the same dir is refused (a larger budget is allowed and would resume).
+    with pytest.raises(SweepError, match="different shared config"):
+        run_sweep(out, [ENV], ["omad"], [0], total_steps=300, base={**TINY, "batch_size": 64}, log=lines.append)
+
+
+def test_failing_job_does_not_stop_the_others(tmp_path, capsys):
+    # Hopper does not take MPE's option N: its job fails when it builds the env; spread's job trains.
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    code = main(["sweep", "--envs", ENV, "mamujoco:Hopper-3x1", "--seeds", "0", "--total-steps", "150",
+                 "--out", str(tmp_path / "sweep"), "--config", str(cfg), "--set", "env_options={N: 2}",
+                 "--local-workers", "2"])
+    text = capsys.readouterr().out
+    assert code == 1, text
+    assert f"done   {ENV} omad seed 0" in text
+    assert "FAILED mamujoco:Hopper-3x1 omad seed 0" in text and "1 trained, 0 skipped, 1 failed" in text
+    assert (job_dir(tmp_path / "sweep", ENV, "omad", 0) / DONE_FILE).is_file()
+    assert not (job_dir(tmp_path / "sweep", "mamujoco:Hopper-3x1", "omad", 0) / DONE_FILE).exists()
+    assert "Traceback" in (tmp_path / "sweep" / "mamujoco_Hopper-3x1" / "omad" / "seed-0.log").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--envs", "mpe:nope"], "unknown env id 'mpe:nope'"),
+    (["--envs", ENV, "--algos", "omad", "sac"], "unknown algo 'sac'"),
+    (["--envs", ENV, "--set", "batch_size=0"], "invalid config field 'batch_size'"),
+    (["--envs", ENV, "--set", "seed=3"], "config field 'seed' is set per job"),
+    (["--envs", ENV, "--set", "batch_size"], "--set expects key=value"),
+])
+def test_bad_values_fail_before_any_job_starts(tmp_path, capsys, args, message):
+    code = main(["sweep", *args, "--out", str(tmp_path / "sweep")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_ray_sweep(tmp_path):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        lines = []
+        summary = run_sweep(tmp_path, [ENV], ["omad"], [0, 1], total_steps=150, base=TINY,
+                            ray_address="local", log=lines.append)
+    finally:
+        ray.shutdown()
+    assert summary["failed"] == [] and len(summary["done"]) == 2, lines
+    assert "ray (local)" in lines[0]
+    for seed in (0, 1):
+        run_dir = job_dir(tmp_path, ENV, "omad", seed)
+        assert json.loads((run_dir / DONE_FILE).read_text())["final"]["step"] == 150
+        assert json.loads((run_dir / "config.json").read_text())["torch_threads"] == 1  # one CPU per Ray task
