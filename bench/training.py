@@ -24,36 +24,12 @@ import torch
 
 from omad_train.algos import make_algorithm
 from omad_train.config import build_config
-from omad_train.diffusion import ChainOutput, DiffusionActors
+from omad_train.actors import PerAgentActors
 from omad_train.envs import env_family, get_spec
 from omad_train.layout import AgentLayout
 
 RESULTS = Path(__file__).parent / "results"
 ENVS = ("mamujoco:HalfCheetah-2x3", "mpe:simple_spread_v3")
-
-
-class LoopedActors(torch.nn.Module):
-    """The reference the stacked actors are measured against: one network per agent, called in a loop."""
-
-    def __init__(self, stacked: DiffusionActors):
-        super().__init__()
-        self.singles = torch.nn.ModuleList()
-        for i in range(stacked.num_agents):
-            single = DiffusionActors(**stacked.agent_hparams(i))
-            single.load_state_dict(stacked.agent_state_dict(i))
-            self.singles.append(single)
-        self.act_max = max(stacked.act_dims)
-
-    def forward(self, obs, noise, with_cost=True):
-        outs = [
-            s(obs[i : i + 1, :, : s.obs_dims[0]], noise[:, i : i + 1, :, : s.act_dims[0]], with_cost)
-            for i, s in enumerate(self.singles)
-        ]
-        pad = lambda a: torch.nn.functional.pad(a, (0, self.act_max - a.shape[-1]))
-        action = torch.cat([pad(o.action) for o in outs])
-        if not with_cost:
-            return ChainOutput(action, None, None)
-        return ChainOutput(action, torch.cat([o.cost for o in outs]), torch.cat([o.running_cost for o in outs]))
 
 
 def synthetic_batch(layout: AgentLayout, state_dim: int, batch: int) -> dict[str, torch.Tensor]:
@@ -77,7 +53,7 @@ def updates_per_second(env_id: str, windows: int, window_updates: int, looped: b
     torch.manual_seed(0)
     algo = make_algorithm(cfg, layout, spec.state_dim, cfg.value_range(env_family(env_id)))
     if looped:
-        algo.actors = algo.chain = LoopedActors(algo.actors)
+        algo.actors = algo.chain = PerAgentActors.split(algo.actors)
         algo.actor_opt = torch.optim.Adam(algo.actors.parameters(), lr=cfg.lr_actor)
     batch = synthetic_batch(layout, spec.state_dim, cfg.batch_size)
     for _ in range(3):  # warm-up (and compilation, if asked for)

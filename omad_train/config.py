@@ -13,6 +13,23 @@ from .errors import OmadError
 
 ALGOS = ("omad", "hasac", "hatd3", "omad-gaussian")
 
+# Each algorithm's own defaults, applied beneath the user's values (a YAML file or flags override
+# them). OMAD's are the field defaults below (ALGORITHM.md section 6). The baselines take HARL's tuned
+# values (ALGORITHM.md section 7): 256x256 networks, lr 5e-4, batch 1000, n-step returns. A Gaussian
+# actor's cost is its exact -entropy, so a budget of 1.0 per dim is SAC's target entropy -d_a.
+ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "omad": {},
+    "omad-gaussian": {"cost_budget_per_dim": 1.0},
+    "hasac": {"actor_hidden": [256, 256], "lr_actor": 5e-4, "lr_critic": 5e-4, "batch_size": 1000,
+              "policy_delay": 1, "alpha_init": 0.2, "lr_alpha": 3e-4, "cost_budget_per_dim": 1.0},
+    "hatd3": {"actor_hidden": [256, 256], "lr_actor": 5e-4, "lr_critic": 5e-4, "batch_size": 1000,
+              "policy_delay": 2, "eval_zero_noise": True},
+}
+ALGO_FAMILY_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("hasac", "mamujoco"): {"n_step": 5}, ("hasac", "mpe"): {"n_step": 20},
+    ("hatd3", "mamujoco"): {"n_step": 5}, ("hatd3", "mpe"): {"n_step": 20},
+}
+
 # Critic support per environment family. MaMuJoCo returns reach the thousands (the paper's
 # ablation: V_max = 200 fails, >= 1000 works); MPE per-step team rewards are a few units.
 DEFAULT_VALUE_RANGE = {"mamujoco": (-1000.0, 1000.0), "mpe": (-500.0, 300.0)}
@@ -75,6 +92,11 @@ class TrainConfig(BaseModel):
     cost_budget_per_dim: float = Field(4.0, description="running-cost budget C = this * sum d_a")
     entropy_norm: Literal["sum", "mean"] = Field("sum", description="l_joint = sum or mean of l_i")
 
+    # HATD3
+    explore_std: float = Field(0.1, ge=0, description="HATD3 exploration noise std (in [-1, 1] action units)")
+    target_noise: float = Field(0.2, ge=0, description="HATD3 target policy smoothing std")
+    target_noise_clip: float = Field(0.5, ge=0, description="HATD3 target smoothing clip")
+
     def value_range(self, family: str) -> tuple[float, float]:
         lo, hi = DEFAULT_VALUE_RANGE[family]
         lo = self.v_min if self.v_min is not None else lo
@@ -82,6 +104,17 @@ class TrainConfig(BaseModel):
         if not lo < hi:
             raise ConfigError(f"v_min ({lo}) must be below v_max ({hi})")
         return lo, hi
+
+
+def algo_defaults(algo: str, env_id: str) -> dict[str, Any]:
+    """The defaults `algo` brings for `env_id`'s family (empty for unknown names: validation reports them)."""
+    from .envs import UnknownEnvError, env_family
+
+    try:
+        family = env_family(env_id)
+    except UnknownEnvError:
+        family = ""
+    return {**ALGO_DEFAULTS.get(algo, {}), **ALGO_FAMILY_DEFAULTS.get((algo, family), {})}
 
 
 def _describe(err: ValidationError) -> str:
@@ -96,6 +129,7 @@ def build_config(base: dict[str, Any] | None = None, **overrides: Any) -> TrainC
     """Validate a config from a dict plus overrides; errors name the offending field."""
     data = dict(base or {})
     data.update({k: v for k, v in overrides.items() if v is not None})
+    data = {**algo_defaults(data.get("algo", "omad"), data.get("env", TrainConfig.model_fields["env"].default)), **data}
     try:
         return TrainConfig(**data)
     except ValidationError as err:

@@ -26,6 +26,18 @@ class CategoricalCritic(nn.Module):
         return (self.logits(state, joint_action).softmax(-1) * self.atoms).sum(-1)
 
 
+class TwinQCritic(nn.Module):
+    """Two scalar Q heads over (global state, joint action), as in HASAC/HATD3: [2, B]."""
+
+    def __init__(self, d_in: int, hidden: list[int]):
+        super().__init__()
+        self.net = StackedMLP(2, d_in, hidden, 1, hidden_act=nn.ReLU)
+
+    def forward(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([state, joint_action], dim=-1)
+        return self.net(x.unsqueeze(0).expand(2, -1, -1)).squeeze(-1)
+
+
 def project_distribution(
     probs: torch.Tensor, target_atoms: torch.Tensor, v_min: float, v_max: float, num_atoms: int
 ) -> torch.Tensor:

@@ -37,15 +37,16 @@ class StackedLayerNorm(nn.Module):
 class StackedMLP(nn.Module):
     """n MLPs: Linear (-> LayerNorm) -> activation per hidden layer, then a linear output."""
 
-    def __init__(self, n: int, d_in: int, hidden: list[int], d_out: int, layer_norm: bool = False):
+    def __init__(self, n: int, d_in: int, hidden: list[int], d_out: int, layer_norm: bool = False, hidden_act=None):
         super().__init__()
+        hidden_act = hidden_act or (nn.ReLU if layer_norm else nn.GELU)
         layers: list[nn.Module] = []
         d = d_in
         for h in hidden:
             layers.append(StackedLinear(n, d, h))
             if layer_norm:
                 layers.append(StackedLayerNorm(n, h))
-            layers.append(nn.GELU() if not layer_norm else nn.ReLU())
+            layers.append(hidden_act())
             d = h
         layers.append(StackedLinear(n, d, d_out))
         self.net = nn.Sequential(*layers)

@@ -8,10 +8,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, latest_checkpoint, load_into, load_metadata, load_tensors
-from .diffusion import AgentPolicy
+from .actors import AgentPolicy, actor_classes
 from .envs.base import EnvSpec
-
-ACTOR_KINDS = {"diffusion": AgentPolicy}
 
 
 def load_spec(run_dir: str | Path) -> EnvSpec:
@@ -33,13 +31,16 @@ def load_policies(run_dir: str | Path) -> dict:
         path = ckpt / "actors" / f"{agent.name}.safetensors"
         meta = load_metadata(path)
         kind = meta.get("actor")
-        if kind not in ACTOR_KINDS:
-            raise CheckpointError(f"{path}: unknown actor kind {kind!r} (known: {sorted(ACTOR_KINDS)})")
+        if kind not in actor_classes():
+            raise CheckpointError(f"{path}: unknown actor kind {kind!r} (known: {sorted(actor_classes())})")
         try:
             hparams = json.loads(meta["hparams"])
         except (KeyError, ValueError) as err:
             raise CheckpointError(f"{path}: missing or corrupt 'hparams' metadata ({err})") from None
-        policy = ACTOR_KINDS[kind](agent.name, hparams)
+        try:
+            policy = AgentPolicy(agent.name, hparams, kind)
+        except (TypeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{path}: 'hparams' metadata does not describe a {kind} actor ({err})") from None
         if (policy.obs_dim, policy.act_dim) != (agent.obs_dim, agent.act_dim):
             raise CheckpointError(
                 f"{path}: policy sizes (obs {policy.obs_dim}, act {policy.act_dim}) do not match spec.json "

@@ -92,7 +92,7 @@ class Trainer:
         cfg = self.cfg
         seed = cfg.seed + 1_000_003 + self.step  # fresh seeds, apart from training's, same on resume
         result = evaluate(
-            cfg.env, self.eval_policy, [cfg.denoising_steps + 1] * self.layout.n, cfg.eval_episodes, seed,
+            cfg.env, self.eval_policy, [self.algo.actors.noise_steps] * self.layout.n, cfg.eval_episodes, seed,
             cfg.env_options, zero_noise=cfg.eval_zero_noise,
         )
         return {"eval_return_mean": result.mean, "eval_return_std": result.std, "eval_length_mean": float(np.mean(result.lengths))}

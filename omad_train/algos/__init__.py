@@ -1,4 +1,5 @@
-"""Algorithms share one interface: act(), update(), modules(), optimizers(), extra_tensors(), agent_policy()."""
+"""Algorithms share one interface (common.Algorithm): act(), update(), modules(), optimizers(),
+extra_tensors(), agent_policy()."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from ..layout import AgentLayout
 
 
 def make_algorithm(cfg: TrainConfig, layout: AgentLayout, state_dim: int, value_range: tuple[float, float]):
-    if cfg.algo == "omad":
+    if cfg.algo in ("omad", "omad-gaussian"):
         from .omad import OMAD
 
         return OMAD(cfg, layout, state_dim, value_range)
-    raise NotImplementedError(f"algo '{cfg.algo}' is not implemented yet (only 'omad')")
+    from .sequential import HASAC, HATD3
+
+    return {"hasac": HASAC, "hatd3": HATD3}[cfg.algo](cfg, layout, state_dim)

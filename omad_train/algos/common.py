@@ -1,10 +1,37 @@
-"""Small update helpers shared by every algorithm."""
+"""What every algorithm shares: acting, noise, cutting out a deployable agent policy, and small
+update helpers."""
 
 from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
 import torch
+
+from ..actors import AgentPolicy
+
+
+class Algorithm:
+    """Base of every algorithm. Subclasses set `cfg`, `layout`, `actors` (a stack, or per-agent
+    actors with the same call), `chain` (the callable used to act; `actors` or a compiled copy)
+    and `num_updates`, and implement `update`, `modules`, `optimizers`, `extra_tensors`."""
+
+    def noise(self, batch: int) -> torch.Tensor:
+        """Standard-normal policy noise [S, n, batch, d_a_max]."""
+        return torch.randn(self.actors.noise_steps, self.layout.n, batch, self.layout.act_max)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, zero_noise: bool = False) -> np.ndarray:
+        """obs [n, B, d_o_max] -> actions [n, B, d_a_max] sampled from the current policies."""
+        noise = self.noise(obs.shape[1])
+        if zero_noise:
+            noise.zero_()
+        return self.chain(torch.from_numpy(obs), noise, with_cost=False).action.numpy()
+
+    def agent_policy(self, i: int) -> AgentPolicy:
+        policy = AgentPolicy(self.layout.names[i], self.actors.agent_hparams(i), self.actors.kind)
+        policy.actors.load_state_dict(self.actors.agent_state_dict(i))
+        return policy
 
 
 @torch.no_grad()

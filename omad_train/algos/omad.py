@@ -1,31 +1,38 @@
 """OMAD: per-agent diffusion actors, one joint distributional critic, simultaneous actor update.
 
 Reads top to bottom: networks in __init__, then `update()` = critic step, actor step, temperature
-step, target update (ALGORITHM.md sections 2-5).
+step, target update (ALGORITHM.md sections 2-5). The OMAD-Gaussian ablation is this same class with
+the diffusion actors swapped for squashed Gaussians (`make_actors`); nothing else changes.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ..config import TrainConfig
 from ..critic import CategoricalCritic, project_distribution
-from ..diffusion import AgentPolicy, DiffusionActors
+from ..actors import GaussianActors, StackedActors
+from ..diffusion import DiffusionActors
 from ..layout import AgentLayout
-from .common import clip_grad_norm_per_agent, polyak_update
+from .common import Algorithm, clip_grad_norm_per_agent, polyak_update
 
 
-class OMAD:
+def make_actors(cfg: TrainConfig, layout: AgentLayout) -> StackedActors:
+    sizes = (layout.obs_dims, layout.act_dims, layout.action_low, layout.action_high)
+    if cfg.algo == "omad-gaussian":
+        return GaussianActors(*sizes, hidden=cfg.actor_hidden)
+    return DiffusionActors(
+        *sizes, hidden=cfg.actor_hidden, denoising_steps=cfg.denoising_steps, prior_std=cfg.prior_std,
+        dt_init=cfg.dt_init, time_features=cfg.time_features,
+    )
+
+
+class OMAD(Algorithm):
     def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, value_range: tuple[float, float]):
         self.cfg, self.layout = cfg, layout
-        self.actors = DiffusionActors(
-            layout.obs_dims, layout.act_dims, layout.action_low, layout.action_high,
-            hidden=cfg.actor_hidden, denoising_steps=cfg.denoising_steps, prior_std=cfg.prior_std,
-            dt_init=cfg.dt_init, time_features=cfg.time_features,
-        )
+        self.actors = make_actors(cfg, layout)
         self.critic = CategoricalCritic(state_dim + layout.joint_dim, cfg.critic_hidden, cfg.num_atoms, *value_range)
         self.critic_target = CategoricalCritic(state_dim + layout.joint_dim, cfg.critic_hidden, cfg.num_atoms, *value_range)
         self.critic_target.load_state_dict(self.critic.state_dict())
@@ -44,20 +51,9 @@ class OMAD:
         """Combine per-agent costs [n, ...] into the joint one (config `entropy_norm`)."""
         return per_agent.sum(0) if self.cfg.entropy_norm == "sum" else per_agent.mean(0)
 
-    def noise(self, batch: int) -> torch.Tensor:
-        return torch.randn(self.cfg.denoising_steps + 1, self.layout.n, batch, self.layout.act_max)
-
     @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp()
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray, zero_noise: bool = False) -> np.ndarray:
-        """obs [n, B, d_o_max] -> actions [n, B, d_a_max] sampled from the current policies."""
-        noise = self.noise(obs.shape[1])
-        if zero_noise:
-            noise.zero_()
-        return self.chain(torch.from_numpy(obs), noise, with_cost=False).action.numpy()
 
     # -- the update -----------------------------------------------------------------------------
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -125,8 +121,3 @@ class OMAD:
 
     def extra_tensors(self) -> dict[str, torch.Tensor]:
         return {"log_alpha": self.log_alpha}
-
-    def agent_policy(self, i: int) -> AgentPolicy:
-        policy = AgentPolicy(self.layout.names[i], self.actors.agent_hparams(i))
-        policy.actors.load_state_dict(self.actors.agent_state_dict(i))
-        return policy

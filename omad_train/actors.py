@@ -1,0 +1,249 @@
+"""Actor stacks shared by every algorithm: what a policy is, how it maps into the action bounds, how
+one agent is cut out of a stack, and the deployable `AgentPolicy`.
+
+Every actor kind has the same call: `forward(obs [n, B, d_o_max], noise [S, n, B, d_a_max], with_cost)`
+returns a `ChainOutput`. All randomness enters through `noise` (S = K + 1 standard-normal slices;
+K = 0 for the one-shot Gaussian and deterministic actors), so a policy is a deterministic function of
+its inputs, which is what ONNX export and serving compute.
+
+Agents with smaller observation/action sizes are zero-padded up to the largest; padded dimensions
+are masked out of every network input and every log-density, so a stack computes exactly what
+separate per-agent networks would. `UNPAD` names, per kind, which weights carry padded axes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .networks import StackedLinear, StackedMLP
+
+LOG2 = math.log(2.0)
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@dataclass
+class ChainOutput:
+    action: torch.Tensor  # [n, B, d_a_max], inside the action bounds
+    cost: torch.Tensor | None  # [n, B]  c = -(entropy estimate or bound) per sample
+    running_cost: torch.Tensor | None  # [n, B]  the part of c the temperature constrains
+
+
+class StackedActors(nn.Module):
+    """Base of every actor kind: the agents' sizes, bounds and padding masks."""
+
+    kind = ""
+    # state-dict key -> (axis holding padded obs dims, axis holding padded action dims); None = no padding
+    UNPAD: dict[str, tuple[int | None, int | None]] = {}
+    SHARED_BUFFERS: tuple[str, ...] = ()  # buffers without an agent axis
+
+    def __init__(self, obs_dims: list[int], act_dims: list[int], action_low: list[list[float]], action_high: list[list[float]]):
+        super().__init__()
+        n, d_a = len(obs_dims), max(act_dims)
+        self.obs_dims, self.act_dims = list(obs_dims), list(act_dims)
+        mask = torch.zeros(n, 1, d_a)
+        low, high = -torch.ones(n, 1, d_a), torch.ones(n, 1, d_a)
+        for i, dim in enumerate(act_dims):
+            mask[i, 0, :dim] = 1.0
+            low[i, 0, :dim] = torch.tensor(action_low[i], dtype=torch.float32)
+            high[i, 0, :dim] = torch.tensor(action_high[i], dtype=torch.float32)
+        self.register_buffer("mask", mask)
+        self.register_buffer("action_low", low)
+        self.register_buffer("action_high", high)
+        self.register_buffer("act_dim_t", torch.tensor(act_dims, dtype=torch.float32).view(n, 1))
+
+    @property
+    def num_agents(self) -> int:
+        return len(self.obs_dims)
+
+    @property
+    def noise_steps(self) -> int:
+        """S: the noise tensor's first axis (K + 1)."""
+        return self.denoising_steps + 1
+
+    def to_bounds(self, y: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] -> [low, high]."""
+        return self.action_low + (y + 1.0) * (self.action_high - self.action_low) / 2.0
+
+    def squash(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """a = low + (tanh(x) + 1) (high - low) / 2, and log|da/dx| summed over real dims: [n, B]."""
+        half_range = (self.action_high - self.action_low) / 2.0
+        log_jac = ((torch.log(half_range) + 2.0 * (LOG2 - x - F.softplus(-2.0 * x))) * self.mask).sum(-1)
+        return self.to_bounds(torch.tanh(x)), log_jac
+
+    def base_hparams(self, i: int) -> dict:
+        return dict(
+            obs_dims=[self.obs_dims[i]],
+            act_dims=[self.act_dims[i]],
+            action_low=[self.action_low[i, 0, : self.act_dims[i]].tolist()],
+            action_high=[self.action_high[i, 0, : self.act_dims[i]].tolist()],
+        )
+
+    def agent_state_dict(self, i: int) -> dict[str, torch.Tensor]:
+        """Agent i's weights, unpadded: loadable into a one-agent stack built from `agent_hparams(i)`."""
+        unpad = {**self.UNPAD, "mask": (None, 2), "action_low": (None, 2), "action_high": (None, 2)}
+        state = {}
+        for key, value in self.state_dict().items():
+            if key in self.SHARED_BUFFERS:
+                state[key] = value.clone()
+                continue
+            value = value[i : i + 1]
+            obs_axis, act_axis = unpad.get(key, (None, None))
+            if obs_axis is not None:
+                value = value.narrow(obs_axis, 0, self.obs_dims[i])
+            if act_axis is not None:
+                value = value.narrow(act_axis, 0, self.act_dims[i])
+            state[key] = value.clone().contiguous()
+        return state
+
+
+class GaussianActors(StackedActors):
+    """Squashed-Gaussian actors (HASAC, OMAD-Gaussian): u = mu(o) + sigma(o) * noise[0], a = squash(u).
+    cost = log pi(a|o), exact (change of variables), so -cost is a one-sample entropy estimate."""
+
+    kind = "gaussian"
+    denoising_steps = 0
+    UNPAD = {"net.net.0.weight": (1, None), "mu.weight": (None, 2), "mu.bias": (None, 2),
+             "log_std.weight": (None, 2), "log_std.bias": (None, 2)}
+
+    def __init__(self, obs_dims, act_dims, action_low, action_high, hidden: list[int]):
+        super().__init__(obs_dims, act_dims, action_low, action_high)
+        n, d_o, d_a = len(obs_dims), max(obs_dims), max(act_dims)
+        self.hidden = list(hidden)
+        self.net = StackedMLP(n, d_o, hidden[:-1], hidden[-1], hidden_act=nn.ReLU)
+        self.mu = StackedLinear(n, hidden[-1], d_a)
+        self.log_std = StackedLinear(n, hidden[-1], d_a)
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = True) -> ChainOutput:
+        h = F.relu(self.net(obs))
+        mu = self.mu(h)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(self.log_std(h)) + 1.0)
+        u = mu + log_std.exp() * noise[0]
+        action, log_jac = self.squash(u)
+        if not with_cost:
+            return ChainOutput(action, None, None)
+        log_gauss = ((-0.5 * noise[0] ** 2 - log_std) * self.mask).sum(-1) - 0.5 * self.act_dim_t * math.log(2 * math.pi)
+        cost = log_gauss - log_jac
+        return ChainOutput(action, cost, cost)
+
+    def agent_hparams(self, i: int) -> dict:
+        return {**self.base_hparams(i), "hidden": self.hidden}
+
+
+class DeterministicActors(StackedActors):
+    """Deterministic actors (HATD3): a = bounds(clip(tanh(mu(o)) + explore_std * noise[0], -1, 1)).
+    Zero noise gives the deterministic policy; standard-normal noise gives TD3's exploration."""
+
+    kind = "deterministic"
+    denoising_steps = 0
+    UNPAD = {"net.net.0.weight": (1, None), "mu.weight": (None, 2), "mu.bias": (None, 2)}
+
+    def __init__(self, obs_dims, act_dims, action_low, action_high, hidden: list[int], explore_std: float = 0.1):
+        super().__init__(obs_dims, act_dims, action_low, action_high)
+        n, d_o, d_a = len(obs_dims), max(obs_dims), max(act_dims)
+        self.hidden, self.explore_std = list(hidden), explore_std
+        self.net = StackedMLP(n, d_o, hidden[:-1], hidden[-1], hidden_act=nn.ReLU)
+        self.mu = StackedLinear(n, hidden[-1], d_a)
+
+    def mean(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic action in [-1, 1] (before the map to the bounds): [n, B, d_a_max]."""
+        return torch.tanh(self.mu(F.relu(self.net(obs))))
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = False, noise_std: float | None = None) -> ChainOutput:
+        """`noise_std` overrides the exploration std (HATD3's target smoothing passes ready-made noise)."""
+        std = self.explore_std if noise_std is None else noise_std
+        y = (self.mean(obs) + std * noise[0]).clamp(-1.0, 1.0)
+        return ChainOutput(self.to_bounds(y), None, None)
+
+    def agent_hparams(self, i: int) -> dict:
+        return {**self.base_hparams(i), "hidden": self.hidden, "explore_std": self.explore_std}
+
+
+class PerAgentActors(nn.Module):
+    """Separate one-agent stacks called in a loop, with the stacked call signature. Used where agents
+    are updated one at a time (HASAC, HATD3: one optimizer per agent) and as the looped reference
+    that stacking is measured against."""
+
+    def __init__(self, singles: list[StackedActors]):
+        super().__init__()
+        self.singles = nn.ModuleList(singles)
+        self.kind = singles[0].kind
+        self.obs_dims = [s.obs_dims[0] for s in singles]
+        self.act_dims = [s.act_dims[0] for s in singles]
+        self.noise_steps = singles[0].noise_steps
+
+    @classmethod
+    def split(cls, stacked: StackedActors) -> "PerAgentActors":
+        singles = []
+        for i in range(stacked.num_agents):
+            single = type(stacked)(**stacked.agent_hparams(i))
+            single.load_state_dict(stacked.agent_state_dict(i))
+            singles.append(single)
+        return cls(singles)
+
+    @property
+    def num_agents(self) -> int:
+        return len(self.singles)
+
+    def agent(self, i: int, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = True, **kwargs) -> ChainOutput:
+        """Agent i alone, from the padded stack layout: outputs [1, B, d_a_i]."""
+        return self.singles[i](obs[i : i + 1, :, : self.obs_dims[i]], noise[:, i : i + 1, :, : self.act_dims[i]], with_cost, **kwargs)
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = True, **kwargs) -> ChainOutput:
+        outs = [self.agent(i, obs, noise, with_cost, **kwargs) for i in range(self.num_agents)]
+        act_max = max(self.act_dims)
+        action = torch.cat([F.pad(o.action, (0, act_max - o.action.shape[-1])) for o in outs])
+        if outs[0].cost is None:
+            return ChainOutput(action, None, None)
+        return ChainOutput(action, torch.cat([o.cost for o in outs]), torch.cat([o.running_cost for o in outs]))
+
+    def agent_hparams(self, i: int) -> dict:
+        return self.singles[i].agent_hparams(0)
+
+    def agent_state_dict(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.singles[i].state_dict().items()}
+
+
+def actor_classes() -> dict[str, type[StackedActors]]:
+    from .diffusion import DiffusionActors
+
+    return {"diffusion": DiffusionActors, "gaussian": GaussianActors, "deterministic": DeterministicActors}
+
+
+class AgentPolicy(nn.Module):
+    """One agent's deployable policy: `action = pi(obs[B, d_o], noise[K+1, B, d_a])`, deterministic in
+    its inputs. The same module as training (a one-agent stack), so what is exported is what was trained."""
+
+    def __init__(self, name: str, hparams: dict, kind: str = "diffusion"):
+        super().__init__()
+        classes = actor_classes()
+        if kind not in classes:
+            raise ValueError(f"unknown actor kind {kind!r} (known: {sorted(classes)})")
+        if len(hparams["obs_dims"]) != 1:
+            raise ValueError("AgentPolicy wraps a one-agent stack")
+        self.name, self.hparams, self.kind = name, dict(hparams), kind
+        with torch.random.fork_rng(devices=[]):  # built to be loaded: don't disturb the caller's RNG stream
+            self.actors = actors = classes[kind](**hparams)
+        self.obs_dim, self.act_dim = actors.obs_dims[0], actors.act_dims[0]
+        self.denoising_steps = actors.denoising_steps
+        self.action_low = actors.action_low[0, 0].tolist()
+        self.action_high = actors.action_high[0, 0].tolist()
+
+    @property
+    def noise_shape_prefix(self) -> int:
+        return self.denoising_steps + 1
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.actors(obs.unsqueeze(0), noise.unsqueeze(1), with_cost=False).action[0]
+
+    def sample_with_bound(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action, entropy lower bound [B]); for a Gaussian the estimate is exact in expectation.
+        Deterministic actors have no entropy and raise."""
+        out = self.actors(obs.unsqueeze(0), noise.unsqueeze(1))
+        if out.cost is None:
+            raise ValueError(f"a {self.kind} policy has no entropy bound")
+        return out.action[0], -out.cost[0]

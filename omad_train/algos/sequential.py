@@ -1,0 +1,202 @@
+"""The heterogeneous-agent baselines HASAC and HATD3 (ALGORITHM.md section 7).
+
+Both have per-agent actors with one optimizer each, a twin scalar Q critic on (global state, joint
+action) with a target copy, and a *sequential* actor update: agents are updated one at a time in a
+fresh random order, and agent m's loss sees the already-updated actions of the agents before it.
+They differ only in the actor (squashed Gaussian vs deterministic), the critic target, the actor
+loss and the temperature; those four pieces are the methods each subclass defines.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+
+from ..actors import ChainOutput, DeterministicActors, GaussianActors, PerAgentActors
+from ..config import TrainConfig
+from ..critic import TwinQCritic
+from ..layout import AgentLayout
+from .common import Algorithm, polyak_update
+
+
+class SequentialAlgorithm(Algorithm):
+    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, value_range: tuple[float, float] | None = None):
+        self.cfg, self.layout = cfg, layout
+        self.actors = self.chain = PerAgentActors([self.make_actor(i) for i in range(layout.n)])
+        self.critic = TwinQCritic(state_dim + layout.joint_dim, cfg.critic_hidden)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opts = [torch.optim.Adam(a.parameters(), lr=cfg.lr_actor) for a in self.actors.singles]
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_critic)
+        self.num_updates = 0
+
+    def make_actor(self, i: int):
+        raise NotImplementedError
+
+    def agent_actor(self, i: int, obs: torch.Tensor, noise: torch.Tensor) -> ChainOutput:
+        """Agent i's action (with gradient) for the actor update."""
+        return self.actors.agent(i, obs, noise)
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        cfg, L = self.cfg, self.layout
+        obs, next_obs = batch["obs"].transpose(0, 1), batch["next_obs"].transpose(0, 1)
+        B = obs.shape[1]
+
+        with torch.no_grad():
+            bootstrap = batch["discount"] * (1.0 - batch["done"])
+            target = cfg.reward_scale * batch["reward"] + bootstrap * self.next_value(batch["next_state"], next_obs)
+        critic_loss = (self.critic(batch["state"], batch["action"]) - target).pow(2).mean(-1).sum()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
+        self.critic_opt.step()
+        metrics = {"critic_loss": critic_loss.item()}
+
+        if self.num_updates % cfg.policy_delay == 0:
+            metrics.update(self.sequential_actor_update(batch["state"], obs, B))
+        polyak_update(self.critic_target, self.critic, cfg.tau)
+        self.num_updates += 1
+        return metrics
+
+    def sequential_actor_update(self, state: torch.Tensor, obs: torch.Tensor, B: int) -> dict[str, float]:
+        """One pass over the agents in a random order. `actions` starts as every agent's current
+        action; after agent m's step, its slot holds the action of its updated policy, which is what
+        the agents after it see."""
+        cfg, L = self.cfg, self.layout
+        with torch.no_grad():
+            actions = self.chain(obs, self.noise(B), with_cost=False).action
+        self.critic.requires_grad_(False)
+        losses, q_values = [], []
+        for i in torch.randperm(L.n).tolist():
+            noise = self.noise(B)
+            out = self.agent_actor(i, obs, noise)
+            joint_actions = torch.cat([actions[:i], self.pad(out.action), actions[i + 1 :]])
+            q = self.critic(state, L.joint(joint_actions))
+            loss = self.actor_loss(i, q, out)
+            self.actor_opts[i].zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.actors.singles[i].parameters(), cfg.grad_clip)
+            self.actor_opts[i].step()
+            self.after_agent_step(i, out)
+            with torch.no_grad():
+                actions[i] = self.pad(self.agent_actor(i, obs, noise).action)[0]
+            losses.append(loss.item())
+            q_values.append(q.mean().item())
+        self.critic.requires_grad_(True)
+        self.after_actor_pass()
+        return {"actor_loss": float(np.mean(losses)), "q": float(np.mean(q_values))}
+
+    def pad(self, action: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(action, (0, self.layout.act_max - action.shape[-1]))
+
+    # -- the pieces each baseline defines -----------------------------------------------------
+    def next_value(self, next_state: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def actor_loss(self, i: int, q: torch.Tensor, out: ChainOutput) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_agent_step(self, i: int, out: ChainOutput) -> None:
+        pass
+
+    def after_actor_pass(self) -> None:
+        pass
+
+    # -- persistence ----------------------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"actors": self.actors, "critic": self.critic, "critic_target": self.critic_target}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"critic_opt": self.critic_opt, **{f"actor_opt_{i}": opt for i, opt in enumerate(self.actor_opts)}}
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class HASAC(SequentialAlgorithm):
+    """Squashed-Gaussian actors, soft twin-Q target, one auto-tuned temperature per agent
+    (target entropy -d_a: alpha_i rises while log pi_i exceeds `cost_budget_per_dim` * d_a_i)."""
+
+    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, value_range=None):
+        super().__init__(cfg, layout, state_dim)
+        self.log_alpha = torch.full((layout.n,), math.log(cfg.alpha_init), requires_grad=cfg.auto_alpha)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
+        self.cost_budget = torch.tensor(layout.act_dims, dtype=torch.float32) * cfg.cost_budget_per_dim
+
+    def make_actor(self, i: int) -> GaussianActors:
+        L = self.layout
+        return GaussianActors([L.obs_dims[i]], [L.act_dims[i]], [L.action_low[i]], [L.action_high[i]], self.cfg.actor_hidden)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.detach().exp()
+
+    def next_value(self, next_state, next_obs):
+        nxt = self.chain(next_obs, self.noise(next_obs.shape[1]))
+        q = self.critic_target(next_state, self.layout.joint(nxt.action)).min(0).values
+        return q - (self.alpha.view(-1, 1) * nxt.cost).sum(0)
+
+    def actor_loss(self, i, q, out):
+        return (self.alpha[i] * out.cost[0] - q.min(0).values).mean()
+
+    def after_agent_step(self, i, out):
+        if self.cfg.auto_alpha:
+            alpha_loss = -self.log_alpha[i] * (out.cost[0].mean().detach() - self.cost_budget[i])
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+
+    def update(self, batch):
+        metrics = super().update(batch)
+        metrics["alpha"] = self.alpha.mean().item()
+        return metrics
+
+    def optimizers(self):
+        return {**super().optimizers(), "alpha_opt": self.alpha_opt}
+
+    def extra_tensors(self):
+        return {"log_alpha": self.log_alpha}
+
+
+def smoothed_target_noise(shape: tuple[int, ...], std: float, clip: float) -> torch.Tensor:
+    """TD3 target policy smoothing: clip(N(0, std^2), -clip, clip), in [-1, 1] action units."""
+    return (torch.randn(shape) * std).clamp(-clip, clip)
+
+
+class HATD3(SequentialAlgorithm):
+    """Deterministic actors with target copies; exploration noise `explore_std`; the critic target
+    uses smoothed target actions (noise `target_noise` clipped at `target_noise_clip`) and the
+    smaller of the two target heads; actors follow the first head, every `policy_delay` updates."""
+
+    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, value_range=None):
+        super().__init__(cfg, layout, state_dim)
+        self.actor_target = copy.deepcopy(self.actors).requires_grad_(False)
+
+    def make_actor(self, i: int) -> DeterministicActors:
+        L, cfg = self.layout, self.cfg
+        return DeterministicActors([L.obs_dims[i]], [L.act_dims[i]], [L.action_low[i]], [L.action_high[i]],
+                                   cfg.actor_hidden, explore_std=cfg.explore_std)
+
+    def agent_actor(self, i, obs, noise):
+        return self.actors.agent(i, obs, torch.zeros_like(noise), with_cost=False)  # the deterministic action
+
+    def target_actions(self, next_obs: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        noise = smoothed_target_noise((1, self.layout.n, next_obs.shape[1], self.layout.act_max), cfg.target_noise, cfg.target_noise_clip)
+        return self.actor_target(next_obs, noise, with_cost=False, noise_std=1.0).action
+
+    def next_value(self, next_state, next_obs):
+        return self.critic_target(next_state, self.layout.joint(self.target_actions(next_obs))).min(0).values
+
+    def actor_loss(self, i, q, out):
+        return -q[0].mean()
+
+    def after_actor_pass(self):
+        polyak_update(self.actor_target, self.actors, self.cfg.tau)
+
+    def modules(self):
+        return {**super().modules(), "actor_target": self.actor_target}
