@@ -37,7 +37,11 @@ class SequentialAlgorithm(Algorithm):
 
     def agent_actor(self, i: int, obs: torch.Tensor, noise: torch.Tensor) -> ChainOutput:
         """Agent i's action (with gradient) for the actor update."""
-        return self.actors.agent(i, obs, noise)
+        return self.actors.agent(i, obs, noise, with_cost=self.actors.kind != "deterministic")
+
+    def update_noise(self, batch: int) -> torch.Tensor:
+        """The policies' noise inside the actor update (HATD3: none, its actors are deterministic)."""
+        return self.noise(batch)
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg, L = self.cfg, self.layout
@@ -67,11 +71,11 @@ class SequentialAlgorithm(Algorithm):
         the agents after it see."""
         cfg, L = self.cfg, self.layout
         with torch.no_grad():
-            actions = self.chain(obs, self.noise(B), with_cost=False).action
+            actions = self.chain(obs, self.update_noise(B), with_cost=False).action
         self.critic.requires_grad_(False)
         losses, q_values = [], []
         for i in torch.randperm(L.n).tolist():
-            noise = self.noise(B)
+            noise = self.update_noise(B)
             out = self.agent_actor(i, obs, noise)
             joint_actions = torch.cat([actions[:i], self.pad(out.action), actions[i + 1 :]])
             q = self.critic(state, L.joint(joint_actions))
@@ -181,8 +185,8 @@ class HATD3(SequentialAlgorithm):
         return DeterministicActors([L.obs_dims[i]], [L.act_dims[i]], [L.action_low[i]], [L.action_high[i]],
                                    cfg.actor_hidden, explore_std=cfg.explore_std)
 
-    def agent_actor(self, i, obs, noise):
-        return self.actors.agent(i, obs, torch.zeros_like(noise), with_cost=False)  # the deterministic action
+    def update_noise(self, batch):
+        return torch.zeros(1, self.layout.n, batch, self.layout.act_max)
 
     def target_actions(self, next_obs: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg

@@ -1,0 +1,62 @@
+"""Sample efficiency (BENCHMARKS.md, "Sample efficiency"): OMAD vs HASAC vs HATD3 vs OMAD-Gaussian.
+
+The CPU-sized study: Cooperative Navigation N=3 and HalfCheetah 2x3, every algorithm at its own
+defaults, 3 seeds. Each task is one `omad sweep` (resumable: re-running the command continues it)
+followed by `omad report`, which gives the curves, the final-return table and, per baseline, the
+steps OMAD needs to reach the baseline's final return. Results: bench/results/sample_efficiency/
+(one sweep dir per task, its report/ inside) and a combined sample_efficiency.md / .json.
+
+    .venv/bin/python bench/sample_efficiency.py [--workers 2] [--ray-address ADDR] [--quick]
+
+On this 2-core machine the full study takes several hours; --quick is a smoke run of minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from omad_train.report import make_report
+from omad_train.sweep import run_sweep
+
+RESULTS = Path(__file__).parent / "results"
+ALGOS = ["omad", "hasac", "hatd3", "omad-gaussian"]
+# task -> (env id, env steps per run, shared config). Evaluation every 2k steps on fresh seeds.
+TASKS = {
+    "coop_nav_n3": ("mpe:simple_spread_v3", 20_000, {"eval_every": 2000, "eval_episodes": 10, "learning_starts": 2000}),
+    "halfcheetah_2x3": ("mamujoco:HalfCheetah-2x3", 30_000, {"eval_every": 2000, "eval_episodes": 3}),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2, help="local worker processes")
+    parser.add_argument("--ray-address", default=None, help="run every job as a Ray task instead")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the pipeline, measures nothing")
+    args = parser.parse_args()
+
+    root = RESULTS / ("sample_efficiency_quick" if args.quick else "sample_efficiency")
+    combined = {}
+    for task in args.tasks:
+        env_id, steps, base = TASKS[task]
+        base = dict(base)
+        if args.quick:
+            steps, base = 1500, {**base, "eval_every": 500, "eval_episodes": 2, "learning_starts": 500}
+        run_sweep(root / task, [env_id], ALGOS, args.seeds, steps, base,
+                  local_workers=args.workers, ray_address=args.ray_address)
+        report = make_report(root / task)
+        combined[task] = {"env": env_id, "budget": steps, "seeds": args.seeds, "report": f"{task}/report/report.md",
+                          "summary": report}
+    (root / "sample_efficiency.json").write_text(json.dumps(combined, indent=2) + "\n")
+    lines = ["# Sample efficiency (bench/sample_efficiency.py)", ""]
+    for task, entry in combined.items():
+        lines.append(f"- {task}: {entry['env']}, {entry['budget']} env steps, seeds {entry['seeds']}: see {entry['report']}")
+    (root / "sample_efficiency.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
