@@ -15,6 +15,20 @@ class CategoricalCritic(nn.Module):
         self.net = StackedMLP(heads, d_in, hidden, num_atoms, layer_norm=True)
         self.register_buffer("atoms", torch.linspace(v_min, v_max, num_atoms))
         self.v_min, self.v_max = v_min, v_max
+        self.start_near_zero()
+
+    @torch.no_grad()
+    def start_near_zero(self) -> None:
+        """Initial prediction: a narrow distribution around 0 (Q = 0), like a scalar critic's start.
+        Near-uniform initial logits would mean a return spread over all of [V_min, V_max]; with
+        target networks that spread shrinks only by gamma per target turnover (about 1/tau updates),
+        so it takes on the order of 1e5 updates to forget, and until then Q is a small deviation
+        of a near-uniform distribution (measured on HalfCheetah 2x3: README, "Known limitation")."""
+        out = self.net.net[-1]
+        delta = (self.v_max - self.v_min) / (len(self.atoms) - 1)
+        center = min(max(0.0, self.v_min), self.v_max)
+        out.weight.mul_(0.1)
+        out.bias.copy_((-0.5 * ((self.atoms - center) / (2.0 * delta)) ** 2).view(1, 1, -1).expand_as(out.bias))
 
     def logits(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
         """[heads, B, M]"""

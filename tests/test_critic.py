@@ -2,7 +2,7 @@
 
 import torch
 
-from omad_train.critic import project_distribution
+from omad_train.critic import CategoricalCritic, project_distribution
 
 V_MIN, V_MAX, M = -10.0, 10.0, 21  # atoms at -10, -9, ..., 10
 ATOMS = torch.linspace(V_MIN, V_MAX, M)
@@ -45,3 +45,17 @@ def test_between_atoms_splits_linearly():
     assert torch.isclose(out.sum(), torch.tensor(1.0))
     # and the expected value is preserved inside the support
     assert torch.isclose((out * ATOMS).sum(), torch.tensor(0.25))
+
+
+def test_critic_starts_from_a_narrow_distribution_around_zero():
+    """Q = 0 at the start, with the mass within a few atoms of 0 rather than spread over the support."""
+    torch.manual_seed(0)
+    for v_min, v_max in [(-1000.0, 1000.0), (-500.0, 300.0), (10.0, 50.0)]:
+        critic = CategoricalCritic(8, [64, 64], 101, v_min, v_max)
+        probs = critic.logits(torch.randn(256, 5), torch.rand(256, 3)).softmax(-1)
+        delta = (v_max - v_min) / 100
+        center = min(max(0.0, v_min), v_max)
+        q = (probs * critic.atoms).sum(-1)
+        assert (q - center).abs().max().item() < 2 * delta
+        near = ((critic.atoms - center).abs() <= 5 * delta).float()
+        assert (probs * near).sum(-1).min().item() > 0.95

@@ -45,11 +45,12 @@ def test_checkpoint_round_trip_gives_the_trained_policies(tmp_path):
         assert torch.all((action >= 0) & (action <= 1))  # mpe2 bounds
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("algo", ["omad", "hasac", "hatd3"])
+def test_resume_is_exact(tmp_path, algo):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(tiny_config(total_steps=400, checkpoint_every=200), straight)
-    train(tiny_config(total_steps=200, checkpoint_every=200), resumed)
-    train(tiny_config(total_steps=400, checkpoint_every=200), resumed, resume=True)
+    train(tiny_config(algo=algo, total_steps=400, checkpoint_every=200), straight)
+    train(tiny_config(algo=algo, total_steps=200, checkpoint_every=200), resumed)
+    train(tiny_config(algo=algo, total_steps=400, checkpoint_every=200), resumed, resume=True)
     a = load_file(latest_checkpoint(straight) / "train.safetensors")
     b = load_file(latest_checkpoint(resumed) / "train.safetensors")
     assert a.keys() == b.keys()
