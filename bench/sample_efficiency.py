@@ -6,7 +6,7 @@ followed by `omad report`, which gives the curves, the final-return table and, p
 steps OMAD needs to reach the baseline's final return. Results: bench/results/sample_efficiency/
 (one sweep dir per task, its report/ inside) and a combined sample_efficiency.md / .json.
 
-    .venv/bin/python bench/sample_efficiency.py [--workers 2] [--ray-address ADDR] [--quick]
+    .venv/bin/python bench/sample_efficiency.py [--workers 2] [--ray-address ADDR] [--tasks ...] [--total-steps N] [--quick]
 
 On this 2-core machine the full study takes several hours; --quick is a smoke run of minutes.
 """
@@ -35,14 +35,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="local worker processes")
     parser.add_argument("--ray-address", default=None, help="run every job as a Ray task instead")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--total-steps", type=int, default=None, help="override every task's budget (a reduced study)")
+    parser.add_argument("--out", type=Path, default=None, help="results dir (default bench/results/sample_efficiency[_quick])")
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the pipeline, measures nothing")
     args = parser.parse_args()
 
-    root = RESULTS / ("sample_efficiency_quick" if args.quick else "sample_efficiency")
+    root = args.out or RESULTS / ("sample_efficiency_quick" if args.quick else "sample_efficiency")
     combined = {}
     for task in args.tasks:
         env_id, steps, base = TASKS[task]
         base = dict(base)
+        steps = args.total_steps or steps
         if args.quick:
             steps, base = 1500, {**base, "eval_every": 500, "eval_episodes": 2, "learning_starts": 500}
         run_sweep(root / task, [env_id], ALGOS, args.seeds, steps, base,
