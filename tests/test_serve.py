@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -503,8 +504,14 @@ def test_prometheus_metrics(model_path, policy):
             c.act(np.zeros((3, policy.info.obs_dim), np.float32))
             with pytest.raises(PolicyCallError):
                 c.act(np.zeros((3, 1), np.float32))
-        with urllib.request.urlopen(f"http://127.0.0.1:{observed.server.metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
+        # the server books a call after its response is on the wire: wait until nothing is in flight
+        deadline = time.monotonic() + 5
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{observed.server.metrics_port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+            if "omad_in_flight_calls 0.0" in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     assert 'omad_requests_total{method="Act"} 2.0' in text
     assert 'omad_errors_total{code="INVALID_ARGUMENT",method="Act"} 1.0' in text
     assert 'omad_request_latency_seconds_bucket{le="0.001",method="Act"}' in text
