@@ -34,6 +34,15 @@ class Algorithm:
         return policy
 
 
+def gradient_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, max_norm: float, clip=None) -> None:
+    """zero_grad, backward, clip the gradient norm (0 = off; `clip` defaults to one global norm), step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_norm > 0:
+        (clip or torch.nn.utils.clip_grad_norm_)(list(params), max_norm)
+    opt.step()
+
+
 @torch.no_grad()
 def polyak_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
     for t, s in zip(target.parameters(), source.parameters()):

@@ -16,7 +16,7 @@ from ..critic import CategoricalCritic, project_distribution
 from ..actors import GaussianActors, StackedActors
 from ..diffusion import DiffusionActors
 from ..layout import AgentLayout
-from .common import Algorithm, clip_grad_norm_per_agent, polyak_update
+from .common import Algorithm, clip_grad_norm_per_agent, gradient_step, polyak_update
 
 
 def make_actors(cfg: TrainConfig, layout: AgentLayout) -> StackedActors:
@@ -77,11 +77,7 @@ class OMAD(Algorithm):
             target = project_distribution(next_probs, target_atoms, self.critic.v_min, self.critic.v_max, cfg.num_atoms)
         logits = self.critic.logits(batch["state"], batch["action"])
         critic_loss = -(target * logits.log_softmax(-1)).sum(-1).mean(-1).sum()  # summed over heads
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
-        self.critic_opt.step()
+        gradient_step(critic_loss, self.critic_opt, self.critic.parameters(), cfg.grad_clip)
         metrics = {"critic_loss": critic_loss.item()}
 
         # Actors: all agents at once, through their reparameterised chains.
@@ -92,19 +88,13 @@ class OMAD(Algorithm):
             self.critic.requires_grad_(True)
             cost = self.joint(out.cost)
             actor_loss = (-q + alpha * cost).mean()
-            self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            if cfg.grad_clip > 0:
-                clip_grad_norm_per_agent(self.actors.parameters(), cfg.grad_clip)
-            self.actor_opt.step()
+            gradient_step(actor_loss, self.actor_opt, self.actors.parameters(), cfg.grad_clip, clip_grad_norm_per_agent)
             metrics.update(actor_loss=actor_loss.item(), q=q.mean().item(), entropy_bound=-cost.mean().item())
 
             if cfg.auto_alpha:
                 running = self.joint(out.running_cost).mean().detach()
                 alpha_loss = -self.log_alpha * (running - self.cost_budget)
-                self.alpha_opt.zero_grad(set_to_none=True)
-                alpha_loss.backward()
-                self.alpha_opt.step()
+                gradient_step(alpha_loss, self.alpha_opt, [], 0.0)
                 metrics["running_cost"] = running.item()
 
         polyak_update(self.critic_target, self.critic, cfg.tau)

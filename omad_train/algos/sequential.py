@@ -19,7 +19,7 @@ from ..actors import ChainOutput, DeterministicActors, GaussianActors, PerAgentA
 from ..config import TrainConfig
 from ..critic import TwinQCritic
 from ..layout import AgentLayout
-from .common import Algorithm, polyak_update
+from .common import Algorithm, gradient_step, polyak_update
 
 
 class SequentialAlgorithm(Algorithm):
@@ -52,11 +52,7 @@ class SequentialAlgorithm(Algorithm):
             bootstrap = batch["discount"] * (1.0 - batch["done"])
             target = cfg.reward_scale * batch["reward"] + bootstrap * self.next_value(batch["next_state"], next_obs)
         critic_loss = (self.critic(batch["state"], batch["action"]) - target).pow(2).mean(-1).sum()
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
-        self.critic_opt.step()
+        gradient_step(critic_loss, self.critic_opt, self.critic.parameters(), cfg.grad_clip)
         metrics = {"critic_loss": critic_loss.item()}
 
         if self.num_updates % cfg.policy_delay == 0:
@@ -80,11 +76,7 @@ class SequentialAlgorithm(Algorithm):
             joint_actions = torch.cat([actions[:i], self.pad(out.action), actions[i + 1 :]])
             q = self.critic(state, L.joint(joint_actions))
             loss = self.actor_loss(i, q, out)
-            self.actor_opts[i].zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.actors.singles[i].parameters(), cfg.grad_clip)
-            self.actor_opts[i].step()
+            gradient_step(loss, self.actor_opts[i], self.actors.singles[i].parameters(), cfg.grad_clip)
             self.after_agent_step(i, out)
             with torch.no_grad():
                 actions[i] = self.pad(self.agent_actor(i, obs, noise).action)[0]
@@ -130,6 +122,7 @@ class HASAC(SequentialAlgorithm):
         self.log_alpha = torch.full((layout.n,), math.log(cfg.alpha_init), requires_grad=cfg.auto_alpha)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
         self.cost_budget = torch.tensor(layout.act_dims, dtype=torch.float32) * cfg.cost_budget_per_dim
+        self.pass_costs = [torch.zeros(())] * layout.n  # each agent's mean log pi in the current actor pass
 
     def make_actor(self, i: int) -> GaussianActors:
         L = self.layout
@@ -148,11 +141,14 @@ class HASAC(SequentialAlgorithm):
         return (self.alpha[i] * out.cost[0] - q.min(0).values).mean()
 
     def after_agent_step(self, i, out):
+        self.pass_costs[i] = out.cost[0].mean().detach()
+
+    def after_actor_pass(self):
+        """All agents' temperatures in one step: one Adam over the vector, each entry with its own
+        gradient (stepping it per agent would move the others' entries by their momentum)."""
         if self.cfg.auto_alpha:
-            alpha_loss = -self.log_alpha[i] * (out.cost[0].mean().detach() - self.cost_budget[i])
-            self.alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_opt.step()
+            alpha_loss = -(self.log_alpha * (torch.stack(self.pass_costs) - self.cost_budget)).sum()
+            gradient_step(alpha_loss, self.alpha_opt, [], 0.0)
 
     def update(self, batch):
         metrics = super().update(batch)
