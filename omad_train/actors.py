@@ -195,11 +195,14 @@ class PerAgentActors(nn.Module):
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = True, **kwargs) -> ChainOutput:
         outs = [self.agent(i, obs, noise, with_cost, **kwargs) for i in range(self.num_agents)]
-        act_max = max(self.act_dims)
-        action = torch.cat([F.pad(o.action, (0, act_max - o.action.shape[-1])) for o in outs])
+        action = torch.cat([self.pad(o.action) for o in outs])
         if outs[0].cost is None:
             return ChainOutput(action, None, None)
         return ChainOutput(action, torch.cat([o.cost for o in outs]), torch.cat([o.running_cost for o in outs]))
+
+    def pad(self, action: torch.Tensor) -> torch.Tensor:
+        """One agent's [.., d_a_i] action zero-padded to the stack's d_a_max."""
+        return F.pad(action, (0, max(self.act_dims) - action.shape[-1]))
 
     def agent_hparams(self, i: int) -> dict:
         return self.singles[i].agent_hparams(0)

@@ -23,7 +23,7 @@ from .common import Algorithm, gradient_step, polyak_update
 
 
 class SequentialAlgorithm(Algorithm):
-    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, value_range: tuple[float, float] | None = None):
+    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int):
         self.cfg, self.layout = cfg, layout
         self.actors = self.chain = PerAgentActors([self.make_actor(i) for i in range(layout.n)])
         self.critic = TwinQCritic(state_dim + layout.joint_dim, cfg.critic_hidden)
@@ -73,21 +73,18 @@ class SequentialAlgorithm(Algorithm):
         for i in torch.randperm(L.n).tolist():
             noise = self.update_noise(B)
             out = self.agent_actor(i, obs, noise)
-            joint_actions = torch.cat([actions[:i], self.pad(out.action), actions[i + 1 :]])
+            joint_actions = torch.cat([actions[:i], self.actors.pad(out.action), actions[i + 1 :]])
             q = self.critic(state, L.joint(joint_actions))
             loss = self.actor_loss(i, q, out)
             gradient_step(loss, self.actor_opts[i], self.actors.singles[i].parameters(), cfg.grad_clip)
             self.after_agent_step(i, out)
             with torch.no_grad():
-                actions[i] = self.pad(self.agent_actor(i, obs, noise).action)[0]
+                actions[i] = self.actors.pad(self.agent_actor(i, obs, noise).action)[0]
             losses.append(loss.item())
             q_values.append(q.mean().item())
         self.critic.requires_grad_(True)
         self.after_actor_pass()
         return {"actor_loss": float(np.mean(losses)), "q": float(np.mean(q_values))}
-
-    def pad(self, action: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(action, (0, self.layout.act_max - action.shape[-1]))
 
     # -- the pieces each baseline defines -----------------------------------------------------
     def next_value(self, next_state: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
@@ -117,7 +114,7 @@ class HASAC(SequentialAlgorithm):
     """Squashed-Gaussian actors, soft twin-Q target, one auto-tuned temperature per agent
     (target entropy -d_a: alpha_i rises while log pi_i exceeds `cost_budget_per_dim` * d_a_i)."""
 
-    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, value_range=None):
+    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int):
         super().__init__(cfg, layout, state_dim)
         self.log_alpha = torch.full((layout.n,), math.log(cfg.alpha_init), requires_grad=cfg.auto_alpha)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
@@ -172,7 +169,7 @@ class HATD3(SequentialAlgorithm):
     uses smoothed target actions (noise `target_noise` clipped at `target_noise_clip`) and the
     smaller of the two target heads; actors follow the first head, every `policy_delay` updates."""
 
-    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, value_range=None):
+    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int):
         super().__init__(cfg, layout, state_dim)
         self.actor_target = copy.deepcopy(self.actors).requires_grad_(False)
 
