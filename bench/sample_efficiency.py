@@ -57,7 +57,10 @@ def main() -> None:
     (root / "sample_efficiency.json").write_text(json.dumps(combined, indent=2) + "\n")
     lines = ["# Sample efficiency (bench/sample_efficiency.py)", ""]
     for task, entry in combined.items():
-        lines.append(f"- {task}: {entry['env']}, {entry['budget']} env steps, seeds {entry['seeds']}: see {entry['report']}")
+        lines.append(f"- {task}: {entry['env']}, {entry['budget']} env steps, seeds {entry['seeds']}: {entry['report']}")
+    for task in combined:  # each task's report, its headings one level down
+        report_md = (root / task / "report" / "report.md").read_text()
+        lines += ["", f"# {task}", ""] + [f"#{line}" if line.startswith("#") else line for line in report_md.splitlines()]
     (root / "sample_efficiency.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
