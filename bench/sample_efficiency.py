@@ -26,7 +26,7 @@ ALGOS = ["omad", "hasac", "hatd3", "omad-gaussian"]
 # that the whole study (24 runs) takes about two hours with 2 workers on a 2-core machine.
 TASKS = {
     "halfcheetah_2x3": ("mamujoco:HalfCheetah-2x3", 20_000, {"eval_every": 2000, "eval_episodes": 3}),
-    "coop_nav_n3": ("mpe:simple_spread_v3", 8_000, {"eval_every": 1000, "eval_episodes": 10, "learning_starts": 2000}),
+    "coop_nav_n3": ("mpe:simple_spread_v3", 10_000, {"eval_every": 1000, "eval_episodes": 10, "learning_starts": 2000}),
 }
 
 
