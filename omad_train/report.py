@@ -192,7 +192,7 @@ def build_json(table: dict, plots: dict[str, str]) -> dict:
 
 
 def build_markdown(report: dict, sweep_dir: Path) -> str:
-    lines = [f"# Sweep report: {sweep_dir}", "", report["aggregation"], "",
+    lines = [f"# Sweep report: {sweep_dir.name}", "", report["aggregation"], "",
              "## Final return", "",
              "| env | algo | seeds | budget (env steps) | final return (mean ± std over seeds) |",
              "|---|---|---:|---:|---|"]
