@@ -9,6 +9,7 @@ from omad_train.config import build_config
 from omad_train.diffusion import DiffusionActors
 from omad_train.envs.base import AgentSpec, EnvSpec
 from omad_train.layout import AgentLayout
+from omad_train.replay import ReplaySample
 
 
 def toy_spec(obs_dims, act_dims, state_dim=4):
@@ -19,12 +20,12 @@ def toy_spec(obs_dims, act_dims, state_dim=4):
 
 
 def toy_batch(layout, state_dim, B, rng):
-    return {
-        "state": torch.randn(B, state_dim), "obs": torch.randn(B, layout.n, layout.obs_max),
-        "action": torch.from_numpy(rng.uniform(-1, 1, (B, layout.joint_dim)).astype(np.float32)),
-        "reward": torch.randn(B), "discount": torch.full((B,), 0.99), "done": torch.zeros(B),
-        "next_state": torch.randn(B, state_dim), "next_obs": torch.randn(B, layout.n, layout.obs_max),
-    }
+    return ReplaySample(
+        state=torch.randn(B, state_dim), obs=torch.randn(B, layout.n, layout.obs_max),
+        action=torch.from_numpy(rng.uniform(-1, 1, (B, layout.joint_dim)).astype(np.float32)),
+        reward=torch.randn(B), discount=torch.full((B,), 0.99), done=torch.zeros(B),
+        next_state=torch.randn(B, state_dim), next_obs=torch.randn(B, layout.n, layout.obs_max),
+    )
 
 
 def test_actor_loss_sends_gradient_to_every_agent():
@@ -84,8 +85,8 @@ def test_diffusion_policy_keeps_both_modes_of_a_bimodal_reward():
     zeros = torch.zeros(B, 2, 1)
     for _ in range(1500):  # a one-step game: done = 1, so the critic target is the reward itself
         actions = torch.from_numpy(rng.uniform(-1, 1, (B, 2)).astype(np.float32))
-        algo.update({"state": torch.zeros(B, 1), "obs": zeros, "action": actions, "reward": bimodal_reward(actions),
-                     "discount": torch.ones(B), "done": torch.ones(B), "next_state": torch.zeros(B, 1), "next_obs": zeros})
+        algo.update(ReplaySample(state=torch.zeros(B, 1), obs=zeros, action=actions, reward=bimodal_reward(actions),
+                                 discount=torch.ones(B), done=torch.ones(B), next_state=torch.zeros(B, 1), next_obs=zeros))
     samples = algo.act(np.zeros((2, 4000, 1), np.float32))[:, :, 0]  # [agent, sample]
     for i in range(2):
         a = samples[i]
