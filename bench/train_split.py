@@ -10,6 +10,9 @@ PYTHONPATH pointing at another checkout to measure that checkout's code):
   * updates: replay sampling and `algo.update` (compilation included, on its first calls);
   * evaluation: `run_evaluation`;
   * checkpointing: `save`.
+With --project-to T, the per-unit costs (seconds per env step, per update, per evaluation, per
+checkpoint) of the measured run are also scaled to a run of T steps, for a machine too loaded to run
+the full budget in the time at hand.
 Writes bench/results/train_split[-<label>].json and prints a Markdown table.
 
     .venv/bin/python bench/train_split.py [--total-steps 20000] [--label after] [--set compile=false]
@@ -50,7 +53,22 @@ def timed(seconds: dict, part: str, fn):
     return wrapper
 
 
-def run_split(env: str, total_steps: int, overrides: dict) -> dict:
+def crossings(every: int, total: int) -> int:
+    """How many evaluations / checkpoints a run of `total` steps makes (the trainer's rule, num_envs = 1)."""
+    return len(set(range(every, total + 1, every)) | {total})
+
+
+def unit_counts(cfg, total_steps: int) -> dict[str, float]:
+    return {
+        "env stepping": total_steps,
+        "updates": max(0, total_steps - max(cfg.learning_starts, cfg.batch_size - 1)) * cfg.updates_per_step,
+        "evaluation": crossings(cfg.eval_every, total_steps),
+        "checkpointing": crossings(cfg.checkpoint_every, total_steps),
+        "rest of the loop (setup, logging, ...)": total_steps,
+    }
+
+
+def run_split(env: str, total_steps: int, overrides: dict, project_to: int | None = None) -> dict:
     cfg = build_config({"env": env, "total_steps": total_steps, "progress": False, **overrides})
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
@@ -63,7 +81,13 @@ def run_split(env: str, total_steps: int, overrides: dict) -> dict:
         record = trainer.train()
         total = time.perf_counter() - start
     seconds["rest of the loop (setup, logging, ...)"] = total - sum(seconds.values())
+    projected = None
+    if project_to:
+        measured, target = unit_counts(cfg, total_steps), unit_counts(cfg, project_to)
+        projected = {k: v / measured[k] * target[k] if measured[k] else 0.0 for k, v in seconds.items()}
     return {
+        "projected_to_steps": project_to,
+        "projected_seconds": projected,
         "command": f"omad train --env {env} --total-steps {total_steps}"
         + "".join(f" --{k.replace('_', '-')} {v}" for k, v in overrides.items()),
         "total_s": total,
@@ -81,13 +105,19 @@ def main() -> None:
     parser.add_argument("--env", default="mamujoco:HalfCheetah-2x3")
     parser.add_argument("--total-steps", type=int, default=20_000)
     parser.add_argument("--label", default="", help="suffix of the result file (e.g. before, after)")
+    parser.add_argument("--project-to", type=int, default=None, metavar="T", help="also scale the split to T steps")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override (YAML value)")
     args = parser.parse_args()
     overrides = {k.replace("-", "_"): yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    result = run_split(args.env, args.total_steps, overrides)
+    result = run_split(args.env, args.total_steps, overrides, args.project_to)
     lines = [f"`{result['command']}`: {result['total_s']:.0f} s, {result['updates']} updates", "",
              "| part | seconds | share |", "|---|---|---|"]
     lines += [f"| {k} | {v:.1f} | {result['fractions'][k]:.0%} |" for k, v in result["seconds"].items()]
+    if result["projected_seconds"]:
+        proj = result["projected_seconds"]
+        total = sum(proj.values())
+        lines += ["", f"projected to {args.project_to} steps: {total:.0f} s", "", "| part | seconds | share |", "|---|---|---|"]
+        lines += [f"| {k} | {v:.1f} | {v / total:.0%} |" for k, v in proj.items()]
     RESULTS.mkdir(exist_ok=True)
     name = "train_split" + (f"-{args.label}" if args.label else "")
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -89,6 +89,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed(fn, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of fn(). CPU time leaves out the time this process
+    waited for a core, which on a shared machine is most of the noise."""
+    sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def build(env_id: str, device: torch.device, looped: bool = False, **overrides):
     cfg = build_config({"env": env_id, **overrides})
     spec = get_spec(env_id)
@@ -123,30 +133,23 @@ class MatmulLimit:
         for _ in range(3):
             self.window(0.05)
 
-    def window(self, seconds: float) -> float:
-        """GFLOP/s over one window; later windows are sized to last about `seconds`."""
+    def window(self, seconds: float) -> tuple[float, float]:
+        """GFLOP/s over one window, per wall and per CPU second; later windows last about `seconds`."""
         reps = self.reps
-        sync(self.device)
-        start = time.perf_counter()
-        for _ in range(reps):
-            torch.bmm(self.a, self.b)
-        sync(self.device)
-        elapsed = time.perf_counter() - start
-        self.reps = max(1, round(reps * seconds / elapsed))
-        return self.flops * reps / elapsed / 1e9
+        wall, cpu = timed(lambda: [torch.bmm(self.a, self.b) for _ in range(reps)], self.device)
+        self.reps = max(1, round(reps * seconds / wall))
+        return self.flops * reps / wall / 1e9, self.flops * reps / cpu / 1e9
 
     def onednn(self) -> float | None:
-        """The same product through oneDNN (CPU only; one stacked member after another), GFLOP/s."""
+        """The same product through oneDNN (CPU only; one stacked member after another), GFLOP per
+        CPU second, with the CPU-time bmm rate of windows interleaved with it for comparison."""
         if self.device.type != "cpu" or not torch.backends.mkldnn.is_available():
             return None
         pairs = [(a.to_mkldnn(), b.t().contiguous().to_mkldnn()) for a, b in zip(self.a, self.b)]
         rates = []
         for _ in range(7):
-            start = time.perf_counter()
-            for _ in range(self.reps):
-                for a, w in pairs:
-                    torch._C._nn.mkldnn_linear(a, w, None)
-            rates.append(self.flops * self.reps / (time.perf_counter() - start) / 1e9)
+            _, cpu = timed(lambda: [torch._C._nn.mkldnn_linear(a, w, None) for _ in range(self.reps) for a, w in pairs], self.device)
+            rates.append(self.flops * self.reps / cpu / 1e9)
         return statistics.median(rates[2:])
 
 
@@ -156,23 +159,21 @@ def measure(env_id: str, device: torch.device, windows: int, cycles: int, looped
     cfg, algo, batch = build(env_id, device, looped, **overrides)
     per_window = cycles * cfg.policy_delay  # whole policy-delay cycles: every window does the same work
 
-    def timed_updates(count: int) -> float:
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(count):
-            algo.update(batch)
-        sync(device)
-        return time.perf_counter() - start
+    def timed_updates(count: int) -> tuple[float, float]:
+        return timed(lambda: [algo.update(batch) for _ in range(count)], device)
 
-    first = timed_updates(cfg.policy_delay)  # compiles, when compile is on
+    first, _ = timed_updates(cfg.policy_delay)  # compiles, when compile is on
     timed_updates(cfg.policy_delay)
     limit = MatmulLimit(shape, device)
-    update_rates, limit_rates = [], []
+    rates: dict[str, list[float]] = {"wall": [], "cpu": [], "limit_wall": [], "limit_cpu": []}
     for _ in range(windows):
-        seconds = timed_updates(per_window)
-        update_rates.append(per_window / seconds)
-        limit_rates.append(limit.window(seconds))
-    updates_per_s, limit_gflops = statistics.median(update_rates), statistics.median(limit_rates)
+        wall, cpu = timed_updates(per_window)
+        rates["wall"].append(per_window / wall)
+        rates["cpu"].append(per_window / cpu)
+        for key, value in zip(("limit_wall", "limit_cpu"), limit.window(wall)):
+            rates[key].append(value)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    updates_per_s = med["wall"]
     achieved = flops * updates_per_s / 1e9
     return {
         "updates_per_s": updates_per_s,
@@ -180,8 +181,12 @@ def measure(env_id: str, device: torch.device, windows: int, cycles: int, looped
         "gflop_per_update": flops / 1e9,
         "achieved_gflops": achieved,
         "matmul_shape": list(shape),
-        "limit_gflops": limit_gflops,
-        "fraction_of_limit": achieved / limit_gflops,
+        "limit_gflops": med["limit_wall"],
+        "fraction_of_limit": achieved / med["limit_wall"],
+        # the same per CPU second of this process (robust to waiting for a core on a shared machine)
+        "updates_per_cpu_s": med["cpu"],
+        "limit_gflops_per_cpu_s": med["limit_cpu"],
+        "fraction_of_limit_cpu_time": flops * med["cpu"] / 1e9 / med["limit_cpu"],
         "onednn_gflops": limit.onednn(),
         "compile": cfg.compile,
     }
@@ -192,7 +197,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer windows and rows (smoke test)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--only", default="", help="run only rows whose 'algo variant' contains this text")
+    parser.add_argument("--only", action="append", default=[], metavar="'ALGO VARIANT'", help="run only these rows (e.g. 'omad K=8')")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -211,7 +216,7 @@ def main() -> None:
     rows = []
     for env_id in ENVS:
         for algo, variant, overrides in variants:
-            if args.only and args.only not in f"{algo} {variant}":
+            if args.only and f"{algo} {variant}" not in args.only:
                 continue
             row = {"env": env_id, "algo": algo, "variant": variant,
                    **measure(env_id, device, windows, cycles, **overrides)}
@@ -231,7 +236,7 @@ def main() -> None:
             ratios[f"{env_id} same, per sample (batch 256 vs 1000)"] = hasac / omad * 1000 / 256
     result = {
         "command": "bench/training.py" + (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")
-        + f" --device {args.device}",
+        + f" --device {args.device}" + "".join(f" --only '{o}'" for o in args.only),
         "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "device": str(device),
                     "load_avg_1min_at_end": os.getloadavg()[0]},
@@ -242,14 +247,14 @@ def main() -> None:
     (RESULTS / "training.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"`{result['command']}`; {result['machine']['cpu_count']} CPUs, torch threads {result['machine']['torch_threads']}, "
              f"load average at the end {result['machine']['load_avg_1min_at_end']:.1f}", "",
-             "| env | algo | variant | updates/s | compile s | GFLOP/update | GFLOP/s | limit GFLOP/s (bmm shape) | fraction | oneDNN GFLOP/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| env | algo | variant | updates/s | compile s | GFLOP/update | GFLOP/s | limit GFLOP/s (bmm shape) | fraction "
+             "| fraction per CPU second | oneDNN GFLOP per CPU s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         onednn = f"{r['onednn_gflops']:.0f}" if r["onednn_gflops"] else "-"
         lines.append(
             f"| {r['env']} | {r['algo']} | {r['variant']} | {r['updates_per_s']:.1f} | {r['compile_s']:.0f} | "
             f"{r['gflop_per_update']:.2f} | {r['achieved_gflops']:.0f} | {r['limit_gflops']:.0f} ({'x'.join(map(str, r['matmul_shape']))}) | "
-            f"{r['fraction_of_limit']:.0%} | {onednn} |"
+            f"{r['fraction_of_limit']:.0%} | {r['fraction_of_limit_cpu_time']:.0%} | {onednn} |"
         )
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f}x |" for k, v in ratios.items()]
     (RESULTS / "training.md").write_text("\n".join(lines) + "\n")
