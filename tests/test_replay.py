@@ -122,8 +122,8 @@ def test_wrapped_ring_round_trips_through_a_checkpoint():
     copy = make_buffer(3, capacity=7)
     copy.load_state(buf.state_arrays(), buf.state_meta())
     original, restored = sampled_rows(buf, seed=5)[0], sampled_rows(copy, seed=5)[0]
-    for key in original:
-        np.testing.assert_array_equal(original[key], restored[key])
+    for key in original._fields:
+        np.testing.assert_array_equal(getattr(original, key), getattr(restored, key), err_msg=key)
     # both keep writing at the same slot: the next row evicts the oldest (state 10) in both
     for b in (buf, copy):
         b.add(0, step(30, 1.0, terminated=True))
