@@ -13,12 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-# Below this many outputs a layer is computed transposed (out^T = W^T x^T): CPU BLAS runs a product with
-# few output columns (N = 3: a 256 -> 3 action head) 10-50x below its rate with few output rows (M = 3),
-# in the forward and in the weight gradient alike (bench/training.py, README "Training throughput").
-THIN_OUT = 16
-
-
 class StackedLinear(nn.Module):
     def __init__(self, n: int, d_in: int, d_out: int, init_scale: float = 1.0):
         super().__init__()
@@ -27,8 +21,6 @@ class StackedLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(n, 1, d_out).uniform_(-bound, bound) * init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.shape[-1] < THIN_OUT:
-            return torch.baddbmm(self.bias.transpose(1, 2), self.weight.transpose(1, 2), x.transpose(1, 2)).transpose(1, 2)
         return torch.baddbmm(self.bias, x, self.weight)
 
 
