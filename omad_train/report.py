@@ -195,7 +195,7 @@ def plot_env(env: str, algos: dict[str, dict], statistics: dict, path: Path) -> 
             continue
         color, st = f"C{k}", statistics["algos"][algo]
         for seed_values in curve.values:
-            ax.plot(curve.steps, seed_values, color=color, linewidth=0.7, alpha=0.35)
+            ax.plot(curve.steps, seed_values, color=color, linewidth=0.8, alpha=0.5, linestyle="--")
         ax.plot(curve.steps, st["curve_iqm"], color=color, marker="o", markersize=3, linewidth=2,
                 label=f"{algo} (IQM of {len(curve.seeds)} seeds)")
         ax.fill_between(curve.steps, st["curve_ci_low"], st["curve_ci_high"], color=color, alpha=0.2)
