@@ -248,7 +248,8 @@ class AgentPolicy(nn.Module):
         return self.actors(obs.unsqueeze(0), noise.unsqueeze(1), with_cost=False).action[0]
 
     def sample_with_bound(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(action, entropy lower bound [B]); for a Gaussian the estimate is exact in expectation.
+        """(action, entropy lower bound [B], in the squashed space [-1, 1]^d); for a Gaussian the estimate
+        is exact in expectation.
         Deterministic actors have no entropy and raise."""
         out = self.actors(obs.unsqueeze(0), noise.unsqueeze(1))
         if out.cost is None:
