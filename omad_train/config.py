@@ -25,12 +25,16 @@ ALGOS = ("omad", "hasac", "hatd3", "omad-gaussian")
 # - `use_feature_normalization`, `initialization_method: orthogonal_` and `gain: 0.01` are read only by
 #   HARL's on-policy MLPBase; its off-policy networks (PlainMLP in SquashedGaussianPolicy,
 #   DeterministicPolicy and ContinuousQNet) have no input LayerNorm and PyTorch's default init;
-# - `alpha: 0.2` is read only when `auto_alpha` is false; with auto_alpha, HARL starts every log alpha
-#   at 0 (off_policy_base_runner.py), so alpha starts at 1.0.
+# One exception: `alpha: 0.2` is read by HARL only when `auto_alpha` is false; with auto_alpha HARL
+# starts every log alpha at 0 (alpha 1.0, off_policy_base_runner.py). The preset starts at 0.2, as
+# ALGORITHM.md section 7 and harl_tuned.md ask: at one update per env step, alpha 1.0 (with alpha lr
+# 3e-4) is still far from its working level after 8k steps and HASAC stays at the random policy's
+# return on Cooperative Navigation (tests/test_learning.py, seed 0: -27.9 from 1.0, -21.6 from 0.2,
+# random -28.3).
 # Evaluation episodes, rollout threads and the update-to-data ratio are study-wide choices, not
 # presets (README, "Deviations from HARL").
 _HARL = dict(batch_size=1000, gamma=0.99, tau=0.005, learning_starts=10_000, grad_clip=0.0, eval_zero_noise=True)
-_HASAC = dict(_HARL, policy_delay=1, auto_alpha=True, alpha_init=1.0, lr_alpha=3e-4, cost_budget_per_dim=1.0)
+_HASAC = dict(_HARL, policy_delay=1, auto_alpha=True, alpha_init=0.2, lr_alpha=3e-4, cost_budget_per_dim=1.0)
 _HATD3 = dict(_HARL, policy_delay=2, explore_std=0.1, target_noise=0.2, target_noise_clip=0.5)
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("mamujoco:HalfCheetah-2x3", "hasac"): dict(

@@ -157,12 +157,12 @@ def test_halfcheetah_hasac_preset_is_harls_tuned_config():
     assert cfg.actor_hidden == cfg.critic_hidden == harl["hidden_sizes"]
     assert (cfg.batch_size, cfg.n_step, cfg.gamma, cfg.tau) == (harl["batch_size"], harl["n_step"], harl["gamma"], harl["polyak"])
     assert cfg.learning_starts == harl["warmup_steps"] and cfg.auto_alpha == harl["auto_alpha"]
+    assert cfg.alpha_init == harl["alpha"]
     assert cfg.eval_zero_noise == harl["deterministic_eval"]
     assert get_spec(cfg.env, cfg.env_options).options["agent_obsk"] == harl["agent_obsk"]
-    # HARL's file also lists alpha 0.2, but with auto_alpha its runner starts log alpha at 0 (alpha 1),
-    # and its off-policy networks ignore the file's feature normalization and orthogonal init
-    # (omad_train/config.py, PRESETS): the preset follows HARL's code.
-    assert cfg.alpha_init == 1.0
+    # HARL's off-policy networks ignore the file's feature normalization and orthogonal init
+    # (omad_train/config.py, PRESETS): the preset follows HARL's code and has neither.
+    assert not {"feature_norm", "orthogonal_init", "use_feature_normalization"} & set(cfg.model_dump())
     # HARL does not clip gradients; its actor updates every critic update (no policy_freq key).
     assert (cfg.grad_clip, cfg.policy_delay) == (0.0, 1)
     # The rest of harl_tuned.md, per column.
