@@ -52,7 +52,7 @@ class OMAD(Algorithm):
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_critic)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
         act_dims = torch.tensor(layout.act_dims, dtype=torch.float32, device=self.device)
-        self.cost_budget = self.joint(act_dims * cfg.cost_budget_per_dim)
+        self.cost_budget = self.joint(act_dims * cfg.temperature_budget_per_dim())
         self.joint_index = torch.as_tensor(layout.joint_index, device=self.device)
         compile_ = torch.compile if cfg.compile else (lambda fn: fn)
         self.chain = compile_(self.actors)
