@@ -78,7 +78,7 @@ def make_bench(workdir: Path, repeats: int, warmup: int, max_seconds: float, thr
     policy = AgentPolicy(agent.name, hparams).eval()
     onnx_path = workdir / f"{agent.name}.onnx"
     report = export_policy(
-        policy, onnx_path, env_id=ENV_ID, algo="omad", source_run="bench/serving.py (random weights)", weights_sha256="none"
+        policy, onnx_path, env_id=ENV_ID, algo="omad", source_run="bench/serving.py (random weights)"
     )
     rng = np.random.default_rng(0)
     inputs = {

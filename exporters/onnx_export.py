@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
+import onnx.shape_inference
 import torch
 
 from omad_train.checkpoint import CheckpointError, latest_checkpoint, sha256_file
@@ -46,6 +48,7 @@ from .schema import (
     ModelInfo,
     build_manifest,
     encode_metadata,
+    weights_sha256,
 )
 from .triton import TRITON_DIR, write_triton_repository
 
@@ -86,13 +89,20 @@ def export_policy(
     env_id: str,
     algo: str,
     source_run: str,
-    weights_sha256: str,
+    checkpoint_sha256: str = "",
     source_checkpoint: str = "",
     opset: int = DEFAULT_OPSET,
 ) -> AgentReport:
     """Write one agent's verified graph to `path` (an AgentPolicy-like module: name, obs_dim,
-    act_dim, denoising_steps, action_low/high, kind)."""
+    act_dim, denoising_steps, action_low/high, kind). checkpoint_sha256: of the actor file it was
+    traced from, kept in the metadata as provenance."""
     path = Path(path)
+    model = trace_to_onnx(policy, opset)
+    prepackable_matmul_weights(model)
+    forbidden = forbidden_ops(model)
+    if forbidden:
+        raise ExportError(f"{policy.name}: the graph contains forbidden ops {forbidden} (it must be loop-free and noise-free)")
+    model.doc_string = f"omad policy of {policy.name} ({env_id}, {algo}): action = pi(obs, noise). {NOISE_LAYOUT}"
     info = ModelInfo(
         agent=policy.name,
         obs_dim=policy.obs_dim,
@@ -104,19 +114,17 @@ def export_policy(
         env_id=env_id,
         algo=algo,
         sha256="",  # known once the file exists
-        weights_sha256=weights_sha256,
+        weights_sha256=weights_sha256(model.SerializeToString()),  # everything but the metadata, set next
         format_version=EXPORT_FORMAT_VERSION,
         source_run=source_run,
     )
-    model = trace_to_onnx(policy, opset)
-    forbidden = forbidden_ops(model)
-    if forbidden:
-        raise ExportError(f"{info.agent}: the graph contains forbidden ops {forbidden} (it must be loop-free and noise-free)")
     onnx.helper.set_model_props(
         model,
-        encode_metadata(info, noise_layout=NOISE_LAYOUT, actor_kind=policy.kind, source_checkpoint=source_checkpoint),
+        encode_metadata(
+            info, noise_layout=NOISE_LAYOUT, actor_kind=policy.kind, source_checkpoint=source_checkpoint,
+            checkpoint_sha256=checkpoint_sha256,
+        ),
     )
-    model.doc_string = f"omad policy of {info.agent} ({env_id}, {algo}): action = pi(obs, noise). {NOISE_LAYOUT}"
     onnx.save_model(model, path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -164,6 +172,41 @@ def trace_to_onnx(policy: torch.nn.Module, opset: int) -> onnx.ModelProto:
         raise ExportError(f"{policy.name}: cannot export at opset {opset} (the exporter produced opset {actual_opset})")
     strip_debug_info(model)
     return model
+
+
+def prepackable_matmul_weights(model: onnx.ModelProto) -> int:
+    """Store each MatMul weight [1, K, N] (torch's batched matmul of a stacked actor) as [K, N].
+
+    MatMul(A, W) is the same function either way when A has rank >= 3 (a leading 1 broadcasts like
+    no axis), but ONNX Runtime prepacks only 2-D constant weights, and the packed GEMM computes
+    every row with the same instruction sequence whatever the batch. Unpacked, a batch of one takes
+    MLAS's single-row kernel, which rounds differently from the batched one, so a request's actions
+    would depend on whether the server merged it with others. Prepacked weights are also faster at
+    batch >= 2. Returns how many weights were reshaped.
+    """
+    graph = model.graph
+    ranks = {
+        value.name: len(value.type.tensor_type.shape.dim)
+        for value in [*onnx.shape_inference.infer_shapes(model).graph.value_info, *graph.input]
+        if value.type.tensor_type.HasField("shape")
+    }
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    reshaped = 0
+    for weight in graph.initializer:
+        uses = users.get(weight.name, [])
+        if (
+            len(weight.dims) == 3 and weight.dims[0] == 1 and uses
+            and all(n.op_type == "MatMul" and list(n.input).index(weight.name) == 1 and ranks.get(n.input[0], 0) >= 3 for n in uses)
+        ):
+            array = onnx.numpy_helper.to_array(weight)
+            weight.CopyFrom(onnx.numpy_helper.from_array(array.reshape(array.shape[1:]), weight.name))
+            reshaped += 1
+            for value in [v for v in graph.value_info if v.name == weight.name]:  # a stale 3-D shape
+                graph.value_info.remove(value)
+    return reshaped
 
 
 def strip_debug_info(model: onnx.ModelProto) -> None:
@@ -263,7 +306,7 @@ def export_run(
                     env_id=spec.env_id,
                     algo=algo,
                     source_run=str(run_dir),
-                    weights_sha256=sha256_file(checkpoint / "actors" / f"{name}.safetensors"),
+                    checkpoint_sha256=sha256_file(checkpoint / "actors" / f"{name}.safetensors"),
                     source_checkpoint=checkpoint.name,
                     opset=opset,
                 )

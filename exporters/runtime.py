@@ -3,8 +3,9 @@
     policies = load_export("exports/spread")            # {agent: OnnxPolicy}, env order
     action = policies["agent_0"].act(obs, seed=0)       # obs [B, d_o] -> action [B, d_a]
 
-Every load checks the file's sha256 and metadata against the export dir's manifest, and every
-request is validated (shape, finiteness) before it reaches ONNX Runtime. Errors are
+Every load checks the graph against the weights_sha256 in its own metadata (so a file copied
+alone is checked too) and, when a manifest.json sits beside it, the file's sha256 and metadata
+against the manifest. Every request is validated (shape, finiteness) before it reaches ONNX Runtime. Errors are
 `RuntimeModelError`s whose message names the file or agent and says what to fix.
 """
 
@@ -29,6 +30,7 @@ from .schema import (
     OBS_INPUT,
     ModelInfo,
     decode_metadata,
+    weights_sha256,
 )
 
 __all__ = ["ModelInfo", "OnnxPolicy", "RuntimeModelError", "load_export", "read_manifest"]
@@ -119,6 +121,15 @@ class OnnxPolicy:
             raise RuntimeModelError(
                 f"{self.path}: export format version {self.info.format_version}, "
                 f"this omad reads version {EXPORT_FORMAT_VERSION}; re-export the run"
+            )
+        try:
+            actual = weights_sha256(model_bytes)
+        except ValueError as err:  # ONNX Runtime parsed the bytes, so this would be a bug; still one line
+            raise RuntimeModelError(f"{self.path}: cannot hash the graph ({err})") from None
+        if actual != self.info.weights_sha256:
+            raise RuntimeModelError(
+                f"{self.path}: graph weights sha256 {actual[:12]}... does not match the weights_sha256 in its own "
+                f"metadata ({self.info.weights_sha256[:12]}...): the file was modified or corrupted; re-export"
             )
         if manifest_entry is not None:
             self._check_against_manifest(manifest, manifest_entry)

@@ -11,11 +11,14 @@ Export dir:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
-EXPORT_FORMAT_VERSION = 1
+# 2: weights_sha256 covers the graph itself (see `weights_sha256`), so a lone file can be checked;
+# MatMul weights are 2-D (see exporters.onnx_export.prepackable_matmul_weights).
+EXPORT_FORMAT_VERSION = 2
 DEFAULT_OPSET = 18
 MANIFEST_NAME = "manifest.json"
 ONNX_SUFFIX = ".onnx"
@@ -51,7 +54,7 @@ class ModelInfo:
     env_id: str
     algo: str
     sha256: str  # of the .onnx file itself, so it is the one field not stored inside the file
-    weights_sha256: str  # of the checkpoint's safetensors actor file the graph was traced from
+    weights_sha256: str  # of the file without its metadata (`weights_sha256` below): checkable from the file alone
     format_version: int
     source_run: str
 
@@ -61,7 +64,7 @@ STORED_FIELDS = tuple(f.name for f in fields(ModelInfo) if f.name != "sha256")
 TEXT_FIELDS = frozenset({"agent", "env_id", "algo", "weights_sha256", "source_run"})
 BOUND_FIELDS = frozenset({"action_low", "action_high"})
 # Metadata beyond ModelInfo, for people and tools reading the graph.
-EXTRA_METADATA = ("noise_layout", "actor_kind", "source_checkpoint")
+EXTRA_METADATA = ("noise_layout", "actor_kind", "source_checkpoint", "checkpoint_sha256")
 
 # Manifest fields compared with each graph's metadata at load time.
 MANIFEST_FIELDS = ("format_version", "env_id", "algo")
@@ -132,3 +135,54 @@ def build_manifest(infos: list[ModelInfo], opset: int) -> dict:
         agents=[manifest_entry(info, info.agent + ONNX_SUFFIX) for info in infos],
     )
     return manifest
+
+
+# ModelProto's metadata_props field: the one part of the file that weights_sha256 leaves out.
+MODEL_METADATA_FIELD = 14
+
+
+def weights_sha256(model_bytes: bytes) -> str:
+    """SHA-256 of a serialized ONNX ModelProto without its metadata_props.
+
+    It covers every other top-level field exactly as stored, in file order (each field's key and
+    value bytes): the graph (nodes, attributes, initializers, inputs and outputs), the opset
+    imports, local functions, IR version and doc string, i.e. everything ONNX Runtime executes.
+    Metadata is left out so the hash can be stored in the metadata itself. Reads the protobuf wire
+    format directly (no onnx package needed); raises ValueError for bytes that are not a well-formed
+    message.
+    """
+    digest = hashlib.sha256()
+    view = memoryview(model_bytes)
+    pos, end = 0, len(model_bytes)
+    while pos < end:
+        start = pos
+        key, pos = _varint(view, pos)
+        field, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, pos = _varint(view, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 2:
+            length, pos = _varint(view, pos)
+            pos += length
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire_type} at byte {start}")
+        if pos > end or field == 0:
+            raise ValueError(f"truncated or malformed protobuf field at byte {start}")
+        if field != MODEL_METADATA_FIELD:
+            digest.update(view[start:pos])
+    return digest.hexdigest()
+
+
+def _varint(view: memoryview, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= len(view) or shift > 63:
+            raise ValueError(f"truncated or overlong varint at byte {pos}")
+        byte = view[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if not byte & 0x80:
+            return value, pos

@@ -27,6 +27,13 @@ class ServerMetrics:
             "omad_inference_seconds", "ONNX Runtime time per inference call", buckets=LATENCY_BUCKETS_S, registry=self.registry
         )
         self.in_flight = Gauge("omad_in_flight_calls", "Calls being handled", registry=self.registry)
+        self.nonfinite_actions = Counter(
+            "omad_nonfinite_actions", "Requests refused because the policy computed NaN or inf actions", registry=self.registry
+        )
+        self.reloads = Counter("omad_reloads", "Model reloads (SIGHUP) by result: ok or refused", ["result"], registry=self.registry)
+        self.inference_failures = Counter(
+            "omad_inference_failures", "Failures of the inference machinery (the server then serves nothing)", registry=self.registry
+        )
         self._per_method: dict[str, tuple] = {}  # label lookups cached: this runs once per request
         self._http = None
 

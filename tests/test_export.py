@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -44,7 +45,7 @@ def test_manifest_lists_agents_in_env_order_with_file_hashes(tiny_run_dir, tiny_
     spec = load_spec(tiny_run_dir)
     manifest = json.loads((tiny_export_dir / MANIFEST_NAME).read_text())
     assert [entry["agent"] for entry in manifest["agents"]] == spec.agent_names
-    assert manifest["env_id"] == "mpe:simple_spread_v3" and manifest["format_version"] == 1
+    assert manifest["env_id"] == "mpe:simple_spread_v3" and manifest["format_version"] == 2
     for entry in manifest["agents"]:
         assert entry["file"] == entry["agent"] + ".onnx"
         assert entry["sha256"] == sha256_file(tiny_export_dir / entry["file"])
@@ -57,7 +58,7 @@ def test_metadata_holds_what_a_server_needs(tiny_run_dir, tiny_export_dir):
     for agent in spec.agents:
         model = onnx.load(tiny_export_dir / f"{agent.name}.onnx")
         props = {p.key: p.value for p in model.metadata_props}
-        assert props[metadata_key("format_version")] == "1"
+        assert props[metadata_key("format_version")] == "2"
         assert props[metadata_key("agent")] == agent.name
         assert json.loads(props[metadata_key("obs_dim")]) == agent.obs_dim
         assert json.loads(props[metadata_key("act_dim")]) == agent.act_dim
@@ -72,7 +73,40 @@ def test_metadata_holds_what_a_server_needs(tiny_run_dir, tiny_export_dir):
         assert props[metadata_key("source_run")] == str(tiny_run_dir.resolve())
         assert props[metadata_key("source_checkpoint")] == checkpoint.name
         weights = checkpoint / "actors" / f"{agent.name}.safetensors"
-        assert props[metadata_key("weights_sha256")] == sha256_file(weights)
+        assert props[metadata_key("checkpoint_sha256")] == sha256_file(weights)
+        del model.metadata_props[:]  # weights_sha256: the file without its metadata (tests/test_runtime.py)
+        assert props[metadata_key("weights_sha256")] == hashlib.sha256(model.SerializeToString()).hexdigest()
+
+
+def test_matmul_weights_are_2d_so_rows_do_not_depend_on_the_batch(tiny_export_dir):
+    """ONNX Runtime prepacks only 2-D constant MatMul weights; packed, every row is computed the same
+    way whatever the batch (README, "Merged batches")."""
+    for path in sorted(tiny_export_dir.glob("*.onnx")):
+        graph = onnx.load(path).graph
+        weights = {t.name: list(t.dims) for t in graph.initializer}
+        matmuls = [node for node in graph.node if node.op_type == "MatMul"]
+        assert matmuls
+        for node in matmuls:
+            assert len(weights[node.input[1]]) == 2, (path.name, node.input[1], weights[node.input[1]])
+
+
+def test_prepackable_rewrite_keeps_the_function():
+    """A 3-D [1, K, N] weight against a rank-3 input becomes [K, N]; a rank-2 input keeps it (shapes differ)."""
+    h, rng = onnx.helper, np.random.default_rng(0)
+    w3, w2 = rng.standard_normal((1, 4, 3), dtype=np.float32), rng.standard_normal((1, 3, 2), dtype=np.float32)
+    graph = h.make_graph(
+        [h.make_node("MatMul", ["a", "w3"], ["y"]), h.make_node("MatMul", ["b", "w2"], ["z"])], "g",
+        [h.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, "n", 4]), h.make_tensor_value_info("b", onnx.TensorProto.FLOAT, ["n", 3])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None), h.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(w3, "w3"), onnx.numpy_helper.from_array(w2, "w2")],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+    assert onnx_export.prepackable_matmul_weights(model) == 1
+    assert {t.name: list(t.dims) for t in model.graph.initializer} == {"w3": [4, 3], "w2": [1, 3, 2]}
+    a, b = rng.standard_normal((1, 5, 4), dtype=np.float32), rng.standard_normal((5, 3), dtype=np.float32)
+    y, z = ReferenceEvaluator(model).run(None, {"a": a, "b": b})
+    np.testing.assert_allclose(y, a @ w3, rtol=1e-6)
+    assert z.shape == (1, 5, 2)
 
 
 def test_graph_signature_has_a_dynamic_batch(tiny_export_dir, torch_policies):
