@@ -78,7 +78,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return launch_export(args.export_dir, args.base_port, flags)
 
     import asyncio
+    import signal
 
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the server handles it (reload), not a kill
     from .config import read_tls_files, read_token
     from .server import serve_until_signalled
 

@@ -8,8 +8,10 @@ Torch-free: the torch source lives with the checkpoints, in omad_train.policies.
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,17 +47,17 @@ class PolicySource:
     agents: list[AgentEndpoint]
     calls: list  # one callable per agent, in env order
     concurrent: bool = False  # issue the agents' calls for a step in parallel (gRPC)
-    step_timeout_s: float = 10.0
+    step_timeout_s: float = 10.0  # a backstop: gRPC calls carry their own deadline
     latency_us: dict[str, list[float]] = field(default_factory=dict)
-    _pool: ThreadPoolExecutor | None = None
+    _workers: list[_Worker] = field(default_factory=list)
     _on_close: list = field(default_factory=list)
 
     def act(self, obs: list[np.ndarray], noise: list[np.ndarray]) -> list[np.ndarray]:
         if not self.concurrent:
             return [self._timed(i, obs[i], noise[i]) for i in range(len(self.calls))]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=len(self.calls), thread_name_prefix="agent")
-        futures = [self._pool.submit(self._timed, i, obs[i], noise[i]) for i in range(len(self.calls))]
+        if not self._workers:
+            self._workers = [_Worker(f"agent-{i}") for i in range(len(self.calls))]
+        futures = [w.submit(self._timed, i, obs[i], noise[i]) for i, w in enumerate(self._workers)]
         results = []
         for agent, fut in zip(self.agents, futures):
             try:
@@ -86,10 +88,35 @@ class PolicySource:
                 raise EvalError(f"agent {theirs.name} ({mine.where}): " + "; ".join(problems))
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for worker in self._workers:
+            worker.stop()
         for fn in self._on_close:
             fn()
+
+
+class _Worker:
+    """One daemon thread per agent: a call stuck on a stalled server can never keep the process alive."""
+
+    def __init__(self, name: str):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as err:  # noqa: BLE001 - handed to the caller
+                    future.set_exception(err)
 
 
 # -- the ONNX and gRPC sources -------------------------------------------------------------------
@@ -116,7 +143,7 @@ def grpc_source(addrs: list[str], token: str | None = None, timeout_s: float = 5
             try:
                 spec = client.spec()
             except PolicyCallError as err:
-                raise EvalError(f"agent {i} server at {addr} is not usable ({err.code.name}: {err.details}) after {retries} retries") from None
+                raise EvalError(f"agent {i} server at {addr} is not usable ({err.code.name}: {err.details})") from None
             agents.append(AgentEndpoint(spec.agent, spec.obs_dim, spec.act_dim, spec.noise_steps, spec.env_id, addr))
             streams.append(client.stream())
     except BaseException:
@@ -130,8 +157,10 @@ def grpc_source(addrs: list[str], token: str | None = None, timeout_s: float = 5
         for c in clients:
             c.close()
 
+    # Each stream splits a step's batch to its server's max_batch and fails with DEADLINE_EXCEEDED
+    # after timeout_s; the step timeout only backs that up.
     calls = [lambda o, z, s=s: s.act(o, noise=z)[0] for s in streams]
-    return PolicySource("grpc", agents, calls, concurrent=True, step_timeout_s=timeout_s, _on_close=[close])
+    return PolicySource("grpc", agents, calls, concurrent=True, step_timeout_s=timeout_s + 2.0, _on_close=[close])
 
 
 # -- running and reporting -----------------------------------------------------------------------

@@ -198,14 +198,30 @@ def test_cli_export_with_triton_repository(tiny_run_dir, tmp_path, capsys):
     report = capsys.readouterr().out
     assert "max err B=1" in report and "max err B=64" in report and report.count(" ok ") == 3
 
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
     for entry in json.loads((out / MANIFEST_NAME).read_text())["agents"]:
         model_dir = out / "triton" / entry["agent"]
-        assert (model_dir / "1" / "model.onnx").read_bytes() == (out / entry["file"]).read_bytes()
         config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-        assert config.name == entry["agent"] and config.backend == "onnxruntime" and config.max_batch_size == 0
+        assert config.name == entry["agent"] and config.backend == "onnxruntime"
+        # Triton batches on axis 0: dims leave the batch out, and its dynamic batcher is on
+        assert config.max_batch_size > 0 and config.HasField("dynamic_batching")
         shapes = {t.name: list(t.dims) for t in [*config.input, *config.output]}
-        assert shapes == {"obs": [-1, entry["obs_dim"]], "noise": [5, -1, 5], "action": [-1, 5]}
+        assert shapes == {"obs": [entry["obs_dim"]], "noise": [5, 5], "action": [5]}
         assert all(t.data_type == model_config_pb2.TYPE_FP32 for t in [*config.input, *config.output])
+
+        # the batch-major graph computes the standard one's actions from the same (transposed) noise
+        batch_major = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+        inputs = {i.name: i.shape for i in batch_major.get_inputs()}
+        assert inputs["noise"][1:] == [5, 5] and isinstance(inputs["noise"][0], str)
+        standard = load_export(out)[entry["agent"]]
+        obs = rng.standard_normal((7, entry["obs_dim"]), dtype=np.float32)
+        noise = rng.standard_normal((5, 7, 5), dtype=np.float32)
+        (actions,) = batch_major.run(["action"], {"obs": obs, "noise": np.ascontiguousarray(noise.transpose(1, 0, 2))})
+        np.testing.assert_array_equal(actions, standard.act(obs, noise))
+        props = {p.key: p.value for p in onnx.load(model_dir / "1" / "model.onnx").metadata_props}
+        assert "[B, K+1, d_a]" in props[metadata_key("noise_layout")]
 
     # an existing export is kept unless --overwrite, and then replaced
     assert omad_main(["export", str(tiny_run_dir), "--out", str(out)]) == 2
