@@ -283,7 +283,7 @@ def small_policy() -> AgentPolicy:
 
 
 def export_small(policy, path):
-    return export_policy(policy, path, env_id="test", algo="omad", source_run="test", weights_sha256="0" * 64)
+    return export_policy(policy, path, env_id="test", algo="omad", source_run="test", checkpoint_sha256="0" * 64)
 
 
 def test_export_refuses_a_policy_that_outputs_nan(tmp_path):
