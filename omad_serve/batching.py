@@ -126,8 +126,9 @@ class MicroBatcher:
         self._thread.start()
 
     @property
-    def idle(self) -> bool:
-        return self._running is None and not self._pending
+    def queued(self) -> int:
+        """Jobs waiting for an inference call (not the one running)."""
+        return len(self._pending)
 
     async def submit(self, job: Job) -> JobResult:
         """Queue the job and wait for its slice of a batch. Cancelling the wait drops the job."""

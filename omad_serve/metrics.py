@@ -27,6 +27,7 @@ class ServerMetrics:
             "omad_inference_seconds", "ONNX Runtime time per inference call", buckets=LATENCY_BUCKETS_S, registry=self.registry
         )
         self.in_flight = Gauge("omad_in_flight_calls", "Calls being handled", registry=self.registry)
+        self.queued = Gauge("omad_queued_requests", "Requests waiting for an inference call", registry=self.registry)
         self.nonfinite_actions = Counter(
             "omad_nonfinite_actions", "Requests refused because the policy computed NaN or inf actions", registry=self.registry
         )

@@ -209,6 +209,7 @@ class PolicyServer:
             on_batch=self.metrics.observe_batch, on_failure=self._inference_failed,
         )
         self._batcher.start()
+        self.metrics.queued.set_function(lambda: self._batcher.queued)
         info = policy.info
         logs.log_event(
             log, "model_loaded", agent=info.agent, obs_dim=info.obs_dim, act_dim=info.act_dim,

@@ -160,8 +160,9 @@ def test_sigterm_drains_in_flight_calls_then_exits(model_path, policy):
                 late.act(obs)
             assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "draining" in caught.value.details
 
-        served, _ = session.act(obs, noise=noise)  # an open stream keeps working while draining
-        np.testing.assert_allclose(served, policy.act(obs, noise=noise), atol=1e-6)
+        with pytest.raises(PolicyCallError) as caught:  # an idle open stream is ended at once
+            session.act(obs, noise=noise)
+        assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "draining" in caught.value.details
         session.close()
         session_client.close()
 
@@ -179,19 +180,19 @@ def test_sigterm_drains_in_flight_calls_then_exits(model_path, policy):
         server.kill()
 
 
-def test_an_idle_open_stream_does_not_hold_the_server_past_its_grace(model_path, policy):
-    server = Process("serve", "--model", str(model_path), "--port", "0", "--grace-s", "1")
+def test_an_idle_open_stream_does_not_hold_the_server(model_path, policy):
+    """The idle stream is ended at once: the server exits without waiting out its 60 s grace."""
+    server = Process("serve", "--model", str(model_path), "--port", "0", "--grace-s", "60")
     try:
         addr = f"127.0.0.1:{server.wait_for_event('serving')['port']}"
         with PolicyClient(addr, retries=0) as client:
             session = client.stream()
             session.act(np.zeros((1, policy.info.obs_dim), np.float32))
             server.proc.send_signal(signal.SIGTERM)
-            signalled = time.monotonic()
-            assert server.proc.wait(timeout=5) == 0
-            assert time.monotonic() - signalled < 2.5
-            with pytest.raises(PolicyCallError):
+            assert server.proc.wait(timeout=30) == 0
+            with pytest.raises(PolicyCallError) as caught:
                 session.act(np.zeros((1, policy.info.obs_dim), np.float32))
+            assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "draining" in caught.value.details
     finally:
         server.kill()
 
