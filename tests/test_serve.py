@@ -272,6 +272,13 @@ def kserve_request(policy: OnnxPolicy, **overrides) -> kserve_pb2.ModelInferRequ
     return request
 
 
+def both_contents(request: kserve_pb2.ModelInferRequest) -> kserve_pb2.ModelInferRequest:
+    """The request's raw obs bytes also given as typed contents (the same values)."""
+    values = np.frombuffer(request.raw_input_contents[0], "<f4")
+    request.inputs[0].contents.fp32_contents.extend(values.tolist())
+    return request
+
+
 def test_kserve_bad_requests_get_clear_codes(server, policy):
     cases = {
         "unknown model": (kserve_request(policy, model_name="nope"), grpc.StatusCode.NOT_FOUND),
@@ -281,6 +288,7 @@ def test_kserve_bad_requests_get_clear_codes(server, policy):
         "unknown output": (kserve_request(policy, outputs=["value"]), INVALID),
         "seed as string": (kserve_request(policy, parameters={"seed": kserve_pb2.InferParameter(string_param="1")}), INVALID),
         "missing obs": (kserve_pb2.ModelInferRequest(model_name=policy.info.agent), INVALID),
+        "raw and typed contents": (both_contents(kserve_request(policy)), INVALID),  # the protocol forbids both
     }
     for name, (request, expected) in cases.items():
         code, details = raw_call(server.addr, "/inference.GRPCInferenceService/ModelInfer", request.SerializeToString())
