@@ -259,8 +259,9 @@ class MicroBatcher:
             batch.error = err
         batch.inference_ns = time.perf_counter_ns() - batch.started_ns
         if batch.error is None:
-            if not np.isfinite(actions).all():
-                batch.bad_rows = ~np.isfinite(actions).all(axis=1)
+            finite = np.isfinite(actions)
+            if np.count_nonzero(finite) != finite.size:
+                batch.bad_rows = ~finite.all(axis=1)
             if self._on_batch is not None:
                 self._on_batch(obs.shape[0], batch.inference_ns / 1e9)
 
