@@ -18,7 +18,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from exporters.runtime import OnnxPolicy, RuntimeModelError
-from exporters.schema import EXPORT_FORMAT_VERSION, ModelInfo, encode_metadata
+from exporters.schema import EXPORT_FORMAT_VERSION, ModelInfo, encode_metadata, weights_sha256
 from omad_serve._generated import grpc_service_pb2, policy_pb2
 from omad_serve.security import UNAUTHENTICATED_MESSAGE, BearerTokenInterceptor
 from omad_serve.tensors import MAX_DIM, MAX_RANK, TensorError, decode_float32, from_tensor, to_tensor
@@ -53,7 +53,8 @@ def policy(tmp_path_factory) -> OnnxPolicy:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     info = ModelInfo(
         agent="agent_0", obs_dim=D_O, act_dim=D_A, denoising_steps=K, noise_steps=K + 1, action_low=(0.0, -0.4),
-        action_high=(1.0, 0.4), env_id="hand-built", algo="omad", sha256="", weights_sha256="0" * 64,
+        action_high=(1.0, 0.4), env_id="hand-built", algo="omad", sha256="",
+        weights_sha256=weights_sha256(model.SerializeToString()),  # every load checks the graph against it
         format_version=EXPORT_FORMAT_VERSION, source_run="hand-built",
     )
     helper.set_model_props(model, encode_metadata(info))
