@@ -186,19 +186,25 @@ class MicroBatcher:
         self._flush_handle = None
         if self._running is not None or self.failure is not None or self._closed:
             return
-        jobs = self._take_batch()
-        if not jobs:
-            return
-        batch = self._running = _Batch(self.model, jobs)
-        if len(jobs) > 1 or self._pending:
-            self._work.put(batch)  # merged: compute off the loop, keep serving meanwhile
-            return
-        try:  # a lone request: the shortest path
-            self._compute(batch)
+        try:
+            jobs = self._take_batch()
+            if not jobs:
+                return
+            batch = self._running = _Batch(self.model, jobs)
+            if len(jobs) > 1 or self._pending:
+                self._work.put(batch)  # merged: compute off the loop, keep serving meanwhile
+                return
+            self._compute(batch)  # a lone request: the shortest path
+            self._deliver(batch)
         except BaseException as err:  # noqa: BLE001 - never leave a caller waiting
             self._fail(err)
-            return
-        self._deliver(batch)
+
+    def _delivered(self, batch: _Batch) -> None:
+        """On the loop, from the thread: deliver, and fail everything rather than leave callers waiting."""
+        try:
+            self._deliver(batch)
+        except BaseException as err:  # noqa: BLE001
+            self._fail(err)
 
     def _deliver(self, batch: _Batch) -> None:
         """Give each caller its slice (or the batch's error), then start the next batch."""
@@ -269,7 +275,7 @@ class MicroBatcher:
         try:
             while (batch := self._work.get()) is not _STOP:
                 self._compute(batch)
-                self._loop.call_soon_threadsafe(self._deliver, batch)
+                self._loop.call_soon_threadsafe(self._delivered, batch)
         except BaseException as err:  # noqa: BLE001 - anything else: the thread is gone, say so
             try:
                 self._loop.call_soon_threadsafe(self._fail, err)

@@ -264,9 +264,10 @@ class PolicyServer:
                     f"{self.config.model}: " + "; ".join(f"{f} {getattr(policy.info, f)!r} != serving {getattr(old, f)!r}" for f in changed)
                     + " (a reload must keep the agent's contract; start a new server for another model)"
                 )
-        except RuntimeModelError as err:
+        except Exception as err:  # noqa: BLE001 - whatever breaks a reload, the old model keeps serving
+            reason = str(err) if isinstance(err, RuntimeModelError) else f"{self.config.model}: {err!r}"
             self.metrics.reloads.labels("refused").inc()
-            logs.log_event(log, "reload_refused", logging.ERROR, reason=str(err), model_sha256=old.sha256)
+            logs.log_event(log, "reload_refused", logging.ERROR, reason=reason, model_sha256=old.sha256)
             return False
         if self._draining or self._batcher.failure is not None:
             return False

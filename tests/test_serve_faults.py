@@ -477,3 +477,42 @@ def test_launcher_forwards_sighup_to_every_agent(tiny_export_dir, tmp_path):
         assert wait_gone(children, timeout_s=10) == []
     finally:
         launcher.kill()
+
+
+def test_a_swapped_model_takes_over_between_batches():
+    """The batcher directly: a reload's swap while a merged batch runs leaves that batch on the old model;
+    the next batch runs on the new one, and every result names the model that computed it."""
+    import asyncio
+
+    from omad_serve.batching import Job, MicroBatcher
+
+    class Scaled:
+        def __init__(self, scale: float, gate: threading.Event | None = None):
+            self.scale, self.gate, self.entered = scale, gate, threading.Event()
+
+        def run(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+            self.entered.set()
+            if self.gate is not None:
+                assert self.gate.wait(10)
+            return self.scale * obs[:, :2] + noise[0]
+
+    def job(value: float) -> Job:
+        return Job(np.full((1, 3), value, np.float32), np.full((2, 1, 2), value / 10, np.float32))
+
+    async def scenario():
+        old, new = Scaled(2.0, gate=threading.Event()), Scaled(-3.0)
+        batcher = MicroBatcher(old, max_batch=8)
+        batcher.start()
+        first = [asyncio.create_task(batcher.submit(job(v))) for v in (1.0, 2.0)]  # merged: on the thread
+        assert await asyncio.to_thread(old.entered.wait, 10)
+        batcher.model = new  # the swap, while the old model computes
+        second = asyncio.create_task(batcher.submit(job(5.0)))
+        old.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*first, second), 10)
+        await batcher.close()
+        return old, new, results
+
+    old, new, results = asyncio.run(scenario())
+    for value, result, model in zip((1.0, 2.0, 5.0), results, (old, old, new)):
+        assert result.model is model
+        np.testing.assert_allclose(result.action, [[model.scale * value + value / 10] * 2], rtol=1e-6)
