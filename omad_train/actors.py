@@ -23,7 +23,7 @@ from torch import nn
 from .networks import StackedLinear, StackedMLP
 
 LOG2 = math.log(2.0)
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # HARL's squashed Gaussian (a hard clamp)
 
 
 @dataclass
@@ -70,9 +70,11 @@ class StackedActors(nn.Module):
         return self.action_low + (y + 1.0) * (self.action_high - self.action_low) / 2.0
 
     def squash(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """a = low + (tanh(x) + 1) (high - low) / 2, and log|da/dx| summed over real dims: [n, B]."""
-        half_range = (self.action_high - self.action_low) / 2.0
-        log_jac = ((torch.log(half_range) + 2.0 * (LOG2 - x - F.softplus(-2.0 * x))) * self.mask).sum(-1)
+        """a = low + (tanh(x) + 1) (high - low) / 2, and log|d tanh(x)/dx| summed over real dims: [n, B].
+        Entropies, costs and budgets live in the squashed space [-1, 1]^d (ALGORITHM.md section 5, as in
+        DIME, HARL and SB3): the affine map's constant log((high - low) / 2) per dim is not counted, so
+        every target means the same on MPE's [0, 1] as on MuJoCo's [-1, 1]."""
+        log_jac = (2.0 * (LOG2 - x - F.softplus(-2.0 * x)) * self.mask).sum(-1)
         return self.to_bounds(torch.tanh(x)), log_jac
 
     def base_hparams(self, i: int) -> dict:
@@ -103,7 +105,9 @@ class StackedActors(nn.Module):
 
 class GaussianActors(StackedActors):
     """Squashed-Gaussian actors (HASAC, OMAD-Gaussian): u = mu(o) + sigma(o) * noise[0], a = squash(u).
-    cost = log pi(a|o), exact (change of variables), so -cost is a one-sample entropy estimate."""
+    cost = log pi(a|o) in the squashed space, exact (change of variables), so -cost is a one-sample
+    entropy estimate. HARL's network: ReLU hidden layers, tanh on the last one, linear mu and log-std
+    heads, log-std clamped to [-20, 2]; zero noise gives the deterministic policy tanh(mu)."""
 
     kind = "gaussian"
     denoising_steps = 0
@@ -119,9 +123,9 @@ class GaussianActors(StackedActors):
         self.log_std = StackedLinear(n, hidden[-1], d_a)
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = True) -> ChainOutput:
-        h = F.relu(self.net(obs))
+        h = torch.tanh(self.net(obs))
         mu = self.mu(h)
-        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(self.log_std(h)) + 1.0)
+        log_std = self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
         u = mu + log_std.exp() * noise[0]
         action, log_jac = self.squash(u)
         if not with_cost:
@@ -244,7 +248,8 @@ class AgentPolicy(nn.Module):
         return self.actors(obs.unsqueeze(0), noise.unsqueeze(1), with_cost=False).action[0]
 
     def sample_with_bound(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(action, entropy lower bound [B]); for a Gaussian the estimate is exact in expectation.
+        """(action, entropy lower bound [B], in the squashed space [-1, 1]^d); for a Gaussian the estimate
+        is exact in expectation.
         Deterministic actors have no entropy and raise."""
         out = self.actors(obs.unsqueeze(0), noise.unsqueeze(1))
         if out.cost is None:

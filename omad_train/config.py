@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,28 +15,51 @@ from .errors import OmadError
 
 ALGOS = ("omad", "hasac", "hatd3", "omad-gaussian")
 
-# Each algorithm's own defaults, applied beneath the user's values (a YAML file or flags override
-# them). OMAD's are the field defaults below (ALGORITHM.md section 6). The baselines take HARL's tuned
-# values (ALGORITHM.md section 7): 256x256 networks, lr 5e-4, batch 1000, n-step returns. A Gaussian
-# actor's cost is its exact -entropy, so a budget of 1.0 per dim is SAC's target entropy -d_a.
-ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
-    "omad": {},
-    "omad-gaussian": {"cost_budget_per_dim": 1.0},
-    "hasac": {"actor_hidden": [256, 256], "lr_actor": 5e-4, "lr_critic": 5e-4, "batch_size": 1000,
-              "policy_delay": 1, "alpha_init": 0.2, "lr_alpha": 3e-4, "cost_budget_per_dim": 1.0},
-    "hatd3": {"actor_hidden": [256, 256], "lr_actor": 5e-4, "lr_critic": 5e-4, "batch_size": 1000,
-              "policy_delay": 2, "eval_zero_noise": True},
+# Defaults beneath the user's values (a YAML file or flags override them); config.json records the
+# resolved values. OMAD's are the field defaults below (ALGORITHM.md section 6).
+#
+# PRESETS: the baselines at HARL's tuned configs (PKU-MARL/HARL tuned_configs/<env>/<task>/<algo>/
+# config.json, summarised in shared/reference/harl_tuned.md), per (env id, algo), in our field names.
+# Tasks HARL ships no config for here take their family's entry (PRESET_FOR_FAMILY). Where HARL's
+# config file and HARL's code disagree, the preset follows the code, which is what HARL ran:
+# - `use_feature_normalization`, `initialization_method: orthogonal_` and `gain: 0.01` are read only by
+#   HARL's on-policy MLPBase; its off-policy networks (PlainMLP in SquashedGaussianPolicy,
+#   DeterministicPolicy and ContinuousQNet) have no input LayerNorm and PyTorch's default init;
+# One exception: `alpha: 0.2` is read by HARL only when `auto_alpha` is false; with auto_alpha HARL
+# starts every log alpha at 0 (alpha 1.0, off_policy_base_runner.py). The preset starts at 0.2, as
+# ALGORITHM.md section 7 and harl_tuned.md ask: at one update per env step, alpha 1.0 (with alpha lr
+# 3e-4) is still far from its working level after 8k steps and HASAC stays at the random policy's
+# return on Cooperative Navigation (tests/test_learning.py, seed 0: -27.9 from 1.0, -21.6 from 0.2,
+# random -28.3).
+# Evaluation episodes, rollout threads and the update-to-data ratio are study-wide choices, not
+# presets (README, "Deviations from HARL").
+_HARL = dict(batch_size=1000, gamma=0.99, tau=0.005, learning_starts=10_000, grad_clip=0.0, eval_zero_noise=True)
+_HASAC = dict(_HARL, policy_delay=1, auto_alpha=True, alpha_init=0.2, lr_alpha=3e-4, cost_budget_per_dim=1.0)
+_HATD3 = dict(_HARL, policy_delay=2, explore_std=0.1, target_noise=0.2, target_noise_clip=0.5)
+PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("mamujoco:HalfCheetah-2x3", "hasac"): dict(
+        _HASAC, lr_actor=1e-3, lr_critic=1e-3, actor_hidden=[256, 256], critic_hidden=[256, 256], n_step=10),
+    ("mamujoco:HalfCheetah-2x3", "hatd3"): dict(
+        _HATD3, lr_actor=5e-4, lr_critic=1e-3, actor_hidden=[256, 256], critic_hidden=[256, 256], n_step=10),
+    ("mpe:simple_spread_v3", "hasac"): dict(
+        _HASAC, lr_actor=5e-4, lr_critic=5e-4, actor_hidden=[256, 256], critic_hidden=[256, 256], n_step=20),
+    ("mpe:simple_spread_v3", "hatd3"): dict(
+        _HATD3, lr_actor=5e-4, lr_critic=1e-3, actor_hidden=[128, 128], critic_hidden=[128, 128], n_step=1),
 }
-ALGO_FAMILY_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("hasac", "mamujoco"): {"n_step": 5}, ("hasac", "mpe"): {"n_step": 20},
-    # HATD3 on MPE: 1-step, not HARL's 20. Measured (tests/test_learning.py config, 8k steps, seed 0):
-    # n_step 20 gives -26.6, n_step 1 gives -18.5, against -28.3 for the random policy.
-    ("hatd3", "mamujoco"): {"n_step": 5}, ("hatd3", "mpe"): {"n_step": 1},
-}
+PRESET_FOR_FAMILY = {"mamujoco": "mamujoco:HalfCheetah-2x3", "mpe": "mpe:simple_spread_v3"}
 
-# Critic support per environment family. MaMuJoCo returns reach the thousands (the paper's
-# ablation: V_max = 200 fails, >= 1000 works); MPE per-step team rewards are a few units.
-DEFAULT_VALUE_RANGE = {"mamujoco": (-1000.0, 1000.0), "mpe": (-500.0, 300.0)}
+# The critic's support: V = reward_scale * r / (1 - gamma) over a per-step team-reward range per family
+# (time limits are bootstrapped, so values are infinite-horizon). MaMuJoCo: up to 20 per step covers
+# the paper's HalfCheetah 2x3 level (14369 per 1000 steps, about 14.4 per step, V about 1440) with room;
+# -10 per step covers running backwards plus control costs and the soft value's entropy term.
+# MPE (Cooperative Navigation on the mean-over-agents scale): about -1.1 per step at random, down to -5
+# when agents wander off and collide; up to +3 for Physical Deception's good agents.
+STEP_REWARD_RANGE = {"mamujoco": (-10.0, 20.0), "mpe": (-5.0, 3.0)}
+
+
+def prior_entropy_per_dim(prior_std: float) -> float:
+    """Entropy of the chain's prior N(0, s0^2) per dimension: 0.5 log(2 pi e s0^2) (2.33 nats at 2.5)."""
+    return 0.5 * math.log(2.0 * math.pi * math.e * prior_std**2)
 
 
 class ConfigError(OmadError, ValueError):
@@ -91,7 +116,8 @@ class TrainConfig(BaseModel):
     auto_alpha: bool = True
     alpha_init: float = Field(0.1, gt=0)
     lr_alpha: float = Field(1e-3, gt=0)
-    cost_budget_per_dim: float = Field(4.0, description="running-cost budget C = this * sum d_a")
+    cost_budget_per_dim: float = Field(4.0, description="temperature budget per action dim: OMAD's running cost "
+                                        "(OMAD-Gaussian: the same entropy level), HASAC's -target entropy")
     entropy_norm: Literal["sum", "mean"] = Field("sum", description="l_joint = sum or mean of l_i")
 
     # HATD3
@@ -100,23 +126,59 @@ class TrainConfig(BaseModel):
     target_noise_clip: float = Field(0.5, ge=0, description="HATD3 target smoothing clip")
 
     def value_range(self, family: str) -> tuple[float, float]:
-        lo, hi = DEFAULT_VALUE_RANGE[family]
+        """(v_min, v_max): the config's values where set, else reward_scale * STEP_REWARD_RANGE / (1 - gamma)."""
+        if (self.v_min is None or self.v_max is None) and self.gamma >= 1.0:
+            raise ConfigError("gamma = 1 has no default critic support: set v_min and v_max")
+        lo, hi = (round(self.reward_scale * r / (1.0 - self.gamma), 6) if self.gamma < 1.0 else 0.0
+                  for r in STEP_REWARD_RANGE[family])
         lo = self.v_min if self.v_min is not None else lo
         hi = self.v_max if self.v_max is not None else hi
         if not lo < hi:
             raise ConfigError(f"v_min ({lo}) must be below v_max ({hi})")
         return lo, hi
 
+    def temperature_budget_per_dim(self) -> float:
+        """The per-dim budget the temperature holds the constrained cost at (ALGORITHM.md section 5).
+        OMAD: the chain's running cost, `cost_budget_per_dim`. OMAD-Gaussian: its exact cost log pi, at
+        the level OMAD's budget implies. At the budget OMAD's cost c = log p_prior(x_0) + running cost
+        has mean C - H_prior per dim, an entropy bound of H_prior - C (2.33 - 4 = -1.67 nats per dim at
+        s0 = 2.5, C = 4), so the ablation changes only the actor. HASAC: -(target entropy) per dim."""
+        if self.algo == "omad-gaussian":
+            return self.cost_budget_per_dim - prior_entropy_per_dim(self.prior_std)
+        return self.cost_budget_per_dim
+
 
 def algo_defaults(algo: str, env_id: str) -> dict[str, Any]:
-    """The defaults `algo` brings for `env_id`'s family (empty for unknown names: validation reports them)."""
+    """The defaults `algo` brings for `env_id`: its HARL preset (the task's, else its family's), or {}."""
     from .envs import UnknownEnvError, env_family
 
-    try:
-        family = env_family(env_id)
-    except UnknownEnvError:
-        family = ""
-    return {**ALGO_DEFAULTS.get(algo, {}), **ALGO_FAMILY_DEFAULTS.get((algo, family), {})}
+    key = env_id
+    if (env_id, algo) not in PRESETS:
+        try:
+            key = PRESET_FOR_FAMILY.get(env_family(env_id), "")
+        except UnknownEnvError:  # validation reports it
+            return {}
+    return copy.deepcopy(PRESETS.get((key, algo), {}))
+
+
+def presets_markdown() -> str:
+    """PRESETS as the README's table (a test checks the README holds exactly this)."""
+    def num(x: float) -> str:
+        return f"{x:.0e}".replace("e-0", "e-") if x < 0.01 else f"{x:g}"
+
+    rows = ["| task | algo | lr actor / critic | hidden (actor and critic) | batch | n_step | gamma, tau | "
+            "warm-up | temperature | noise: exploration / target (clip) | policy delay | grad clip | evaluation |",
+            "|---|---|---|---|---:|---:|---|---:|---|---|---:|---|---|"]
+    for (env, algo), p in PRESETS.items():
+        temperature = (f"auto from {p['alpha_init']:g}, lr {num(p['lr_alpha'])}, target -{p['cost_budget_per_dim']:g} x d_a"
+                       if algo == "hasac" else "-")
+        noise = f"{p['explore_std']:g} / {p['target_noise']:g} ({p['target_noise_clip']:g})" if algo == "hatd3" else "-"
+        rows.append(
+            f"| `{env}` | `{algo}` | {num(p['lr_actor'])} / {num(p['lr_critic'])} | {'x'.join(map(str, p['actor_hidden']))} | "
+            f"{p['batch_size']} | {p['n_step']} | {p['gamma']:g}, {p['tau']:g} | {p['learning_starts']} | {temperature} | "
+            f"{noise} | {p['policy_delay']} | {'off' if not p['grad_clip'] else p['grad_clip']} | "
+            f"{'deterministic' if p['eval_zero_noise'] else 'stochastic'} |")
+    return "\n".join(rows) + "\n"
 
 
 def _describe(err: ValidationError) -> str:

@@ -138,3 +138,104 @@ def test_baseline_exports_and_serves_the_trained_policy(baseline_export):
         reports = three_way("mpe:simple_spread_v3", run_dir, export_dir, zero_noise=zero_noise)
         np.testing.assert_allclose(reports["onnx"]["returns"], reports["torch"]["returns"], rtol=1e-5, atol=1e-4)
         np.testing.assert_array_equal(reports["grpc"]["returns"], reports["onnx"]["returns"])
+
+
+# shared/reference/harl_tuned.md, column "HalfCheetah-2x3 HASAC", transcribed by hand in HARL's names.
+HARL_HALFCHEETAH_2X3_HASAC = {
+    "lr": 1e-3, "critic_lr": 1e-3, "hidden_sizes": [256, 256], "batch_size": 1000, "n_step": 10, "gamma": 0.99,
+    "polyak": 0.005, "auto_alpha": True, "alpha": 0.2, "alpha_lr": 3e-4, "fixed_order": False, "agent_obsk": 0,
+    "warmup_steps": 10_000, "deterministic_eval": True,
+}
+
+
+def test_halfcheetah_hasac_preset_is_harls_tuned_config():
+    from omad_train.envs import get_spec
+
+    harl = HARL_HALFCHEETAH_2X3_HASAC
+    cfg = build_config(dict(env="mamujoco:HalfCheetah-2x3", algo="hasac"))
+    assert (cfg.lr_actor, cfg.lr_critic, cfg.lr_alpha) == (harl["lr"], harl["critic_lr"], harl["alpha_lr"])
+    assert cfg.actor_hidden == cfg.critic_hidden == harl["hidden_sizes"]
+    assert (cfg.batch_size, cfg.n_step, cfg.gamma, cfg.tau) == (harl["batch_size"], harl["n_step"], harl["gamma"], harl["polyak"])
+    assert cfg.learning_starts == harl["warmup_steps"] and cfg.auto_alpha == harl["auto_alpha"]
+    assert cfg.alpha_init == harl["alpha"]
+    assert cfg.eval_zero_noise == harl["deterministic_eval"]
+    assert get_spec(cfg.env, cfg.env_options).options["agent_obsk"] == harl["agent_obsk"]
+    # HARL's off-policy networks ignore the file's feature normalization and orthogonal init
+    # (omad_train/config.py, PRESETS): the preset follows HARL's code and has neither.
+    assert not {"feature_norm", "orthogonal_init", "use_feature_normalization"} & set(cfg.model_dump())
+    # HARL does not clip gradients; its actor updates every critic update (no policy_freq key).
+    assert (cfg.grad_clip, cfg.policy_delay) == (0.0, 1)
+    # The rest of harl_tuned.md, per column.
+    hatd3 = build_config(dict(env="mamujoco:HalfCheetah-2x3", algo="hatd3"))
+    assert (hatd3.lr_actor, hatd3.lr_critic, hatd3.n_step, hatd3.policy_delay) == (5e-4, 1e-3, 10, 2)
+    assert (hatd3.explore_std, hatd3.target_noise, hatd3.target_noise_clip) == (0.1, 0.2, 0.5)
+    spread_hasac = build_config(dict(env="mpe:simple_spread_v3", algo="hasac"))
+    assert (spread_hasac.lr_actor, spread_hasac.lr_critic, spread_hasac.n_step) == (5e-4, 5e-4, 20)
+    spread_hatd3 = build_config(dict(env="mpe:simple_spread_v3", algo="hatd3"))
+    assert (spread_hatd3.lr_actor, spread_hatd3.lr_critic, spread_hatd3.n_step) == (5e-4, 1e-3, 1)
+    assert spread_hatd3.actor_hidden == spread_hatd3.critic_hidden == [128, 128]
+
+
+def test_presets_apply_beneath_user_values_and_fall_back_to_the_family():
+    assert build_config(dict(env="mamujoco:HalfCheetah-2x3", algo="hasac", lr_actor=3e-3, n_step=1)).lr_actor == 3e-3
+    ant = build_config(dict(env="mamujoco:Ant-2x4", algo="hasac"))  # HARL's HalfCheetah 2x3 values stand in
+    assert (ant.lr_actor, ant.n_step, ant.batch_size) == (1e-3, 10, 1000)
+    omad = build_config(dict(env="mamujoco:HalfCheetah-2x3", algo="omad"))  # OMAD keeps its own defaults
+    assert (omad.lr_actor, omad.batch_size, omad.n_step, omad.alpha_init) == (3e-4, 256, 1, 0.1)
+
+
+def test_readme_baseline_table_is_generated_from_the_presets():
+    from pathlib import Path
+
+    from omad_train.config import presets_markdown
+
+    table = presets_markdown()
+    assert "| `mamujoco:HalfCheetah-2x3` | `hasac` |" in table and "1e-3" in table
+    assert table in (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def test_omad_gaussian_targets_the_entropy_level_of_omads_running_cost_budget():
+    """At OMAD's budget C per dim, the chain's cost log p_prior(x_0) + running cost has mean C minus the
+    prior's entropy 0.5 log(2 pi e s0^2) per dim; the ablation's Gaussian holds its exact cost there."""
+    import math
+
+    from omad_train.algos.omad import OMAD
+
+    layout = AgentLayout(toy_spec([3, 5], [2, 3]))
+    small = dict(env="mpe:simple_spread_v3", actor_hidden=[8, 8], critic_hidden=[8], denoising_steps=2)
+    for s0, budget in ((2.5, 4.0), (1.0, 3.0)):
+        gaussian = OMAD(build_config(dict(small, algo="omad-gaussian", prior_std=s0, cost_budget_per_dim=budget)), layout, 4, (-1, 1))
+        omad = OMAD(build_config(dict(small, algo="omad", prior_std=s0, cost_budget_per_dim=budget)), layout, 4, (-1, 1))
+        h_prior = 0.5 * math.log(2 * math.pi * s0**2) + 0.5  # N(0, s0^2) per dim
+        assert omad.cost_budget.item() == pytest.approx(5 * budget)
+        assert gaussian.cost_budget.item() == pytest.approx(5 * (budget - h_prior), rel=1e-6)
+    # the defaults: an entropy bound of about -1.67 nats per action dimension
+    assert -gaussian.cost_budget.item() / 5 == pytest.approx(-(3.0 - (0.5 * math.log(2 * math.pi) + 0.5)), rel=1e-6)
+    default = build_config(dict(small, algo="omad-gaussian"))
+    assert -default.temperature_budget_per_dim() == pytest.approx(-1.665, abs=1e-3)
+
+
+def test_gaussian_zero_noise_is_the_squashed_mean_and_hasac_evaluates_it():
+    from omad_train.actors import GaussianActors
+
+    torch.manual_seed(0)
+    actors = GaussianActors([3], [2], [[0.0, -0.4]], [[1.0, 0.4]], hidden=[8, 8])
+    obs = torch.randn(1, 16, 3)
+    with torch.no_grad():
+        out = actors(obs, torch.zeros(1, 1, 16, 2), with_cost=False).action
+        h = torch.tanh(actors.net(obs))  # HARL: tanh on the last hidden layer
+        mu = torch.baddbmm(actors.mu.bias, h, actors.mu.weight)
+    low, high = torch.tensor([0.0, -0.4]), torch.tensor([1.0, 0.4])
+    torch.testing.assert_close(out, low + (torch.tanh(mu) + 1) * (high - low) / 2)
+    assert build_config(dict(env="mpe:simple_spread_v3", algo="hasac")).eval_zero_noise
+
+
+def test_critic_support_covers_the_papers_returns():
+    """V = reward_scale * r / (1 - gamma) over each family's per-step range; the paper's HalfCheetah 2x3
+    level, 14369 per 1000 steps, is about 14.4 per step: its value 1437 must lie inside."""
+    cfg = build_config(dict(env="mamujoco:HalfCheetah-2x3"))
+    lo, hi = cfg.value_range("mamujoco")
+    assert (lo, hi) == (-1000.0, 2000.0) and lo < 14369 / 1000 / (1 - 0.99) < hi
+    scaled = build_config(dict(env="mamujoco:HalfCheetah-2x3", reward_scale=0.1, gamma=0.995))
+    assert scaled.value_range("mamujoco") == pytest.approx((0.1 * -10 / 0.005, 0.1 * 20 / 0.005))
+    assert build_config(dict(env="mpe:simple_spread_v3", v_max=50.0)).value_range("mpe") == (-500.0, 50.0)

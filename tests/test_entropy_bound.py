@@ -11,9 +11,9 @@ from omad_train.actors import LOG_STD_MAX, LOG_STD_MIN, GaussianActors
 from omad_train.diffusion import DiffusionActors
 
 # The space the code counts entropy in. True: the action space [low, high], so log pi includes the
-# affine log(half-range) of [-1, 1] -> [low, high]. ALGORITHM.md s5 asks for the squashed space
-# [-1, 1]^d: set this to False when the code follows it.
-COUNTS_AFFINE_TERM = True
+# affine log(half-range) of [-1, 1] -> [low, high]. False: the squashed space [-1, 1]^d, as ALGORITHM.md
+# s5 asks (and DIME, HARL and SB3 do): the code follows it.
+COUNTS_AFFINE_TERM = False
 
 D_A, K, S0 = 2, 8, 2.5
 # One agent per case: bounds per dimension (low, high).
@@ -107,12 +107,12 @@ def test_gaussian_log_prob_is_the_change_of_variables(bounds):
     low, high = BOUNDS[bounds]
     mu, sigma = np.array([0.3, -0.7]), np.array([0.5, 1.3])
     actors = GaussianActors([3], [D_A], [low], [high], hidden=[8])
-    with torch.no_grad():  # constant mu and sigma: zero weights, biases set through the log-std squash
+    with torch.no_grad():  # constant mu and sigma: zero weights, biases set (log-std clamped as HARL's)
         actors.mu.weight.zero_()
         actors.log_std.weight.zero_()
         actors.mu.bias.copy_(torch.tensor(mu).view(1, 1, D_A))
-        unit = 2.0 * (np.log(sigma) - LOG_STD_MIN) / (LOG_STD_MAX - LOG_STD_MIN) - 1.0
-        actors.log_std.bias.copy_(torch.tensor(np.arctanh(unit)).view(1, 1, D_A))
+        assert LOG_STD_MIN < np.log(sigma).min() and np.log(sigma).max() < LOG_STD_MAX
+        actors.log_std.bias.copy_(torch.tensor(np.log(sigma)).view(1, 1, D_A))
     noise = torch.randn(1, 1, 500, D_A, generator=torch.Generator().manual_seed(1)) * 1.5  # reaches the tails
     with torch.no_grad():
         out = actors(torch.randn(1, 500, 3), noise)
@@ -123,3 +123,33 @@ def test_gaussian_log_prob_is_the_change_of_variables(bounds):
     log_pi = (log_density_u - log_jacobian(u, low, high)).sum(-1)
     np.testing.assert_allclose(out.cost[0].double().numpy(), log_pi, atol=1e-4)
     np.testing.assert_array_equal(out.running_cost[0].numpy(), out.cost[0].numpy())
+
+
+# -- where the bounds enter -----------------------------------------------------------------------
+def affine_term(low, high) -> float:
+    """What counting entropy in [low, high] instead of [-1, 1] adds to a bound: sum log(half-range)."""
+    return float(np.log((np.asarray(high) - np.asarray(low)) / 2.0).sum()) if COUNTS_AFFINE_TERM else 0.0
+
+
+@pytest.mark.parametrize("kind", ["diffusion", "gaussian"])
+def test_the_bounds_change_the_actions_and_not_the_entropy(kind):
+    """Agents that differ only in their bounds, fed the same noise: their actions are each other's affine
+    images, and their per-sample costs differ by exactly the affine term (zero in the squashed space,
+    so on MPE's [0, 1] a target means what it means on MuJoCo's [-1, 1])."""
+    lows, highs = zip(*BOUNDS.values())
+    n, B = len(lows), 256
+    if kind == "diffusion":
+        actors, steps = constant_score_chain(0.7, lows, highs), K + 1
+    else:
+        actors, steps = GaussianActors([3] * n, [D_A] * n, list(lows), list(highs), hidden=[8]), 1
+        with torch.no_grad():
+            for p in actors.parameters():
+                p.copy_(p[:1].expand_as(p))  # every agent the same network
+    noise = torch.randn(steps, 1, B, D_A, generator=torch.Generator().manual_seed(2)).expand(steps, n, B, D_A)
+    with torch.no_grad():
+        out = actors(torch.ones(n, B, 3), noise.contiguous())
+    unit = (out.action[0] - torch.tensor(lows[0])) / (torch.tensor(highs[0]) - torch.tensor(lows[0]))
+    for i, (low, high) in enumerate(zip(lows, highs)):
+        torch.testing.assert_close(out.action[i], torch.tensor(low) + unit * (torch.tensor(high) - torch.tensor(low)))
+        expected_shift = affine_term(low, high) - affine_term(lows[0], highs[0])
+        torch.testing.assert_close(-out.cost[i] + out.cost[0], torch.full((B,), expected_shift), atol=1e-5, rtol=0)

@@ -95,7 +95,7 @@ def test_agent_order_and_options():
     assert spread.options == {"max_cycles": 25, "N": 3} and spread.max_episode_steps == 25
     assert spread.agents[0].action_low == (0.0,) * 5 and spread.agents[0].action_high == (1.0,) * 5
     cheetah = get_spec("mamujoco:HalfCheetah-2x3", {"max_episode_steps": 7})
-    assert cheetah.max_episode_steps == 7 and cheetah.options["agent_obsk"] == 1
+    assert cheetah.max_episode_steps == 7 and cheetah.options["agent_obsk"] == 0
 
 
 def make_raw_mpe(task, **kwargs):
@@ -108,7 +108,7 @@ def make_raw_mpe(task, **kwargs):
 def make_raw_mamujoco(scenario, partition):
     with contextlib.redirect_stderr(io.StringIO()):
         from gymnasium_robotics import mamujoco_v1
-    return mamujoco_v1.parallel_env(scenario, partition, agent_obsk=1, max_episode_steps=1000)
+    return mamujoco_v1.parallel_env(scenario, partition, agent_obsk=0, max_episode_steps=1000)
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
 """`omad sweep`: run dirs and DONE markers, skip on re-run, resume of interrupted jobs, failures
 collected, clear errors before anything runs, and the same sweep as Ray tasks."""
 
+import contextlib
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +112,81 @@ def test_ray_sweep(tmp_path):
         run_dir = job_dir(tmp_path, ENV, algo, 0)
         assert json.loads((run_dir / DONE_FILE).read_text())["final"]["step"] == 150
         assert json.loads((run_dir / "config.json").read_text())["torch_threads"] == 1  # one CPU per Ray task
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # about 80 s on the shared 2-core machine: two Ray nodes start and stop
+def test_sweep_on_a_two_node_ray_cluster_with_token_auth(tmp_path):
+    """The README's Ray recipe on loopback: a head node started with RAY_AUTH_MODE=token and a token from
+    `ray get-auth-token --generate`, one worker node that gets the token through RAY_AUTH_TOKEN (its HOME
+    holds no token file), and `omad sweep --ray-address` from a third environment. The head has no CPUs,
+    so every job can only run on the worker: a finished sweep proves the worker joined and trained."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    homes = {name: tmp_path / name for name in ("head", "worker", "driver")}
+    for home in homes.values():
+        home.mkdir()
+    base_env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    base_env.pop("RAY_AUTH_TOKEN", None)
+    base_env.pop("RAY_AUTH_TOKEN_PATH", None)
+    head_env = {**base_env, "HOME": str(homes["head"])}
+    token = subprocess.run([ray_cli, "get-auth-token", "--generate"], env=head_env, capture_output=True, text=True,
+                           check=True, timeout=60).stdout.strip()
+    assert token and (homes["head"] / ".ray" / "auth_token").read_text().strip() == token
+    port = free_port()
+    ray_temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
+    nodes = []
+    try:
+        nodes.append(subprocess.Popen(
+            [ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
+             "--dashboard-agent-listen-port", str(free_port()), "--temp-dir", ray_temp, *common],
+            env=head_env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "head.log", "w"), start_new_session=True))
+        worker_env = {**base_env, "HOME": str(homes["worker"]), "RAY_AUTH_TOKEN": token}
+        nodes.append(subprocess.Popen(
+            [ray_cli, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1",
+             "--dashboard-agent-listen-port", str(free_port()), *common],
+            env=worker_env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"), start_new_session=True))
+        driver_env = {**base_env, "HOME": str(homes["driver"]), "RAY_AUTH_TOKEN": token}
+        deadline = time.monotonic() + 180
+        while True:  # until the worker's CPU shows: a sweep on a cluster without it would wait for ever
+            status = subprocess.run([ray_cli, "status", "--address", f"127.0.0.1:{port}"], env=driver_env,
+                                    capture_output=True, text=True, timeout=60)
+            if "/1.0 CPU" in status.stdout:
+                break
+            logs = "".join(f"\n-- {name}:\n" + (tmp_path / name).read_text()[-3000:] for name in ("head.log", "worker.log"))
+            assert time.monotonic() < deadline, f"the worker node did not join: {status.stdout}{status.stderr}{logs}"
+            time.sleep(3)
+        tiny = [f"--set={key}={json.dumps(value)}" for key, value in TINY.items()]
+        out = tmp_path / "sweep"
+        sweep = subprocess.run(
+            [sys.executable, "-m", "omad_train.cli", "sweep", "--envs", ENV, "--algos", "omad", "--seeds", "0", "1",
+             "--total-steps", "150", "--out", str(out), "--ray-address", f"127.0.0.1:{port}", *tiny],
+            env=driver_env, capture_output=True, text=True, timeout=300)
+        assert sweep.returncode == 0, sweep.stdout + sweep.stderr + (tmp_path / "worker.log").read_text()[-2000:]
+        assert f"ray (127.0.0.1:{port})" in sweep.stdout
+        for seed in (0, 1):
+            assert json.loads((job_dir(out, ENV, "omad", seed) / DONE_FILE).read_text())["final"]["step"] == 150
+    finally:
+        for node in reversed(nodes):  # SIGTERM: `ray start --block` stops its node's processes
+            node.send_signal(signal.SIGTERM)
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)  # whatever is left of that node's own session
+        shutil.rmtree(ray_temp, ignore_errors=True)

@@ -42,7 +42,7 @@ class OMAD(Algorithm):
         self.actor_opt = torch.optim.Adam(self.actors.parameters(), lr=cfg.lr_actor)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_critic)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
-        self.cost_budget = self.joint(torch.tensor(layout.act_dims, dtype=torch.float32) * cfg.cost_budget_per_dim)
+        self.cost_budget = self.joint(torch.tensor(layout.act_dims, dtype=torch.float32) * cfg.temperature_budget_per_dim())
         self.chain = torch.compile(self.actors) if cfg.compile else self.actors
         self.num_updates = 0
 

@@ -10,7 +10,7 @@ Families (the libraries are imported only when an env is made):
   limit, reported as truncated), `N` for simple_spread (default 3), any other mpe2 kwarg.
 - `mamujoco:<Scenario>-<partition>` — `gymnasium_robotics.mamujoco_v1.parallel_env(scenario,
   partition)`, wrapping Gymnasium's `<Scenario>-v5` MuJoCo envs. Options: `agent_obsk`
-  (default 1, the library's and HARL's value), `max_episode_steps` (default 1000), any other
+  (default 0, HARL's value: own joints only), `max_episode_steps` (default 1000), any other
   Gymnasium MuJoCo kwarg.
 
 Conventions of every env:
