@@ -21,7 +21,8 @@ def register(subparsers) -> None:
         "serve",
         help="serve an exported agent over gRPC (or every agent of an export dir)",
         description="Serve one agent's ONNX policy on one port: omad.v1.Policy, KServe v2 GRPCInferenceService, "
-        "grpc.health.v1 and reflection. With --export-dir, start one server process per agent on consecutive ports.",
+        "grpc.health.v1 and reflection. With --export-dir, start one server process per agent on consecutive ports. "
+        "SIGTERM drains and exits; SIGHUP reloads the model from the same path (verified, swapped in between batches).",
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", metavar="AGENT.onnx", help="one agent's graph from `omad export`")
