@@ -142,9 +142,10 @@ def verify_checkpoint(path: Path, files: list[str] | None = None) -> dict:
     return manifest
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors onto `device` (the CPU by default), whatever device saved them."""
     try:
-        return load_torch(str(path))
+        return load_torch(str(path), device=device)
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot read safetensors file ({err})") from None
 

@@ -85,7 +85,8 @@ class TrainConfig(BaseModel):
     eval_zero_noise: bool = Field(False, description="evaluate the zero-noise (deterministic) policy")
     checkpoint_every: int = Field(10_000, gt=0, description="env steps between checkpoints")
     torch_threads: int = Field(0, ge=0, description="0 = torch default")
-    compile: bool = Field(False, description="torch.compile the actor chain")
+    compile: bool = Field(False, description="torch.compile the update's losses and the acting chain")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="networks and updates; auto = cuda when present")
     progress: bool = True
 
     # RL

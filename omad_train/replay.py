@@ -10,10 +10,32 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
-FIELDS = ("state", "obs", "action", "reward", "discount", "done", "next_state", "next_obs")
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+class ReplaySample(NamedTuple, Generic[T]):
+    """A batch of transitions, batch first: numpy arrays from `ReplayBuffer.sample`, tensors once
+    moved to the learner (`map`). The field order is the storage order."""
+
+    state: T  # [B, d_s]
+    obs: T  # [B, n, d_o_max]
+    action: T  # [B, sum d_a], the joint action
+    reward: T  # [B], the n-step return
+    discount: T  # [B], gamma^m for a window of m steps
+    done: T  # [B], 1.0 on true termination
+    next_state: T  # [B, d_s]
+    next_obs: T  # [B, n, d_o_max]
+
+    def map(self, fn: Callable[[T], U]) -> "ReplaySample[U]":
+        return ReplaySample(*(fn(v) for v in self))
+
+
+FIELDS = ReplaySample._fields
 
 
 @dataclass
@@ -78,9 +100,9 @@ class ReplayBuffer:
                 bigger[:allocated] = v
                 self.data[k] = bigger
 
-    def sample(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+    def sample(self, rng: np.random.Generator, batch_size: int) -> ReplaySample[np.ndarray]:
         idx = rng.integers(0, self.size, size=batch_size)
-        return {k: v[idx] for k, v in self.data.items()}
+        return ReplaySample(*(self.data[k][idx] for k in FIELDS))
 
     # -- checkpointing: plain arrays, no pickle -------------------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:

@@ -29,7 +29,7 @@ from .errors import OmadError
 from .evaluation import evaluate
 from .layout import AgentLayout
 from .logger import RunLogger
-from .replay import ReplayBuffer, Transition
+from .replay import ReplayBuffer, ReplaySample, Transition
 
 
 class RunDirError(OmadError, RuntimeError):
@@ -48,9 +48,22 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto`: CUDA when present, else the CPU. Asking for CUDA without it is a config error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("invalid config field 'device': cuda was asked for, but torch sees no CUDA device "
+                          f"(torch {torch.__version__}); use --device cpu or auto")
+    return torch.device(name)
+
+
 class Trainer:
+    """Environments step on the CPU; networks, replay samples and updates live on `cfg.device`."""
+
     def __init__(self, cfg: TrainConfig, out: Path):
         self.cfg, self.out = cfg, Path(out)
+        self.device = resolve_device(cfg.device)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         self.spec: EnvSpec = get_spec(cfg.env, cfg.env_options)
@@ -60,7 +73,7 @@ class Trainer:
             raise ConfigError(f"invalid config field 'batch_size': {cfg.batch_size} exceeds total_steps {cfg.total_steps}")
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        self.algo = make_algorithm(cfg, self.layout, self.spec.state_dim, value_range)
+        self.algo = make_algorithm(cfg, self.layout, self.spec.state_dim, value_range, self.device)
         self.envs = VecEnv(cfg.env, cfg.num_envs, cfg.seed, cfg.env_options)
         L = self.layout
         shapes = {"state": (self.spec.state_dim,), "obs": (L.n, L.obs_max), "action": (L.joint_dim,)}
@@ -68,6 +81,9 @@ class Trainer:
         self.step, self.update_debt = 0, 0.0
         self.episodes_done, self.last_train_return = 0, float("nan")
         self.coverage = Coverage.for_run(cfg.env, self.out)  # Ant only: torso (x, y) state coverage
+        # Wall seconds per part of the loop, logged with every record. On CUDA, "update" counts the
+        # time to queue the updates: the loop never waits for the device except to act.
+        self.seconds = dict.fromkeys(("env", "update", "eval", "checkpoint"), 0.0)
 
     # -- acting ---------------------------------------------------------------------------------
     def random_actions(self, batch: int) -> np.ndarray:
@@ -85,8 +101,9 @@ class Trainer:
         for i, z in enumerate(noise):
             stacked[:, i, :, : z.shape[-1]] = z
         with torch.no_grad():
-            out = self.algo.actors(torch.from_numpy(L.stack_obs(obs)), torch.from_numpy(stacked), with_cost=False)
-        return L.split_actions(out.action.numpy())
+            device = self.device
+            out = self.algo.actors(torch.from_numpy(L.stack_obs(obs)).to(device), torch.from_numpy(stacked).to(device), with_cost=False)
+        return L.split_actions(out.action.cpu().numpy())
 
     def run_evaluation(self) -> dict:
         cfg = self.cfg
@@ -97,8 +114,12 @@ class Trainer:
         )
         return {"eval_return_mean": result.mean, "eval_return_std": result.std, "eval_length_mean": float(np.mean(result.lengths))}
 
+    def sample(self) -> ReplaySample[torch.Tensor]:
+        return self.buffer.sample(self.rng, self.cfg.batch_size).map(lambda v: torch.from_numpy(v).to(self.device))
+
     # -- checkpoints ----------------------------------------------------------------------------
     def save(self) -> Path:
+        """Every tensor is saved from the CPU, so a checkpoint does not depend on the training device."""
         algo = self.algo
         tensors: dict[str, torch.Tensor] = {}
         opt_meta = {}
@@ -109,7 +130,10 @@ class Trainer:
             tensors.update(t)
             opt_meta[name] = meta
         tensors.update({f"extra.{k}": v.detach().clone().reshape(-1) for k, v in algo.extra_tensors().items()})
+        tensors = {k: v.detach().cpu() for k, v in tensors.items()}
         tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         env_meta, env_arrays = self.envs.snapshot()
         replay = self.buffer.state_arrays()
         replay.update({f"envs.{k}": v for k, v in env_arrays.items()})
@@ -149,6 +173,8 @@ class Trainer:
             for k, v in algo.extra_tensors().items():
                 v.copy_(tensors[f"extra.{k}"].reshape(v.shape))
         torch.set_rng_state(tensors["rng.torch"])
+        if self.device.type == "cuda" and "rng.cuda" in tensors:  # a CUDA run's stream; on the CPU it has none
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.rng.bit_generator.state = state["numpy_rng"]
         self.buffer.load_state(arrays, state["replay"])
         self.envs.restore(state["envs"], {k[5:]: v for k, v in arrays.items() if k.startswith("envs.")})
@@ -158,6 +184,12 @@ class Trainer:
         algo.num_updates = state["num_updates"]
 
     # -- the loop -------------------------------------------------------------------------------
+    def lap(self, part: str, since: float) -> float:
+        """Add the time since `since` to `part`; returns now."""
+        now = time.perf_counter()
+        self.seconds[part] += now - since
+        return now
+
     def train(self, resume: bool = False) -> dict:
         cfg, L = self.cfg, self.layout
         if resume:
@@ -171,6 +203,7 @@ class Trainer:
         last: dict = {}
         try:
             while self.step < cfg.total_steps:
+                tick = time.perf_counter()
                 stacked_obs = L.stack_obs(obs)
                 if self.step < cfg.learning_starts:
                     actions = self.random_actions(cfg.num_envs)
@@ -191,24 +224,28 @@ class Trainer:
                 prev_step, self.step = self.step, self.step + cfg.num_envs
                 if self.coverage is not None:
                     self.coverage.observe(self.envs, prev_step)
+                tick = self.lap("env", tick)
 
                 if self.step >= cfg.learning_starts and len(self.buffer) >= cfg.batch_size:
                     self.update_debt += cfg.num_envs * cfg.updates_per_step
                     while self.update_debt >= 1.0:
-                        batch = {k: torch.from_numpy(v) for k, v in self.buffer.sample(self.rng, cfg.batch_size).items()}
-                        last = self.algo.update(batch)
+                        last = self.algo.update(self.sample())
                         self.update_debt -= 1.0
+                    tick = self.lap("update", tick)
                 logger.advance(self.step, self.algo.num_updates)
 
                 crossed = lambda every: self.step // every > prev_step // every or self.step >= cfg.total_steps
                 if crossed(cfg.eval_every):
                     record = {"step": self.step, "updates": self.algo.num_updates, "episodes": self.episodes_done,
-                              "train_return_last": self.last_train_return, **last, **self.run_evaluation()}
-                    logger.log(record)
+                              "train_return_last": self.last_train_return,
+                              **{k: float(v) for k, v in last.items()}, **self.run_evaluation()}
+                    tick = self.lap("eval", tick)
+                    logger.log({**record, **{f"seconds_{k}": v for k, v in self.seconds.items()}})
                 if crossed(cfg.checkpoint_every):
                     if self.coverage is not None:  # before the checkpoint: see omad_train/coverage.py
                         self.coverage.save(self.out)
                     self.save()
+                    tick = self.lap("checkpoint", tick)
         finally:
             logger.close()
             self.envs.close()
@@ -218,11 +255,12 @@ class Trainer:
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
     """Train per `cfg` into run dir `out`; returns the last evaluation record."""
     out = Path(out)
+    resolve_device(cfg.device)  # fail before touching the run dir
     if resume:
         prepare_run_dir(out, resume=True, overwrite=False)
         saved = json.loads((out / "config.json").read_text())
-        if saved != cfg.model_dump():
-            cfg = TrainConfig(**{**saved, "total_steps": cfg.total_steps, "progress": cfg.progress})
+        if saved != cfg.model_dump():  # the device is where this process runs, not part of the run
+            cfg = TrainConfig(**{**saved, "total_steps": cfg.total_steps, "progress": cfg.progress, "device": cfg.device})
     else:
         prepare_run_dir(out, resume=False, overwrite=overwrite)
     trainer = Trainer(cfg, out)

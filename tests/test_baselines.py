@@ -16,17 +16,18 @@ from omad_train.algos import make_algorithm
 from omad_train.algos.sequential import HASAC, smoothed_target_noise
 from omad_train.config import build_config
 from omad_train.layout import AgentLayout
+from omad_train.replay import ReplaySample
 
 BASELINES = ("hasac", "hatd3", "omad-gaussian")
 
 
 def toy_batch(layout, B, rng):
-    return {
-        "state": torch.randn(B, 4), "obs": torch.from_numpy(rng.standard_normal((B, layout.n, layout.obs_max), np.float32)),
-        "action": torch.rand(B, layout.joint_dim) * 2 - 1, "reward": torch.randn(B), "discount": torch.full((B,), 0.99),
-        "done": torch.zeros(B), "next_state": torch.randn(B, 4),
-        "next_obs": torch.from_numpy(rng.standard_normal((B, layout.n, layout.obs_max), np.float32)),
-    }
+    return ReplaySample(
+        state=torch.randn(B, 4), obs=torch.from_numpy(rng.standard_normal((B, layout.n, layout.obs_max), np.float32)),
+        action=torch.rand(B, layout.joint_dim) * 2 - 1, reward=torch.randn(B), discount=torch.full((B,), 0.99),
+        done=torch.zeros(B), next_state=torch.randn(B, 4),
+        next_obs=torch.from_numpy(rng.standard_normal((B, layout.n, layout.obs_max), np.float32)),
+    )
 
 
 def test_hasac_agent_sees_the_already_updated_actions_of_the_agents_before_it():
@@ -49,7 +50,7 @@ def test_hasac_agent_sees_the_already_updated_actions_of_the_agents_before_it():
     # critic_inputs: [critic loss, actor loss of agent order[0], order[1], order[2]] (the target net is a separate module)
     assert sorted(order) == [0, 1, 2] and len(critic_inputs) == 4
     critic_inputs = critic_inputs[1:]
-    obs = batch["obs"].transpose(0, 1)
+    obs = batch.obs.transpose(0, 1)
     for position in range(1, 3):
         joint_seen = critic_inputs[position]
         for earlier_pos in range(position):
@@ -106,8 +107,8 @@ def test_baseline_learns_the_one_step_bimodal_game(algo_name):
     zeros = torch.zeros(B, 2, 1)
     for _ in range(600):
         actions = torch.from_numpy(rng.uniform(-1, 1, (B, 2)).astype(np.float32))
-        algo.update({"state": torch.zeros(B, 1), "obs": zeros, "action": actions, "reward": bimodal_reward(actions),
-                     "discount": torch.ones(B), "done": torch.ones(B), "next_state": torch.zeros(B, 1), "next_obs": zeros})
+        algo.update(ReplaySample(state=torch.zeros(B, 1), obs=zeros, action=actions, reward=bimodal_reward(actions),
+                                 discount=torch.ones(B), done=torch.ones(B), next_state=torch.zeros(B, 1), next_obs=zeros))
     samples = algo.act(np.zeros((2, 4000, 1), np.float32), zero_noise=algo_name == "hatd3")[:, :, 0]
     learned = bimodal_reward(torch.from_numpy(samples.T)).mean().item()
     print(f"{algo_name}: mean reward {learned:.4f}")

@@ -6,8 +6,13 @@ interceptor with fake gRPC calls, and the critics against a forward pass written
 from __future__ import annotations
 
 import asyncio
+import copy
 import re
 import struct
+import subprocess
+import sys
+import time
+import warnings
 from collections import namedtuple
 
 import grpc
@@ -16,13 +21,23 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from test_batching import GatedModel, caller_job, callers_in, fake_model
+from test_update_math import ACT_DIMS, DONE, JOINT_HIGH, JOINT_LOW, LAYOUT, fix_noise, joint_of, make_algo, make_batch, perturb
 
 from exporters.runtime import OnnxPolicy, RuntimeModelError
 from exporters.schema import EXPORT_FORMAT_VERSION, ModelInfo, encode_metadata, weights_sha256
 from omad_serve._generated import grpc_service_pb2, policy_pb2
+from omad_serve.batching import BatcherClosed, Job, MicroBatcher
 from omad_serve.security import UNAUTHENTICATED_MESSAGE, BearerTokenInterceptor
 from omad_serve.tensors import MAX_DIM, MAX_RANK, TensorError, decode_float32, from_tensor, to_tensor
+from omad_train.actors import LOG_STD_MAX, LOG_STD_MIN, AgentPolicy, GaussianActors, PerAgentActors
+from omad_train.algos import make_algorithm
+from omad_train.algos.common import clip_grad_norm_per_agent
+from omad_train.config import build_config
 from omad_train.critic import CategoricalCritic, TwinQCritic, project_distribution
+from omad_train.envs.base import AgentSpec, EnvSpec
+from omad_train.layout import AgentLayout
+from omad_train.replay import ReplayBuffer, Transition
 
 # ---- request validation: OnnxPolicy on a graph computing action = obs @ W + sum_k noise[k] ---------
 
@@ -357,3 +372,493 @@ def test_projection_onto_a_support_with_half_unit_spacing():
     # 1.0 / 1.5; -0.2: 0.4 / 0.6 onto -0.5 / 0.0
     expected = torch.tensor([[0.1, 0.04, 0.2 + 0.06, 0.02, 0.03 + 0.2, 0.05, 0.15 + 0.15]])
     torch.testing.assert_close(project_distribution(probs, targets, -1.0, 2.0, 7), expected, rtol=0, atol=1e-6)
+
+
+# ---- what is deployed and what is resumed: agent policies cut out of a stack, and the state an ----
+# ---- algorithm lists for checkpoints ---------------------------------------------------------------
+
+ALGOS = ("omad", "omad-gaussian", "hasac", "hatd3")
+# Agents of different sizes with asymmetric bounds, so padding and the bounds' affine map matter.
+TOY = EnvSpec("toy", (AgentSpec("left", 3, 2, (0.0, -0.4), (1.0, 0.4)), AgentSpec("right", 5, 1, (-2.0,), (1.0,))), 4, 1)
+
+
+def toy_algorithm(name: str, seed: int, perturbed: bool = True):
+    torch.manual_seed(seed)
+    cfg = build_config(dict(env="mpe:simple_spread_v3", algo=name, actor_hidden=[16, 12, 8], critic_hidden=[16, 16],
+                            denoising_steps=3, num_atoms=11, batch_size=8, policy_delay=1, lr_actor=1e-2, lr_critic=1e-2,
+                            prior_std=1.7, time_features=8, dt_init=0.07, explore_std=0.3))  # not the defaults
+    algo = make_algorithm(cfg, AgentLayout(TOY), TOY.state_dim, (-5.0, 5.0))
+    with torch.no_grad():  # weights large enough that every layer shows in the actions
+        for p in algo.actors.parameters() if perturbed else ():
+            p.add_(torch.randn_like(p) * 0.3)
+    return algo
+
+
+def toy_inputs(algo, B: int = 6):
+    L = algo.layout
+    obs = torch.zeros(L.n, B, L.obs_max)
+    noise = torch.zeros(algo.actors.noise_steps, L.n, B, L.act_max)
+    for i, (o, a) in enumerate(zip(L.obs_dims, L.act_dims)):
+        obs[i, :, :o] = torch.randn(B, o)
+        noise[:, i, :, :a] = torch.randn(algo.actors.noise_steps, B, a)
+    return obs, noise
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_agent_policy_computes_what_the_trained_stack_computes_for_that_agent(name):
+    algo = toy_algorithm(name, seed=0)
+    kind = {"omad": "diffusion", "omad-gaussian": "gaussian", "hasac": "gaussian", "hatd3": "deterministic"}[name]
+    assert algo.actors.kind == kind
+    obs, noise = toy_inputs(algo)
+    stacked = algo.actors(obs, noise, with_cost=algo.actors.kind != "deterministic")
+    for i, agent in enumerate(TOY.agents):
+        torch.manual_seed(11)
+        expected_rng = torch.rand(3)
+        torch.manual_seed(11)
+        policy = algo.agent_policy(i)
+        torch.testing.assert_close(torch.rand(3), expected_rng)  # building a policy draws nothing from the caller's RNG
+        assert (policy.name, policy.kind, policy.obs_dim, policy.act_dim) == (agent.name, algo.actors.kind, agent.obs_dim, agent.act_dim)
+        assert policy.noise_shape_prefix == algo.actors.noise_steps
+        np.testing.assert_allclose(policy.action_low, agent.action_low)
+        np.testing.assert_allclose(policy.action_high, agent.action_high)
+        # the config reaches every network: prior std, time features, initial step size, exploration noise
+        expected = {"diffusion": dict(prior_std=1.7, time_features=8, denoising_steps=3, hidden=[16, 12, 8]),
+                    "gaussian": dict(hidden=[16, 12, 8]), "deterministic": dict(explore_std=0.3, hidden=[16, 12, 8])}[kind]
+        assert {k: policy.hparams[k] for k in expected} == expected
+        obs_i, noise_i = obs[i, :, : agent.obs_dim], noise[:, i, :, : agent.act_dim]
+        action = policy(obs_i, noise_i)
+        torch.testing.assert_close(action, stacked.action[i, :, : agent.act_dim], rtol=1e-5, atol=1e-5)
+        if stacked.cost is None:
+            with pytest.raises(ValueError, match="a deterministic policy has no entropy bound"):
+                policy.sample_with_bound(obs_i, noise_i)
+        else:
+            sampled, bound = policy.sample_with_bound(obs_i, noise_i)
+            torch.testing.assert_close(sampled, action)
+            torch.testing.assert_close(bound, -stacked.cost[i], rtol=1e-4, atol=1e-4)
+    if kind == "diffusion":  # the first step size starts at dt_init
+        torch.testing.assert_close(toy_algorithm(name, 0, perturbed=False).actors.step_sizes()[:, 0], torch.tensor([0.07, 0.07]))
+
+
+def test_agent_policy_refuses_an_unknown_kind_and_a_stack_of_several_agents():
+    hparams = toy_algorithm("omad", seed=0).actors.agent_hparams(0)
+    with pytest.raises(ValueError, match=r"unknown actor kind 'flow' \(known: \['deterministic', 'diffusion', 'gaussian'\]\)"):
+        AgentPolicy("left", hparams, kind="flow")
+    two = {**hparams, "obs_dims": [3, 3], "act_dims": [2, 2], "action_low": [[0.0, -0.4]] * 2, "action_high": [[1.0, 0.4]] * 2}
+    with pytest.raises(ValueError, match="AgentPolicy wraps a one-agent stack"):
+        AgentPolicy("left", two, kind="diffusion")
+
+
+@pytest.mark.parametrize("name", ["omad", "omad-gaussian"])
+def test_a_stack_split_into_per_agent_networks_computes_the_same(name):
+    algo = toy_algorithm(name, seed=0)
+    obs, noise = toy_inputs(algo)
+    split = PerAgentActors.split(algo.actors)
+    assert split.num_agents == 2 and split.kind == algo.actors.kind
+    stacked, looped = algo.actors(obs, noise), split(obs, noise)
+    for i, agent in enumerate(TOY.agents):
+        torch.testing.assert_close(looped.action[i, :, : agent.act_dim], stacked.action[i, :, : agent.act_dim], rtol=1e-5, atol=1e-5)
+        assert split.agent_hparams(i) == algo.actors.agent_hparams(i)
+    torch.testing.assert_close(looped.cost, stacked.cost, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(looped.running_cost, stacked.running_cost, rtol=1e-4, atol=1e-4)
+
+
+def toy_batch(B: int = 8) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    L = AgentLayout(TOY)
+    return {
+        "state": torch.randn(B, 4, generator=g), "obs": torch.randn(B, L.n, L.obs_max, generator=g),
+        "action": torch.rand(B, L.joint_dim, generator=g) * 2 - 1, "reward": torch.randn(B, generator=g),
+        "discount": torch.full((B,), 0.9), "done": torch.zeros(B), "next_state": torch.randn(B, 4, generator=g),
+        "next_obs": torch.randn(B, L.n, L.obs_max, generator=g),
+    }
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_the_state_an_algorithm_lists_is_all_it_needs_to_continue_exactly(name):
+    """Copy what modules(), optimizers() and extra_tensors() list (what a checkpoint stores) from a
+    trained algorithm into a fresh one: the next update of both is the same."""
+    trained, fresh = toy_algorithm(name, seed=0), toy_algorithm(name, seed=1)
+    batch = toy_batch()
+    for _ in range(3):
+        trained.update(batch)
+    for key, module in trained.modules().items():
+        fresh.modules()[key].load_state_dict(module.state_dict())
+    for key, opt in trained.optimizers().items():  # a copy: load_state_dict would share the moment tensors
+        fresh.optimizers()[key].load_state_dict(copy.deepcopy(opt.state_dict()))
+    with torch.no_grad():
+        for key, tensor in trained.extra_tensors().items():
+            fresh.extra_tensors()[key].copy_(tensor)
+    fresh.num_updates = trained.num_updates
+    results = []
+    for algo in (trained, fresh):
+        torch.manual_seed(2)
+        results.append((algo.update(batch), {k: m.state_dict() for k, m in algo.modules().items()}))
+    (metrics_a, state_a), (metrics_b, state_b) = results
+    assert metrics_a == metrics_b
+    assert state_a.keys() == state_b.keys() == {"actors", "critic", "critic_target"} | ({"actor_target"} if name == "hatd3" else set())
+    for key in state_a:
+        for param, value in state_a[key].items():
+            torch.testing.assert_close(state_b[key][param], value, rtol=0, atol=0)
+
+
+def test_per_agent_clipping_scales_each_agents_gradient_to_max_norm_by_hand():
+    """Agent axis 0. Agent 0's gradient has norm 13 (3-4-12 over two tensors) and is scaled by
+    max_norm / (13 + 1e-6); agent 1's (norm 0.5) is below max_norm and stays; agent 2's tiny norm
+    shows the 1e-6 in the denominator."""
+    a, b = torch.zeros(3, 2, requires_grad=True), torch.zeros(3, 1, 1, requires_grad=True)
+    a.grad = torch.tensor([[3.0, -4.0], [0.3, 0.0], [3e-6, 0.0]])
+    b.grad = torch.tensor([[[-12.0]], [[-0.4]], [[-4e-6]]])
+    clip_grad_norm_per_agent([a, b, torch.zeros(3, requires_grad=True)], max_norm=1.0)  # a parameter without grad is skipped
+    scale = torch.tensor([1.0 / (13.0 + 1e-6), 1.0, 1.0])
+    torch.testing.assert_close(a.grad, torch.tensor([[3.0, -4.0], [0.3, 0.0], [3e-6, 0.0]]) * scale[:, None])
+    torch.testing.assert_close(b.grad, torch.tensor([[[-12.0]], [[-0.4]], [[-4e-6]]]) * scale[:, None, None])
+    tiny = torch.zeros(1, 2, requires_grad=True)
+    tiny.grad = torch.tensor([[3e-6, 4e-6]])  # norm 5e-6 above max_norm 1e-6: scaled by 1e-6 / (5e-6 + 1e-6)
+    clip_grad_norm_per_agent([tiny], max_norm=1e-6)
+    torch.testing.assert_close(tiny.grad, torch.tensor([[3e-6, 4e-6]]) / 6.0, rtol=1e-5, atol=0)
+
+
+def replay_step(t: int, terminated: bool = False) -> Transition:
+    """Every field of step t distinct: state t, obs t + 0.25, action t + 0.5, next state t + 1, next obs t + 1.25."""
+    f = np.float32
+    return Transition(np.array([t], f), np.array([[t + 0.25]], f), np.array([t + 0.5], f), float(t),
+                      np.array([t + 1], f), np.array([[t + 1.25]], f), terminated, False)
+
+
+def test_restored_pending_windows_write_every_field_as_if_never_checkpointed():
+    def buffer():
+        return ReplayBuffer(100, {"state": (1,), "obs": (1, 1), "action": (1,)}, 1, 3, 0.9)
+
+    kept, restored = buffer(), buffer()
+    for t in range(4):  # 2 rows written, 2 steps pending
+        kept.add(0, replay_step(t))
+    restored.load_state(kept.state_arrays(), kept.state_meta())
+    for b in (kept, restored):
+        b.add(0, replay_step(4))
+        b.add(0, replay_step(5, terminated=True))
+    assert len(kept) == len(restored) == 6
+    for key, values in kept.data.items():
+        np.testing.assert_array_equal(restored.data[key][:6], values[:6], err_msg=key)
+    np.testing.assert_allclose(restored.data["obs"][:6, 0, 0], np.arange(6) + 0.25)  # row i starts at step i
+    np.testing.assert_allclose(restored.data["action"][:6, 0], np.arange(6) + 0.5)
+
+
+# ---- micro-batching: call composition, the merge delay, errors, metrics and shutdown ---------------
+# (the fake model and callers of test_batching.py: every action value names its caller and row)
+
+GUARD_S = 10.0  # a hang guard, never a timing assertion
+
+
+async def held_start(model: GatedModel, batcher: MicroBatcher, jobs: dict[int, Job]) -> dict[int, asyncio.Task]:
+    """Caller 0's call is held on the inference thread while callers 1.. queue behind it."""
+    batcher.start()
+    tasks = {0: asyncio.create_task(batcher.submit(jobs[0]))}
+    assert await asyncio.to_thread(model.entered.wait, GUARD_S), "the first call never started"
+    for caller in sorted(jobs)[1:]:
+        tasks[caller] = asyncio.create_task(batcher.submit(jobs[caller]))
+    await asyncio.sleep(0.05)  # every submit has queued its job
+    return tasks
+
+
+def assert_own_rows(jobs: dict[int, Job], results: dict) -> None:
+    for caller, result in results.items():
+        np.testing.assert_array_equal(result.action, fake_model(jobs[caller].obs, jobs[caller].noise), err_msg=f"caller {caller}")
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_calls_fill_up_to_max_batch_and_carry_the_job_that_does_not_fit(merge):
+    rows = {0: 1, 1: 3, 2: 3, 3: 4, 4: 2, 5: 1}
+    model = GatedModel()
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch=6, merge=merge)
+        jobs = {caller: caller_job(caller, n) for caller, n in rows.items()}
+        tasks = await held_start(model, batcher, jobs)
+        model.release.set()
+        done = await asyncio.wait_for(asyncio.gather(*tasks.values()), GUARD_S)
+        await batcher.close()
+        return jobs, dict(zip(tasks, done))
+
+    started = time.perf_counter_ns()
+    jobs, results = asyncio.run(scenario())
+    elapsed = time.perf_counter_ns() - started
+    assert_own_rows(jobs, results)
+    calls = [callers_in(call) for call in model.calls]
+    # 3 + 3 fills 6 exactly; 4 does not fit after them, so it opens the next call, which 2 fills again
+    assert calls == ([[0], [1, 2], [3, 4], [5]] if merge else [[c] for c in rows])
+    call_rows = {c: len(call_obs) for call_obs in model.calls for c in callers_in(call_obs)}
+    for caller, result in results.items():
+        assert result.batch_size == call_rows[caller] and 0 < result.inference_ns < elapsed
+        # callers 1.. were queued before the held call was released, which the test did 0.05 s later
+        assert (0.05e9 if caller else 0) <= result.queue_ns < elapsed
+
+
+def test_the_merge_delay_waits_for_a_second_caller_and_not_for_a_full_batch():
+    calls = []
+
+    def model(obs, noise):
+        calls.append(callers_in(obs))
+        return fake_model(obs, noise)
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch=8, max_delay_us=500_000)  # 0.5 s
+        batcher.start()
+        jobs = {1: caller_job(1, 2), 2: caller_job(2, 3), 3: caller_job(3, 8)}
+        first = asyncio.create_task(batcher.submit(jobs[1]))
+        await asyncio.sleep(0.05)  # well inside the 0.5 s the first call waits for company
+        second = asyncio.create_task(batcher.submit(jobs[2]))
+        results = dict(zip((1, 2), await asyncio.wait_for(asyncio.gather(first, second), GUARD_S)))
+        slow = MicroBatcher(model, max_batch=8, max_delay_us=600_000_000)  # 10 minutes: only a full batch goes at once
+        slow.start()
+        results[3] = await asyncio.wait_for(slow.submit(jobs[3]), GUARD_S)
+        await batcher.close()
+        await slow.close(timeout_s=GUARD_S)
+        return jobs, results
+
+    jobs, results = asyncio.run(scenario())
+    assert_own_rows(jobs, results)
+    assert calls == [[1, 2], [3]]
+
+
+def test_a_failed_call_fails_each_of_its_callers_and_only_good_calls_are_metered():
+    metered = []
+    model = GatedModel()
+    wrapped = model.__call__
+
+    def failing_for_caller_2(obs, noise):
+        actions = wrapped(obs, noise)
+        if 2 in callers_in(obs):
+            raise ValueError("model failed")
+        return actions
+
+    async def scenario():
+        batcher = MicroBatcher(failing_for_caller_2, max_batch=8, on_batch=lambda rows, seconds: metered.append((rows, seconds)))
+        jobs = {0: caller_job(0, 1), 1: caller_job(1, 2), 2: caller_job(2, 3)}
+        tasks = await held_start(model, batcher, jobs)
+        model.release.set()
+        done = await asyncio.wait_for(asyncio.gather(*tasks.values(), return_exceptions=True), GUARD_S)
+        await batcher.close()
+        return jobs, dict(zip(tasks, done))
+
+    jobs, results = asyncio.run(scenario())
+    assert_own_rows(jobs, {0: results[0]})
+    for caller in (1, 2):  # merged into the call that failed
+        assert isinstance(results[caller], ValueError) and str(results[caller]) == "model failed"
+    assert [rows for rows, _ in metered] == [1] and metered[0][1] > 0
+
+
+def test_close_finishes_the_queued_jobs_then_refuses_new_ones():
+    model = GatedModel()
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch=2)
+        jobs = {0: caller_job(0, 1), 1: caller_job(1, 2), 2: caller_job(2, 1)}
+        tasks = await held_start(model, batcher, jobs)
+        closing = asyncio.create_task(batcher.close(timeout_s=GUARD_S))
+        await asyncio.sleep(0.05)
+        model.release.set()
+        await asyncio.wait_for(closing, GUARD_S + 1)
+        done = await asyncio.wait_for(asyncio.gather(*tasks.values()), GUARD_S)
+        with pytest.raises(BatcherClosed, match="^the server is shutting down$"):
+            await batcher.submit(caller_job(3, 1))
+        await batcher.close()  # a second close is a no-op
+        return jobs, dict(zip(tasks, done)), batcher._thread.is_alive()
+
+    jobs, results, alive = asyncio.run(scenario())
+    assert_own_rows(jobs, results)
+    assert not alive
+
+
+def test_close_stops_a_thread_that_waits_to_merge():
+    async def scenario():
+        batcher = MicroBatcher(fake_model, max_batch=8, max_delay_us=600_000_000)
+        batcher.start()
+        job = caller_job(1, 2)
+        task = asyncio.create_task(batcher.submit(job))
+        await asyncio.sleep(0.05)  # the thread holds the job, waiting for company
+        await batcher.close(timeout_s=GUARD_S)
+        return job, await asyncio.wait_for(task, GUARD_S), batcher._thread.is_alive()
+
+    job, result, alive = asyncio.run(scenario())
+    np.testing.assert_array_equal(result.action, fake_model(job.obs, job.noise))
+    assert not alive
+
+
+def test_close_gives_up_on_a_stuck_call_and_fails_the_jobs_still_queued():
+    model = GatedModel()
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch=1)
+        jobs = {0: caller_job(0, 1), 1: caller_job(1, 1), 2: caller_job(2, 1)}
+        tasks = await held_start(model, batcher, jobs)
+        await asyncio.wait_for(batcher.close(timeout_s=0.2), GUARD_S)
+        queued = await asyncio.wait_for(asyncio.gather(tasks[1], tasks[2], return_exceptions=True), GUARD_S)
+        model.release.set()  # the stuck call still answers its caller
+        return jobs, queued, await asyncio.wait_for(tasks[0], GUARD_S)
+
+    jobs, queued, first = asyncio.run(scenario())
+    for error in queued:
+        assert isinstance(error, BatcherClosed) and str(error) == "the server is shutting down"
+    assert_own_rows(jobs, {0: first})
+
+
+def test_an_unclosed_batcher_does_not_keep_the_process_alive():
+    code = (
+        "import asyncio\nfrom omad_serve.batching import MicroBatcher\n"
+        "async def main():\n    MicroBatcher(lambda obs, noise: obs, 4).start()\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ---- odds and ends of the serving edge -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("request_streaming, response_streaming", [(False, False), (True, False), (False, True), (True, True)])
+def test_the_refusal_has_the_streaming_kind_of_the_refused_method(request_streaming, response_streaming):
+    rejected = []
+    denying = intercept("/omad.v1.Policy/Probe", (), handler_for(request_streaming, response_streaming), rejected)
+    assert (denying.request_streaming, denying.response_streaming) == (request_streaming, response_streaming)
+    assert refused(denying) == (grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+
+
+def test_a_bad_wire_tensor_is_named_in_the_error():
+    with pytest.raises(TensorError, match=r"^noise: shape \[3\] needs 12 bytes of little-endian float32, got 4 bytes$"):
+        from_tensor(policy_pb2.Tensor(shape=[3], data=b"\0" * 4), "noise")
+
+
+def test_values_beyond_float32_are_refused_without_a_warning(policy):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeModelError, match="contains NaN or inf"):
+            policy.validate(np.full((1, D_O), 1e39))
+
+
+def test_hatd3_actors_follow_the_first_critic_head():
+    """TD3 trains its actors on the first head only: with heads +w.a and -w.a, the actions move along +w."""
+    w = torch.tensor([2.0, -1.0, -1.5])
+    algo = make_algo("hatd3", auto_alpha=False, alpha_init=1e-3, lr_actor=1e-2)
+    perturb(algo.actors, 0.3, 3)
+    fix_noise(algo)
+    param = next(algo.critic.parameters())  # keeps the critic step's backward valid
+    algo.critic.forward = lambda state, joint_action: torch.stack([joint_action @ w, -(joint_action @ w)]) + 0.0 * param.sum()
+    batch = make_batch(DONE["none"])
+    obs = batch["obs"].transpose(0, 1)
+    zero = torch.zeros(1, *obs.shape[:2], LAYOUT.act_max)
+    with torch.no_grad():
+        before = joint_of(algo.actors(obs, zero, with_cost=False).action).mean(0)
+    for _ in range(20):
+        algo.update(batch)
+    with torch.no_grad():
+        moved = (joint_of(algo.actors(obs, zero, with_cost=False).action).mean(0) - before) / (JOINT_HIGH - JOINT_LOW)
+    assert torch.all(moved * w.sign() > 0.05), moved
+
+
+def test_one_shot_actors_against_a_forward_pass_by_hand():
+    """HARL's actors on a ReLU trunk. Gaussian: tanh on the last hidden layer, a = bounds(tanh(mu +
+    exp(log_std) * noise[0])) with log_std clamped to [LOG_STD_MIN, LOG_STD_MAX]; deterministic:
+    a = bounds(clip(tanh(mu) + std * noise[0], -1, 1))."""
+    for name in ("omad-gaussian", "hatd3"):
+        algo = toy_algorithm(name, seed=0)
+        obs, noise = toy_inputs(algo)
+        for i, agent in enumerate(TOY.agents):
+            actor = algo.actors.singles[i] if name == "hatd3" else algo.actors
+            row = 0 if name == "hatd3" else i
+            params = randomized_params(actor)
+            trunk = {k[len("net."):]: v for k, v in params.items() if k.startswith("net.")}
+            x = obs[i, :, : trunk["net.0.weight"].shape[1]].double().numpy()  # a stack takes the padded obs
+            last = mlp_by_hand(x, trunk, row, 2, layer_norm=False)
+            h = np.maximum(last, 0.0) if name == "hatd3" else np.tanh(last)
+            mu = h @ params["mu.weight"][row][:, : agent.act_dim] + params["mu.bias"][row][:, : agent.act_dim]
+            eps = noise[0, i, :, : agent.act_dim].double().numpy()
+            if name == "hatd3":
+                y = np.clip(np.tanh(mu) + actor.explore_std * eps, -1.0, 1.0)
+                action = actor(obs[i : i + 1, :, : agent.obs_dim], noise[:, i : i + 1, :, : agent.act_dim]).action[0]
+            else:
+                raw = h @ params["log_std.weight"][row][:, : agent.act_dim] + params["log_std.bias"][row][:, : agent.act_dim]
+                y = np.tanh(mu + np.exp(np.clip(raw, LOG_STD_MIN, LOG_STD_MAX)) * eps)
+                action = actor(obs, noise).action[i, :, : agent.act_dim]
+            low, high = np.array(agent.action_low), np.array(agent.action_high)
+            np.testing.assert_allclose(action.detach().numpy(), low + (y + 1.0) * (high - low) / 2.0, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["omad", "hasac"])
+def test_temperature_gradient_and_first_step_by_hand(name):
+    """d loss / d log alpha = -(cost - budget): OMAD's cost is the batch mean of the joint running cost
+    against sum_i d_a_i * budget; HASAC's is agent i's mean log pi against d_a_i * budget, per agent.
+    Adam's first step then moves log alpha by lr against the gradient's sign."""
+    budget, lr = -0.5, 0.05
+    algo = make_algo(name, auto_alpha=True, alpha_init=0.37, lr_alpha=lr, cost_budget_per_dim=budget)
+    perturb(algo.actors, 0.3, 3)
+    noise = fix_noise(algo)
+    batch = make_batch(DONE["none"])
+    obs = batch["obs"].transpose(0, 1)
+    actors = copy.deepcopy(algo.actors)
+    with torch.no_grad():
+        if name == "omad":
+            cost = actors(obs, noise).running_cost.sum(0).mean().view(1)  # entropy_norm "sum" over agents
+            target = torch.tensor([float(sum(ACT_DIMS)) * budget])
+        else:
+            cost = torch.stack([actors.agent(i, obs, noise).cost[0].mean() for i in range(LAYOUT.n)])
+            target = torch.tensor(ACT_DIMS, dtype=torch.float32) * budget
+    before = algo.log_alpha.detach().clone()
+    metrics = algo.update(batch)
+    grad = -(cost - target)
+    torch.testing.assert_close(algo.log_alpha.grad.view(-1), grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(algo.log_alpha.detach().view(-1), before.view(-1) - lr * grad.sign(), rtol=0, atol=1e-6)
+    assert metrics["alpha"] == pytest.approx(algo.log_alpha.detach().exp().mean().item())
+
+
+@pytest.mark.parametrize("name", ["omad", "hasac", "hatd3"])
+def test_even_policy_delays_and_the_update_count(name):
+    """Actor steps at updates 0, d, 2d, ... for d = 2 and 4 (test_update_math.py checks d = 3); the
+    counter, which the trainer logs and checkpoints, counts every update."""
+    for delay in (2, 4):
+        algo = make_algo(name, policy_delay=delay)
+        fix_noise(algo)
+        actor_opt = algo.optimizers()["actor_opt" if name == "omad" else "actor_opt_0"]
+        stepped = []
+        actor_opt.register_step_pre_hook(lambda *_: stepped.append(algo.num_updates))
+        for u in range(8):
+            algo.update(make_batch(DONE["none"], seed=u))
+        assert stepped == list(range(0, 8, delay)) and algo.num_updates == 8
+
+
+@pytest.mark.parametrize("name", ["omad", "omad-gaussian", "hasac", "hatd3"])
+def test_first_optimizer_steps_move_each_weight_by_its_learning_rate(name):
+    """Adam's first step moves a weight by lr against its gradient's sign (|grad| >> eps): the critic by
+    lr_critic, every actor by lr_actor."""
+    lr_critic, lr_actor = 0.02, 0.005
+    algo = make_algo(name, lr_critic=lr_critic, lr_actor=lr_actor, auto_alpha=False)
+    fix_noise(algo)
+    modules = ((algo.critic, lr_critic), (algo.actors, lr_actor))
+    before = [[p.detach().clone() for p in module.parameters()] for module, _ in modules]
+    algo.update(make_batch(DONE["none"]))
+    for (module, lr), old_params in zip(modules, before):
+        checked = 0
+        for p, old in zip(module.parameters(), old_params):
+            if p.grad is not None:
+                clear = p.grad.abs() > 1e-5
+                torch.testing.assert_close((p.detach() - old)[clear], -lr * p.grad.sign()[clear], rtol=1e-3, atol=1e-7)
+                checked += int(clear.sum())
+        assert checked > 100
+
+
+def test_a_single_agent_runs_through_the_per_agent_wrapper():
+    single = GaussianActors([3], [2], [[0.0, -0.4]], [[1.0, 0.4]], hidden=[8, 8])
+    wrapped = PerAgentActors([single])
+    assert (wrapped.kind, wrapped.noise_steps, wrapped.num_agents) == ("gaussian", 1, 1)
+    obs, noise = torch.randn(1, 4, 3), torch.randn(1, 1, 4, 2)
+    out, ref = wrapped(obs, noise), single(obs, noise)
+    torch.testing.assert_close(out.action, ref.action)
+    torch.testing.assert_close(out.cost, ref.cost)
+    torch.testing.assert_close(out.running_cost, ref.running_cost)
+
+
+def test_joint_cost_sums_or_averages_over_agents():
+    per_agent = torch.tensor([[1.0, 2.0, -3.0], [0.5, 4.0, 1.0]])  # [n = 2, B = 3]
+    for norm, joint in (("sum", [1.5, 6.0, -2.0]), ("mean", [0.75, 3.0, -1.0])):
+        algo = make_algo("omad", entropy_norm=norm, cost_budget_per_dim=-0.5)
+        torch.testing.assert_close(algo.joint(per_agent), torch.tensor(joint))
+        # the budget is combined the same way: act dims 2 and 1 at -0.5 per dim
+        torch.testing.assert_close(algo.cost_budget, torch.tensor(-1.5 if norm == "sum" else -0.75))

@@ -2,6 +2,7 @@
 diffusion policy keeps both modes of a bimodal reward (the paper's expressiveness claim in miniature)."""
 
 import numpy as np
+import pytest
 import torch
 
 from omad_train.algos.omad import OMAD
@@ -9,6 +10,7 @@ from omad_train.config import build_config
 from omad_train.diffusion import DiffusionActors
 from omad_train.envs.base import AgentSpec, EnvSpec
 from omad_train.layout import AgentLayout
+from omad_train.replay import ReplaySample
 
 
 def toy_spec(obs_dims, act_dims, state_dim=4):
@@ -19,12 +21,12 @@ def toy_spec(obs_dims, act_dims, state_dim=4):
 
 
 def toy_batch(layout, state_dim, B, rng):
-    return {
-        "state": torch.randn(B, state_dim), "obs": torch.randn(B, layout.n, layout.obs_max),
-        "action": torch.from_numpy(rng.uniform(-1, 1, (B, layout.joint_dim)).astype(np.float32)),
-        "reward": torch.randn(B), "discount": torch.full((B,), 0.99), "done": torch.zeros(B),
-        "next_state": torch.randn(B, state_dim), "next_obs": torch.randn(B, layout.n, layout.obs_max),
-    }
+    return ReplaySample(
+        state=torch.randn(B, state_dim), obs=torch.randn(B, layout.n, layout.obs_max),
+        action=torch.from_numpy(rng.uniform(-1, 1, (B, layout.joint_dim)).astype(np.float32)),
+        reward=torch.randn(B), discount=torch.full((B,), 0.99), done=torch.zeros(B),
+        next_state=torch.randn(B, state_dim), next_obs=torch.randn(B, layout.n, layout.obs_max),
+    )
 
 
 def test_actor_loss_sends_gradient_to_every_agent():
@@ -38,6 +40,36 @@ def test_actor_loss_sends_gradient_to_every_agent():
     for key in ("hidden_layers.0.weight", "obs_in.weight", "out.weight", "dt_raw", "time_phase"):
         for i in range(layout.n):
             assert not torch.equal(before[key][i], after[key][i]), f"{key} of agent {i} did not change"
+
+
+@pytest.mark.slow  # compiling takes about a minute even at these sizes (several on a loaded machine)
+def test_compiled_update_equals_the_eager_one():
+    """cfg.compile compiles the losses (chain, bound, critic, target, temperature inputs); with the same
+    noise they must compute the eager update, step after step: updates 0 and 2 step the actors and the
+    temperature (policy_delay 2), update 1 only the critic."""
+    from torch._dynamo.utils import counters
+
+    spec = toy_spec([5, 7, 3], [2, 3, 1])
+    layout = AgentLayout(spec)
+    rng = np.random.default_rng(0)
+    batches = [toy_batch(layout, spec.state_dim, 32, rng) for _ in range(3)]
+    algos = []
+    for compile_ in (False, True):
+        cfg = build_config(dict(env="mpe:simple_spread_v3", actor_hidden=[16, 16], critic_hidden=[16], denoising_steps=2,
+                                num_atoms=11, policy_delay=2, compile=compile_))
+        torch.manual_seed(0)
+        algo = OMAD(cfg, layout, spec.state_dim, (-10.0, 10.0))
+        algo.metrics = [algo.update(b) for b in batches]
+        algos.append(algo)
+    eager, compiled = algos
+    assert counters["stats"]["unique_graphs"] > 0  # the compiled path really ran compiled code
+    for m_eager, m_compiled in zip(eager.metrics, compiled.metrics):
+        assert m_eager.keys() == m_compiled.keys()
+        for key in m_eager:
+            torch.testing.assert_close(m_compiled[key], m_eager[key], rtol=1e-4, atol=1e-5, msg=key)
+    for name in ("actors", "critic", "critic_target"):
+        torch.testing.assert_close(compiled.modules()[name].state_dict(), eager.modules()[name].state_dict(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled.log_alpha, eager.log_alpha)
 
 
 def test_stacked_agents_equal_a_per_agent_loop():
@@ -84,8 +116,8 @@ def test_diffusion_policy_keeps_both_modes_of_a_bimodal_reward():
     zeros = torch.zeros(B, 2, 1)
     for _ in range(1500):  # a one-step game: done = 1, so the critic target is the reward itself
         actions = torch.from_numpy(rng.uniform(-1, 1, (B, 2)).astype(np.float32))
-        algo.update({"state": torch.zeros(B, 1), "obs": zeros, "action": actions, "reward": bimodal_reward(actions),
-                     "discount": torch.ones(B), "done": torch.ones(B), "next_state": torch.zeros(B, 1), "next_obs": zeros})
+        algo.update(ReplaySample(state=torch.zeros(B, 1), obs=zeros, action=actions, reward=bimodal_reward(actions),
+                                 discount=torch.ones(B), done=torch.ones(B), next_state=torch.zeros(B, 1), next_obs=zeros))
     samples = algo.act(np.zeros((2, 4000, 1), np.float32))[:, :, 0]  # [agent, sample]
     for i in range(2):
         a = samples[i]

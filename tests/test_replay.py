@@ -100,7 +100,7 @@ WRAPPED_ROWS = {
 
 def sampled_rows(buf, seed=0, draws=2000):
     batch = buf.sample(np.random.default_rng(seed), draws)
-    fields = batch["state"][:, 0], batch["reward"], batch["discount"], batch["done"], batch["next_state"][:, 0]
+    fields = batch.state[:, 0], batch.reward, batch.discount, batch.done, batch.next_state[:, 0]
     return batch, list(zip(*fields))
 
 
@@ -112,9 +112,9 @@ def test_wrapped_ring_samples_every_stored_row_and_no_evicted_one():
     for state, *fields in rows:
         assert fields == pytest.approx(WRAPPED_ROWS[int(state)]), state
     # the other fields travel with their row
-    np.testing.assert_array_equal(batch["obs"][:, 0, 0], batch["state"][:, 0])
-    np.testing.assert_array_equal(batch["action"][:, 0], batch["state"][:, 0])
-    np.testing.assert_array_equal(batch["next_obs"][:, 0, 0], batch["next_state"][:, 0])
+    np.testing.assert_array_equal(batch.obs[:, 0, 0], batch.state[:, 0])
+    np.testing.assert_array_equal(batch.action[:, 0], batch.state[:, 0])
+    np.testing.assert_array_equal(batch.next_obs[:, 0, 0], batch.next_state[:, 0])
 
 
 def test_wrapped_ring_round_trips_through_a_checkpoint():
@@ -122,8 +122,8 @@ def test_wrapped_ring_round_trips_through_a_checkpoint():
     copy = make_buffer(3, capacity=7)
     copy.load_state(buf.state_arrays(), buf.state_meta())
     original, restored = sampled_rows(buf, seed=5)[0], sampled_rows(copy, seed=5)[0]
-    for key in original:
-        np.testing.assert_array_equal(original[key], restored[key])
+    for key in original._fields:
+        np.testing.assert_array_equal(getattr(original, key), getattr(restored, key), err_msg=key)
     # both keep writing at the same slot: the next row evicts the oldest (state 10) in both
     for b in (buf, copy):
         b.add(0, step(30, 1.0, terminated=True))

@@ -100,6 +100,26 @@ def test_invalid_config_value_names_the_field(tmp_path):
     assert result.returncode == 2 and "learning_rate_typo" in result.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_clear_line_and_no_run_dir(tmp_path):
+    result = run_cli("train", "--env", "mpe:simple_spread_v3", "--device", "cuda", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "'device'" in result.stderr and "cuda" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_auto_device_picks_cuda_only_when_present(monkeypatch):
+    from omad_train.config import ConfigError
+    from omad_train.trainer import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="device"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cpu") == torch.device("cpu")
+
+
 def test_existing_out_is_refused_without_resume_or_overwrite(tiny_run_dir):
     before = sorted(p.name for p in tiny_run_dir.rglob("*"))
     result = run_cli("train", "--env", "mpe:simple_spread_v3", "--out", str(tiny_run_dir))

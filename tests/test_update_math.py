@@ -21,6 +21,7 @@ from omad_train.algos import make_algorithm
 from omad_train.config import TrainConfig
 from omad_train.envs.base import AgentSpec, EnvSpec
 from omad_train.layout import AgentLayout
+from omad_train.replay import ReplaySample
 
 OBS_DIMS, ACT_DIMS, STATE_DIM = [3, 5], [2, 1], 4
 LOW, HIGH = [[0.0, -2.0], [-0.4]], [[1.0, 0.5], [0.4]]
@@ -70,7 +71,7 @@ def perturb_all(algo) -> None:
         perturb(algo.actor_target, 1.0, 4)  # large: many target actions saturate, so the clip to [-1, 1] acts
 
 
-def make_batch(done: list[float], seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(done: list[float], seed: int = 0) -> ReplaySample[torch.Tensor]:
     """The trainer's batch: obs [B, n, d_o_max] zero-padded, joint actions inside each agent's bounds."""
     gen = torch.Generator().manual_seed(seed)
 
@@ -81,12 +82,12 @@ def make_batch(done: list[float], seed: int = 0) -> dict[str, torch.Tensor]:
         return o
 
     low, high = JOINT_LOW, JOINT_HIGH
-    return {
-        "state": torch.randn(B, STATE_DIM, generator=gen), "obs": obs(),
-        "action": low + torch.rand(B, len(low), generator=gen) * (high - low),
-        "reward": torch.tensor(REWARD), "discount": torch.tensor([GAMMA**m for m in STEPS]),
-        "done": torch.tensor(done), "next_state": torch.randn(B, STATE_DIM, generator=gen), "next_obs": obs(),
-    }
+    return ReplaySample(
+        state=torch.randn(B, STATE_DIM, generator=gen), obs=obs(),
+        action=low + torch.rand(B, len(low), generator=gen) * (high - low),
+        reward=torch.tensor(REWARD), discount=torch.tensor([GAMMA**m for m in STEPS]),
+        done=torch.tensor(done), next_state=torch.randn(B, STATE_DIM, generator=gen), next_obs=obs(),
+    )
 
 
 def fix_noise(algo) -> torch.Tensor:
@@ -122,7 +123,7 @@ def update_with_critic_grads(algo, batch):
     params = list(algo.critic.parameters())
     hook = algo.optimizers()["critic_opt"].register_step_pre_hook(
         lambda *_: grads.append([p.grad.clone() for p in params]))
-    metrics = algo.update(batch)
+    metrics = {k: float(v) for k, v in algo.update(batch).items()}  # 0-d tensors, read as the trainer logs them
     hook.remove()
     assert len(grads) == 1
     return metrics, grads[0]
@@ -148,8 +149,8 @@ def omad_target(algo, batch, noise, reduce: str):
     of next-state atom z_j moves to r_scaled + gamma^m (1 - done)(z_j - alpha c_joint)."""
     atoms = [V_MIN + j * (V_MAX - V_MIN) / (M - 1) for j in range(M)]
     with torch.no_grad():
-        nxt = algo.actors(batch["next_obs"].transpose(0, 1), noise)  # the actor is not under test here
-        probs = algo.critic_target.logits(batch["next_state"], joint_of(nxt.action)).softmax(-1).tolist()  # [2][B][M]
+        nxt = algo.actors(batch.next_obs.transpose(0, 1), noise)  # the actor is not under test here
+        probs = algo.critic_target.logits(batch.next_state, joint_of(nxt.action)).softmax(-1).tolist()  # [2][B][M]
     costs = [nxt.cost[0, b].item() + nxt.cost[1, b].item() for b in range(B)]  # entropy_norm "sum"
 
     def target(alpha: float) -> torch.Tensor:
@@ -161,7 +162,7 @@ def omad_target(algo, batch, noise, reduce: str):
             else:  # the head with the lower expected value
                 q = [sum(pj * z for pj, z in zip(h, atoms)) for h in heads]
                 p = heads[0] if q[0] <= q[1] else heads[1]
-            keep = batch["discount"][b].item() * (1.0 - batch["done"][b].item())
+            keep = batch.discount[b].item() * (1.0 - batch.done[b].item())
             r = REWARD_SCALE * REWARD[b]
             rows.append(c51_project(p, [r + keep * (z - alpha * costs[b]) for z in atoms]))
         return torch.tensor(rows)
@@ -171,7 +172,7 @@ def omad_target(algo, batch, noise, reduce: str):
 
 def c51_loss(batch, target):
     """Cross-entropy to the target, averaged over the batch, summed over the two heads."""
-    return lambda critic: -(target * critic.logits(batch["state"], batch["action"]).log_softmax(-1)).sum(-1).mean(-1).sum()
+    return lambda critic: -(target * critic.logits(batch.state, batch.action).log_softmax(-1)).sum(-1).mean(-1).sum()
 
 
 @pytest.mark.parametrize("done", DONE)
@@ -197,13 +198,13 @@ def test_omad_critic_target_is_the_projected_soft_target(reduce, done):
 
 def twin_q_loss(batch, target):
     """Squared error to the target, averaged over the batch, summed over the two heads."""
-    return lambda critic: (critic(batch["state"], batch["action"]) - target).pow(2).mean(-1).sum()
+    return lambda critic: (critic(batch.state, batch.action) - target).pow(2).mean(-1).sum()
 
 
 def bootstrapped(batch, next_value: torch.Tensor) -> torch.Tensor:
     out = []
     for b in range(B):
-        keep = batch["discount"][b].item() * (1.0 - batch["done"][b].item())
+        keep = batch.discount[b].item() * (1.0 - batch.done[b].item())
         out.append(REWARD_SCALE * REWARD[b] + keep * next_value[b].item())
     return torch.tensor(out)
 
@@ -218,8 +219,8 @@ def test_hasac_critic_target_is_min_twin_q_minus_summed_alpha_log_pi(done):
     noise = fix_noise(algo)
     batch = make_batch(DONE[done])
     with torch.no_grad():
-        nxt = algo.actors(batch["next_obs"].transpose(0, 1), noise)  # cost = log pi per agent
-        q = algo.critic_target(batch["next_state"], joint_of(nxt.action))
+        nxt = algo.actors(batch.next_obs.transpose(0, 1), noise)  # cost = log pi per agent
+        q = algo.critic_target(batch.next_state, joint_of(nxt.action))
     value = [min(q[0, b].item(), q[1, b].item()) - sum(alphas[i] * nxt.cost[i, b].item() for i in range(2)) for b in range(B)]
     assert any(abs(q[0, b] - q[1, b]) > 0.1 for b in range(B))  # the twin heads disagree: min matters
     check_critic_step(algo, batch, twin_q_loss(batch, bootstrapped(batch, torch.tensor(value))))
@@ -230,7 +231,7 @@ def test_hatd3_critic_target_uses_smoothed_target_actions_and_min_twin_q(done):
     algo = make_algo("hatd3", target_noise=0.4, target_noise_clip=0.3)  # a clip that acts on many draws
     perturb_all(algo)
     batch = make_batch(DONE[done])
-    next_obs = batch["next_obs"].transpose(0, 1)
+    next_obs = batch.next_obs.transpose(0, 1)
     torch.manual_seed(7)
     draw = torch.randn(1, LAYOUT.n, B, LAYOUT.act_max)  # the update's first random draw: the smoothing noise
     actions = []
@@ -246,7 +247,7 @@ def test_hatd3_critic_target_uses_smoothed_target_actions_and_min_twin_q(done):
         actions.append(low + (y + 1.0) * (high - low) / 2.0)
     assert clipped_noise and clipped_action  # both clips are exercised
     with torch.no_grad():
-        q = algo.critic_target(batch["next_state"], torch.cat(actions, -1))
+        q = algo.critic_target(batch.next_state, torch.cat(actions, -1))
     assert any(abs(q[0, b] - q[1, b]) > 0.1 for b in range(B))
     target = bootstrapped(batch, torch.minimum(q[0], q[1]))
     torch.manual_seed(7)
@@ -328,7 +329,7 @@ def test_one_actor_step_lowers_the_actor_objective(name, alpha):
     perturb_all(algo)
     noise = fix_noise(algo)
     batch = make_batch(DONE["none"])
-    obs, state = batch["obs"].transpose(0, 1), batch["state"]
+    obs, state = batch.obs.transpose(0, 1), batch.state
     actors_before = copy.deepcopy(algo.actors)
     algo.update(batch)  # the actor step follows the critic step: judge it with the stepped critic
     before = actor_objective(name, algo, actors_before, algo.critic, obs, state, noise, [alpha, alpha])
@@ -358,7 +359,7 @@ def test_actors_follow_a_hand_built_critic_gradient(name):
     noise = fix_noise(algo)
     install_linear_critic(name, algo, w)
     batch = make_batch(DONE["none"])
-    obs = batch["obs"].transpose(0, 1)
+    obs = batch.obs.transpose(0, 1)
     act_noise = torch.zeros_like(noise) if name == "hatd3" else noise
     with torch.no_grad():
         before = joint_of(algo.actors(obs, act_noise, with_cost=False).action).mean(0)

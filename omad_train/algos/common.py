@@ -12,13 +12,20 @@ from ..actors import AgentPolicy
 
 
 class Algorithm:
-    """Base of every algorithm. Subclasses set `cfg`, `layout`, `actors` (a stack, or per-agent
-    actors with the same call), `chain` (the callable used to act; `actors` or a compiled copy)
-    and `num_updates`, and implement `update`, `modules`, `optimizers`, `extra_tensors`."""
+    """Base of every algorithm. Subclasses set `cfg`, `layout`, `device`, `joint_index`, `actors` (a stack, or
+    per-agent actors with the same call), `chain` (the callable used to act; `actors` or a compiled
+    copy) and `num_updates`, and implement `update`, `modules`, `optimizers`, `extra_tensors`.
+    Networks, optimizer state and `update` live on `device`; `act` takes and returns numpy arrays."""
+
+    device = torch.device("cpu")
 
     def noise(self, batch: int) -> torch.Tensor:
-        """Standard-normal policy noise [S, n, batch, d_a_max]."""
-        return torch.randn(self.actors.noise_steps, self.layout.n, batch, self.layout.act_max)
+        """Standard-normal policy noise [S, n, batch, d_a_max]: every random draw of the policies."""
+        return torch.randn(self.actors.noise_steps, self.layout.n, batch, self.layout.act_max, device=self.device)
+
+    def joint_action(self, actions: torch.Tensor) -> torch.Tensor:
+        """[n, B, d_a_max] -> [B, sum d_a]: `layout.joint`, with the index (`joint_index`) on the device."""
+        return actions.transpose(0, 1).reshape(actions.shape[1], -1).index_select(-1, self.joint_index)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, zero_noise: bool = False) -> np.ndarray:
@@ -26,7 +33,7 @@ class Algorithm:
         noise = self.noise(obs.shape[1])
         if zero_noise:
             noise.zero_()
-        return self.chain(torch.from_numpy(obs), noise, with_cost=False).action.numpy()
+        return self.chain(torch.from_numpy(obs).to(self.device), noise, with_cost=False).action.cpu().numpy()
 
     def agent_policy(self, i: int) -> AgentPolicy:
         policy = AgentPolicy(self.layout.names[i], self.actors.agent_hparams(i), self.actors.kind)
@@ -46,8 +53,7 @@ def gradient_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, max_no
 def polyak_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
     # no_grad as a block, not a decorator: mutmut (bench/mutation.py) skips decorated functions
     with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters()):
-            t.lerp_(s, tau)
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
 def clip_grad_norm_per_agent(params: Iterable[torch.Tensor], max_norm: float) -> None:

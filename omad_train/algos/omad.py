@@ -3,6 +3,11 @@
 Reads top to bottom: networks in __init__, then `update()` = critic step, actor step, temperature
 step, target update (ALGORITHM.md sections 2-5). The OMAD-Gaussian ablation is this same class with
 the diffusion actors swapped for squashed Gaussians (`make_actors`); nothing else changes.
+
+The two losses are pure tensor functions (`critic_loss`, `actor_loss`), compiled with torch.compile
+when `cfg.compile` is set. All randomness is drawn outside them (`self.noise`), so the compiled update
+computes the eager one's function, and the update never reads a value back to the host: metrics are
+returned as tensors.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from ..critic import CategoricalCritic, project_distribution
 from ..actors import GaussianActors, StackedActors
 from ..diffusion import DiffusionActors
 from ..layout import AgentLayout
+from ..replay import ReplaySample
 from .common import Algorithm, clip_grad_norm_per_agent, gradient_step, polyak_update
 
 
@@ -30,20 +36,27 @@ def make_actors(cfg: TrainConfig, layout: AgentLayout) -> StackedActors:
 
 
 class OMAD(Algorithm):
-    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, value_range: tuple[float, float]):
-        self.cfg, self.layout = cfg, layout
+    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, value_range: tuple[float, float],
+                 device: torch.device | str = "cpu"):
+        self.cfg, self.layout, self.device = cfg, layout, torch.device(device)
         self.actors = make_actors(cfg, layout)
         self.critic = CategoricalCritic(state_dim + layout.joint_dim, cfg.critic_hidden, cfg.num_atoms, *value_range)
         self.critic_target = CategoricalCritic(state_dim + layout.joint_dim, cfg.critic_hidden, cfg.num_atoms, *value_range)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.log_alpha = torch.tensor(math.log(cfg.alpha_init), requires_grad=cfg.auto_alpha)
+        for module in self.modules().values():
+            module.to(self.device)
+        self.log_alpha = torch.tensor(math.log(cfg.alpha_init), device=self.device, requires_grad=cfg.auto_alpha)
 
         self.actor_opt = torch.optim.Adam(self.actors.parameters(), lr=cfg.lr_actor)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_critic)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
-        self.cost_budget = self.joint(torch.tensor(layout.act_dims, dtype=torch.float32) * cfg.temperature_budget_per_dim())
-        self.chain = torch.compile(self.actors) if cfg.compile else self.actors
+        act_dims = torch.tensor(layout.act_dims, dtype=torch.float32, device=self.device)
+        self.cost_budget = self.joint(act_dims * cfg.temperature_budget_per_dim())
+        self.joint_index = torch.as_tensor(layout.joint_index, device=self.device)
+        compile_ = torch.compile if cfg.compile else (lambda fn: fn)
+        self.chain = compile_(self.actors)
+        self.critic_loss_fn, self.actor_loss_fn = compile_(self.critic_loss), compile_(self.actor_loss)
         self.num_updates = 0
 
     # -- pieces ---------------------------------------------------------------------------------
@@ -55,51 +68,62 @@ class OMAD(Algorithm):
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp()
 
-    # -- the update -----------------------------------------------------------------------------
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def critic_loss(self, batch: ReplaySample, next_noise: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against the C51 target from the next joint action of all current policies,
+        summed over heads."""
         cfg = self.cfg
-        obs, next_obs = batch["obs"].transpose(0, 1), batch["next_obs"].transpose(0, 1)
-        B = obs.shape[1]
-        alpha = self.alpha
-
-        # Critic: C51 target from the next joint action of all current policies.
         with torch.no_grad():
-            nxt = self.chain(next_obs, self.noise(B))
-            next_probs = self.critic_target.logits(batch["next_state"], self.layout.joint(nxt.action)).softmax(-1)
+            nxt = self.actors(batch.next_obs.transpose(0, 1), next_noise)
+            next_probs = self.critic_target.logits(batch.next_state, self.joint_action(nxt.action)).softmax(-1)
             if cfg.critic_target_reduce == "mean":
                 next_probs = next_probs.mean(0)
             else:  # the head with the lower expected value, per sample
+                B = next_probs.shape[1]
                 lower = (next_probs * self.critic_target.atoms).sum(-1).argmin(0)
                 next_probs = next_probs.gather(0, lower.view(1, B, 1).expand(1, B, next_probs.shape[-1]))[0]
             soft_atoms = self.critic.atoms - alpha * self.joint(nxt.cost).unsqueeze(-1)
-            bootstrap = (batch["discount"] * (1.0 - batch["done"])).unsqueeze(-1)
-            target_atoms = cfg.reward_scale * batch["reward"].unsqueeze(-1) + bootstrap * soft_atoms
+            bootstrap = (batch.discount * (1.0 - batch.done)).unsqueeze(-1)
+            target_atoms = cfg.reward_scale * batch.reward.unsqueeze(-1) + bootstrap * soft_atoms
             target = project_distribution(next_probs, target_atoms, self.critic.v_min, self.critic.v_max, cfg.num_atoms)
-        logits = self.critic.logits(batch["state"], batch["action"])
-        critic_loss = -(target * logits.log_softmax(-1)).sum(-1).mean(-1).sum()  # summed over heads
-        gradient_step(critic_loss, self.critic_opt, self.critic.parameters(), cfg.grad_clip)
-        metrics = {"critic_loss": critic_loss.item()}
+        logits = self.critic.logits(batch.state, batch.action)
+        return -(target * logits.log_softmax(-1)).sum(-1).mean(-1).sum()
 
-        # Actors: all agents at once, through their reparameterised chains.
+    def actor_loss(self, state: torch.Tensor, obs: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor):
+        """All agents at once, through their reparameterised chains: (loss, Q per sample, joint cost,
+        joint running cost). The critic's weights must have requires_grad off."""
+        out = self.actors(obs.transpose(0, 1), noise)
+        q = self.critic.q_values(state, self.joint_action(out.action)).mean(0)
+        cost = self.joint(out.cost)
+        return (-q + alpha * cost).mean(), q, cost, self.joint(out.running_cost)
+
+    # -- the update -----------------------------------------------------------------------------
+    def update(self, batch: ReplaySample) -> dict[str, torch.Tensor]:
+        """One critic step, and every `policy_delay` updates one actor and temperature step. Returns
+        0-d tensors (convert them when logging: reading them here would sync with the device)."""
+        cfg = self.cfg
+        B = batch.obs.shape[0]
+        alpha = self.alpha
+
+        critic_loss = self.critic_loss_fn(batch, self.noise(B), alpha)
+        gradient_step(critic_loss, self.critic_opt, self.critic.parameters(), cfg.grad_clip)
+        metrics = {"critic_loss": critic_loss.detach()}
+
         if self.num_updates % cfg.policy_delay == 0:
-            out = self.chain(obs, self.noise(B))
             self.critic.requires_grad_(False)
-            q = self.critic.q_values(batch["state"], self.layout.joint(out.action)).mean(0)
-            self.critic.requires_grad_(True)
-            cost = self.joint(out.cost)
-            actor_loss = (-q + alpha * cost).mean()
+            actor_loss, q, cost, running = self.actor_loss_fn(batch.state, batch.obs, self.noise(B), alpha)
             gradient_step(actor_loss, self.actor_opt, self.actors.parameters(), cfg.grad_clip, clip_grad_norm_per_agent)
-            metrics.update(actor_loss=actor_loss.item(), q=q.mean().item(), entropy_bound=-cost.mean().item())
+            self.critic.requires_grad_(True)
+            metrics.update(actor_loss=actor_loss.detach(), q=q.detach().mean(), entropy_bound=-cost.detach().mean())
 
             if cfg.auto_alpha:
-                running = self.joint(out.running_cost).mean().detach()
+                running = running.detach().mean()
                 alpha_loss = -self.log_alpha * (running - self.cost_budget)
                 gradient_step(alpha_loss, self.alpha_opt, [], 0.0)
-                metrics["running_cost"] = running.item()
+                metrics["running_cost"] = running
 
         polyak_update(self.critic_target, self.critic, cfg.tau)
         self.num_updates += 1
-        metrics["alpha"] = self.alpha.item()
+        metrics["alpha"] = self.alpha
         return metrics
 
     # -- persistence ----------------------------------------------------------------------------

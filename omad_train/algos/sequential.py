@@ -12,22 +12,23 @@ from __future__ import annotations
 import copy
 import math
 
-import numpy as np
 import torch
 
 from ..actors import ChainOutput, DeterministicActors, GaussianActors, PerAgentActors
 from ..config import TrainConfig
 from ..critic import TwinQCritic
 from ..layout import AgentLayout
+from ..replay import ReplaySample
 from .common import Algorithm, gradient_step, polyak_update
 
 
 class SequentialAlgorithm(Algorithm):
-    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int):
-        self.cfg, self.layout = cfg, layout
-        self.actors = self.chain = PerAgentActors([self.make_actor(i) for i in range(layout.n)])
-        self.critic = TwinQCritic(state_dim + layout.joint_dim, cfg.critic_hidden)
+    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, device: torch.device | str = "cpu"):
+        self.cfg, self.layout, self.device = cfg, layout, torch.device(device)
+        self.actors = self.chain = PerAgentActors([self.make_actor(i) for i in range(layout.n)]).to(self.device)
+        self.critic = TwinQCritic(state_dim + layout.joint_dim, cfg.critic_hidden).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.joint_index = torch.as_tensor(layout.joint_index, device=self.device)
         self.actor_opts = [torch.optim.Adam(a.parameters(), lr=cfg.lr_actor) for a in self.actors.singles]
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_critic)
         self.num_updates = 0
@@ -43,25 +44,26 @@ class SequentialAlgorithm(Algorithm):
         """The policies' noise inside the actor update (HATD3: none, its actors are deterministic)."""
         return self.noise(batch)
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def update(self, batch: ReplaySample) -> dict[str, torch.Tensor]:
+        """Returns 0-d tensors, read only when logged (as OMAD's update)."""
         cfg, L = self.cfg, self.layout
-        obs, next_obs = batch["obs"].transpose(0, 1), batch["next_obs"].transpose(0, 1)
+        obs, next_obs = batch.obs.transpose(0, 1), batch.next_obs.transpose(0, 1)
         B = obs.shape[1]
 
         with torch.no_grad():
-            bootstrap = batch["discount"] * (1.0 - batch["done"])
-            target = cfg.reward_scale * batch["reward"] + bootstrap * self.next_value(batch["next_state"], next_obs)
-        critic_loss = (self.critic(batch["state"], batch["action"]) - target).pow(2).mean(-1).sum()
+            bootstrap = batch.discount * (1.0 - batch.done)
+            target = cfg.reward_scale * batch.reward + bootstrap * self.next_value(batch.next_state, next_obs)
+        critic_loss = (self.critic(batch.state, batch.action) - target).pow(2).mean(-1).sum()
         gradient_step(critic_loss, self.critic_opt, self.critic.parameters(), cfg.grad_clip)
-        metrics = {"critic_loss": critic_loss.item()}
+        metrics = {"critic_loss": critic_loss.detach()}
 
         if self.num_updates % cfg.policy_delay == 0:
-            metrics.update(self.sequential_actor_update(batch["state"], obs, B))
+            metrics.update(self.sequential_actor_update(batch.state, obs, B))
         polyak_update(self.critic_target, self.critic, cfg.tau)
         self.num_updates += 1
         return metrics
 
-    def sequential_actor_update(self, state: torch.Tensor, obs: torch.Tensor, B: int) -> dict[str, float]:
+    def sequential_actor_update(self, state: torch.Tensor, obs: torch.Tensor, B: int) -> dict[str, torch.Tensor]:
         """One pass over the agents in a random order. `actions` starts as every agent's current
         action; after agent m's step, its slot holds the action of its updated policy, which is what
         the agents after it see."""
@@ -74,17 +76,17 @@ class SequentialAlgorithm(Algorithm):
             noise = self.update_noise(B)
             out = self.agent_actor(i, obs, noise)
             joint_actions = torch.cat([actions[:i], self.actors.pad(out.action), actions[i + 1 :]])
-            q = self.critic(state, L.joint(joint_actions))
+            q = self.critic(state, self.joint_action(joint_actions))
             loss = self.actor_loss(i, q, out)
             gradient_step(loss, self.actor_opts[i], self.actors.singles[i].parameters(), cfg.grad_clip)
             self.after_agent_step(i, out)
             with torch.no_grad():
                 actions[i] = self.actors.pad(self.agent_actor(i, obs, noise).action)[0]
-            losses.append(loss.item())
-            q_values.append(q.mean().item())
+            losses.append(loss.detach())
+            q_values.append(q.detach().mean())
         self.critic.requires_grad_(True)
         self.after_actor_pass()
-        return {"actor_loss": float(np.mean(losses)), "q": float(np.mean(q_values))}
+        return {"actor_loss": torch.stack(losses).mean(), "q": torch.stack(q_values).mean()}
 
     # -- the pieces each baseline defines -----------------------------------------------------
     def next_value(self, next_state: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
@@ -114,12 +116,12 @@ class HASAC(SequentialAlgorithm):
     """Squashed-Gaussian actors, soft twin-Q target, one auto-tuned temperature per agent
     (target entropy -d_a: alpha_i rises while log pi_i exceeds `cost_budget_per_dim` * d_a_i)."""
 
-    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int):
-        super().__init__(cfg, layout, state_dim)
-        self.log_alpha = torch.full((layout.n,), math.log(cfg.alpha_init), requires_grad=cfg.auto_alpha)
+    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, device: torch.device | str = "cpu"):
+        super().__init__(cfg, layout, state_dim, device)
+        self.log_alpha = torch.full((layout.n,), math.log(cfg.alpha_init), device=self.device, requires_grad=cfg.auto_alpha)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
-        self.cost_budget = torch.tensor(layout.act_dims, dtype=torch.float32) * cfg.cost_budget_per_dim
-        self.pass_costs = [torch.zeros(())] * layout.n  # each agent's mean log pi in the current actor pass
+        self.cost_budget = torch.tensor(layout.act_dims, dtype=torch.float32, device=self.device) * cfg.cost_budget_per_dim
+        self.pass_costs = [torch.zeros((), device=self.device)] * layout.n  # each agent's mean log pi in the current actor pass
 
     def make_actor(self, i: int) -> GaussianActors:
         L = self.layout
@@ -131,7 +133,7 @@ class HASAC(SequentialAlgorithm):
 
     def next_value(self, next_state, next_obs):
         nxt = self.chain(next_obs, self.noise(next_obs.shape[1]))
-        q = self.critic_target(next_state, self.layout.joint(nxt.action)).min(0).values
+        q = self.critic_target(next_state, self.joint_action(nxt.action)).min(0).values
         return q - (self.alpha.view(-1, 1) * nxt.cost).sum(0)
 
     def actor_loss(self, i, q, out):
@@ -149,7 +151,7 @@ class HASAC(SequentialAlgorithm):
 
     def update(self, batch):
         metrics = super().update(batch)
-        metrics["alpha"] = self.alpha.mean().item()
+        metrics["alpha"] = self.alpha.mean()
         return metrics
 
     def optimizers(self):
@@ -159,9 +161,9 @@ class HASAC(SequentialAlgorithm):
         return {"log_alpha": self.log_alpha}
 
 
-def smoothed_target_noise(shape: tuple[int, ...], std: float, clip: float) -> torch.Tensor:
+def smoothed_target_noise(shape: tuple[int, ...], std: float, clip: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """TD3 target policy smoothing: clip(N(0, std^2), -clip, clip), in [-1, 1] action units."""
-    return (torch.randn(shape) * std).clamp(-clip, clip)
+    return (torch.randn(shape, device=device) * std).clamp(-clip, clip)
 
 
 class HATD3(SequentialAlgorithm):
@@ -169,8 +171,8 @@ class HATD3(SequentialAlgorithm):
     uses smoothed target actions (noise `target_noise` clipped at `target_noise_clip`) and the
     smaller of the two target heads; actors follow the first head, every `policy_delay` updates."""
 
-    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int):
-        super().__init__(cfg, layout, state_dim)
+    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, device: torch.device | str = "cpu"):
+        super().__init__(cfg, layout, state_dim, device)
         self.actor_target = copy.deepcopy(self.actors).requires_grad_(False)
 
     def make_actor(self, i: int) -> DeterministicActors:
@@ -179,15 +181,16 @@ class HATD3(SequentialAlgorithm):
                                    cfg.actor_hidden, explore_std=cfg.explore_std)
 
     def update_noise(self, batch):
-        return torch.zeros(1, self.layout.n, batch, self.layout.act_max)
+        return torch.zeros(1, self.layout.n, batch, self.layout.act_max, device=self.device)
 
     def target_actions(self, next_obs: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
-        noise = smoothed_target_noise((1, self.layout.n, next_obs.shape[1], self.layout.act_max), cfg.target_noise, cfg.target_noise_clip)
+        shape = (1, self.layout.n, next_obs.shape[1], self.layout.act_max)
+        noise = smoothed_target_noise(shape, cfg.target_noise, cfg.target_noise_clip, self.device)
         return self.actor_target(next_obs, noise, with_cost=False, noise_std=1.0).action
 
     def next_value(self, next_state, next_obs):
-        return self.critic_target(next_state, self.layout.joint(self.target_actions(next_obs))).min(0).values
+        return self.critic_target(next_state, self.joint_action(self.target_actions(next_obs))).min(0).values
 
     def actor_loss(self, i, q, out):
         return -q[0].mean()
