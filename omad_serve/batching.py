@@ -139,34 +139,45 @@ class MicroBatcher:
         job.future = self._loop.create_future()
         job.enqueued_ns = time.perf_counter_ns()
         self._pending.append(job)
-        if self._running is None and self._flush_handle is None:
-            if self._max_delay_s > 0:
-                self._flush_handle = self._loop.call_later(self._max_delay_s, self._flush)
-            else:
-                self._flush_handle = self._loop.call_soon(self._flush)
-        elif self._flush_handle is not None and self._max_delay_s > 0 and self._pending_rows() >= self._max_batch:
-            self._flush_handle.cancel()  # full: no reason to wait out the delay
-            self._flush_handle = self._loop.call_soon(self._flush)
+        if self._running is None:  # else the running batch's delivery starts the next one
+            self._schedule_flush()
         return await job.future
 
     async def close(self, timeout_s: float = 30.0) -> None:
-        """Let the running batch finish (up to timeout_s), stop the thread, fail anything left."""
+        """Refuse new jobs, finish the queued ones (for up to timeout_s), stop the thread, and fail
+        what is still queued then. A call still running answers its callers whenever it ends."""
         if self._closed:
             return
         self._closed = True
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
         deadline = time.monotonic() + timeout_s
-        while self._running is not None and self.failure is None and time.monotonic() < deadline:
+        while (self._running is not None or self._pending) and self.failure is None and time.monotonic() < deadline:
+            if self._running is None:
+                self._schedule_flush()  # at once: no merge delay while closing
             await asyncio.sleep(0.002)
         self._work.put(_STOP)
-        self._fail_jobs(BatcherClosed("the server is shutting down"))
+        self._fail_jobs(BatcherClosed("the server is shutting down"), running=False)
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
 
     # ---- on the event loop ---------------------------------------------------------------------
 
     def _pending_rows(self) -> int:
         return sum(job.rows for job in self._pending)
+
+    def _schedule_flush(self) -> None:
+        """Flush at the end of this loop iteration, or once the first queued job has waited
+        max_delay_us (at once if the queue fills a batch, or while closing)."""
+        if not self._pending:
+            return
+        delay = 0.0
+        if self._max_delay_s > 0 and not self._closed and self._pending_rows() < self._max_batch:
+            waited = (time.perf_counter_ns() - self._pending[0].enqueued_ns) / 1e9
+            delay = max(0.0, self._max_delay_s - waited)
+        if self._flush_handle is not None:
+            if delay > 0 or not isinstance(self._flush_handle, asyncio.TimerHandle):
+                return  # already due (the merge timer keeps running until the queue is full)
+            self._flush_handle.cancel()
+        self._flush_handle = self._loop.call_later(delay, self._flush) if delay else self._loop.call_soon(self._flush)
 
     def _take_batch(self) -> list[Job]:
         """The next jobs to run together: up to max_batch rows, skipping callers that gave up."""
@@ -184,7 +195,7 @@ class MicroBatcher:
 
     def _flush(self) -> None:
         self._flush_handle = None
-        if self._running is not None or self.failure is not None or self._closed:
+        if self._running is not None or self.failure is not None:
             return
         try:
             jobs = self._take_batch()
@@ -226,25 +237,23 @@ class MicroBatcher:
                         JobResult(action, batch.started_ns - job.enqueued_ns, batch.inference_ns, batch_size, batch.model)
                     )
             offset += rows
-        if self._pending and self._flush_handle is None and not self._closed:
-            delay = 0.0
-            if self._max_delay_s > 0 and self._pending_rows() < self._max_batch:
-                waited = (time.perf_counter_ns() - self._pending[0].enqueued_ns) / 1e9
-                delay = max(0.0, self._max_delay_s - waited)
-            self._flush_handle = self._loop.call_later(delay, self._flush) if delay else self._loop.call_soon(self._flush)
+        self._schedule_flush()
 
     def _fail(self, err: BaseException) -> None:
         if self.failure is not None:
             return
         self.failure = err
-        self._fail_jobs(BatcherFailed(f"inference failed ({err!r}); this server must be restarted"))
+        self._fail_jobs(BatcherFailed(f"inference failed ({err!r}); this server must be restarted"), running=True)
         if self._on_failure is not None:
             self._on_failure(err)
 
-    def _fail_jobs(self, error: Exception) -> None:
-        jobs = list(self._pending) + (self._running.jobs if self._running is not None else [])
+    def _fail_jobs(self, error: Exception, running: bool) -> None:
+        """Fail the queued jobs, and with `running` those of the running batch too."""
+        jobs = list(self._pending)
         self._pending.clear()
-        self._running = None
+        if running and self._running is not None:
+            jobs += self._running.jobs
+            self._running = None
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(error)

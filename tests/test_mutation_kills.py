@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import time
+import types
 import warnings
 from collections import namedtuple
 
@@ -549,13 +550,21 @@ def test_restored_pending_windows_write_every_field_as_if_never_checkpointed():
 GUARD_S = 10.0  # a hang guard, never a timing assertion
 
 
-async def held_start(model: GatedModel, batcher: MicroBatcher, jobs: dict[int, Job]) -> dict[int, asyncio.Task]:
-    """Caller 0's call is held on the inference thread while callers 1.. queue behind it."""
+def plain(fn):
+    """A model for MicroBatcher (which calls `run`) from a function."""
+    return types.SimpleNamespace(run=fn)
+
+
+async def held_start(model: GatedModel, batcher: MicroBatcher, jobs: dict[int, Job], companion: int) -> dict[int, asyncio.Task]:
+    """Caller 0's call is held on the inference thread while the other callers queue behind it. A lone
+    job would run on the event loop itself, so `companion` is submitted in the same loop iteration as
+    caller 0: with merging on (and room) it shares caller 0's call, otherwise it waits for the next."""
     batcher.start()
-    tasks = {0: asyncio.create_task(batcher.submit(jobs[0]))}
+    tasks = {caller: asyncio.create_task(batcher.submit(jobs[caller])) for caller in (0, companion)}
     assert await asyncio.to_thread(model.entered.wait, GUARD_S), "the first call never started"
-    for caller in sorted(jobs)[1:]:
-        tasks[caller] = asyncio.create_task(batcher.submit(jobs[caller]))
+    for caller in sorted(jobs):
+        if caller not in tasks:
+            tasks[caller] = asyncio.create_task(batcher.submit(jobs[caller]))
     await asyncio.sleep(0.05)  # every submit has queued its job
     return tasks
 
@@ -573,7 +582,7 @@ def test_calls_fill_up_to_max_batch_and_carry_the_job_that_does_not_fit(merge):
     async def scenario():
         batcher = MicroBatcher(model, max_batch=6, merge=merge)
         jobs = {caller: caller_job(caller, n) for caller, n in rows.items()}
-        tasks = await held_start(model, batcher, jobs)
+        tasks = await held_start(model, batcher, jobs, companion=1)
         model.release.set()
         done = await asyncio.wait_for(asyncio.gather(*tasks.values()), GUARD_S)
         await batcher.close()
@@ -584,13 +593,13 @@ def test_calls_fill_up_to_max_batch_and_carry_the_job_that_does_not_fit(merge):
     elapsed = time.perf_counter_ns() - started
     assert_own_rows(jobs, results)
     calls = [callers_in(call) for call in model.calls]
-    # 3 + 3 fills 6 exactly; 4 does not fit after them, so it opens the next call, which 2 fills again
-    assert calls == ([[0], [1, 2], [3, 4], [5]] if merge else [[c] for c in rows])
+    # 4 does not fit after 3 (7 > 6), so it opens the next call, which 2 fills to exactly 6
+    assert calls == ([[0, 1], [2], [3, 4], [5]] if merge else [[c] for c in rows])
     call_rows = {c: len(call_obs) for call_obs in model.calls for c in callers_in(call_obs)}
     for caller, result in results.items():
         assert result.batch_size == call_rows[caller] and 0 < result.inference_ns < elapsed
-        # callers 1.. were queued before the held call was released, which the test did 0.05 s later
-        assert (0.05e9 if caller else 0) <= result.queue_ns < elapsed
+        # callers after the held call were queued before it was released, which the test did 0.05 s later
+        assert (0 if caller in calls[0] else 0.05e9) <= result.queue_ns < elapsed
 
 
 def test_the_merge_delay_waits_for_a_second_caller_and_not_for_a_full_batch():
@@ -601,14 +610,14 @@ def test_the_merge_delay_waits_for_a_second_caller_and_not_for_a_full_batch():
         return fake_model(obs, noise)
 
     async def scenario():
-        batcher = MicroBatcher(model, max_batch=8, max_delay_us=500_000)  # 0.5 s
+        batcher = MicroBatcher(plain(model), max_batch=8, max_delay_us=500_000)  # 0.5 s
         batcher.start()
         jobs = {1: caller_job(1, 2), 2: caller_job(2, 3), 3: caller_job(3, 8)}
         first = asyncio.create_task(batcher.submit(jobs[1]))
         await asyncio.sleep(0.05)  # well inside the 0.5 s the first call waits for company
         second = asyncio.create_task(batcher.submit(jobs[2]))
         results = dict(zip((1, 2), await asyncio.wait_for(asyncio.gather(first, second), GUARD_S)))
-        slow = MicroBatcher(model, max_batch=8, max_delay_us=600_000_000)  # 10 minutes: only a full batch goes at once
+        slow = MicroBatcher(plain(model), max_batch=8, max_delay_us=600_000_000)  # 10 minutes: only a full batch goes at once
         slow.start()
         results[3] = await asyncio.wait_for(slow.submit(jobs[3]), GUARD_S)
         await batcher.close()
@@ -623,7 +632,7 @@ def test_the_merge_delay_waits_for_a_second_caller_and_not_for_a_full_batch():
 def test_a_failed_call_fails_each_of_its_callers_and_only_good_calls_are_metered():
     metered = []
     model = GatedModel()
-    wrapped = model.__call__
+    wrapped = model.run
 
     def failing_for_caller_2(obs, noise):
         actions = wrapped(obs, noise)
@@ -632,19 +641,19 @@ def test_a_failed_call_fails_each_of_its_callers_and_only_good_calls_are_metered
         return actions
 
     async def scenario():
-        batcher = MicroBatcher(failing_for_caller_2, max_batch=8, on_batch=lambda rows, seconds: metered.append((rows, seconds)))
-        jobs = {0: caller_job(0, 1), 1: caller_job(1, 2), 2: caller_job(2, 3)}
-        tasks = await held_start(model, batcher, jobs)
+        batcher = MicroBatcher(plain(failing_for_caller_2), max_batch=8, on_batch=lambda rows, seconds: metered.append((rows, seconds)))
+        jobs = {0: caller_job(0, 1), 3: caller_job(3, 1), 1: caller_job(1, 2), 2: caller_job(2, 3)}
+        tasks = await held_start(model, batcher, jobs, companion=3)
         model.release.set()
         done = await asyncio.wait_for(asyncio.gather(*tasks.values(), return_exceptions=True), GUARD_S)
         await batcher.close()
         return jobs, dict(zip(tasks, done))
 
     jobs, results = asyncio.run(scenario())
-    assert_own_rows(jobs, {0: results[0]})
+    assert_own_rows(jobs, {0: results[0], 3: results[3]})
     for caller in (1, 2):  # merged into the call that failed
         assert isinstance(results[caller], ValueError) and str(results[caller]) == "model failed"
-    assert [rows for rows, _ in metered] == [1] and metered[0][1] > 0
+    assert [rows for rows, _ in metered] == [2] and metered[0][1] > 0
 
 
 def test_close_finishes_the_queued_jobs_then_refuses_new_ones():
@@ -653,7 +662,7 @@ def test_close_finishes_the_queued_jobs_then_refuses_new_ones():
     async def scenario():
         batcher = MicroBatcher(model, max_batch=2)
         jobs = {0: caller_job(0, 1), 1: caller_job(1, 2), 2: caller_job(2, 1)}
-        tasks = await held_start(model, batcher, jobs)
+        tasks = await held_start(model, batcher, jobs, companion=1)  # 1 + 2 rows > 2: caller 0 alone
         closing = asyncio.create_task(batcher.close(timeout_s=GUARD_S))
         await asyncio.sleep(0.05)
         model.release.set()
@@ -671,7 +680,7 @@ def test_close_finishes_the_queued_jobs_then_refuses_new_ones():
 
 def test_close_stops_a_thread_that_waits_to_merge():
     async def scenario():
-        batcher = MicroBatcher(fake_model, max_batch=8, max_delay_us=600_000_000)
+        batcher = MicroBatcher(plain(fake_model), max_batch=8, max_delay_us=600_000_000)
         batcher.start()
         job = caller_job(1, 2)
         task = asyncio.create_task(batcher.submit(job))
@@ -690,7 +699,7 @@ def test_close_gives_up_on_a_stuck_call_and_fails_the_jobs_still_queued():
     async def scenario():
         batcher = MicroBatcher(model, max_batch=1)
         jobs = {0: caller_job(0, 1), 1: caller_job(1, 1), 2: caller_job(2, 1)}
-        tasks = await held_start(model, batcher, jobs)
+        tasks = await held_start(model, batcher, jobs, companion=1)
         await asyncio.wait_for(batcher.close(timeout_s=0.2), GUARD_S)
         queued = await asyncio.wait_for(asyncio.gather(tasks[1], tasks[2], return_exceptions=True), GUARD_S)
         model.release.set()  # the stuck call still answers its caller
