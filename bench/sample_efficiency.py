@@ -17,11 +17,11 @@ import argparse
 import json
 from pathlib import Path
 
+from omad_train.config import ALGOS
 from omad_train.report import make_report
 from omad_train.sweep import run_sweep
 
 RESULTS = Path(__file__).parent / "results"
-ALGOS = ["omad", "hasac", "hatd3", "omad-gaussian"]
 # task -> (env id, env steps per run, shared config); evaluation on fresh seeds. The budgets are sized so
 # that the whole study (24 runs) takes about two hours with 2 workers on a 2-core machine.
 TASKS = {
@@ -49,7 +49,7 @@ def main() -> None:
         steps = args.total_steps or steps
         if args.quick:
             steps, base = 1500, {**base, "eval_every": 500, "eval_episodes": 2, "learning_starts": 500}
-        run_sweep(root / task, [env_id], ALGOS, args.seeds, steps, base,
+        run_sweep(root / task, [env_id], list(ALGOS), args.seeds, steps, base,
                   local_workers=args.workers, ray_address=args.ray_address)
         report = make_report(root / task)
         combined[task] = {"env": env_id, "budget": steps, "seeds": args.seeds, "report": f"{task}/report/report.md",

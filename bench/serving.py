@@ -41,7 +41,7 @@ from omad_serve._generated import policy_pb2, policy_pb2_grpc
 from omad_serve.client import PolicyClient, act_request, wait_until_serving
 from omad_serve.launcher import pick_ports
 from omad_train.actors import AgentPolicy
-from omad_train.envs import get_spec
+from omad_core.envs import get_spec
 
 ENV_ID = "mamujoco:HalfCheetah-2x3"
 DENOISING_STEPS = 8

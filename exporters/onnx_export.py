@@ -27,7 +27,7 @@ import onnx
 import torch
 
 from omad_train.checkpoint import CheckpointError, latest_checkpoint, sha256_file
-from omad_train.errors import OmadError
+from omad_core.errors import OmadError
 from omad_train.policies import load_policies, load_spec
 
 from .runtime import OnnxPolicy, load_export

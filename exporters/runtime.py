@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from omad_train.errors import OmadError
+from omad_core.errors import OmadError
 
 from .schema import (
     ACTION_OUTPUT,

@@ -1,4 +1,4 @@
-"""`omad serve` and `omad health`, registered into the `omad` CLI by omad_train/cli.py.
+"""`omad serve` and `omad health` (listed in the `omad` command table, omad.cli).
 
 Importing this module is cheap and torch-free: the server, ONNX Runtime and gRPC load only when a
 command runs.
@@ -16,12 +16,10 @@ from .config import ServeConfig, build_serve_config
 _NOT_FLAGS = {"model"}
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "serve",
-        help="serve an exported agent over gRPC (or every agent of an export dir)",
-        description="Serve one agent's ONNX policy on one port: omad.v1.Policy, KServe v2 GRPCInferenceService, "
-        "grpc.health.v1 and reflection. With --export-dir, start one server process per agent on consecutive ports.",
+def configure_serve(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Serve one agent's ONNX policy on one port: omad.v1.Policy, KServe v2 GRPCInferenceService, "
+        "grpc.health.v1 and reflection. With --export-dir, start one server process per agent on consecutive ports."
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", metavar="AGENT.onnx", help="one agent's graph from `omad export`")
@@ -33,11 +31,9 @@ def register(subparsers) -> None:
     _add_config_flags(p)
     p.set_defaults(func=cmd_serve)
 
-    h = subparsers.add_parser(
-        "health",
-        help="exit 0 if a policy server reports SERVING (for HEALTHCHECK and scripts)",
-        description="Query grpc.health.v1 at ADDR. Exit 0 when SERVING, else 1 (unreachable, NOT_SERVING, ...).",
-    )
+
+def configure_health(h: argparse.ArgumentParser) -> None:
+    h.description = "Query grpc.health.v1 at ADDR. Exit 0 when SERVING, else 1 (unreachable, NOT_SERVING, ...)."
     h.add_argument("--addr", required=True, metavar="HOST:PORT", help="server address")
     h.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds to wait for the answer; default: 3")
     h.add_argument("--service", default="", help="service name to ask about; default: the whole server")

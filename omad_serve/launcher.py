@@ -52,7 +52,7 @@ def launch_export(export_dir: str | Path, base_port: int, flags: dict) -> int:
 
 def server_argv(model: Path, port: int, flags: dict, index: int) -> list[str]:
     """`omad serve --model ...` for one agent, passing every given server option through."""
-    argv = [sys.executable, "-m", "omad_train.cli", "serve", "--model", str(model), "--port", str(port)]
+    argv = [sys.executable, "-m", "omad", "serve", "--model", str(model), "--port", str(port)]
     for name, value in flags.items():
         if value is None or name == "port":
             continue

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 from safetensors.torch import load_file as load_torch, save_file as save_torch
 
-from .errors import OmadError
+from omad_core.errors import OmadError
 
 FORMAT_VERSION = 1
 KEEP_CHECKPOINTS = 2

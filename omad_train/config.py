@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import OmadError
+from omad_core.errors import OmadError
 
-ALGOS = ("omad", "hasac", "hatd3", "omad-gaussian")
+Algo = Literal["omad", "hasac", "hatd3", "omad-gaussian"]
+ALGOS: tuple[str, ...] = get_args(Algo)  # the one list of algorithm names
 
 # Each algorithm's own defaults, applied beneath the user's values (a YAML file or flags override
 # them). OMAD's are the field defaults below (ALGORITHM.md section 6). The baselines take HARL's tuned
@@ -47,7 +48,7 @@ class TrainConfig(BaseModel):
     # run
     env: str = Field("mamujoco:HalfCheetah-2x3", description="environment id (see `omad envs`)")
     env_options: dict[str, Any] = Field(default_factory=dict, description="adapter options, e.g. {N: 4}")
-    algo: Literal["omad", "hasac", "hatd3", "omad-gaussian"] = "omad"
+    algo: Algo = "omad"
     seed: int = 0
     total_steps: int = Field(100_000, gt=0, description="environment steps (summed over env copies)")
     num_envs: int = Field(1, gt=0, description="environment copies stepped together")
@@ -110,7 +111,7 @@ class TrainConfig(BaseModel):
 
 def algo_defaults(algo: str, env_id: str) -> dict[str, Any]:
     """The defaults `algo` brings for `env_id`'s family (empty for unknown names: validation reports them)."""
-    from .envs import UnknownEnvError, env_family
+    from omad_core.envs import UnknownEnvError, env_family
 
     try:
         family = env_family(env_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .coverage import FILE_NAME as COVERAGE_FILE
-from .errors import OmadError
+from omad_core.errors import OmadError
 from .sweep import SWEEP_FILE, safe_name
 
 REFERENCE_ALGO = "omad"
@@ -272,8 +272,7 @@ def _finite(value):
 
 
 # -- command line ------------------------------------------------------------------------------------
-def register(subparsers) -> None:
-    p = subparsers.add_parser("report", help="curves, final returns, sample-efficiency ratios and coverage of a sweep")
+def configure_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep_dir", help="an `omad sweep --out` dir")
     p.add_argument("--out", help="where to write (default SWEEP_DIR/report)")
     p.set_defaults(func=cmd_report)

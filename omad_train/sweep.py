@@ -32,8 +32,8 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from .config import ALGOS, build_config, load_config_file
-from .envs.registry import ENV_IDS
-from .errors import OmadError
+from omad_core.envs.registry import ENV_IDS
+from omad_core.errors import OmadError
 
 SWEEP_FILE = "sweep.json"
 DONE_FILE = "DONE.json"
@@ -336,8 +336,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("sweep", help="train every (env, algo, seed) combination, locally or on Ray; resumable")
+def configure_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--envs", nargs="+", required=True, metavar="ENV", help="environment ids (see `omad envs`)")
     p.add_argument("--algos", nargs="+", default=["omad"], metavar="ALGO", help=f"any of {', '.join(ALGOS)}; default omad")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="S", help="default 0")

@@ -23,10 +23,10 @@ from .checkpoint import (
 )
 from .config import ConfigError, TrainConfig, save_config
 from .coverage import Coverage
-from .envs import VecEnv, env_family, get_spec
-from .envs.base import EnvSpec
-from .errors import OmadError
-from .evaluation import evaluate
+from omad_core.envs import VecEnv, env_family, get_spec
+from omad_core.envs.base import EnvSpec
+from omad_core.errors import OmadError
+from omad_core.rollout import evaluate
 from .layout import AgentLayout
 from .logger import RunLogger
 from .replay import ReplayBuffer, Transition

@@ -13,7 +13,7 @@ import pytest
 from omad_serve._generated import policy_pb2, policy_pb2_grpc
 from omad_serve.client import PolicyCallError, PolicyClient, check_health, wait_until_serving
 from omad_serve.tensors import from_tensor, to_tensor
-from omad_train.errors import OmadError
+from omad_core.errors import OmadError
 
 
 class ScriptedPolicy(policy_pb2_grpc.PolicyServicer):
@@ -49,10 +49,11 @@ def fake():
     server.stop(0)
 
 
-def test_act_returns_actions_and_timing(fake):
+def test_act_returns_actions_and_keeps_timing(fake):
     servicer, addr = fake
     with PolicyClient(addr, token="t0k") as client:
-        actions, timing = client.act(np.ones((4, 3), np.float32))
+        actions = client.act(np.ones((4, 3), np.float32))
+        timing = client.last_timing
         assert actions.shape == (4, 2) and np.all(actions == 2)
         assert timing.total_us == 7 and timing.batch_size == 4 and timing.round_trip_us > 0
         assert client.spec().agent == "fake"
@@ -63,7 +64,7 @@ def test_unavailable_is_retried_with_growing_backoff(fake):
     servicer, addr = fake
     servicer.script = [grpc.StatusCode.UNAVAILABLE] * 3
     with PolicyClient(addr, retries=3, backoff_s=0.02) as client:
-        actions, _ = client.act(np.ones((1, 3), np.float32))
+        actions = client.act(np.ones((1, 3), np.float32))
     assert np.all(actions == 2) and len(servicer.calls) == 4
     gaps = np.diff(servicer.calls)
     assert gaps[0] >= 0.02 and gaps[1] >= 0.04 and gaps[2] >= 0.08

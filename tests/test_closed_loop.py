@@ -14,8 +14,8 @@ import pytest
 from conftest import tiny_config
 
 from exporters.runtime import read_manifest
-from omad_serve.closed_loop import AgentEndpoint, EvalError, grpc_source, onnx_source, run_eval
-from omad_train.policies import torch_source
+from omad.evaluation import AgentEndpoint, EvalError, grpc_source, onnx_source, run_eval
+from omad.evaluation import torch_source
 from omad_serve.config import ServeConfig
 from omad_serve.testing import ServerThread
 
@@ -132,7 +132,7 @@ def test_mismatched_served_model_is_refused_before_the_first_step(tiny_export_di
 
 
 def test_mismatched_sizes_or_agent_count_are_refused(tiny_export_dir):
-    from omad_train.envs import get_spec
+    from omad_core.envs import get_spec
 
     source = onnx_source(tiny_export_dir)
     with pytest.raises(EvalError, match="4 agents"):
@@ -165,7 +165,7 @@ def test_server_dying_mid_episode_fails_the_episode_without_hanging(tiny_export_
 
 
 def omad(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "omad_train.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "omad", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
 

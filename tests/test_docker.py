@@ -125,7 +125,7 @@ def test_image_install_step_in_a_fresh_venv(tmp_path, dockerfile, tiny_export_di
         policy = OnnxPolicy(model)
         obs = np.ones((2, policy.info.obs_dim), np.float32)
         with PolicyClient(addr) as client:
-            np.testing.assert_allclose(client.act(obs, seed=3)[0], policy.act(obs, seed=3), atol=1e-6)
+            np.testing.assert_allclose(client.act(obs, seed=3), policy.act(obs, seed=3), atol=1e-6)
         server.terminate()
         assert server.wait(timeout=30) == 0
     finally:

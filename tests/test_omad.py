@@ -7,7 +7,7 @@ import torch
 from omad_train.algos.omad import OMAD
 from omad_train.config import build_config
 from omad_train.diffusion import DiffusionActors
-from omad_train.envs.base import AgentSpec, EnvSpec
+from omad_core.envs.base import AgentSpec, EnvSpec
 from omad_train.layout import AgentLayout
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from omad_train.cli import main
+from omad.cli import main
 from omad_train.report import ReportError, first_reach, make_report
 
 SPREAD, ANT = "mpe:simple_spread_v3", "mamujoco:Ant-2x4"

@@ -94,7 +94,8 @@ def test_spec_describes_the_served_model(client, policy):
 @pytest.mark.parametrize("batch", [1, 3, MAX_BATCH])
 def test_unary_act_equals_in_process_onnx(client, policy, batch):
     obs, noise = random_request(policy, batch, seed=batch)
-    actions, timing = client.act(obs, noise=noise)
+    actions = client.act(obs, noise=noise)
+    timing = client.last_timing
     assert_same_actions(actions, policy.act(obs, noise=noise))
     assert timing.total_us >= timing.inference_us >= 0 and timing.round_trip_us >= timing.total_us
     assert timing.batch_size >= batch
@@ -102,15 +103,15 @@ def test_unary_act_equals_in_process_onnx(client, policy, batch):
 
 def test_seed_and_zero_noise_equal_in_process_onnx(client, policy):
     obs, _ = random_request(policy, 4, seed=1)
-    assert_same_actions(client.act(obs, seed=123)[0], policy.act(obs, seed=123))
-    assert_same_actions(client.act(obs, zero_noise=True)[0], policy.act(obs, zero_noise=True))
-    first, second = client.act(obs)[0], client.act(obs)[0]  # server-drawn noise differs per call
+    assert_same_actions(client.act(obs, seed=123), policy.act(obs, seed=123))
+    assert_same_actions(client.act(obs, zero_noise=True), policy.act(obs, zero_noise=True))
+    first, second = client.act(obs), client.act(obs)  # server-drawn noise differs per call
     assert not np.array_equal(first, second)
 
 
 def test_single_observation_gives_single_action(client, policy):
     obs, noise = random_request(policy, 1, seed=5)
-    action, _ = client.act(obs[0], noise=noise[:, 0])
+    action = client.act(obs[0], noise=noise[:, 0])
     assert action.shape == (policy.info.act_dim,)
     assert_same_actions(action, policy.act(obs, noise=noise)[0])
 
@@ -119,9 +120,10 @@ def test_stream_equals_in_process_onnx(client, policy):
     with client.stream() as session:
         for step in range(20):
             obs, noise = random_request(policy, 1 + step % 3, seed=100 + step)
-            actions, timing = session.act(obs, noise=noise, request_id=f"step-{step}")
+            actions = session.act(obs, noise=noise, request_id=f"step-{step}")
             assert_same_actions(actions, policy.act(obs, noise=noise))
-        assert_same_actions(session.act(obs, seed=9)[0], policy.act(obs, seed=9))
+            assert session.last_timing is not None and session.last_timing.batch_size >= obs.shape[0]
+        assert_same_actions(session.act(obs, seed=9), policy.act(obs, seed=9))
 
 
 def test_reply_carries_model_hash_and_request_id(server, policy):
@@ -294,7 +296,7 @@ def test_message_size_limit(model_path, policy):
             with pytest.raises(PolicyCallError) as caught:
                 c.act(obs, zero_noise=True)
             assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert c.act(obs[:10], zero_noise=True)[0].shape == (10, policy.info.act_dim)
+            assert c.act(obs[:10], zero_noise=True).shape == (10, policy.info.act_dim)
 
 
 # ---- fuzzing: random payloads only ever get OK or INVALID_ARGUMENT -------------------------------
@@ -360,11 +362,12 @@ def test_concurrent_requests_merge_into_one_call_with_unchanged_answers(model_pa
                 c.spec()  # connected before the race starts
                 start_together.wait(timeout=30)
                 if index % 3 == 0:
-                    results[index] = (c.act(obs, seed=index), policy.act(obs, seed=index))
+                    served, expected = c.act(obs, seed=index), policy.act(obs, seed=index)
                 elif index % 3 == 1:
-                    results[index] = (c.act(obs, noise=noise), policy.act(obs, noise=noise))
+                    served, expected = c.act(obs, noise=noise), policy.act(obs, noise=noise)
                 else:
-                    results[index] = (c.act(obs, zero_noise=True), policy.act(obs, zero_noise=True))
+                    served, expected = c.act(obs, zero_noise=True), policy.act(obs, zero_noise=True)
+                results[index] = ((served, c.last_timing), expected)
 
         threads = [threading.Thread(target=one_client, args=(i,)) for i in range(12)]
         for t in threads:
@@ -388,8 +391,8 @@ def test_expired_deadline_is_reported_and_its_work_skipped(model_path, policy):
                 c.act(np.zeros((1, policy.info.obs_dim), np.float32), timeout=0.05)
             assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
             # the next call runs alone: the expired one was dropped from the batch
-            _, timing = c.act(np.zeros((2, policy.info.obs_dim), np.float32), zero_noise=True, timeout=5)
-            assert timing.batch_size == 2
+            c.act(np.zeros((2, policy.info.obs_dim), np.float32), zero_noise=True, timeout=5)
+            assert c.last_timing.batch_size == 2
         assert registry.get_sample_value("omad_batch_size_count") == 1
         assert registry.get_sample_value("omad_errors_total", {"method": "Act", "code": "DEADLINE_EXCEEDED"}) == 1
 
@@ -426,7 +429,7 @@ def test_bearer_token(model_path, policy, tmp_path):
         with PolicyClient(guarded.addr, token="s3cret") as c:
             assert c.spec().agent == policy.info.agent
             with c.stream() as session:
-                assert session.act(obs, zero_noise=True)[0].shape == (1, policy.info.act_dim)
+                assert session.act(obs, zero_noise=True).shape == (1, policy.info.act_dim)
         assert health_status(guarded.addr) == "SERVING"  # health stays open for probes
 
         import tritonclient.grpc as triton

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from omad_train.cli import main
+from omad.cli import main
 from omad_train.config import build_config
 from omad_train.sweep import DONE_FILE, SWEEP_FILE, SweepError, job_dir, run_sweep, safe_name
 from omad_train.trainer import train

@@ -15,7 +15,7 @@ from omad_train.trainer import Trainer, train
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "omad_train.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "omad", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_run_dir_has_every_artifact(tiny_run_dir):
@@ -65,7 +65,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     args = ["train", "--out", str(out), "--env", "mpe:simple_spread_v3", "--total-steps", "100000",
             "--learning-starts", "100", "--batch-size", "32", "--checkpoint-every", "150", "--eval-every", "100000",
             "--denoising-steps", "2", "--actor-hidden", "[16]", "--critic-hidden", "[16]", "--progress", "false"]
-    proc = subprocess.Popen([sys.executable, "-m", "omad_train.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "omad", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = 120
         import time

@@ -3,18 +3,42 @@ update helpers."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 
-from ..actors import AgentPolicy
+from omad_train.actors import Actors, ChainOutput
+from omad_train.config import TrainConfig
+from omad_train.layout import AgentLayout
+from omad_train.policies import AgentPolicy
 
 
-class Algorithm:
-    """Base of every algorithm. Subclasses set `cfg`, `layout`, `actors` (a stack, or per-agent
-    actors with the same call), `chain` (the callable used to act; `actors` or a compiled copy)
-    and `num_updates`, and implement `update`, `modules`, `optimizers`, `extra_tensors`."""
+class Algorithm(ABC):
+    """Base of every algorithm: the members the trainer, checkpoints and export rely on."""
+
+    cfg: TrainConfig
+    layout: AgentLayout
+    actors: Actors  # one stack, or per-agent stacks with the same call
+    chain: Callable[..., ChainOutput]  # what acting calls: `actors`, or a compiled copy of it
+    num_updates: int
+
+    @abstractmethod
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One gradient update from a replay sample; returns scalar metrics."""
+
+    @abstractmethod
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Every network whose weights a checkpoint holds, by name."""
+
+    @abstractmethod
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Every optimizer whose state a checkpoint holds, by name."""
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        """Loose tensors a checkpoint holds besides modules (e.g. log alpha)."""
+        return {}
 
     def noise(self, batch: int) -> torch.Tensor:
         """Standard-normal policy noise [S, n, batch, d_a_max]."""

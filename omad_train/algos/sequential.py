@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import copy
 import math
+from abc import abstractmethod
 
 import numpy as np
 import torch
 
-from ..actors import ChainOutput, DeterministicActors, GaussianActors, PerAgentActors
+from ..actors import ChainOutput, DeterministicActors, GaussianActors, PerAgentActors, StackedActors
 from ..config import TrainConfig
 from ..critic import TwinQCritic
 from ..layout import AgentLayout
@@ -32,8 +33,8 @@ class SequentialAlgorithm(Algorithm):
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_critic)
         self.num_updates = 0
 
-    def make_actor(self, i: int):
-        raise NotImplementedError
+    @abstractmethod
+    def make_actor(self, i: int) -> StackedActors: ...
 
     def agent_actor(self, i: int, obs: torch.Tensor, noise: torch.Tensor) -> ChainOutput:
         """Agent i's action (with gradient) for the actor update."""
@@ -87,11 +88,11 @@ class SequentialAlgorithm(Algorithm):
         return {"actor_loss": float(np.mean(losses)), "q": float(np.mean(q_values))}
 
     # -- the pieces each baseline defines -----------------------------------------------------
-    def next_value(self, next_state: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def next_value(self, next_state: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor: ...
 
-    def actor_loss(self, i: int, q: torch.Tensor, out: ChainOutput) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def actor_loss(self, i: int, q: torch.Tensor, out: ChainOutput) -> torch.Tensor: ...
 
     def after_agent_step(self, i: int, out: ChainOutput) -> None:
         pass
@@ -105,10 +106,6 @@ class SequentialAlgorithm(Algorithm):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic_opt": self.critic_opt, **{f"actor_opt_{i}": opt for i, opt in enumerate(self.actor_opts)}}
-
-    def extra_tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
 
 class HASAC(SequentialAlgorithm):
     """Squashed-Gaussian actors, soft twin-Q target, one auto-tuned temperature per agent

@@ -12,10 +12,10 @@ import io
 import os
 from typing import Any
 
-from omad_train.envs.adapter import ParallelEnvAdapter
-from omad_train.errors import OmadError
-from omad_train.envs.base import EnvSpec, MultiAgentEnv
-from omad_train.envs.scripted import adversary_to_landmark_nearest_good_agent
+from omad_core.envs.adapter import ParallelEnvAdapter
+from omad_core.errors import OmadError
+from omad_core.envs.base import EnvSpec, MultiAgentEnv
+from omad_core.envs.scripted import adversary_to_landmark_nearest_good_agent
 
 # mpe2 task module -> default options (on top of max_cycles=25).
 _MPE_TASKS: dict[str, dict[str, Any]] = {

@@ -89,5 +89,9 @@ class MultiAgentEnv:
         """An RGB frame, uint8 [H, W, 3]."""
         raise NotImplementedError
 
+    def torso_xy(self) -> np.ndarray:
+        """The robot's torso (x, y) position, float64 [2] (MuJoCo robots only; for state coverage)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass

@@ -6,14 +6,16 @@ process with one server process per agent), and the evaluation talks to them ove
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from .config import build_config
+from omad_train.config import build_config
 
 # Hopper 3x1: three agents (thigh, leg, foot) must cooperate to stay up and hop forward; it separates
 # a trained team from a random one within minutes on a CPU (HalfCheetah 2x3 does not: see README).
@@ -31,7 +33,7 @@ def start_servers(export_dir: Path, count: int, timeout_s: float = 60.0) -> tupl
     from omad_serve.client import wait_until_serving
 
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "omad_train.cli", "serve", "--export-dir", str(export_dir), "--base-port", "0"],
+        [sys.executable, "-m", "omad", "serve", "--export-dir", str(export_dir), "--base-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     addrs = []
@@ -62,10 +64,9 @@ def stop_servers(launcher: subprocess.Popen, timeout_s: float = 30.0) -> int:
 def run_demo(out: Path, quick: bool = False, env: str = DEMO_ENV, seed: int = 0, total_steps: int | None = None,
              episodes: int = 3) -> dict:
     from exporters.onnx_export import export_run
-    from omad_serve.closed_loop import format_report, grpc_source, run_eval
-
-    from .evaluation import random_baseline
-    from .trainer import train
+    from omad.evaluation import format_report, grpc_source, run_eval
+    from omad_core.rollout import random_baseline
+    from omad_train.trainer import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,12 +123,16 @@ def run_demo(out: Path, quick: bool = False, env: str = DEMO_ENV, seed: int = 0,
     return report
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="train, export, serve one gRPC server per agent, evaluate closed-loop, report")
+def configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a ~1 minute smoke test of every stage")
     p.add_argument("--out", default="runs/demo", help="where the run, export, GIF and report go")
     p.add_argument("--env", default=DEMO_ENV)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--total-steps", type=int, default=None, help="override the training budget")
     p.add_argument("--episodes", type=int, default=3)
-    p.set_defaults(func=lambda args: (run_demo(Path(args.out), args.quick, args.env, args.seed, args.total_steps, args.episodes), 0)[1])
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    run_demo(Path(args.out), args.quick, args.env, args.seed, args.total_steps, args.episodes)
+    return 0
