@@ -40,7 +40,7 @@ from exporters.runtime import OnnxPolicy
 from omad_serve._generated import policy_pb2, policy_pb2_grpc
 from omad_serve.client import PolicyClient, act_request, wait_until_serving
 from omad_serve.launcher import pick_ports
-from omad_train.actors import AgentPolicy
+from omad_train.policies import AgentPolicy
 from omad_core.envs import get_spec
 
 ENV_ID = "mamujoco:HalfCheetah-2x3"
