@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
+from omad_core.envs import env_family, get_spec
+from omad_train.actors import PerAgentActors
 from omad_train.algos import make_algorithm
 from omad_train.config import build_config
-from omad_train.actors import PerAgentActors
-from omad_core.envs import env_family, get_spec
 from omad_train.layout import AgentLayout
 
 RESULTS = Path(__file__).parent / "results"

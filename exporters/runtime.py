@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from omad_core.errors import OmadError
-
-from .schema import (
+from exporters.schema import (
     ACTION_OUTPUT,
     EXPORT_FORMAT_VERSION,
     MANIFEST_AGENT_FIELDS,
@@ -30,6 +28,7 @@ from .schema import (
     ModelInfo,
     decode_metadata,
 )
+from omad_core.errors import OmadError
 
 __all__ = ["ModelInfo", "OnnxPolicy", "RuntimeModelError", "load_export", "read_manifest"]
 
@@ -245,7 +244,7 @@ def make_session(model: bytes, threads: int, providers: list[str], path: Path) -
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(model, sess_options=options, providers=providers)
-    except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types for unreadable graphs
         raise RuntimeModelError(f"{path}: ONNX Runtime cannot load it ({err})") from None
     if session.get_providers()[0] != providers[0]:
         raise RuntimeModelError(f"{path}: {providers[0]} failed to initialise (session runs on {session.get_providers()})")

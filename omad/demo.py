@@ -7,6 +7,7 @@ process with one server process per agent), and the evaluation talks to them ove
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import signal
 import subprocess
@@ -21,9 +22,9 @@ from omad_train.config import build_config
 # a trained team from a random one within minutes on a CPU (HalfCheetah 2x3 does not: see README).
 DEMO_ENV = "mamujoco:Hopper-3x1"
 # ~10 minutes on a 2-core CPU. The full defaults otherwise (K = 8, 3x256 actors, C51 critic).
-FULL = dict(total_steps=10_000, learning_starts=2_000, eval_every=2_000, eval_episodes=5, checkpoint_every=5_000)
+FULL: dict[str, Any] = dict(total_steps=10_000, learning_starts=2_000, eval_every=2_000, eval_episodes=5, checkpoint_every=5_000)
 # ~1 minute: a smoke test of every stage, with tiny networks and short episodes.
-QUICK = dict(total_steps=1_200, learning_starts=400, eval_every=1_200, eval_episodes=2, checkpoint_every=1_200,
+QUICK: dict[str, Any] = dict(total_steps=1_200, learning_starts=400, eval_every=1_200, eval_episodes=2, checkpoint_every=1_200,
              batch_size=64, denoising_steps=4, actor_hidden=[64, 64], critic_hidden=[64, 64], num_atoms=51,
              env_options={"max_episode_steps": 200})
 
@@ -39,7 +40,7 @@ def start_servers(export_dir: Path, count: int, timeout_s: float = 60.0) -> tupl
     addrs = []
     try:
         for _ in range(count):  # the launcher prints "<agent> <host:port>" per server it starts
-            line = launcher.stdout.readline()
+            line = launcher.stdout.readline() if launcher.stdout else ""
             if not line:
                 raise RuntimeError(f"the server launcher exited early (code {launcher.wait()})")
             addrs.append(line.split()[1])
@@ -97,7 +98,7 @@ def run_demo(out: Path, quick: bool = False, env: str = DEMO_ENV, seed: int = 0,
     timings["end"] = time.perf_counter()
 
     names = list(timings)
-    report = {
+    report: dict[str, Any] = {
         "env": env,
         "mode": "quick" if quick else "full",
         "train_steps": cfg.total_steps,
@@ -105,7 +106,7 @@ def run_demo(out: Path, quick: bool = False, env: str = DEMO_ENV, seed: int = 0,
         "random_return_mean": random.mean,
         "random_return_std": random.std,
         "servers_exit_code": stopped,
-        "stage_seconds": {a: timings[b] - timings[a] for a, b in zip(names, names[1:])},
+        "stage_seconds": {a: timings[b] - timings[a] for a, b in itertools.pairwise(names)},
         "artifacts": {
             "run_dir": str(out / "run"), "curves": str(out / "run" / "curves.png"), "export_dir": str(out / "export"),
             "recording": str(out / "episode.gif"), "report": str(out / "report.json"),

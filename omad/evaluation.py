@@ -193,7 +193,7 @@ def run_eval(
     return report
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 30) -> Path:
+def write_video(path: Path, frames: list[Any], fps: int = 30) -> Path:
     if not frames:
         raise EvalError("no frames were rendered; nothing to record")
     import imageio.v2 as imageio

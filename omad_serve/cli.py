@@ -10,7 +10,7 @@ import argparse
 import sys
 import typing
 
-from .config import ServeConfig, build_serve_config
+from omad_serve.config import ServeConfig, build_serve_config
 
 # Fields set by the launcher per agent, or given outside the ServeConfig flags.
 _NOT_FLAGS = {"model"}
@@ -64,19 +64,19 @@ def config_flag_values(args: argparse.Namespace) -> dict:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from . import logs
+    from omad_serve import logs
 
     flags = config_flag_values(args)
     if args.export_dir:
-        from .launcher import launch_export
+        from omad_serve.launcher import launch_export
 
         logs.configure(flags.get("log_level") or "info")
         return launch_export(args.export_dir, args.base_port, flags)
 
     import asyncio
 
-    from .config import read_tls_files, read_token
-    from .server import serve_until_signalled
+    from omad_serve.config import read_tls_files, read_token
+    from omad_serve.server import serve_until_signalled
 
     config = build_serve_config(model=args.model, **flags)
     logs.configure(config.log_level)
@@ -86,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     # Exit codes follow Docker's HEALTHCHECK: 0 healthy, 1 unhealthy (2 is reserved there).
-    from .client import channel_credentials, check_health
+    from omad_serve.client import channel_credentials, check_health
 
     try:
         credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)

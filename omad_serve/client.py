@@ -24,9 +24,8 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from omad_core.errors import OmadError
-
-from ._generated import policy_pb2, policy_pb2_grpc
-from .tensors import from_tensor, to_tensor
+from omad_serve._generated import policy_pb2, policy_pb2_grpc
+from omad_serve.tensors import from_tensor, to_tensor
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -67,7 +66,7 @@ def channel_credentials(
 
 
 def open_channel(addr: str, credentials: grpc.ChannelCredentials | None, server_name: str | None = None) -> grpc.Channel:
-    options = [
+    options: list[tuple[str, int | str]] = [
         ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
     ]

@@ -16,9 +16,8 @@ import threading
 from pathlib import Path
 
 from exporters.runtime import read_manifest
-
-from . import logs
-from .config import ServeConfig, ServeConfigError
+from omad_serve import logs
+from omad_serve.config import ServeConfig, ServeConfigError
 
 log = logs.get_logger("omad_serve.launcher")
 EXIT_MARGIN_S = 5.0  # beyond the servers' own grace period, before SIGKILL

@@ -14,9 +14,10 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -27,15 +28,14 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from exporters.runtime import OnnxPolicy, RuntimeModelError
 from exporters.schema import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT, ModelInfo
-
-from . import logs
-from ._generated import grpc_service_pb2 as kserve_pb2
-from ._generated import policy_pb2
-from .batching import BatcherClosed, Job, JobResult, MicroBatcher
-from .config import ServeConfig, ServeConfigError
-from .metrics import ServerMetrics
-from .security import BearerTokenInterceptor, server_credentials
-from .tensors import FLOAT32_LE, TensorError, decode_float32, from_tensor, to_tensor
+from omad_serve import logs
+from omad_serve._generated import grpc_service_pb2 as kserve_pb2
+from omad_serve._generated import policy_pb2
+from omad_serve.batching import BatcherClosed, Job, JobResult, MicroBatcher
+from omad_serve.config import ServeConfig, ServeConfigError
+from omad_serve.metrics import ServerMetrics
+from omad_serve.security import BearerTokenInterceptor, server_credentials
+from omad_serve.tensors import FLOAT32_LE, TensorError, decode_float32, from_tensor, to_tensor
 
 POLICY_SERVICE = policy_pb2.DESCRIPTOR.services_by_name["Policy"]
 KSERVE_SERVICE = kserve_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]

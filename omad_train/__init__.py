@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def load_policies(run_dir):
     """`{agent name: AgentPolicy}` in env order from a run dir's latest checkpoint (see policies.py)."""
-    from .policies import load_policies as _load
+    from omad_train.policies import load_policies as _load
 
     return _load(run_dir)
 

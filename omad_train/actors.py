@@ -16,12 +16,13 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import StackedLinear, StackedMLP
+from omad_train.networks import StackedLinear, StackedMLP
 
 LOG2 = math.log(2.0)
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -69,8 +70,12 @@ class StackedActors(Actors):
     """Base of every actor kind: the agents' sizes, bounds and padding masks."""
 
     # state-dict key -> (axis holding padded obs dims, axis holding padded action dims); None = no padding
-    UNPAD: dict[str, tuple[int | None, int | None]] = {}
-    SHARED_BUFFERS: tuple[str, ...] = ()  # buffers without an agent axis
+    UNPAD: ClassVar[dict[str, tuple[int | None, int | None]]] = {}
+    SHARED_BUFFERS: ClassVar[tuple[str, ...]] = ()  # buffers without an agent axis
+    mask: torch.Tensor  # [n, 1, d_a_max]: 1 on each agent's real action dims
+    action_low: torch.Tensor  # [n, 1, d_a_max]
+    action_high: torch.Tensor
+    act_dim_t: torch.Tensor  # [n, 1]
 
     def __init__(self, obs_dims: list[int], act_dims: list[int], action_low: list[list[float]], action_high: list[list[float]]):
         super().__init__()
@@ -128,8 +133,8 @@ class GaussianActors(StackedActors):
 
     kind = "gaussian"
     denoising_steps = 0
-    UNPAD = {"net.net.0.weight": (1, None), "mu.weight": (None, 2), "mu.bias": (None, 2),
-             "log_std.weight": (None, 2), "log_std.bias": (None, 2)}
+    UNPAD: ClassVar = {"net.net.0.weight": (1, None), "mu.weight": (None, 2), "mu.bias": (None, 2),
+                       "log_std.weight": (None, 2), "log_std.bias": (None, 2)}
 
     def __init__(self, obs_dims, act_dims, action_low, action_high, hidden: list[int]):
         super().__init__(obs_dims, act_dims, action_low, action_high)
@@ -161,7 +166,7 @@ class DeterministicActors(StackedActors):
 
     kind = "deterministic"
     denoising_steps = 0
-    UNPAD = {"net.net.0.weight": (1, None), "mu.weight": (None, 2), "mu.bias": (None, 2)}
+    UNPAD: ClassVar = {"net.net.0.weight": (1, None), "mu.weight": (None, 2), "mu.bias": (None, 2)}
 
     def __init__(self, obs_dims, act_dims, action_low, action_high, hidden: list[int], explore_std: float = 0.1):
         super().__init__(obs_dims, act_dims, action_low, action_high)
@@ -189,16 +194,18 @@ class PerAgentActors(Actors):
     are updated one at a time (HASAC, HATD3: one optimizer per agent) and as the looped reference
     that stacking is measured against."""
 
+    singles: list[StackedActors]  # an nn.ModuleList at run time
+
     def __init__(self, singles: list[StackedActors]):
         super().__init__()
-        self.singles = nn.ModuleList(singles)
+        self.singles = nn.ModuleList(singles)  # type: ignore[assignment]
         self.kind = singles[0].kind
         self.denoising_steps = singles[0].denoising_steps
         self.obs_dims = [s.obs_dims[0] for s in singles]
         self.act_dims = [s.act_dims[0] for s in singles]
 
     @classmethod
-    def split(cls, stacked: StackedActors) -> "PerAgentActors":
+    def split(cls, stacked: StackedActors) -> PerAgentActors:
         singles = []
         for i in range(stacked.num_agents):
             single = type(stacked)(**stacked.agent_hparams(i))
@@ -215,7 +222,9 @@ class PerAgentActors(Actors):
         action = torch.cat([self.pad(o.action) for o in outs])
         if outs[0].cost is None:
             return ChainOutput(action, None, None)
-        return ChainOutput(action, torch.cat([o.cost for o in outs]), torch.cat([o.running_cost for o in outs]))
+        costs = [o.cost for o in outs if o.cost is not None]
+        running = [o.running_cost for o in outs if o.running_cost is not None]
+        return ChainOutput(action, torch.cat(costs), torch.cat(running))
 
     def pad(self, action: torch.Tensor) -> torch.Tensor:
         """One agent's [.., d_a_i] action zero-padded to the stack's d_a_max."""

@@ -15,7 +15,7 @@ def add_config_flags(parser: argparse.ArgumentParser, model: type[TrainConfig]) 
     """One `--field-name VALUE` flag per config field; values are parsed as YAML (lists, dicts)."""
     group = parser.add_argument_group("config fields (also settable in --config FILE)")
     for name, field in model.model_fields.items():
-        default = field.default_factory() if field.default_factory else field.default
+        default = field.get_default(call_default_factory=True)
         help_text = f"{field.description + '; ' if field.description else ''}default: {default}"
         group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="V", help=help_text)
 

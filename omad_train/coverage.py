@@ -49,7 +49,7 @@ class Coverage:
         if extent <= 0 or cell_size <= 0 or max_steps <= 0:
             raise ValueError("extent, cell_size and max_steps must be positive")
         self.extent, self.cell_size, self.max_steps = float(extent), float(cell_size), int(max_steps)
-        self.cells_per_side = int(round(2 * extent / cell_size))
+        self.cells_per_side = round(2 * extent / cell_size)
         self.visited = np.zeros((self.cells_per_side, self.cells_per_side), dtype=bool)
         self.steps = 0  # env steps covered so far (at most max_steps)
         self.outside = 0  # recorded positions that fell outside the grid

@@ -49,7 +49,7 @@ class StackedMLP(nn.Module):
             layers.append(hidden_act())
             d = h
         layers.append(StackedLinear(n, d, d_out))
-        self.net = nn.Sequential(*layers)
+        self.net: nn.Sequential = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

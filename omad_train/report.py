@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .coverage import FILE_NAME as COVERAGE_FILE
 from omad_core.errors import OmadError
-from .sweep import SWEEP_FILE, safe_name
+from omad_train.coverage import FILE_NAME as COVERAGE_FILE
+from omad_train.sweep import SWEEP_FILE, safe_name
 
 REFERENCE_ALGO = "omad"
 AGGREGATION = (
@@ -225,9 +225,9 @@ def build_markdown(report: dict, sweep_dir: Path) -> str:
                      for algo, info in data["algos"].items() if "coverage" in info]
     if coverage_rows:
         lines += ["", "## State coverage (Ant)", "",
-                  "Fraction of the cells of a grid over the torso's (x, y) visited by training in its first 250k env "
-                  "steps (ALGORITHM.md section 8; a run shorter than that covers only its own steps). The paper, on Ant "
-                  "2x4 with its own grid: OMAD 68.3%, HASAC 55.0%, HATD3 48.4%.", "",
+                  ("Fraction of the cells of a grid over the torso's (x, y) visited by training in its first 250k env "
+                   "steps (ALGORITHM.md section 8; a run shorter than that covers only its own steps). The paper, on Ant "
+                   "2x4 with its own grid: OMAD 68.3%, HASAC 55.0%, HATD3 48.4%."), "",
                   "| env | algo | seeds | env steps recorded | grid | coverage (mean ± std over seeds) |",
                   "|---|---|---:|---:|---|---|"]
         for env, algo, cov in coverage_rows:

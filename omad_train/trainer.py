@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .algos import make_algorithm
-from .checkpoint import (
+from omad_core.envs import VecEnv, env_family, get_spec
+from omad_core.envs.base import EnvSpec
+from omad_core.errors import OmadError
+from omad_core.rollout import evaluate
+from omad_train.algos import make_algorithm
+from omad_train.checkpoint import (
     FORMAT_VERSION,
     latest_checkpoint,
     load_arrays,
@@ -21,15 +24,11 @@ from .checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from .config import ConfigError, TrainConfig, save_config
-from .coverage import Coverage
-from omad_core.envs import VecEnv, env_family, get_spec
-from omad_core.envs.base import EnvSpec
-from omad_core.errors import OmadError
-from omad_core.rollout import evaluate
-from .layout import AgentLayout
-from .logger import RunLogger
-from .replay import ReplayBuffer, Transition
+from omad_train.config import ConfigError, TrainConfig, save_config
+from omad_train.coverage import Coverage
+from omad_train.layout import AgentLayout
+from omad_train.logger import RunLogger
+from omad_train.replay import ReplayBuffer, Transition
 
 
 class RunDirError(OmadError, RuntimeError):
@@ -46,6 +45,11 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
             raise RunDirError(f"output dir {out} already exists; pass --resume to continue it or --overwrite to replace it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (before, after]: a periodic task is due."""
+    return after // every > before // every
 
 
 class Trainer:
@@ -200,12 +204,11 @@ class Trainer:
                         self.update_debt -= 1.0
                 logger.advance(self.step, self.algo.num_updates)
 
-                crossed = lambda every: self.step // every > prev_step // every or self.step >= cfg.total_steps
-                if crossed(cfg.eval_every):
+                if crossed(prev_step, self.step, cfg.eval_every) or self.step >= cfg.total_steps:
                     record = {"step": self.step, "updates": self.algo.num_updates, "episodes": self.episodes_done,
                               "train_return_last": self.last_train_return, **last, **self.run_evaluation()}
                     logger.log(record)
-                if crossed(cfg.checkpoint_every):
+                if crossed(prev_step, self.step, cfg.checkpoint_every) or self.step >= cfg.total_steps:
                     if self.coverage is not None:  # before the checkpoint: see omad_train/coverage.py
                         self.coverage.save(self.out)
                     self.save()

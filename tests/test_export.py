@@ -15,8 +15,8 @@ from exporters import onnx_export
 from exporters.onnx_export import ExportError, export_run, forbidden_ops
 from exporters.runtime import load_export
 from exporters.schema import MANIFEST_NAME, NOISE_LAYOUT, metadata_key
-from omad_train.checkpoint import latest_checkpoint, sha256_file
 from omad.cli import main as omad_main
+from omad_train.checkpoint import latest_checkpoint, sha256_file
 from omad_train.policies import load_policies, load_spec
 
 TOLERANCE = 1e-5

@@ -13,7 +13,8 @@ import onnxruntime as ort
 import pytest
 
 from exporters.runtime import ModelInfo, OnnxPolicy, RuntimeModelError, load_export
-from exporters.schema import ModelInfo as SchemaModelInfo, decode_metadata, encode_metadata
+from exporters.schema import ModelInfo as SchemaModelInfo
+from exporters.schema import decode_metadata, encode_metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +69,7 @@ def test_metadata_round_trips_through_its_encoding():
     assert decode_metadata(encode_metadata(info), "f" * 64) == info
     props = encode_metadata(info)
     del props["omad.act_dim"]
-    with pytest.raises(ValueError, match="omad.act_dim"):
+    with pytest.raises(ValueError, match=r"omad\.act_dim"):
         decode_metadata(props, "")
 
 
@@ -178,7 +179,7 @@ def test_validate_normalizes_to_contiguous_float32(policy):
 
 
 @pytest.mark.parametrize(
-    "obs, message",
+    ("obs", "message"),
     [
         (np.zeros((2, 17), np.float32), r"obs must have shape \[B, 18\] .* got \[2, 17\]"),
         (np.zeros((1, 2, 18), np.float32), r"obs must have shape \[B, 18\]"),

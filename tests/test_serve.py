@@ -127,7 +127,7 @@ def test_stream_equals_in_process_onnx(client, policy):
 
 
 def test_reply_carries_model_hash_and_request_id(server, policy):
-    obs, noise = random_request(policy, 2, seed=3)
+    obs, _noise = random_request(policy, 2, seed=3)
     with grpc.insecure_channel(server.addr) as channel:
         stub = policy_pb2_grpc.PolicyStub(channel)
         request = policy_pb2.ActRequest(request_id="abc")
@@ -334,7 +334,7 @@ def test_fuzzed_valid_shapes_with_random_values(server, policy, batch, data):
         try:
             reply = policy_pb2_grpc.PolicyStub(channel).Act(act_request(obs, zero_noise=True), timeout=10)
         except grpc.RpcError as err:
-            assert err.code() == INVALID and not np.isfinite(obs).all()
+            assert err.code() == INVALID and not np.isfinite(obs).all()  # noqa: PT017 - either outcome may be right
             return
     assert np.isfinite(obs).all()
     served = np.frombuffer(reply.action.data, "<f4").reshape(batch, info.act_dim)
@@ -375,7 +375,7 @@ def test_concurrent_requests_merge_into_one_call_with_unchanged_answers(model_pa
         for t in threads:
             t.join(30)
         assert len(results) == 12
-        for (served, timing), expected in results.values():
+        for (served, _timing), expected in results.values():
             assert_same_actions(served, expected)
         assert max(timing.batch_size for (_, timing), _ in results.values()) > 3  # some calls shared a batch
         batches = batching_server.server.metrics.registry.get_sample_value("omad_batch_size_count")
@@ -489,9 +489,9 @@ def test_mtls_requires_a_client_certificate(model_path, policy, certs):
             with pytest.raises(PolicyCallError) as caught:
                 anonymous.spec()
             assert caught.value.code == grpc.StatusCode.UNAVAILABLE
-        from omad_serve.cli import cmd_health
-
         import argparse
+
+        from omad_serve.cli import cmd_health
 
         args = dict(addr=secure.addr, timeout=3.0, service="", tls_ca=str(certs / "ca.pem"), tls_server_name=None)
         assert cmd_health(argparse.Namespace(**args, tls_cert=str(certs / "client.pem"), tls_key=str(certs / "client.key"))) == 0

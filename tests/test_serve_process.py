@@ -3,8 +3,8 @@ orphans), health exit codes, and 64 concurrent clients with every answer checked
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import queue
 import shutil
 import signal
@@ -46,10 +46,8 @@ class Process:
     def _read_stderr(self) -> None:
         for line in self.proc.stderr:
             self.stderr.append(line)
-            try:
+            with contextlib.suppress(ValueError):
                 self.events.put(json.loads(line))
-            except ValueError:
-                pass
 
     def wait_for_event(self, name: str, timeout_s: float = 60) -> dict:
         deadline = time.monotonic() + timeout_s

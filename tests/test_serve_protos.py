@@ -36,8 +36,8 @@ def _fields(descriptor) -> dict:
 def test_kserve_proto_is_wire_compatible_with_tritonclient():
     """Every message and method we define exists in tritonclient's grpc_service.proto with the same
     field numbers and types (Triton's proto is a superset of the KServe v2 one)."""
-    from tritonclient.grpc import service_pb2 as triton_pb2
     from tritonclient.grpc import model_config_pb2 as triton_config_pb2
+    from tritonclient.grpc import service_pb2 as triton_pb2
 
     from omad_serve._generated import grpc_service_pb2 as ours
 

@@ -81,7 +81,7 @@ def test_failing_job_does_not_stop_the_others(tmp_path, capsys):
     assert "Traceback" in (tmp_path / "sweep" / "mamujoco_Hopper-3x1" / "omad" / "seed-0.log").read_text()
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(("args", "message"), [
     (["--envs", "mpe:nope"], "unknown env id 'mpe:nope'"),
     (["--envs", ENV, "--algos", "omad", "sac"], "unknown algo 'sac'"),
     (["--envs", ENV, "--set", "batch_size=0"], "invalid config field 'batch_size'"),

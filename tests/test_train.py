@@ -36,7 +36,7 @@ def test_checkpoint_round_trip_gives_the_trained_policies(tmp_path):
     assert list(policies) == ["agent_0", "agent_1", "agent_2"]
     obs = torch.randn(8, 18)
     noise = torch.randn(cfg.denoising_steps + 1, 8, 5)
-    for i, (name, policy) in enumerate(policies.items()):
+    for i, (_name, policy) in enumerate(policies.items()):
         assert (policy.obs_dim, policy.act_dim, policy.denoising_steps) == (18, 5, cfg.denoising_steps)
         expected = trainer.algo.agent_policy(i)(obs, noise)
         assert torch.equal(policy(obs, noise), expected)
@@ -56,7 +56,9 @@ def test_resume_is_exact(tmp_path, algo):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    last = lambda run: json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    def last(run):
+        return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+
     assert last(straight)["eval_return_mean"] == last(resumed)["eval_return_mean"]
 
 
@@ -114,7 +116,7 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
     data = bytearray(actor.read_bytes())
     data[-10] ^= 0xFF
     actor.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="agent_1.safetensors.*sha256"):
+    with pytest.raises(CheckpointError, match=r"agent_1\.safetensors.*sha256"):
         omad_train.load_policies(out)
     result = run_cli("train", "--out", str(out), "--resume", "--total-steps", "300")
     assert result.returncode == 2 and "agent_1.safetensors" in result.stderr

@@ -38,7 +38,7 @@ class EnvSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EnvSpec":
+    def from_dict(cls, d: dict[str, Any]) -> EnvSpec:
         agents = tuple(
             AgentSpec(
                 name=a["name"],

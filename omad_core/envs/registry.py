@@ -12,10 +12,10 @@ import io
 import os
 from typing import Any
 
-from omad_core.envs.adapter import ParallelEnvAdapter
-from omad_core.errors import OmadError
+from omad_core.envs.adapter import ParallelEnvAdapter, ScriptedPolicy
 from omad_core.envs.base import EnvSpec, MultiAgentEnv
 from omad_core.envs.scripted import adversary_to_landmark_nearest_good_agent
+from omad_core.errors import OmadError
 
 # mpe2 task module -> default options (on top of max_cycles=25).
 _MPE_TASKS: dict[str, dict[str, Any]] = {
@@ -25,7 +25,7 @@ _MPE_TASKS: dict[str, dict[str, Any]] = {
     "simple_speaker_listener_v4": {},
 }
 _MPE_DEFAULTS: dict[str, Any] = {"max_cycles": 25}
-_MPE_SCRIPTED = {"simple_adversary_v3": {"adversary_0": adversary_to_landmark_nearest_good_agent}}
+_MPE_SCRIPTED: dict[str, dict[str, ScriptedPolicy]] = {"simple_adversary_v3": {"adversary_0": adversary_to_landmark_nearest_good_agent}}
 
 # MaMuJoCo (scenario, partition); the id is "mamujoco:<scenario>-<partition>".
 _MAMUJOCO_TASKS: tuple[tuple[str, str], ...] = (

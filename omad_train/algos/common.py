@@ -78,7 +78,7 @@ def clip_grad_norm_per_agent(params: Iterable[torch.Tensor], max_norm: float) ->
     """Clip each agent's gradient norm separately. Stacked parameters have the agent on axis 0,
     so this is exactly what per-agent clipping of separate networks would do."""
     grads = [p.grad for p in params if p.grad is not None]
-    sq = sum(g.pow(2).reshape(g.shape[0], -1).sum(1) for g in grads)
+    sq = torch.stack([g.pow(2).reshape(g.shape[0], -1).sum(1) for g in grads]).sum(0)
     scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))

@@ -16,14 +16,15 @@ from abc import abstractmethod
 import numpy as np
 import torch
 
-from ..actors import ChainOutput, DeterministicActors, GaussianActors, PerAgentActors, StackedActors
-from ..config import TrainConfig
-from ..critic import TwinQCritic
-from ..layout import AgentLayout
-from .common import Algorithm, gradient_step, polyak_update
+from omad_train.actors import ChainOutput, DeterministicActors, GaussianActors, PerAgentActors, StackedActors
+from omad_train.algos.common import Algorithm, gradient_step, polyak_update
+from omad_train.config import TrainConfig
+from omad_train.critic import TwinQCritic
+from omad_train.layout import AgentLayout
 
 
 class SequentialAlgorithm(Algorithm):
+    actors: PerAgentActors
     def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int):
         self.cfg, self.layout = cfg, layout
         self.actors = self.chain = PerAgentActors([self.make_actor(i) for i in range(layout.n)])
@@ -45,7 +46,7 @@ class SequentialAlgorithm(Algorithm):
         return self.noise(batch)
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        cfg, L = self.cfg, self.layout
+        cfg = self.cfg
         obs, next_obs = batch["obs"].transpose(0, 1), batch["next_obs"].transpose(0, 1)
         B = obs.shape[1]
 
