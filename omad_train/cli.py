@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from omad_core.errors import OmadError
-from omad_train.config import TrainConfig, build_config, load_config_file
+from omad_train.config import TrainConfig, build_config, load_config_file, load_run_config, resume_config
 
 
 def add_config_flags(parser: argparse.ArgumentParser, model: type[TrainConfig]) -> None:
@@ -20,17 +21,17 @@ def add_config_flags(parser: argparse.ArgumentParser, model: type[TrainConfig]) 
         group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="V", help=help_text)
 
 
-def config_from_args(args: argparse.Namespace, model: type[TrainConfig] = TrainConfig) -> TrainConfig:
-    base = load_config_file(args.config) if getattr(args, "config", None) else {}
-    overrides = {}
-    for name in model.model_fields:
+def given_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The config values the user gave: a --config file, then the flags over it."""
+    given = load_config_file(args.config) if getattr(args, "config", None) else {}
+    for name in TrainConfig.model_fields:
         raw = getattr(args, name, None)
         if raw is not None:
             try:
-                overrides[name] = yaml.safe_load(raw) if isinstance(raw, str) else raw
+                given[name] = yaml.safe_load(raw) if isinstance(raw, str) else raw
             except yaml.YAMLError:
-                overrides[name] = raw
-    return build_config(base, **overrides)
+                given[name] = raw
+    return given
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -38,7 +39,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume and args.overwrite:
         raise OmadError("--resume and --overwrite exclude each other")
-    cfg = config_from_args(args)
+    given = given_values(args)
+    # A resumed run continues with its saved config: `given` may only raise --total-steps or change
+    # the runtime knobs, anything else is refused naming the flag.
+    cfg = resume_config(load_run_config(Path(args.out)), given) if args.resume else build_config(given)
     record = train(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite)
     print(f"\nrun dir: {args.out}")
     for key in ("step", "eval_return_mean", "eval_return_std", "updates_per_s", "env_steps_per_s"):

@@ -30,12 +30,13 @@ Conventions of every env:
 """
 
 from omad_core.envs.base import AgentSpec, EnvSpec, MultiAgentEnv, StepResult
-from omad_core.envs.registry import ENV_IDS, UnknownEnvError, env_family, get_spec, make_env
+from omad_core.envs.registry import ENV_IDS, EnvOptionsError, UnknownEnvError, env_family, get_spec, make_env
 from omad_core.envs.vec_env import VecEnv, VecStep
 
 __all__ = [
     "ENV_IDS",
     "AgentSpec",
+    "EnvOptionsError",
     "EnvSpec",
     "MultiAgentEnv",
     "StepResult",
