@@ -133,10 +133,7 @@ class OnnxPolicy:
         noise [K+1, B, d_a] if given; otherwise drawn standard normal from `seed` (or all zeros with
         `zero_noise`, the deterministic policy).
         """
-        if noise is not None and (seed is not None or zero_noise):
-            raise RuntimeModelError(f"{self.info.agent}: give noise, or seed / zero_noise to make it, not both")
-        if seed is not None and zero_noise:
-            raise RuntimeModelError(f"{self.info.agent}: seed and zero_noise exclude each other")
+        check_noise_source(noise, seed, zero_noise)
         obs, noise = self.validate(obs, noise)
         if noise is None:
             noise = self.sample_noise(obs.shape[0], seed=seed, zero_noise=zero_noise)
@@ -216,6 +213,12 @@ class OnnxPolicy:
                 f"{self.path}: graph inputs {actual} / outputs {outputs} do not match its metadata "
                 f"(expected inputs {expected}, output [{ACTION_OUTPUT!r}])"
             )
+
+
+def check_noise_source(noise: object, seed: int | None, zero_noise: bool) -> None:
+    """A request's noise comes from at most one of: the noise itself, a seed, zero_noise (else drawn)."""
+    if (noise is not None) + (seed is not None) + bool(zero_noise) > 1:
+        raise RuntimeModelError("give at most one of noise, seed and zero_noise")
 
 
 def execution_providers(provider: str) -> list[str]:

@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from exporters.runtime import OnnxPolicy, RuntimeModelError
+from exporters.runtime import OnnxPolicy, RuntimeModelError, check_noise_source
 from exporters.schema import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT, ModelInfo
 from omad_serve import logs
 from omad_serve._generated import grpc_service_pb2 as kserve_pb2
@@ -310,15 +310,12 @@ class PolicyServer:
 
     def _job(self, obs: np.ndarray, noise: np.ndarray | None, seed: int | None, zero_noise: bool) -> Job:
         """Validate one request and fix its noise now, so that merging it with others changes nothing."""
-        if (noise is not None) + (seed is not None) + bool(zero_noise) > 1:
-            raise RequestError(Status.INVALID_ARGUMENT, "give at most one of noise, seed and zero_noise")
         try:
+            check_noise_source(noise, seed, zero_noise)
             obs, noise = self._policy.validate(obs, noise)
         except RuntimeModelError as err:
             raise RequestError(Status.INVALID_ARGUMENT, str(err)) from None
         rows = obs.shape[0]
-        if rows < 1:
-            raise RequestError(Status.INVALID_ARGUMENT, "obs has no rows: send shape [B, obs_dim] with B >= 1")
         if rows > self.config.max_batch:
             raise RequestError(
                 Status.INVALID_ARGUMENT,
