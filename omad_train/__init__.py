@@ -1,4 +1,4 @@
-"""omad training: environments, OMAD and baselines, replay, training loop, checkpoints."""
+"""omad training: OMAD and the baselines, replay, the training loop, checkpoints (environments: omad_core)."""
 
 from __future__ import annotations
 
