@@ -239,7 +239,7 @@ def test_every_bad_request_gets_invalid_argument_and_the_server_keeps_serving(se
             assert caught.value.code() == INVALID, name
             assert phrase in caught.value.details(), (name, caught.value.details())
     obs, noise = random_request(policy, 2, seed=1)
-    assert_same_actions(client.act(obs, noise=noise)[0], policy.act(obs, noise=noise))
+    assert_same_actions(client.act(obs, noise=noise), policy.act(obs, noise=noise))
     assert health_status(server.addr) == "SERVING"
 
 
@@ -251,7 +251,7 @@ def test_bad_request_on_a_stream_ends_that_stream_only(client, policy):
             session.act(np.full((1, policy.info.obs_dim), np.nan, np.float32))
         assert caught.value.code == INVALID
     with client.stream() as session:
-        assert_same_actions(session.act(obs, noise=noise)[0], policy.act(obs, noise=noise))
+        assert_same_actions(session.act(obs, noise=noise), policy.act(obs, noise=noise))
 
 
 def test_unparsable_bytes_get_invalid_argument(server):
@@ -344,7 +344,7 @@ def test_fuzzed_valid_shapes_with_random_values(server, policy, batch, data):
 def test_server_is_healthy_after_fuzzing(server, client, policy):
     assert health_status(server.addr) == "SERVING"
     obs, noise = random_request(policy, 1, seed=77)
-    assert_same_actions(client.act(obs, noise=noise)[0], policy.act(obs, noise=noise))
+    assert_same_actions(client.act(obs, noise=noise), policy.act(obs, noise=noise))
 
 
 # ---- micro-batching and deadlines -------------------------------------------------------------
@@ -469,7 +469,7 @@ def test_tls(model_path, policy, certs):
     with ServerThread(config, tls=read_tls_files(config)) as secure:
         obs, noise = random_request(policy, 2, seed=4)
         with PolicyClient(secure.addr, tls_ca=certs / "ca.pem") as c:
-            assert_same_actions(c.act(obs, noise=noise)[0], policy.act(obs, noise=noise))
+            assert_same_actions(c.act(obs, noise=noise), policy.act(obs, noise=noise))
         with PolicyClient(secure.addr, retries=0, timeout_s=2) as plaintext:
             with pytest.raises(PolicyCallError) as caught:
                 plaintext.spec()
