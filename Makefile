@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo check test bench clean
+.PHONY: setup demo check test bench mutation clean
 
 setup: .venv/.installed
 
@@ -26,6 +26,10 @@ test: setup
 
 bench: setup
 	$(PY) bench/training.py
+
+# Mutation testing of the math and the serving edge (about an hour; on purpose, not in CI).
+mutation: setup
+	$(PY) bench/mutation.py
 
 clean:
 	rm -rf .venv runs exports

@@ -188,7 +188,7 @@ def omad_server(bench: Bench, *flags: str) -> tuple[contextlib.AbstractContextMa
     """`omad serve --model` of the benchmark graph, one ONNX Runtime thread."""
     port = pick_ports("127.0.0.1", 0, 1)[0]
     addr = f"127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "omad_train.cli", "serve", "--model", str(bench.onnx_path), "--port", str(port),
+    argv = [sys.executable, "-m", "omad", "serve", "--model", str(bench.onnx_path), "--port", str(port),
             "--threads", "1", "--log-level", "warning", *flags]
     return server_process(argv, bench.onnx_path.parent / "serve.log", lambda: wait_until_serving(addr, 60)), addr
 

@@ -133,7 +133,7 @@ class OnnxPolicy:
         noise [K+1, B, d_a] if given; otherwise drawn standard normal from `seed` (or all zeros with
         `zero_noise`, the deterministic policy).
         """
-        check_noise_source(noise, seed, zero_noise)
+        check_noise_source(self.info.agent, noise, seed, zero_noise)
         obs, noise = self.validate(obs, noise)
         if noise is None:
             noise = self.sample_noise(obs.shape[0], seed=seed, zero_noise=zero_noise)
@@ -215,10 +215,10 @@ class OnnxPolicy:
             )
 
 
-def check_noise_source(noise: object, seed: int | None, zero_noise: bool) -> None:
+def check_noise_source(agent: str, noise: object, seed: int | None, zero_noise: bool) -> None:
     """A request's noise comes from at most one of: the noise itself, a seed, zero_noise (else drawn)."""
     if (noise is not None) + (seed is not None) + bool(zero_noise) > 1:
-        raise RuntimeModelError("give at most one of noise, seed and zero_noise")
+        raise RuntimeModelError(f"{agent}: give at most one of noise, seed and zero_noise")
 
 
 def execution_providers(provider: str) -> list[str]:

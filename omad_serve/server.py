@@ -311,7 +311,7 @@ class PolicyServer:
     def _job(self, obs: np.ndarray, noise: np.ndarray | None, seed: int | None, zero_noise: bool) -> Job:
         """Validate one request and fix its noise now, so that merging it with others changes nothing."""
         try:
-            check_noise_source(noise, seed, zero_noise)
+            check_noise_source(self.info.agent, noise, seed, zero_noise)
             obs, noise = self._policy.validate(obs, noise)
         except RuntimeModelError as err:
             raise RequestError(Status.INVALID_ARGUMENT, str(err)) from None

@@ -12,12 +12,12 @@ import torch
 from onnx.reference import ReferenceEvaluator
 
 from exporters import onnx_export
-from exporters.onnx_export import ExportError, export_run, forbidden_ops
+from exporters.onnx_export import ExportError, export_policy, export_run, forbidden_ops
 from exporters.runtime import load_export
-from exporters.schema import MANIFEST_NAME, NOISE_LAYOUT, metadata_key
+from exporters.schema import ACTION_OUTPUT, MANIFEST_NAME, NOISE_LAYOUT, metadata_key
 from omad.cli import main as omad_main
 from omad_train.checkpoint import latest_checkpoint, sha256_file
-from omad_train.policies import load_policies, load_spec
+from omad_train.policies import AgentPolicy, load_policies, load_spec
 
 TOLERANCE = 1e-5
 
@@ -222,3 +222,46 @@ def test_unsupported_opset_is_refused_not_silently_changed(tiny_run_dir, tmp_pat
     with pytest.raises(ExportError, match="cannot export at opset 5"):
         export_run(tiny_run_dir, tmp_path / "export", opset=5)
     assert not (tmp_path / "export").exists()
+
+
+# -- the parity gate with non-finite errors -----------------------------------------------------
+def small_policy() -> AgentPolicy:
+    hparams = {"obs_dims": [3], "act_dims": [2], "action_low": [[0.0, -0.4]], "action_high": [[1.0, 0.4]],
+               "hidden": [8], "denoising_steps": 2}
+    return AgentPolicy("agent_0", hparams, "diffusion").eval()
+
+
+def export_small(policy, path):
+    return export_policy(policy, path, env_id="test", algo="omad", source_run="test", weights_sha256="0" * 64)
+
+
+def test_export_refuses_a_policy_that_outputs_nan(tmp_path):
+    """A diverged run (a NaN weight): torch and ONNX both give NaN, |NaN - NaN| is NaN, and a NaN
+    error must fail the gate, not slip through a `>` comparison."""
+    policy = small_policy()
+    with torch.no_grad():
+        policy.actors.out.bias[0, 0, 0] = float("nan")
+    with pytest.raises(ExportError, match="differs from torch by nan"):
+        export_small(policy, tmp_path / "diverged.onnx")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_export_refuses_a_graph_that_breaks_one_action_entry(tmp_path, monkeypatch, value):
+    """An exporter bug that makes one action entry non-finite while torch stays finite: the
+    verification runs the corrupted graph and must refuse it, however small the rest of the error."""
+    trace = onnx_export.trace_to_onnx
+
+    def corrupted_trace(policy, opset):
+        model = trace(policy, opset)
+        graph = model.graph
+        (producer,) = [node for node in graph.node if ACTION_OUTPUT in node.output]
+        producer.output[list(producer.output).index(ACTION_OUTPUT)] = "clean_action"
+        broken = np.zeros(policy.act_dim, np.float32)
+        broken[0] = value
+        graph.initializer.append(onnx.numpy_helper.from_array(broken, "broken"))
+        graph.node.append(onnx.helper.make_node("Add", ["clean_action", "broken"], [ACTION_OUTPUT]))
+        return model
+
+    monkeypatch.setattr(onnx_export, "trace_to_onnx", corrupted_trace)
+    with pytest.raises(ExportError, match=f"differs from torch by {value}"):
+        export_small(small_policy(), tmp_path / "agent_0.onnx")

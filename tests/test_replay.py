@@ -1,4 +1,4 @@
-"""n-step returns, truncation vs termination."""
+"""n-step returns, truncation vs termination, the ring once it wraps, checkpoint round trips."""
 
 import numpy as np
 import pytest
@@ -8,8 +8,8 @@ from omad_train.replay import ReplayBuffer, Transition
 GAMMA = 0.9
 
 
-def make_buffer(n_step, num_envs=1):
-    return ReplayBuffer(100, {"state": (1,), "obs": (1, 1), "action": (1,)}, num_envs, n_step, GAMMA)
+def make_buffer(n_step, num_envs=1, capacity=100):
+    return ReplayBuffer(capacity, {"state": (1,), "obs": (1, 1), "action": (1,)}, num_envs, n_step, GAMMA)
 
 
 def step(t, reward, terminated=False, truncated=False):
@@ -70,4 +70,62 @@ def test_state_round_trip_keeps_pending_windows():
     for b in (buf, copy):
         b.add(0, step(5, 5.0, terminated=True))
     assert len(buf) == len(copy) == 6  # 3 full windows, then 3 flushed at termination
+    assert np.array_equal(stored(buf), stored(copy))
+
+
+# -- the ring wraps -------------------------------------------------------------------------------
+def wrapped_buffer():
+    """Capacity 7, 17 rows written (n_step 3, reward of step t = t + 1):
+    episode 1 is steps 0..13 ending in a termination, which flushes rows 11..13 just before the
+    ring's second wrap; episode 2 is steps 20..22 ending in a truncation, flushing rows 14..16 after it."""
+    buf = make_buffer(3, capacity=7)
+    for t in range(14):
+        buf.add(0, step(t, t + 1.0, terminated=t == 13))
+    for t in (20, 21, 22):
+        buf.add(0, step(t, t + 1.0, truncated=t == 22))
+    return buf
+
+
+# The 7 surviving rows (10..16), by hand: state -> (return, discount, done, next_state). Rows 0..9 are evicted.
+WRAPPED_ROWS = {
+    10: (11 + 0.9 * 12 + 0.81 * 13, 0.729, 0.0, 13),  # a full window before the episode's end
+    11: (12 + 0.9 * 13 + 0.81 * 14, 0.729, 1.0, 14),  # full window ending in the termination
+    12: (13 + 0.9 * 14, 0.81, 1.0, 14),
+    13: (14.0, 0.9, 1.0, 14),  # written to the ring's last slot
+    20: (21 + 0.9 * 22 + 0.81 * 23, 0.729, 0.0, 23),  # slot 0 again; truncated, so no done
+    21: (22 + 0.9 * 23, 0.81, 0.0, 23),
+    22: (23.0, 0.9, 0.0, 23),
+}
+
+
+def sampled_rows(buf, seed=0, draws=2000):
+    batch = buf.sample(np.random.default_rng(seed), draws)
+    fields = batch["state"][:, 0], batch["reward"], batch["discount"], batch["done"], batch["next_state"][:, 0]
+    return batch, list(zip(*fields))
+
+
+def test_wrapped_ring_samples_every_stored_row_and_no_evicted_one():
+    buf = wrapped_buffer()
+    assert len(buf) == 7
+    batch, rows = sampled_rows(buf)
+    assert {int(r[0]) for r in rows} == set(WRAPPED_ROWS)
+    for state, *fields in rows:
+        assert fields == pytest.approx(WRAPPED_ROWS[int(state)]), state
+    # the other fields travel with their row
+    np.testing.assert_array_equal(batch["obs"][:, 0, 0], batch["state"][:, 0])
+    np.testing.assert_array_equal(batch["action"][:, 0], batch["state"][:, 0])
+    np.testing.assert_array_equal(batch["next_obs"][:, 0, 0], batch["next_state"][:, 0])
+
+
+def test_wrapped_ring_round_trips_through_a_checkpoint():
+    buf = wrapped_buffer()
+    copy = make_buffer(3, capacity=7)
+    copy.load_state(buf.state_arrays(), buf.state_meta())
+    original, restored = sampled_rows(buf, seed=5)[0], sampled_rows(copy, seed=5)[0]
+    for key in original:
+        np.testing.assert_array_equal(original[key], restored[key])
+    # both keep writing at the same slot: the next row evicts the oldest (state 10) in both
+    for b in (buf, copy):
+        b.add(0, step(30, 1.0, terminated=True))
+        assert {int(r[0]) for r in sampled_rows(b)[1]} == set(WRAPPED_ROWS) - {10} | {30}
     assert np.array_equal(stored(buf), stored(copy))

@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -326,7 +327,8 @@ def test_fuzzed_message_bytes_get_ok_or_invalid_argument(server, payload, method
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.integers(1, MAX_BATCH), data=st.data())
 def test_fuzzed_valid_shapes_with_random_values(server, policy, batch, data):
-    """Right shapes, arbitrary float32 bit patterns: finite ones are served exactly, others refused."""
+    """Right shapes, arbitrary float32 bit patterns: finite ones are served as in-process ONNX Runtime
+    computes them (values, and NaN / inf at the same places), others refused."""
     info = policy.info
     raw = data.draw(st.binary(min_size=4 * batch * info.obs_dim, max_size=4 * batch * info.obs_dim))
     obs = np.frombuffer(raw, "<f4").reshape(batch, info.obs_dim)
@@ -338,7 +340,7 @@ def test_fuzzed_valid_shapes_with_random_values(server, policy, batch, data):
             return
     assert np.isfinite(obs).all()
     served = np.frombuffer(reply.action.data, "<f4").reshape(batch, info.act_dim)
-    np.testing.assert_array_equal(np.isnan(served), np.isnan(policy.act(obs, zero_noise=True)))
+    assert_same_actions(served, policy.act(obs, zero_noise=True))  # allclose: NaN / inf positions must match too
 
 
 def test_server_is_healthy_after_fuzzing(server, client, policy):
@@ -443,6 +445,82 @@ def test_bearer_token(model_path, policy, tmp_path):
         assert errors == 3
 
 
+REFLECTION_SERVICE = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
+GUARDED_SERVICES = (
+    kserve_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+    policy_pb2.DESCRIPTOR.services_by_name["Policy"],
+    REFLECTION_SERVICE,
+)
+WRONG_AUTHORIZATIONS = {
+    "no token": None,
+    "wrong token": "Bearer wrong",
+    "a prefix of the token": "Bearer s3cre",
+    "the token and more": "Bearer s3cretX",
+    "the token without the Bearer scheme": "s3cret",
+}
+
+
+def first_reply_status(channel: grpc.Channel, service, method, payload: bytes, authorization: str | None) -> grpc.StatusCode:
+    """Call any method from its descriptor with raw request bytes; the status of its first reply."""
+    path = f"/{service.full_name}/{method.name}"
+    kind = {
+        (False, False): channel.unary_unary, (False, True): channel.unary_stream,
+        (True, False): channel.stream_unary, (True, True): channel.stream_stream,
+    }[(method.client_streaming, method.server_streaming)]
+    metadata = () if authorization is None else (("authorization", authorization),)
+    request = iter([payload]) if method.client_streaming else payload
+    try:
+        reply = kind(path)(request, timeout=10, metadata=metadata)
+        if method.server_streaming:  # one reply is enough (Health.Watch never ends)
+            next(reply)
+            reply.cancel()
+    except grpc.RpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+def valid_requests(policy: OnnxPolicy) -> dict[str, bytes]:
+    """Method name -> a request it answers with OK; every other method is fine with an empty message."""
+    agent = policy.info.agent
+    act = act_request(np.zeros((2, policy.info.obs_dim), np.float32), zero_noise=True)
+    messages = {
+        "ModelReady": kserve_pb2.ModelReadyRequest(name=agent),
+        "ModelMetadata": kserve_pb2.ModelMetadataRequest(name=agent),
+        "ModelConfig": kserve_pb2.ModelConfigRequest(name=agent),
+        "ModelInfer": kserve_request(policy),
+        "Act": act,
+        "ActStream": act,
+        "ServerReflectionInfo": reflection_pb2.ServerReflectionRequest(list_services=""),
+    }
+    return {name: message.SerializeToString() for name, message in messages.items()}
+
+
+def test_token_guards_every_rpc_and_reflection_but_not_health(model_path, policy):
+    """Every method of every service on the port, enumerated from the descriptors: refused without the
+    right token, answered with it. Only grpc.health.v1 stays open, for probes (README, security.py)."""
+    with ServerThread(ServeConfig(model=model_path, port=0), token="s3cret") as guarded, grpc.insecure_channel(guarded.addr) as channel:
+        listed = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10, metadata=(("authorization", "Bearer s3cret"),)
+        )
+        names = {service.name for service in next(listed).list_services_response.service}
+        # a service added to the port must be added here too, as guarded or open
+        assert names == {service.full_name for service in (*GUARDED_SERVICES, HEALTH_SERVICE)}
+
+        requests = valid_requests(policy)
+        for service in GUARDED_SERVICES:
+            for method in service.methods:
+                payload = requests.get(method.name, b"")
+                for case, authorization in WRONG_AUTHORIZATIONS.items():
+                    code = first_reply_status(channel, service, method, payload, authorization)
+                    assert code == grpc.StatusCode.UNAUTHENTICATED, (method.full_name, case, code)
+                code = first_reply_status(channel, service, method, payload, "Bearer s3cret")
+                assert code == grpc.StatusCode.OK, (method.full_name, code)
+        open_codes = {method.name: first_reply_status(channel, HEALTH_SERVICE, method, b"", None) for method in HEALTH_SERVICE.methods}
+        assert grpc.StatusCode.UNAUTHENTICATED not in open_codes.values(), open_codes  # (List is not implemented)
+        assert open_codes["Check"] == open_codes["Watch"] == grpc.StatusCode.OK
+
+
 def openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
@@ -522,8 +600,6 @@ def test_prometheus_metrics(model_path, policy):
 
 
 def test_reflection_lists_every_service(server):
-    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
     with grpc.insecure_channel(server.addr) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         requests = [

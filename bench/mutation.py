@@ -1,0 +1,224 @@
+"""Mutation testing (mutmut) of the modules that carry the math and the serving edge.
+
+    make mutation                                  # = .venv/bin/python bench/mutation.py
+    .venv/bin/python bench/mutation.py --only 'omad_train.critic.*'   # re-test some mutants, keep the rest
+    .venv/bin/python bench/mutation.py --report-only                  # rewrite the report from mutants/
+
+mutmut 3 copies the code into mutants/, mutates every function of the files under [tool.mutmut]
+`only_mutate` in pyproject.toml and, for each mutant in SCOPE below, runs the tests of the fast
+selection (`pytest_add_cli_args_test_selection`) that call the mutated function. Decorated
+functions are not mutated (mutmut 3 cannot wrap them); the report lists them.
+
+Survivors that change no behaviour are listed with the reason in bench/mutation_equivalent.yaml and
+left out of the score: killed / (mutants - equivalent), timeouts counted as killed. Runs on purpose,
+not in CI (about an hour on 2 cores). Writes bench/results/mutation.json and mutation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from fnmatch import fnmatch
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+EQUIVALENT = REPO / "bench" / "mutation_equivalent.yaml"
+
+# module file -> the mutant names counted for it (mutmut names: module.x_func / module.xǁClassǁmethod)
+RUNTIME_VALIDATION = ("xǁOnnxPolicyǁact", "xǁOnnxPolicyǁvalidate", "xǁOnnxPolicyǁsample_noise", "x_as_float32", "x_check_finite")
+SCOPE = {
+    "omad_train/critic.py": ["omad_train.critic.*"],
+    "omad_train/replay.py": ["omad_train.replay.*"],
+    "omad_train/algos/omad.py": ["omad_train.algos.omad.*"],
+    "omad_train/algos/sequential.py": ["omad_train.algos.sequential.*"],
+    "omad_train/algos/common.py": ["omad_train.algos.common.*"],
+    "omad_train/diffusion.py": ["omad_train.diffusion.*"],
+    "omad_train/actors.py": ["omad_train.actors.*"],
+    "omad_serve/batching.py": ["omad_serve.batching.*"],
+    "omad_serve/security.py": ["omad_serve.security.*"],
+    "omad_serve/tensors.py": ["omad_serve.tensors.*"],
+    # the request validation only; loading and its checks are tested against a real export in test_runtime.py
+    "exporters/runtime.py": [f"exporters.runtime.{name}__mutmut_*" for name in RUNTIME_VALIDATION],
+}
+DETECTED = ("killed", "timeout")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel")
+    parser.add_argument("--only", nargs="+", help="re-test only these mutant-name patterns, keeping the other results")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the report from mutants/")
+    parser.add_argument("--allow-dirty", action="store_true", help="run although the mutated modules have uncommitted changes")
+    args = parser.parse_args()
+    os.chdir(REPO)  # mutmut reads pyproject.toml and writes mutants/ in the working directory
+
+    previous = json.loads((RESULTS / "mutation.json").read_text()) if (RESULTS / "mutation.json").exists() else {}
+    run = previous.get("run", {})
+    if not args.report_only:
+        dirty = subprocess.run(["git", "diff", "--name-only", "HEAD", "--", *SCOPE], capture_output=True, text=True).stdout.split()
+        if dirty and not args.allow_dirty:
+            sys.exit(f"uncommitted changes in {dirty}: the score must describe committed code (or pass --allow-dirty)")
+        if not args.only:
+            shutil.rmtree("mutants", ignore_errors=True)  # mutmut would keep stale results of files it thinks unchanged
+        patterns = args.only or [p for patterns in SCOPE.values() for p in patterns]
+        started = time.monotonic()
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core per mutant worker
+        mutmut = Path(sys.executable).parent / "mutmut"
+        subprocess.run([str(mutmut), "run", "--max-children", str(args.max_children), *patterns], env=env, check=True)
+        elapsed = time.monotonic() - started
+        if args.only:
+            run = {**run, "last_partial": {"patterns": args.only, "seconds": round(elapsed)}}
+        else:
+            run = {
+                "command": "make mutation",
+                "seconds": round(elapsed),
+                "max_children": args.max_children,
+                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+                "date": time.strftime("%Y-%m-%d"),
+            }
+    report = build_report(run)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "mutation.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    (RESULTS / "mutation.md").write_text(format_report(report))
+    print(format_summary(report))
+
+
+# ---- reading mutmut's results ------------------------------------------------------------------
+
+
+def function_of(mutant: str) -> str:
+    """omad_train.critic.xǁCategoricalCriticǁlogits__mutmut_6 -> omad_train.critic.CategoricalCritic.logits"""
+    module, _, mangled = mutant.rpartition("__mutmut_")[0].rpartition(".")
+    return f"{module}.{mangled[2:].replace('ǁ', '.') if mangled.startswith('xǁ') else mangled[2:]}"
+
+
+def changed_lines(diff: str) -> tuple[str, str]:
+    """(before, after) of a mutant's unified diff, each changed line stripped, several joined by ' / '."""
+    lines = [line for line in diff.splitlines() if line[:3] not in ("---", "+++")]
+    before = " / ".join(line[1:].strip() for line in lines if line.startswith("-"))
+    after = " / ".join(line[1:].strip() for line in lines if line.startswith("+"))
+    return before, after
+
+
+def load_equivalent() -> dict[tuple[str, str, str], str]:
+    entries = yaml.safe_load(EQUIVALENT.read_text()) or []
+    return {(e["function"], e["before"], e["after"]): e["why"] for e in entries}
+
+
+def decorated_functions(path: str) -> list[str]:
+    """Functions mutmut 3 leaves alone: decorated with anything but staticmethod/classmethod."""
+    out = []
+    for node in ast.walk(ast.parse(Path(path).read_text())):
+        if isinstance(node, ast.ClassDef):
+            funcs = [(f"{node.name}.", f) for f in node.body if isinstance(f, ast.FunctionDef)]
+        elif isinstance(node, ast.Module):
+            funcs = [("", f) for f in node.body if isinstance(f, ast.FunctionDef)]
+        else:
+            continue
+        for prefix, f in funcs:
+            names = [ast.unparse(d) for d in f.decorator_list]
+            if names and names not in (["staticmethod"], ["classmethod"]):
+                out.append(f"{prefix}{f.name} (@{', @'.join(names)})")
+    return out
+
+
+def build_report(run: dict) -> dict:
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    from mutmut.stats import status_by_exit_code
+
+    equivalent = load_equivalent()
+    used_equivalents = set()
+    modules, survivors, equivalents = {}, [], []
+    for path, patterns in SCOPE.items():
+        meta = json.loads(Path("mutants", path + ".meta").read_text())["exit_code_by_key"]
+        names = sorted((n for n in meta if any(fnmatch(n, p) for p in patterns)), key=lambda n: (n.rpartition("__mutmut_")[0], int(n.rpartition("_")[2])))
+        counts = Counter()
+        for name in names:
+            status = status_by_exit_code[meta[name]]
+            if status in DETECTED:
+                counts[status] += 1
+                continue
+            before, after = changed_lines(get_diff_for_mutant(name, path=path))
+            key = (function_of(name), before, after)
+            entry = {"mutant": name, "status": status, "before": before, "after": after}
+            if key in equivalent:
+                used_equivalents.add(key)
+                counts["equivalent"] += 1
+                equivalents.append({**entry, "why": equivalent[key]})
+            else:
+                counts[status] += 1
+                survivors.append(entry)
+        counts["mutants"] = len(names)
+        modules[path] = dict(counts)
+    totals = sum((Counter(c) for c in modules.values()), Counter())
+    relevant = totals["mutants"] - totals["equivalent"]
+    detected = sum(totals[s] for s in DETECTED)
+    return {
+        "run": run,
+        "score": round(detected / relevant, 4) if relevant else None,
+        "detected": detected,
+        "non_equivalent": relevant,
+        "totals": dict(totals),
+        "modules": modules,
+        "survivors": survivors,
+        "equivalent": equivalents,
+        "stale_equivalent_entries": [list(k) for k in equivalent if k not in used_equivalents],
+        "not_mutated": {path: decorated_functions(path) for path in SCOPE if decorated_functions(path)},
+    }
+
+
+# ---- writing it --------------------------------------------------------------------------------
+
+
+def format_summary(report: dict) -> str:
+    return (
+        f"mutation score {report['score']:.1%}: {report['detected']} of {report['non_equivalent']} non-equivalent "
+        f"mutants killed ({report['totals'].get('equivalent', 0)} equivalent, {len(report['survivors'])} survivors)"
+    )
+
+
+def format_report(report: dict) -> str:
+    run = report["run"]
+    columns = ["mutants", "killed", "timeout", "survived", "no tests", "equivalent"]
+    columns += sorted(set(report["totals"]) - set(columns))  # e.g. suspicious, segfault, not checked
+    lines = [
+        "# Mutation testing",
+        "",
+        (
+            f"`{run.get('command', 'make mutation')}` (mutmut, {run.get('max_children', '?')} workers): "
+            f"{run.get('seconds', 0) / 60:.0f} min on commit {run.get('commit', '?')}, {run.get('date', '?')}."
+        ),
+        "",
+        f"**{format_summary(report)}.** Score = (killed + timeout) / (mutants - equivalent).",
+        "",
+        "| module | " + " | ".join(columns) + " | score |",
+        "|---|" + "---|" * (len(columns) + 1),
+    ]
+    for path, counts in [*report["modules"].items(), ("total", report["totals"])]:
+        relevant = counts.get("mutants", 0) - counts.get("equivalent", 0)
+        score = sum(counts.get(s, 0) for s in DETECTED) / relevant if relevant else 1.0
+        lines.append(f"| {path} | " + " | ".join(str(counts.get(c, 0)) for c in columns) + f" | {score:.1%} |")
+    lines += ["", "## Surviving mutants", ""]
+    lines += [f"- `{s['mutant']}` ({s['status']}): `{s['before']}` -> `{s['after']}`" for s in report["survivors"]] or ["None."]
+    lines += ["", "## Equivalent mutants (no behaviour change; not in the score)", ""]
+    lines += [f"- `{e['mutant']}`: `{e['before']}` -> `{e['after']}`. {e['why']}" for e in report["equivalent"]] or ["None."]
+    lines += ["", "## Not mutated (decorated functions, which mutmut 3 skips)", ""]
+    lines += [f"- {path}: {', '.join(funcs)}" for path, funcs in report["not_mutated"].items()] or ["None."]
+    if report["stale_equivalent_entries"]:
+        lines += ["", "## Entries of bench/mutation_equivalent.yaml that matched no survivor", ""]
+        lines += [f"- `{f}`: `{b}` -> `{a}`" for f, b, a in report["stale_equivalent_entries"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

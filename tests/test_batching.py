@@ -1,0 +1,103 @@
+"""MicroBatcher driven directly (no gRPC): merged calls hand every caller exactly its own rows, also when
+a caller in the middle of a batch gave up before or after the inference call."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from omad_serve.batching import Job, MicroBatcher
+
+OBS_DIM, ACT_DIM, NOISE_STEPS = 3, 2, 2
+WAIT_S = 10.0
+
+
+def fake_model(obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Row-wise, and every output value names its input row: action[b] = (obs[b, 0], noise[-1, b, 1])."""
+    return np.stack([obs[:, 0], noise[-1, :, 1]], axis=1)
+
+
+def caller_job(caller: int, rows: int) -> Job:
+    """Inputs no other caller has: obs[r, 0] = 100 * caller + r, noise[-1, r, 1] = -(100 * caller + r)."""
+    ids = 100.0 * caller + np.arange(rows, dtype=np.float32)
+    obs = np.repeat(ids[:, None], OBS_DIM, axis=1).astype(np.float32)
+    noise = np.repeat(-ids[None, :, None], ACT_DIM, axis=2).repeat(NOISE_STEPS, axis=0).astype(np.float32)
+    return Job(obs, noise)
+
+
+class GatedModel:
+    """The fake model on the inference thread, with hooks to hold a call and to act while it runs."""
+
+    def __init__(self):
+        self.calls: list[np.ndarray] = []  # the merged obs of every call
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.during_call = None  # run on the thread after the output is computed, before returning it
+
+    def __call__(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        self.calls.append(obs.copy())
+        self.entered.set()
+        assert self.release.wait(WAIT_S), "the test never released the inference call"
+        actions = fake_model(obs, noise)
+        if self.during_call is not None:
+            self.during_call()
+        return actions
+
+
+async def cancel(task: asyncio.Task) -> None:
+    task.cancel()
+
+
+def callers_in(call_obs: np.ndarray) -> list[int]:
+    """The callers whose rows an inference call saw, in order."""
+    return list(dict.fromkeys(int(value) // 100 for value in call_obs[:, 0]))
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_each_caller_gets_its_own_rows_when_batch_mates_give_up(merge):
+    """Callers 1..5 queue behind a held call. Caller 2 gives up while queued, caller 3 while the call that
+    holds its rows runs; 1, 4 and 5 must each get their own rows, wherever they sit in the batch."""
+    rows = {0: 2, 1: 3, 2: 1, 3: 2, 4: 4, 5: 1}
+    model = GatedModel()
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        batcher = MicroBatcher(model, max_batch=sum(rows.values()), merge=merge)
+        batcher.start()
+        jobs = {caller: caller_job(caller, n) for caller, n in rows.items()}
+        jobs[6] = caller_job(6, 2)  # comes after the others
+        tasks = {0: asyncio.create_task(batcher.submit(jobs[0]))}
+        assert await asyncio.to_thread(model.entered.wait, WAIT_S), "the first call never started"
+        for caller in range(1, 6):  # queued while call 0 is held, so they share the next call(s)
+            tasks[caller] = asyncio.create_task(batcher.submit(jobs[caller]))
+        await asyncio.sleep(0.05)  # every submit has queued its job (call 0 is still held)
+
+        tasks[2].cancel()  # before its inference
+
+        def cancel_caller_3_once_its_rows_were_computed():
+            if 3 in callers_in(model.calls[-1]):
+                model.during_call = None
+                asyncio.run_coroutine_threadsafe(cancel(tasks[3]), loop).result(WAIT_S)  # done before we return
+
+        model.during_call = cancel_caller_3_once_its_rows_were_computed
+        model.release.set()
+        done = await asyncio.wait_for(asyncio.gather(*tasks.values(), return_exceptions=True), WAIT_S)
+        results = dict(zip(tasks, done))
+        results[6] = await asyncio.wait_for(batcher.submit(jobs[6]), WAIT_S)  # still serving
+        await batcher.close()
+        return jobs, results
+
+    jobs, results = asyncio.run(scenario())
+
+    assert isinstance(results[2], asyncio.CancelledError) and isinstance(results[3], asyncio.CancelledError)
+    for caller in (0, 1, 4, 5, 6):
+        job = jobs[caller]
+        np.testing.assert_array_equal(results[caller].action, fake_model(job.obs, job.noise), err_msg=f"caller {caller}")
+    # the scenario happened: caller 3's rows were computed, with a later caller's after them when merged
+    calls_with_3 = [callers_in(call) for call in model.calls if 3 in callers_in(call)]
+    assert len(calls_with_3) == 1
+    if merge:
+        assert calls_with_3[0][-1] != 3, calls_with_3

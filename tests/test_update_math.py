@@ -1,0 +1,370 @@
+"""The update's arithmetic, checked by hand: critic targets (OMAD's projected soft C51 target, HASAC's
+soft twin-Q target, HATD3's smoothed twin-Q target) recomputed here from the networks' raw outputs,
+and the update mechanics (Polyak step, policy delay, actor-loss sign).
+
+Two agents with different obs/action sizes and asymmetric bounds; a stored n-step discount gamma^m,
+reward_scale != 1 and target networks perturbed away from the online ones, so using gamma, the
+online net, the wrong twin head or the wrong alpha changes a number checked here. The actors and
+critics are only used as networks (their outputs); targets, twin-Q reductions, the C51 projection and
+the bound mapping are written out independently below.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from omad_core.envs.base import AgentSpec, EnvSpec
+from omad_train.algos import make_algorithm
+from omad_train.config import TrainConfig
+from omad_train.layout import AgentLayout
+
+OBS_DIMS, ACT_DIMS, STATE_DIM = [3, 5], [2, 1], 4
+LOW, HIGH = [[0.0, -2.0], [-0.4]], [[1.0, 0.5], [0.4]]
+JOINT_LOW, JOINT_HIGH = torch.tensor([0.0, -2.0, -0.4]), torch.tensor([1.0, 0.5, 0.4])  # the joint action's bounds
+LAYOUT = AgentLayout(EnvSpec("toy", tuple(
+    AgentSpec(f"agent_{i}", o, a, tuple(lo), tuple(hi))
+    for i, (o, a, lo, hi) in enumerate(zip(OBS_DIMS, ACT_DIMS, LOW, HIGH))
+), STATE_DIM, 1))
+V_MIN, V_MAX, M = -12.0, 8.0, 21  # atoms -12, -11, ..., 8
+GAMMA, REWARD_SCALE, TAU = 0.95, 2.5, 0.1
+REWARD = [0.5, -1.0, 2.0, 0.3, -2.5, 1.5]
+STEPS = [3, 3, 1, 2, 3, 5]  # n-step window lengths m: the stored discount is gamma^m
+DONE = {"none": [0.0] * 6, "all": [1.0] * 6, "mixed": [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]}
+B = len(REWARD)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a thread pool only adds overhead (measured 25x slower per update on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_algo(name: str, **overrides):
+    torch.manual_seed(0)
+    cfg = dict(algo=name, actor_hidden=[16, 16], critic_hidden=[16], denoising_steps=3, num_atoms=M, gamma=GAMMA,
+               n_step=3, reward_scale=REWARD_SCALE, tau=TAU, policy_delay=1, grad_clip=0.0, alpha_init=0.37,
+               lr_alpha=0.5, compile=False, progress=False)
+    return make_algorithm(TrainConfig(**{**cfg, **overrides}), LAYOUT, STATE_DIM, (V_MIN, V_MAX))
+
+
+@torch.no_grad()
+def perturb(module: torch.nn.Module, scale: float, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        p.add_(torch.randn(p.shape, generator=gen) * scale)
+
+
+def perturb_all(algo) -> None:
+    """Online and target networks all different: a test then notices one used in place of the other."""
+    perturb(algo.critic, 0.5, 1)
+    perturb(algo.critic_target, 0.5, 2)
+    perturb(algo.actors, 0.3, 3)
+    if hasattr(algo, "actor_target"):
+        perturb(algo.actor_target, 1.0, 4)  # large: many target actions saturate, so the clip to [-1, 1] acts
+
+
+def make_batch(done: list[float], seed: int = 0) -> dict[str, torch.Tensor]:
+    """The trainer's batch: obs [B, n, d_o_max] zero-padded, joint actions inside each agent's bounds."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def obs():
+        o = torch.randn(B, LAYOUT.n, LAYOUT.obs_max, generator=gen)
+        for i, d in enumerate(OBS_DIMS):
+            o[:, i, d:] = 0.0
+        return o
+
+    low, high = JOINT_LOW, JOINT_HIGH
+    return {
+        "state": torch.randn(B, STATE_DIM, generator=gen), "obs": obs(),
+        "action": low + torch.rand(B, len(low), generator=gen) * (high - low),
+        "reward": torch.tensor(REWARD), "discount": torch.tensor([GAMMA**m for m in STEPS]),
+        "done": torch.tensor(done), "next_state": torch.randn(B, STATE_DIM, generator=gen), "next_obs": obs(),
+    }
+
+
+def fix_noise(algo) -> torch.Tensor:
+    """Every policy-noise draw returns the same standard-normal tensor, so the test can replay it."""
+    shape = (algo.actors.noise_steps, LAYOUT.n, B, LAYOUT.act_max)
+    algo.noise = lambda batch: torch.randn(shape, generator=torch.Generator().manual_seed(batch))
+    return algo.noise(B)
+
+
+def joint_of(actions: torch.Tensor) -> torch.Tensor:
+    """[n, B, d_a_max] -> [B, sum d_a]: each agent's real dims, in agent order."""
+    return torch.cat([actions[i, :, :d] for i, d in enumerate(ACT_DIMS)], -1)
+
+
+def c51_project(probs: list[float], values: list[float]) -> list[float]:
+    """Mass probs[j] at values[j], clipped to [V_MIN, V_MAX], split linearly between the two nearest atoms."""
+    delta = (V_MAX - V_MIN) / (M - 1)
+    out = [0.0] * M
+    for p, v in zip(probs, values):
+        pos = (min(max(v, V_MIN), V_MAX) - V_MIN) / delta
+        lo = math.floor(pos)
+        if lo >= M - 1:
+            out[M - 1] += p
+        else:
+            out[lo] += p * (lo + 1 - pos)
+            out[lo + 1] += p * (pos - lo)
+    return out
+
+
+def update_with_critic_grads(algo, batch):
+    """One update; returns its metrics and the critic gradient the critic optimizer stepped with."""
+    grads = []
+    params = list(algo.critic.parameters())
+    hook = algo.optimizers()["critic_opt"].register_step_pre_hook(
+        lambda *_: grads.append([p.grad.clone() for p in params]))
+    metrics = algo.update(batch)
+    hook.remove()
+    assert len(grads) == 1
+    return metrics, grads[0]
+
+
+def check_critic_step(algo, batch, loss_of) -> dict:
+    """`loss_of(critic)` is the critic loss written by hand; the update must report it and step with its gradient."""
+    critic = copy.deepcopy(algo.critic)
+    expected = loss_of(critic)
+    expected.backward()
+    metrics, grads = update_with_critic_grads(algo, batch)
+    assert metrics["critic_loss"] == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
+    for p, g in zip(critic.parameters(), grads):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+    return metrics
+
+
+# -- 1. critic targets ------------------------------------------------------------------------
+
+
+def omad_target(algo, batch, noise, reduce: str):
+    """The projected soft target as a function of alpha, from the networks as they are now: the mass
+    of next-state atom z_j moves to r_scaled + gamma^m (1 - done)(z_j - alpha c_joint)."""
+    atoms = [V_MIN + j * (V_MAX - V_MIN) / (M - 1) for j in range(M)]
+    with torch.no_grad():
+        nxt = algo.actors(batch["next_obs"].transpose(0, 1), noise)  # the actor is not under test here
+        probs = algo.critic_target.logits(batch["next_state"], joint_of(nxt.action)).softmax(-1).tolist()  # [2][B][M]
+    costs = [nxt.cost[0, b].item() + nxt.cost[1, b].item() for b in range(B)]  # entropy_norm "sum"
+
+    def target(alpha: float) -> torch.Tensor:
+        rows = []
+        for b in range(B):
+            heads = [probs[0][b], probs[1][b]]
+            if reduce == "mean":
+                p = [(x + y) / 2 for x, y in zip(*heads)]
+            else:  # the head with the lower expected value
+                q = [sum(pj * z for pj, z in zip(h, atoms)) for h in heads]
+                p = heads[0] if q[0] <= q[1] else heads[1]
+            keep = batch["discount"][b].item() * (1.0 - batch["done"][b].item())
+            r = REWARD_SCALE * REWARD[b]
+            rows.append(c51_project(p, [r + keep * (z - alpha * costs[b]) for z in atoms]))
+        return torch.tensor(rows)
+
+    return target
+
+
+def c51_loss(batch, target):
+    """Cross-entropy to the target, averaged over the batch, summed over the two heads."""
+    return lambda critic: -(target * critic.logits(batch["state"], batch["action"]).log_softmax(-1)).sum(-1).mean(-1).sum()
+
+
+@pytest.mark.parametrize("done", DONE)
+@pytest.mark.parametrize("reduce", ["mean", "min"])
+def test_omad_critic_target_is_the_projected_soft_target(reduce, done):
+    algo = make_algo("omad", critic_target_reduce=reduce)
+    perturb_all(algo)
+    noise = fix_noise(algo)
+    batch = make_batch(DONE[done])
+    alpha = algo.log_alpha.exp().item()
+    assert alpha == pytest.approx(0.37)
+    target = omad_target(algo, batch, noise, reduce)
+    critic_before = copy.deepcopy(algo.critic)
+    metrics = check_critic_step(algo, batch, c51_loss(batch, target(alpha)))
+
+    if done == "none":
+        # the temperature stepped in this update (auto_alpha, lr_alpha 0.5); the target must use the
+        # alpha from before the step, and the post-step one gives a measurably different loss
+        assert abs(metrics["alpha"] - alpha) > 0.05
+        late = c51_loss(batch, target(metrics["alpha"]))(critic_before).item()
+        assert abs(late - metrics["critic_loss"]) > 0.05
+
+
+def twin_q_loss(batch, target):
+    """Squared error to the target, averaged over the batch, summed over the two heads."""
+    return lambda critic: (critic(batch["state"], batch["action"]) - target).pow(2).mean(-1).sum()
+
+
+def bootstrapped(batch, next_value: torch.Tensor) -> torch.Tensor:
+    out = []
+    for b in range(B):
+        keep = batch["discount"][b].item() * (1.0 - batch["done"][b].item())
+        out.append(REWARD_SCALE * REWARD[b] + keep * next_value[b].item())
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("done", DONE)
+def test_hasac_critic_target_is_min_twin_q_minus_summed_alpha_log_pi(done):
+    algo = make_algo("hasac")
+    perturb_all(algo)
+    alphas = [0.3, 0.7]  # one temperature per agent, different, so a mixed-up index shows
+    with torch.no_grad():
+        algo.log_alpha.copy_(torch.tensor(alphas).log())
+    noise = fix_noise(algo)
+    batch = make_batch(DONE[done])
+    with torch.no_grad():
+        nxt = algo.actors(batch["next_obs"].transpose(0, 1), noise)  # cost = log pi per agent
+        q = algo.critic_target(batch["next_state"], joint_of(nxt.action))
+    value = [min(q[0, b].item(), q[1, b].item()) - sum(alphas[i] * nxt.cost[i, b].item() for i in range(2)) for b in range(B)]
+    assert any(abs(q[0, b] - q[1, b]) > 0.1 for b in range(B))  # the twin heads disagree: min matters
+    check_critic_step(algo, batch, twin_q_loss(batch, bootstrapped(batch, torch.tensor(value))))
+
+
+@pytest.mark.parametrize("done", DONE)
+def test_hatd3_critic_target_uses_smoothed_target_actions_and_min_twin_q(done):
+    algo = make_algo("hatd3", target_noise=0.4, target_noise_clip=0.3)  # a clip that acts on many draws
+    perturb_all(algo)
+    batch = make_batch(DONE[done])
+    next_obs = batch["next_obs"].transpose(0, 1)
+    torch.manual_seed(7)
+    draw = torch.randn(1, LAYOUT.n, B, LAYOUT.act_max)  # the update's first random draw: the smoothing noise
+    actions = []
+    clipped_noise = clipped_action = False
+    for i, d in enumerate(ACT_DIMS):
+        with torch.no_grad():
+            mu = algo.actor_target.singles[i].mean(next_obs[i : i + 1, :, : OBS_DIMS[i]])[0]  # [B, d] in [-1, 1]
+        eps = draw[0, i, :, :d] * 0.4
+        y = (mu + eps.clamp(-0.3, 0.3)).clamp(-1.0, 1.0)
+        clipped_noise |= bool((eps.abs() > 0.3).any())
+        clipped_action |= bool(((mu + eps.clamp(-0.3, 0.3)).abs() > 1.0).any())
+        low, high = torch.tensor(LOW[i]), torch.tensor(HIGH[i])
+        actions.append(low + (y + 1.0) * (high - low) / 2.0)
+    assert clipped_noise and clipped_action  # both clips are exercised
+    with torch.no_grad():
+        q = algo.critic_target(batch["next_state"], torch.cat(actions, -1))
+    assert any(abs(q[0, b] - q[1, b]) > 0.1 for b in range(B))
+    target = bootstrapped(batch, torch.minimum(q[0], q[1]))
+    torch.manual_seed(7)
+    check_critic_step(algo, batch, twin_q_loss(batch, target))
+
+
+# -- 2. update mechanics ----------------------------------------------------------------------
+
+ALGOS = ("omad", "hasac", "hatd3")
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_polyak_moves_each_target_parameter_by_tau_toward_the_online_one(name):
+    algo = make_algo(name)
+    perturb_all(algo)
+    fix_noise(algo)
+    pairs = [(algo.critic_target, algo.critic)]
+    if name == "hatd3":
+        pairs.append((algo.actor_target, algo.actors))
+    before = [{k: v.clone() for k, v in t.named_parameters()} for t, _ in pairs]
+    algo.update(make_batch(DONE["none"]))
+    for (target, online), old in zip(pairs, before):
+        online = dict(online.named_parameters())
+        for k, p in target.named_parameters():
+            expected = (1 - TAU) * old[k] + TAU * online[k].detach()
+            torch.testing.assert_close(p, expected, rtol=1e-6, atol=1e-6, msg=k)
+            assert not torch.allclose(p, online[k], atol=1e-3), k  # it moved toward, not onto, the online net
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_actor_and_temperature_step_once_every_policy_delay_updates(name):
+    delay, updates = 3, 7
+    algo = make_algo(name, policy_delay=delay)
+    fix_noise(algo)
+    stepped = []  # per update, the names of the optimizers that stepped
+    for k, opt in algo.optimizers().items():
+        opt.register_step_pre_hook(lambda *_, k=k: stepped[-1].append(k))
+    actor_target_moved = []
+    for u in range(updates):
+        stepped.append([])
+        old = [p.clone() for p in algo.actor_target.parameters()] if name == "hatd3" else []
+        algo.update(make_batch(DONE["none"], seed=u))
+        if name == "hatd3":
+            actor_target_moved.append(int(any(not torch.equal(a, b) for a, b in zip(old, algo.actor_target.parameters()))))
+    steps = {k: [s.count(k) for s in stepped] for k in algo.optimizers()}
+
+    assert steps.pop("critic_opt") == [1] * updates
+    delayed = {"omad": ["actor_opt", "alpha_opt"], "hasac": ["actor_opt_0", "actor_opt_1", "alpha_opt"],
+               "hatd3": ["actor_opt_0", "actor_opt_1"]}[name]
+    assert sorted(steps) == sorted(delayed)
+    pattern = steps[delayed[0]]
+    for k in delayed:  # actors and temperature step together, at most once per update
+        assert steps[k] == pattern, (k, steps)
+    if name == "hatd3":  # the actor target follows the actor steps
+        assert actor_target_moved == pattern
+    # exactly one step in every `delay` consecutive updates
+    assert all(sum(pattern[u : u + delay]) == 1 for u in range(updates - delay + 1)), pattern
+
+
+def actor_objective(name, algo, actors, critic, obs, state, noise, alphas) -> float:
+    """What the actor step must lower on a fixed batch and fixed noise: -Q + alpha * cost."""
+    with torch.no_grad():
+        if name == "hatd3":  # deterministic actors, trained on the first head
+            out = actors(obs, torch.zeros_like(noise), with_cost=False)
+            return -critic(state, joint_of(out.action))[0].mean().item()
+        out = actors(obs, noise)
+        if name == "omad":
+            q = critic.q_values(state, joint_of(out.action)).mean(0)
+        else:
+            q = critic(state, joint_of(out.action)).min(0).values
+        cost = sum(a * c for a, c in zip(alphas, out.cost))
+        return (-q + cost).mean().item()
+
+
+@pytest.mark.parametrize(("name", "alpha"), [("omad", 1e-6), ("omad", 0.5), ("hasac", 1e-6), ("hasac", 0.5), ("hatd3", 0.5)])
+def test_one_actor_step_lowers_the_actor_objective(name, alpha):
+    """alpha ~ 0 checks the Q part alone; at 0.5 the cost part dominates the step (measured: a 50x larger change)."""
+    algo = make_algo(name, auto_alpha=False, alpha_init=alpha, lr_actor=1e-3)
+    perturb_all(algo)
+    noise = fix_noise(algo)
+    batch = make_batch(DONE["none"])
+    obs, state = batch["obs"].transpose(0, 1), batch["state"]
+    actors_before = copy.deepcopy(algo.actors)
+    algo.update(batch)  # the actor step follows the critic step: judge it with the stepped critic
+    before = actor_objective(name, algo, actors_before, algo.critic, obs, state, noise, [alpha, alpha])
+    after = actor_objective(name, algo, algo.actors, algo.critic, obs, state, noise, [alpha, alpha])
+    assert after < before - 1e-4, (before, after)
+
+
+def install_linear_critic(name, algo, w: torch.Tensor) -> None:
+    """Replace the online critic's output by a known increasing function of w . joint_action.
+    `0 * param` keeps the critic step's backward valid; the critic's own weights no longer matter."""
+    param = next(algo.critic.parameters())
+    if name == "omad":  # two-point distribution on V_MIN / V_MAX with P(V_MAX) = sigmoid(w . a)
+        def logits(state, joint_action):
+            n = len(joint_action)
+            parts = [torch.zeros(n, 1), torch.full((n, M - 2), -50.0), (joint_action @ w).unsqueeze(-1)]
+            return torch.cat(parts, -1).expand(2, n, M) + 0.0 * param.sum()
+        algo.critic.logits = logits
+    else:  # both twin heads: Q = w . a
+        algo.critic.forward = lambda state, joint_action: (joint_action @ w).expand(2, -1) + 0.0 * param.sum()
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_actors_follow_a_hand_built_critic_gradient(name):
+    w = torch.tensor([2.0, -1.0, -1.5])  # agent 0: up, down; agent 1: down
+    algo = make_algo(name, auto_alpha=False, alpha_init=1e-3, lr_actor=1e-2)
+    perturb(algo.actors, 0.3, 3)
+    noise = fix_noise(algo)
+    install_linear_critic(name, algo, w)
+    batch = make_batch(DONE["none"])
+    obs = batch["obs"].transpose(0, 1)
+    act_noise = torch.zeros_like(noise) if name == "hatd3" else noise
+    with torch.no_grad():
+        before = joint_of(algo.actors(obs, act_noise, with_cost=False).action).mean(0)
+    for _ in range(20):
+        algo.update(batch)
+    with torch.no_grad():
+        after = joint_of(algo.actors(obs, act_noise, with_cost=False).action).mean(0)
+    moved = (after - before) / (JOINT_HIGH - JOINT_LOW)
+    assert torch.all(moved * w.sign() > 0.05), moved
