@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 EXPORT_FORMAT_VERSION = 1
 DEFAULT_OPSET = 18
@@ -88,7 +89,7 @@ def encode_metadata(info: ModelInfo, **extra: str) -> dict[str, str]:
 
 def decode_metadata(props: Mapping[str, str], sha256: str) -> ModelInfo:
     """The inverse of `encode_metadata`; raises ValueError naming the first missing or bad key."""
-    values = {}
+    values: dict[str, Any] = {}
     for name in STORED_FIELDS:
         key = metadata_key(name)
         if key not in props:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .schema import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT, ONNX_SUFFIX, ModelInfo
+from exporters.schema import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT, ONNX_SUFFIX, ModelInfo
 
 TRITON_DIR = "triton"
 TRITON_MODEL_VERSION = "1"

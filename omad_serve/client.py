@@ -2,9 +2,10 @@
 
     with PolicyClient("127.0.0.1:50051") as client:
         spec = client.spec()                          # agent, dims, bounds, K, model hash
-        actions, timing = client.act(obs)             # obs [B, d_o] -> actions [B, d_a]
+        actions = client.act(obs)                     # obs [B, d_o] -> actions [B, d_a]
+        timing = client.last_timing                   # server queue/inference times, round trip
         with client.stream() as session:              # closed loop: one long-lived stream
-            action, timing = session.act(obs)
+            action = session.act(obs, noise)          # (every policy source answers act(obs, noise))
 
 Every failure surfaces as `PolicyCallError`, carrying the gRPC status code. Unary calls retry
 with exponential backoff on UNAVAILABLE only (the server is starting, draining or unreachable);
@@ -22,10 +23,9 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from omad_train.errors import OmadError
-
-from ._generated import policy_pb2, policy_pb2_grpc
-from .tensors import from_tensor, to_tensor
+from omad_core.errors import OmadError
+from omad_serve._generated import policy_pb2, policy_pb2_grpc
+from omad_serve.tensors import from_tensor, to_tensor
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -66,7 +66,7 @@ def channel_credentials(
 
 
 def open_channel(addr: str, credentials: grpc.ChannelCredentials | None, server_name: str | None = None) -> grpc.Channel:
-    options = [
+    options: list[tuple[str, int | str]] = [
         ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
     ]
@@ -97,6 +97,7 @@ class PolicyClient:
         self._channel = open_channel(addr, channel_credentials(tls_ca, tls_cert, tls_key), tls_server_name)
         self._stub = policy_pb2_grpc.PolicyStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.last_timing: ActTiming | None = None  # of the latest `act`
 
     def __enter__(self) -> PolicyClient:
         return self
@@ -119,8 +120,9 @@ class PolicyClient:
         zero_noise: bool = False,
         timeout: float | None = None,
         request_id: str = "",
-    ) -> tuple[np.ndarray, ActTiming]:
-        """Actions [B, d_a] for obs [B, d_o] (a single obs [d_o] gives a single action [d_a]).
+    ) -> np.ndarray:
+        """Actions [B, d_a] for obs [B, d_o] (a single obs [d_o] gives a single action [d_a]); the
+        call's timing goes to `last_timing`.
 
         noise [K+1, B, d_a] makes the call exactly reproducible; so does a seed; zero_noise gives the
         deterministic policy; with none of them the server draws the noise.
@@ -128,7 +130,8 @@ class PolicyClient:
         request, single = act_request(obs, noise, seed, zero_noise, request_id)
         started = time.perf_counter_ns()
         reply = self._unary(self._stub.Act, request, timeout)
-        return decode_reply(reply, started, single)
+        actions, self.last_timing = decode_reply(reply, started, single)
+        return actions
 
     def stream(self, timeout: float | None = None) -> PolicyStream:
         """A streaming session (one long-lived ActStream call); `timeout` bounds the whole session."""
@@ -157,6 +160,7 @@ class PolicyStream:
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._replies = stub.ActStream(iter(self._requests.get, self._END), timeout=timeout, metadata=metadata)
         self._closed = False
+        self.last_timing: ActTiming | None = None  # of the latest `act`
 
     def __enter__(self) -> PolicyStream:
         return self
@@ -167,7 +171,8 @@ class PolicyStream:
     def act(
         self, obs: np.ndarray, noise: np.ndarray | None = None, seed: int | None = None, zero_noise: bool = False,
         request_id: str = "",
-    ) -> tuple[np.ndarray, ActTiming]:
+    ) -> np.ndarray:
+        """As `PolicyClient.act`, on the open stream; the call's timing goes to `last_timing`."""
         if self._closed:
             raise OmadError("this stream is closed; open a new one with client.stream()")
         request, single = act_request(obs, noise, seed, zero_noise, request_id)
@@ -181,7 +186,8 @@ class PolicyStream:
         except StopIteration:
             self._closed = True
             raise PolicyCallError(self.addr, grpc.StatusCode.UNAVAILABLE, "the server ended the stream") from None
-        return decode_reply(reply, started, single)
+        actions, self.last_timing = decode_reply(reply, started, single)
+        return actions
 
     def close(self) -> None:
         """Half-close, so the server ends the call cleanly."""

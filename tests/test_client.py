@@ -10,10 +10,10 @@ import grpc
 import numpy as np
 import pytest
 
+from omad_core.errors import OmadError
 from omad_serve._generated import policy_pb2, policy_pb2_grpc
 from omad_serve.client import PolicyCallError, PolicyClient, check_health, wait_until_serving
 from omad_serve.tensors import from_tensor, to_tensor
-from omad_train.errors import OmadError
 
 
 class ScriptedPolicy(policy_pb2_grpc.PolicyServicer):
@@ -49,10 +49,11 @@ def fake():
     server.stop(0)
 
 
-def test_act_returns_actions_and_timing(fake):
+def test_act_returns_actions_and_keeps_timing(fake):
     servicer, addr = fake
     with PolicyClient(addr, token="t0k") as client:
-        actions, timing = client.act(np.ones((4, 3), np.float32))
+        actions = client.act(np.ones((4, 3), np.float32))
+        timing = client.last_timing
         assert actions.shape == (4, 2) and np.all(actions == 2)
         assert timing.total_us == 7 and timing.batch_size == 4 and timing.round_trip_us > 0
         assert client.spec().agent == "fake"
@@ -63,7 +64,7 @@ def test_unavailable_is_retried_with_growing_backoff(fake):
     servicer, addr = fake
     servicer.script = [grpc.StatusCode.UNAVAILABLE] * 3
     with PolicyClient(addr, retries=3, backoff_s=0.02) as client:
-        actions, _ = client.act(np.ones((1, 3), np.float32))
+        actions = client.act(np.ones((1, 3), np.float32))
     assert np.all(actions == 2) and len(servicer.calls) == 4
     gaps = np.diff(servicer.calls)
     assert gaps[0] >= 0.02 and gaps[1] >= 0.04 and gaps[2] >= 0.08
@@ -72,9 +73,8 @@ def test_unavailable_is_retried_with_growing_backoff(fake):
 def test_retries_are_bounded(fake):
     servicer, addr = fake
     servicer.script = [grpc.StatusCode.UNAVAILABLE] * 10
-    with PolicyClient(addr, retries=2, backoff_s=0.001) as client:
-        with pytest.raises(PolicyCallError) as caught:
-            client.act(np.ones((1, 3), np.float32))
+    with PolicyClient(addr, retries=2, backoff_s=0.001) as client, pytest.raises(PolicyCallError) as caught:
+        client.act(np.ones((1, 3), np.float32))
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE and len(servicer.calls) == 3
 
 
@@ -82,9 +82,8 @@ def test_retries_are_bounded(fake):
 def test_other_codes_are_not_retried(fake, code):
     servicer, addr = fake
     servicer.script = [code]
-    with PolicyClient(addr, retries=3, backoff_s=0.001) as client:
-        with pytest.raises(PolicyCallError) as caught:
-            client.act(np.ones((1, 3), np.float32))
+    with PolicyClient(addr, retries=3, backoff_s=0.001) as client, pytest.raises(PolicyCallError) as caught:
+        client.act(np.ones((1, 3), np.float32))
     err = caught.value
     assert err.code == code and "scripted failure" in str(err) and addr in str(err)
     assert isinstance(err, OmadError) and len(servicer.calls) == 1
@@ -102,9 +101,8 @@ def test_per_call_deadline(fake):
 
 
 def test_nothing_listening_is_unavailable_after_bounded_retries():
-    with PolicyClient("127.0.0.1:1", retries=1, backoff_s=0.01, timeout_s=2) as client:
-        with pytest.raises(PolicyCallError) as caught:
-            client.spec()
+    with PolicyClient("127.0.0.1:1", retries=1, backoff_s=0.01, timeout_s=2) as client, pytest.raises(PolicyCallError) as caught:
+        client.spec()
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     assert check_health("127.0.0.1:1", timeout_s=1) == "UNAVAILABLE"
     with pytest.raises(PolicyCallError):
