@@ -1,8 +1,9 @@
-# The two entry points of the README: `make demo` and `make test`. Both set up .venv first.
+# The two entry points of the README: `make demo` and `make test` (`make check`: the static checks CI
+# runs first). All set up .venv first.
 PY := .venv/bin/python
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test bench mutation clean
+.PHONY: setup demo check test bench mutation clean
 
 setup: .venv/.installed
 
@@ -12,6 +13,13 @@ setup: .venv/.installed
 
 demo: setup
 	.venv/bin/omad demo
+
+# Package layers (import-linter contracts), lint and format (ruff), types (mypy): pyproject.toml.
+check: setup
+	.venv/bin/lint-imports
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
 
 test: setup
 	$(PY) -m pytest

@@ -194,8 +194,10 @@ def format_report(report: dict) -> str:
     lines = [
         "# Mutation testing",
         "",
-        f"`{run.get('command', 'make mutation')}` (mutmut, {run.get('max_children', '?')} workers): "
-        f"{run.get('seconds', 0) / 60:.0f} min on commit {run.get('commit', '?')}, {run.get('date', '?')}.",
+        (
+            f"`{run.get('command', 'make mutation')}` (mutmut, {run.get('max_children', '?')} workers): "
+            f"{run.get('seconds', 0) / 60:.0f} min on commit {run.get('commit', '?')}, {run.get('date', '?')}."
+        ),
         "",
         f"**{format_summary(report)}.** Score = (killed + timeout) / (mutants - equivalent).",
         "",

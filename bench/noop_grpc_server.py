@@ -20,8 +20,8 @@ from pathlib import Path
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from omad_serve._generated import policy_pb2, policy_pb2_grpc  # noqa: E402
-from omad_serve.tensors import from_tensor, to_tensor  # noqa: E402
+from omad_serve._generated import policy_pb2, policy_pb2_grpc
+from omad_serve.tensors import from_tensor, to_tensor
 
 
 class NoopPolicy(policy_pb2_grpc.PolicyServicer):

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from omad_train.config import ALGOS
 from omad_train.report import make_report
 from omad_train.stats import REPS
 from omad_train.sweep import run_sweep

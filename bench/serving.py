@@ -30,10 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -42,11 +42,11 @@ import torch
 
 from exporters.onnx_export import export_policy
 from exporters.runtime import OnnxPolicy
+from omad_core.envs import get_spec
 from omad_serve._generated import policy_pb2, policy_pb2_grpc
 from omad_serve.client import PolicyClient, act_request, wait_until_serving
 from omad_serve.launcher import pick_ports
-from omad_train.actors import AgentPolicy
-from omad_train.envs import get_spec
+from omad_train.policies import AgentPolicy
 
 ENV_ID = "mamujoco:HalfCheetah-2x3"
 DENOISING_STEPS = 8
@@ -133,7 +133,7 @@ def part_torch_eager(bench: Bench) -> list[dict]:
 
             def call():
                 with torch.inference_mode():
-                    return bench.policy(torch.from_numpy(obs), torch.from_numpy(noise)).numpy()
+                    return bench.policy(torch.from_numpy(obs), torch.from_numpy(noise)).numpy()  # noqa: B023 - timed now
 
             rows.append({"name": "torch eager", "threads": threads, "batch": batch, **time_calls(call, bench)})
     torch.set_num_threads(default_threads)
@@ -151,7 +151,7 @@ def part_onnxruntime(bench: Bench) -> list[dict]:
                     "name": "ONNX Runtime",
                     "threads": threads,
                     "batch": batch,
-                    **time_calls(lambda: policy.act(obs, noise), bench),
+                    **time_calls(lambda: policy.act(obs, noise), bench),  # noqa: B023 - timed now
                 }
             )
     return rows
@@ -201,7 +201,7 @@ def omad_server(bench: Bench, *flags: str, model: Path | None = None) -> tuple[c
     """`omad serve --model` of the benchmark graph (or `model`), one ONNX Runtime thread."""
     port = pick_ports("127.0.0.1", 0, 1)[0]
     addr = f"127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "omad_train.cli", "serve", "--model", str(model or bench.onnx_path), "--port", str(port),
+    argv = [sys.executable, "-m", "omad", "serve", "--model", str(model or bench.onnx_path), "--port", str(port),
             "--threads", "1", "--log-level", "warning", *flags]
     return server_process(argv, bench.onnx_path.parent / "serve.log", lambda: wait_until_serving(addr, 60)), addr
 
@@ -486,10 +486,12 @@ def markdown(result: dict) -> str:
     lines = [
         "# Serving benchmark",
         "",
-        f"Policy: {cfg['env_id']} agent sizes (obs {cfg['obs_dim']}, act {cfg['act_dim']}), K = {cfg['denoising_steps']}, "
-        f"score net {'x'.join(map(str, cfg['hidden']))}. Machine: {result['machine']['cpu']}, {result['machine']['cpus']} CPUs, "
-        f"load average at start {result['machine']['load_average_at_start'][0]:.2f}, at end "
-        f"{result['machine'].get('load_average_at_end', [float('nan')])[0]:.2f}. Command: `{result['command']}`.",
+        (
+            f"Policy: {cfg['env_id']} agent sizes (obs {cfg['obs_dim']}, act {cfg['act_dim']}), K = {cfg['denoising_steps']}, "
+            f"score net {'x'.join(map(str, cfg['hidden']))}. Machine: {result['machine']['cpu']}, {result['machine']['cpus']} CPUs, "
+            f"load average at start {result['machine']['load_average_at_start'][0]:.2f}, at end "
+            f"{result['machine'].get('load_average_at_end', [float('nan')])[0]:.2f}. Command: `{result['command']}`."
+        ),
         "",
         "| part | what | threads | batch | median (us) | p99 (us) | repeats |",
         "|---:|---|---:|---:|---:|---:|---:|",
@@ -505,7 +507,7 @@ def markdown(result: dict) -> str:
                 f"| {q['what']} | {q['batch']} | {q['median_ratio']:.2f}x | {q['p99_ratio']:.2f}x | {q['torch_threads']} / {q['ort_threads']} |"
             )
     lines += grpc_markdown(result)
-    lines += ["", f"Parity of the benchmarked graph (max abs error vs torch): "
+    lines += ["", "Parity of the benchmarked graph (max abs error vs torch): "
               + ", ".join(f"batch {b}: {e:.1e}" for b, e in result["parity"].items()), ""]
     return "\n".join(lines)
 

@@ -40,10 +40,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from omad_core.envs import env_family, get_spec
 from omad_train.actors import PerAgentActors
 from omad_train.algos import make_algorithm
 from omad_train.config import build_config
-from omad_train.envs import env_family, get_spec
 from omad_train.layout import AgentLayout
 from omad_train.replay import ReplaySample
 from omad_train.trainer import resolve_device

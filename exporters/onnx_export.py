@@ -28,12 +28,8 @@ import onnx.numpy_helper
 import onnx.shape_inference
 import torch
 
-from omad_train.checkpoint import CheckpointError, latest_checkpoint, sha256_file
-from omad_train.errors import OmadError
-from omad_train.policies import load_policies, load_spec
-
-from .runtime import OnnxPolicy, load_export
-from .schema import (
+from exporters.runtime import OnnxPolicy, load_export
+from exporters.schema import (
     ACTION_OUTPUT,
     BATCH_AXIS,
     DEFAULT_OPSET,
@@ -50,7 +46,10 @@ from .schema import (
     encode_metadata,
     weights_sha256,
 )
-from .triton import TRITON_DIR, write_triton_repository
+from exporters.triton import TRITON_DIR, write_triton_repository
+from omad_core.errors import OmadError
+from omad_train.checkpoint import CheckpointError, latest_checkpoint, sha256_file
+from omad_train.policies import AgentPolicy, load_policies, load_spec
 
 PARITY_TOLERANCE = 1e-5
 PARITY_BATCHES = (1, 64)
@@ -83,7 +82,7 @@ class ExportReport:
 
 # -- one policy ---------------------------------------------------------------------------------
 def export_policy(
-    policy: torch.nn.Module,
+    policy: AgentPolicy,
     path: Path,
     *,
     env_id: str,
@@ -128,7 +127,7 @@ def export_policy(
     onnx.save_model(model, path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
-    except Exception as err:  # ValidationError or InferenceError
+    except Exception as err:  # noqa: BLE001 - ValidationError or InferenceError
         raise ExportError(f"{info.agent}: onnx.checker rejects the graph ({one_line(err)})") from None
     max_error = parity_errors(policy, OnnxPolicy(path))
     for batch, error in max_error.items():
@@ -141,7 +140,7 @@ def export_policy(
     return AgentReport(info.agent, True, max_error, path.stat().st_size, sha256, replace(info, sha256=sha256))
 
 
-def trace_to_onnx(policy: torch.nn.Module, opset: int) -> onnx.ModelProto:
+def trace_to_onnx(policy: AgentPolicy, opset: int) -> onnx.ModelProto:
     """The policy as an ONNX graph with the K steps unrolled and a dynamic batch axis.
 
     The dynamo exporter constant-folds everything that does not depend on obs or noise (time
@@ -164,8 +163,10 @@ def trace_to_onnx(policy: torch.nn.Module, opset: int) -> onnx.ModelProto:
                 optimize=True,
                 verbose=False,
             )
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - the exporter fails in many ways; each is one line for the user
         raise ExportError(f"{policy.name}: torch.onnx.export failed at opset {opset} ({one_line(err)})") from None
+    if program is None:
+        raise ExportError(f"{policy.name}: torch.onnx.export returned no program")
     model = program.model_proto
     actual_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if actual_opset != opset:  # the exporter falls back to its own opset when it cannot convert
@@ -258,7 +259,7 @@ def forbidden_ops(model: onnx.ModelProto) -> list[str]:
     return sorted(found)
 
 
-def parity_errors(policy: torch.nn.Module, exported: OnnxPolicy, seed: int = PARITY_SEED) -> dict[int, float]:
+def parity_errors(policy: AgentPolicy, exported: OnnxPolicy, seed: int = PARITY_SEED) -> dict[int, float]:
     """Max |ONNX Runtime - torch| over random standard-normal obs and noise, per batch size."""
     rng = np.random.default_rng(seed)
     errors = {}
@@ -367,7 +368,7 @@ def format_report(report: ExportReport) -> str:
         + [f"{a.size_bytes / 1024:.1f} KiB", a.sha256[:12]]
         for a in report.agents
     ]
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         f"exported {len(report.agents)} agents of {report.env_id} ({report.algo}, opset {report.opset}) to {report.out}",
         "  ".join(h.ljust(w) for h, w in zip(header, widths)),

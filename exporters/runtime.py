@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from omad_train.errors import OmadError
-
-from .schema import (
+from exporters.schema import (
     ACTION_OUTPUT,
     EXPORT_FORMAT_VERSION,
     MANIFEST_AGENT_FIELDS,
@@ -32,6 +30,7 @@ from .schema import (
     decode_metadata,
     weights_sha256,
 )
+from omad_core.errors import OmadError
 
 __all__ = ["ModelInfo", "OnnxPolicy", "RuntimeModelError", "load_export", "read_manifest"]
 
@@ -145,10 +144,7 @@ class OnnxPolicy:
         noise [K+1, B, d_a] if given; otherwise drawn standard normal from `seed` (or all zeros with
         `zero_noise`, the deterministic policy).
         """
-        if noise is not None and (seed is not None or zero_noise):
-            raise RuntimeModelError(f"{self.info.agent}: give noise, or seed / zero_noise to make it, not both")
-        if seed is not None and zero_noise:
-            raise RuntimeModelError(f"{self.info.agent}: seed and zero_noise exclude each other")
+        check_noise_source(self.info.agent, noise, seed, zero_noise)
         obs, noise = self.validate(obs, noise)
         if noise is None:
             noise = self.sample_noise(obs.shape[0], seed=seed, zero_noise=zero_noise)
@@ -230,6 +226,12 @@ class OnnxPolicy:
             )
 
 
+def check_noise_source(agent: str, noise: object, seed: int | None, zero_noise: bool) -> None:
+    """A request's noise comes from at most one of: the noise itself, a seed, zero_noise (else drawn)."""
+    if (noise is not None) + (seed is not None) + bool(zero_noise) > 1:
+        raise RuntimeModelError(f"{agent}: give at most one of noise, seed and zero_noise")
+
+
 def execution_providers(provider: str) -> list[str]:
     """ONNX Runtime providers for "cpu" or "cuda"; CUDA keeps CPU only for the nodes CUDA lacks."""
     if provider not in EXECUTION_PROVIDERS:
@@ -256,7 +258,7 @@ def make_session(model: bytes, threads: int, providers: list[str], path: Path) -
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(model, sess_options=options, providers=providers)
-    except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types for unreadable graphs
         raise RuntimeModelError(f"{path}: ONNX Runtime cannot load it ({err})") from None
     if session.get_providers()[0] != providers[0]:
         raise RuntimeModelError(f"{path}: {providers[0]} failed to initialise (session runs on {session.get_providers()})")

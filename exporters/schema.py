@@ -15,6 +15,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 # 2: weights_sha256 covers the graph itself (see `weights_sha256`), so a lone file can be checked;
 # MatMul weights are 2-D (see exporters.onnx_export.prepackable_matmul_weights).
@@ -91,7 +92,7 @@ def encode_metadata(info: ModelInfo, **extra: str) -> dict[str, str]:
 
 def decode_metadata(props: Mapping[str, str], sha256: str) -> ModelInfo:
     """The inverse of `encode_metadata`; raises ValueError naming the first missing or bad key."""
-    values = {}
+    values: dict[str, Any] = {}
     for name in STORED_FIELDS:
         key = metadata_key(name)
         if key not in props:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .schema import ACTION_OUTPUT, BATCH_AXIS, NOISE_INPUT, OBS_INPUT, ONNX_SUFFIX, ModelInfo, metadata_key, weights_sha256
+from exporters.schema import ACTION_OUTPUT, BATCH_AXIS, NOISE_INPUT, OBS_INPUT, ONNX_SUFFIX, ModelInfo, metadata_key, weights_sha256
 
 TRITON_DIR = "triton"
 TRITON_MODEL_VERSION = "1"

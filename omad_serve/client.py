@@ -2,9 +2,10 @@
 
     with PolicyClient("127.0.0.1:50051") as client:
         spec = client.spec()                          # agent, dims, bounds, K, model hash
-        actions, timing = client.act(obs)             # obs [B, d_o] -> actions [B, d_a]
+        actions = client.act(obs)                     # obs [B, d_o] -> actions [B, d_a]
+        timing = client.last_timing                   # server queue/inference times, round trip
         with client.stream() as session:              # closed loop: one long-lived stream
-            action, timing = session.act(obs)
+            action = session.act(obs, noise)          # (every policy source answers act(obs, noise))
 
 Every failure surfaces as `PolicyCallError`, carrying the gRPC status code. Unary calls retry
 with exponential backoff on UNAVAILABLE only (the server is starting, draining or unreachable);
@@ -26,10 +27,9 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from omad_train.errors import OmadError
-
-from ._generated import policy_pb2, policy_pb2_grpc
-from .tensors import from_tensor, to_tensor
+from omad_core.errors import OmadError
+from omad_serve._generated import policy_pb2, policy_pb2_grpc
+from omad_serve.tensors import from_tensor, to_tensor
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -70,7 +70,7 @@ def channel_credentials(
 
 
 def open_channel(addr: str, credentials: grpc.ChannelCredentials | None, server_name: str | None = None) -> grpc.Channel:
-    options = [
+    options: list[tuple[str, int | str]] = [
         ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
     ]
@@ -102,6 +102,7 @@ class PolicyClient:
         self._stub = policy_pb2_grpc.PolicyStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._spec: policy_pb2.Spec | None = None
+        self.last_timing: ActTiming | None = None  # of the latest `act`
 
     def __enter__(self) -> PolicyClient:
         return self
@@ -125,8 +126,9 @@ class PolicyClient:
         zero_noise: bool = False,
         timeout: float | None = None,
         request_id: str = "",
-    ) -> tuple[np.ndarray, ActTiming]:
-        """Actions [B, d_a] for obs [B, d_o] (a single obs [d_o] gives a single action [d_a]).
+    ) -> np.ndarray:
+        """Actions [B, d_a] for obs [B, d_o] (a single obs [d_o] gives a single action [d_a]); the
+        call's timing goes to `last_timing`.
 
         noise [K+1, B, d_a] makes the call exactly reproducible; so does a seed; zero_noise gives the
         deterministic policy; with none of them the server draws the noise. A batch over the
@@ -137,7 +139,8 @@ class PolicyClient:
             self._unary(self._stub.Act, request, timeout)
             for request in self._requests(obs, noise, seed, zero_noise, request_id)
         ]
-        return decode_replies(replies, started, np.ndim(obs) == 1)
+        actions, self.last_timing = decode_replies(replies, started, np.ndim(obs) == 1)
+        return actions
 
     def stream(self, timeout: float | None = None, session_timeout: float | None = None) -> PolicyStream:
         """A streaming session (one long-lived ActStream call). `timeout` bounds the wait for each
@@ -207,6 +210,7 @@ class PolicyStream:
         self._closed = False
         self.wait_deadline: float | None = None  # monotonic time the current wait for a reply must end by
         self._expired = False
+        self.last_timing: ActTiming | None = None  # of the latest `act`
         _WATCHDOG.watch(self)
 
     def __enter__(self) -> PolicyStream:
@@ -218,7 +222,8 @@ class PolicyStream:
     def act(
         self, obs: np.ndarray, noise: np.ndarray | None = None, seed: int | None = None, zero_noise: bool = False,
         request_id: str = "",
-    ) -> tuple[np.ndarray, ActTiming]:
+    ) -> np.ndarray:
+        """As `PolicyClient.act`, on the open stream; the call's timing goes to `last_timing`."""
         if self._closed:
             raise OmadError("this stream is closed; open a new one with client.stream()")
         started = time.perf_counter_ns()
@@ -240,7 +245,8 @@ class PolicyStream:
             raise PolicyCallError(self.addr, grpc.StatusCode.UNAVAILABLE, "the server ended the stream") from None
         finally:
             self.wait_deadline = None
-        return decode_replies(replies, started, np.ndim(obs) == 1)
+        actions, self.last_timing = decode_replies(replies, started, np.ndim(obs) == 1)
+        return actions
 
     def close(self) -> None:
         """Half-close and let the server end the call; cancel it instead if a reply is being awaited

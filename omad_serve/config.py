@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from omad_train.errors import OmadError
+from omad_core.errors import OmadError
 
 TOKEN_ENV = "OMAD_SERVE_TOKEN"
 # TLS files may also come from the environment (for containers), when the flags are not given.

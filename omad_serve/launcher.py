@@ -18,9 +18,8 @@ import threading
 from pathlib import Path
 
 from exporters.runtime import read_manifest
-
-from . import logs
-from .config import ServeConfig, ServeConfigError
+from omad_serve import logs
+from omad_serve.config import ServeConfig, ServeConfigError
 
 log = logs.get_logger("omad_serve.launcher")
 EXIT_MARGIN_S = 5.0  # beyond the servers' own grace period, before SIGKILL
@@ -55,7 +54,7 @@ def launch_export(export_dir: str | Path, base_port: int, flags: dict) -> int:
 
 def server_argv(model: Path, port: int, flags: dict, index: int) -> list[str]:
     """`omad serve --model ...` for one agent, passing every given server option through."""
-    argv = [sys.executable, "-m", "omad_train.cli", "serve", "--model", str(model), "--port", str(port)]
+    argv = [sys.executable, "-m", "omad", "serve", "--model", str(model), "--port", str(port)]
     for name, value in flags.items():
         if value is None or name == "port":
             continue

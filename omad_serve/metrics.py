@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # Loopback round trips take a few hundred microseconds; queues under load reach milliseconds.
@@ -36,7 +38,7 @@ class ServerMetrics:
             "omad_inference_failures", "Failures of the inference machinery (the server then serves nothing)", registry=self.registry
         )
         self._per_method: dict[str, tuple] = {}  # label lookups cached: this runs once per request
-        self._http = None
+        self._http: WSGIServer | None = None
 
     def observe_request(self, method: str, seconds: float) -> None:
         children = self._per_method.get(method)

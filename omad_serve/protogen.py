@@ -41,7 +41,7 @@ def generate() -> dict[str, str]:
             args = ["protoc", f"-I{PROTO_ROOT}", f"--python_out={tmp}", f"--pyi_out={tmp}"]
             if with_grpc:
                 args.append(f"--grpc_python_out={tmp}")
-            if protoc.main(args + [str(PROTO_ROOT / proto)]) != 0:
+            if protoc.main([*args, str(PROTO_ROOT / proto)]) != 0:
                 raise RuntimeError(f"protoc failed on {proto}")
         for path in sorted(Path(tmp).rglob("*.py*")):
             files[path.name] = _flatten(path.read_text(), path.name)

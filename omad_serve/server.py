@@ -18,9 +18,10 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -29,17 +30,16 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from exporters.runtime import OnnxPolicy, RuntimeModelError
+from exporters.runtime import OnnxPolicy, RuntimeModelError, check_noise_source
 from exporters.schema import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT, ModelInfo
-
-from . import logs
-from ._generated import grpc_service_pb2 as kserve_pb2
-from ._generated import policy_pb2
-from .batching import BatcherClosed, BatcherFailed, Job, JobResult, MicroBatcher, NonFiniteActions
-from .config import ServeConfig, ServeConfigError
-from .metrics import ServerMetrics
-from .security import BearerTokenInterceptor, server_credentials
-from .tensors import FLOAT32_LE, TensorError, decode_float32, from_tensor, to_tensor
+from omad_serve import logs
+from omad_serve._generated import grpc_service_pb2 as kserve_pb2
+from omad_serve._generated import policy_pb2
+from omad_serve.batching import BatcherClosed, BatcherFailed, Job, JobResult, MicroBatcher, NonFiniteActions
+from omad_serve.config import ServeConfig, ServeConfigError
+from omad_serve.metrics import ServerMetrics
+from omad_serve.security import BearerTokenInterceptor, server_credentials
+from omad_serve.tensors import FLOAT32_LE, TensorError, decode_float32, from_tensor, to_tensor
 
 POLICY_SERVICE = policy_pb2.DESCRIPTOR.services_by_name["Policy"]
 KSERVE_SERVICE = kserve_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -418,15 +418,12 @@ class PolicyServer:
 
     def _job(self, obs: np.ndarray, noise: np.ndarray | None, seed: int | None, zero_noise: bool) -> Job:
         """Validate one request and fix its noise now, so that merging it with others changes nothing."""
-        if (noise is not None) + (seed is not None) + bool(zero_noise) > 1:
-            raise RequestError(Status.INVALID_ARGUMENT, "give at most one of noise, seed and zero_noise")
         try:
+            check_noise_source(self.info.agent, noise, seed, zero_noise)
             obs, noise = self._policy.validate(obs, noise)
         except RuntimeModelError as err:
             raise RequestError(Status.INVALID_ARGUMENT, str(err)) from None
         rows = obs.shape[0]
-        if rows < 1:
-            raise RequestError(Status.INVALID_ARGUMENT, "obs has no rows: send shape [B, obs_dim] with B >= 1")
         if rows > self.config.max_batch:
             raise RequestError(
                 Status.INVALID_ARGUMENT,

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ._generated import policy_pb2
+from omad_serve._generated import policy_pb2
 
 FLOAT32_LE = np.dtype("<f4")
 MAX_RANK = 8

@@ -6,14 +6,15 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import OmadError
+from omad_core.errors import OmadError
 
-ALGOS = ("omad", "hasac", "hatd3", "omad-gaussian")
+Algo = Literal["omad", "hasac", "hatd3", "omad-gaussian"]
+ALGOS: tuple[str, ...] = get_args(Algo)  # the one list of algorithm names
 
 # Defaults beneath the user's values (a YAML file or flags override them); config.json records the
 # resolved values. OMAD's are the field defaults below (ALGORITHM.md section 6).
@@ -66,14 +67,22 @@ class ConfigError(OmadError, ValueError):
     """A config value is invalid; the message names the field."""
 
 
+# Fields a resumed run may change: a larger budget, and knobs that do not change what is computed.
+RESUME_MAY_CHANGE = frozenset({"total_steps", "progress", "torch_threads", "device"})
+
+# A network's hidden layer widths: at least one layer, every width positive.
+Widths = Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
+
+
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Every float finite: an inf or nan learning rate, scale or budget is refused before training starts.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # run
     env: str = Field("mamujoco:HalfCheetah-2x3", description="environment id (see `omad envs`)")
     env_options: dict[str, Any] = Field(default_factory=dict, description="adapter options, e.g. {N: 4}")
-    algo: Literal["omad", "hasac", "hatd3", "omad-gaussian"] = "omad"
-    seed: int = 0
+    algo: Algo = "omad"
+    seed: int = Field(0, ge=0)
     total_steps: int = Field(100_000, gt=0, description="environment steps (summed over env copies)")
     num_envs: int = Field(1, gt=0, description="environment copies stepped together")
     learning_starts: int = Field(5000, ge=0, description="uniform-random warm-up steps")
@@ -101,12 +110,12 @@ class TrainConfig(BaseModel):
     denoising_steps: int = Field(8, ge=1, description="K")
     prior_std: float = Field(2.5, gt=0, description="s0")
     dt_init: float = Field(0.1, gt=0)
-    actor_hidden: list[int] = Field(default_factory=lambda: [256, 256, 256])
+    actor_hidden: Widths = Field(default_factory=lambda: [256, 256, 256])
     time_features: int = Field(16, gt=0)
     lr_actor: float = Field(3e-4, gt=0)
 
     # critic
-    critic_hidden: list[int] = Field(default_factory=lambda: [256, 256])
+    critic_hidden: Widths = Field(default_factory=lambda: [256, 256])
     num_atoms: int = Field(101, ge=2)
     v_min: float | None = Field(None, description="critic support; None = family default")
     v_max: float | None = None
@@ -125,6 +134,25 @@ class TrainConfig(BaseModel):
     explore_std: float = Field(0.1, ge=0, description="HATD3 exploration noise std (in [-1, 1] action units)")
     target_noise: float = Field(0.2, ge=0, description="HATD3 target policy smoothing std")
     target_noise_clip: float = Field(0.5, ge=0, description="HATD3 target smoothing clip")
+
+    @field_validator("env")
+    @classmethod
+    def _known_env(cls, env: str) -> str:
+        from omad_core.envs import ENV_IDS
+
+        if env not in ENV_IDS:
+            raise ValueError(f"unknown env id {env!r}; valid ids: {', '.join(ENV_IDS)}")
+        return env
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.batch_size > self.buffer_size:
+            raise ValueError(f"batch_size {self.batch_size} exceeds buffer_size {self.buffer_size}: no update could run")
+        if self.batch_size > self.total_steps:
+            raise ValueError(f"batch_size {self.batch_size} exceeds total_steps {self.total_steps}: no update could run")
+        if self.v_min is not None and self.v_max is not None and not self.v_min < self.v_max:
+            raise ValueError(f"v_min ({self.v_min}) must be below v_max ({self.v_max})")
+        return self
 
     def value_range(self, family: str) -> tuple[float, float]:
         """(v_min, v_max): the config's values where set, else reward_scale * STEP_REWARD_RANGE / (1 - gamma)."""
@@ -151,7 +179,7 @@ class TrainConfig(BaseModel):
 
 def algo_defaults(algo: str, env_id: str) -> dict[str, Any]:
     """The defaults `algo` brings for `env_id`: its HARL preset (the task's, else its family's), or {}."""
-    from .envs import UnknownEnvError, env_family
+    from omad_core.envs import UnknownEnvError, env_family
 
     key = env_id
     if (env_id, algo) not in PRESETS:
@@ -183,11 +211,16 @@ def presets_markdown() -> str:
 
 
 def _describe(err: ValidationError) -> str:
-    lines = []
+    """One line naming every offending field."""
+    problems = []
     for e in err.errors():
-        name = ".".join(str(p) for p in e["loc"]) or "config"
-        lines.append(f"invalid config field '{name}': {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+        name = ".".join(str(p) for p in e["loc"])
+        where = f"invalid config field '{name}'" if name else "invalid config"
+        if e["type"] == "value_error":  # our own validators' messages name the values
+            problems.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+        else:
+            problems.append(f"{where}: {e['msg']} (got {e['input']!r})")
+    return "; ".join(problems)
 
 
 def build_config(base: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
@@ -216,3 +249,42 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
     path.write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """A run dir's saved config.json, validated like any other config."""
+    path = Path(run_dir) / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{run_dir} is not a run dir (no config.json)") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: unreadable ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a mapping of field: value, got {type(data).__name__}")
+    try:
+        return TrainConfig(**data)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {_describe(err)}") from None
+
+
+def resume_config(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
+    """The saved config with the values given for a resumed run (flags or a config file), each of which
+    must be one a resumed run may change (`check_resume`)."""
+    try:
+        cfg = TrainConfig(**{**saved.model_dump(), **{k: v for k, v in given.items() if v is not None}})
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+    check_resume(saved, cfg)
+    return cfg
+
+
+def check_resume(saved: TrainConfig, cfg: TrainConfig) -> None:
+    """Refuse a resumed run whose config differs from the saved one, except `RESUME_MAY_CHANGE`."""
+    for name in TrainConfig.model_fields:
+        old, new = getattr(saved, name), getattr(cfg, name)
+        if old == new or (name in RESUME_MAY_CHANGE and not (name == "total_steps" and new < old)):
+            continue
+        flag = "--" + name.replace("_", "-")
+        why = "a resumed run cannot shrink its budget" if name == "total_steps" else "a resumed run keeps its saved config"
+        raise ConfigError(f"{flag} {new!r} differs from the run's saved {old!r}: {why} (start a new --out to change it)")

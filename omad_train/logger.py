@@ -23,7 +23,8 @@ class RunLogger:
         interval = 0.5 if sys.stderr.isatty() else 30.0
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", disable=not progress, dynamic_ncols=True,
                         mininterval=interval, maxinterval=max(interval, 10.0))
-        self.t0, self.step0, self.updates0 = time.perf_counter(), start_step, None
+        self.t0, self.step0 = time.perf_counter(), start_step
+        self.updates0: int | None = None
         self.step, self.updates = start_step, 0
 
     def _read_records(self, start_step: int) -> list[dict]:
@@ -42,12 +43,13 @@ class RunLogger:
     def advance(self, step: int, updates: int) -> None:
         if self.updates0 is None:
             self.updates0 = updates
+        updates0 = self.updates0
         self.bar.update(step - self.step)
         self.step, self.updates = step, updates
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         if self.bar.n % 100 == 0 or step >= self.bar.total:
             self.bar.set_postfix(
-                env_sps=f"{(step - self.step0) / elapsed:.0f}", ups=f"{(updates - self.updates0) / elapsed:.1f}", refresh=False
+                env_sps=f"{(step - self.step0) / elapsed:.0f}", ups=f"{(updates - updates0) / elapsed:.1f}", refresh=False
             )
 
     def log(self, record: dict) -> None:

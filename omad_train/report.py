@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stats
-from .coverage import FILE_NAME as COVERAGE_FILE
-from .errors import OmadError
-from .stats import first_reach  # noqa: F401 - part of this module's interface
-from .sweep import SWEEP_FILE, safe_name
+from omad_core.errors import OmadError
+from omad_train import stats
+from omad_train.coverage import FILE_NAME as COVERAGE_FILE
+from omad_train.stats import first_reach  # noqa: F401 - part of this module's interface
+from omad_train.sweep import SWEEP_FILE, safe_name
 
 REFERENCE_ALGO = "omad"
 AGGREGATION = (
@@ -303,9 +303,9 @@ def build_markdown(report: dict, sweep_dir: Path) -> str:
                      for algo, info in data["algos"].items() if "coverage" in info]
     if coverage_rows:
         lines += ["", "## State coverage (Ant)", "",
-                  "Fraction of the cells of a grid over the torso's (x, y) visited by training in its first 250k env "
-                  "steps (ALGORITHM.md section 8; a run shorter than that covers only its own steps). The paper, on Ant "
-                  "2x4 with its own grid: OMAD 68.3%, HASAC 55.0%, HATD3 48.4%.", "",
+                  ("Fraction of the cells of a grid over the torso's (x, y) visited by training in its first 250k env "
+                   "steps (ALGORITHM.md section 8; a run shorter than that covers only its own steps). The paper, on Ant "
+                   "2x4 with its own grid: OMAD 68.3%, HASAC 55.0%, HATD3 48.4%."), "",
                   "| env | algo | seeds | env steps recorded | grid | coverage (mean ± std over seeds) |",
                   "|---|---|---:|---:|---|---|"]
         for env, algo, cov in coverage_rows:
@@ -354,8 +354,7 @@ def _finite(value):
 
 
 # -- command line ------------------------------------------------------------------------------------
-def register(subparsers) -> None:
-    p = subparsers.add_parser("report", help="curves, final returns, sample-efficiency ratios and coverage of a sweep")
+def configure_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep_dir", help="an `omad sweep --out` dir")
     p.add_argument("--out", help="where to write (default SWEEP_DIR/report)")
     p.add_argument("--reps", type=int, default=stats.REPS, help=f"bootstrap resamples per interval (default {stats.REPS})")

@@ -24,16 +24,17 @@ import re
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 
-from .config import ALGOS, build_config, load_config_file
-from .envs.registry import ENV_IDS
-from .errors import OmadError
+from omad_core.envs.registry import ENV_IDS
+from omad_core.errors import OmadError
+from omad_train.config import ALGOS, build_config, load_config_file
 
 SWEEP_FILE = "sweep.json"
 DONE_FILE = "DONE.json"
@@ -126,8 +127,8 @@ def run_job(job: dict) -> dict:
     with open(run_dir.parent / f"{run_dir.name}.log", "a") as log, \
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
-            from .checkpoint import latest_checkpoint
-            from .trainer import train
+            from omad_train.checkpoint import latest_checkpoint
+            from omad_train.trainer import train
 
             cfg = build_config(job["config"])
             (run_dir / DONE_FILE).unlink(missing_ok=True)
@@ -233,7 +234,7 @@ def write_sweep_file(out: Path, jobs: list[Job], base: dict[str, Any], backend: 
     """sweep.json: merged with an earlier invocation's jobs; refuses a different shared config."""
     path = out / SWEEP_FILE
     earlier = json.loads(path.read_text()) if path.is_file() else None
-    shared = {k: v for k, v in base.items() if k not in _NEUTRAL_FIELDS + ("total_steps",)}
+    shared = {k: v for k, v in base.items() if k not in (*_NEUTRAL_FIELDS, "total_steps")}
     if earlier is not None and earlier.get("config") != shared:
         raise SweepError(
             f"{out} holds a sweep with a different shared config ({earlier.get('config')} != {shared}); "
@@ -336,8 +337,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("sweep", help="train every (env, algo, seed) combination, locally or on Ray; resumable")
+def configure_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--envs", nargs="+", required=True, metavar="ENV", help="environment ids (see `omad envs`)")
     p.add_argument("--algos", nargs="+", default=["omad"], metavar="ALGO", help=f"any of {', '.join(ALGOS)}; default omad")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="S", help="default 0")

@@ -11,10 +11,10 @@ import grpc
 import numpy as np
 import pytest
 
+from omad_core.errors import OmadError
 from omad_serve._generated import policy_pb2, policy_pb2_grpc
 from omad_serve.client import PolicyCallError, PolicyClient, check_health, wait_until_serving
 from omad_serve.tensors import from_tensor, to_tensor
-from omad_train.errors import OmadError
 
 
 class ScriptedPolicy(policy_pb2_grpc.PolicyServicer):
@@ -69,10 +69,11 @@ def fake():
     server.stop(0)
 
 
-def test_act_returns_actions_and_timing(fake):
+def test_act_returns_actions_and_keeps_timing(fake):
     servicer, addr = fake
     with PolicyClient(addr, token="t0k") as client:
-        actions, timing = client.act(np.ones((4, 3), np.float32))
+        actions = client.act(np.ones((4, 3), np.float32))
+        timing = client.last_timing
         assert actions.shape == (4, 2) and np.all(actions == 2)
         assert timing.total_us == 7 and timing.batch_size == 4 and timing.round_trip_us > 0
         assert client.spec().agent == "fake"
@@ -83,7 +84,7 @@ def test_unavailable_is_retried_with_growing_backoff(fake):
     servicer, addr = fake
     servicer.script = [grpc.StatusCode.UNAVAILABLE] * 3
     with PolicyClient(addr, retries=3, backoff_s=0.02) as client:
-        actions, _ = client.act(np.ones((1, 3), np.float32))
+        actions = client.act(np.ones((1, 3), np.float32))
     assert np.all(actions == 2) and len(servicer.calls) == 4
     gaps = np.diff(servicer.calls)
     assert gaps[0] >= 0.02 and gaps[1] >= 0.04 and gaps[2] >= 0.08
@@ -92,9 +93,8 @@ def test_unavailable_is_retried_with_growing_backoff(fake):
 def test_retries_are_bounded(fake):
     servicer, addr = fake
     servicer.script = [grpc.StatusCode.UNAVAILABLE] * 10
-    with PolicyClient(addr, retries=2, backoff_s=0.001) as client:
-        with pytest.raises(PolicyCallError) as caught:
-            client.act(np.ones((1, 3), np.float32))
+    with PolicyClient(addr, retries=2, backoff_s=0.001) as client, pytest.raises(PolicyCallError) as caught:
+        client.act(np.ones((1, 3), np.float32))
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE and len(servicer.calls) == 3
     assert "after 2 retries" in caught.value.details
 
@@ -103,9 +103,8 @@ def test_retries_are_bounded(fake):
 def test_other_codes_are_not_retried(fake, code):
     servicer, addr = fake
     servicer.script = [code]
-    with PolicyClient(addr, retries=3, backoff_s=0.001) as client:
-        with pytest.raises(PolicyCallError) as caught:
-            client.act(np.ones((1, 3), np.float32))
+    with PolicyClient(addr, retries=3, backoff_s=0.001) as client, pytest.raises(PolicyCallError) as caught:
+        client.act(np.ones((1, 3), np.float32))
     err = caught.value
     assert err.code == code and "scripted failure" in str(err) and addr in str(err)
     assert isinstance(err, OmadError) and len(servicer.calls) == 1
@@ -124,9 +123,8 @@ def test_per_call_deadline(fake):
 
 
 def test_nothing_listening_is_unavailable_after_bounded_retries():
-    with PolicyClient("127.0.0.1:1", retries=1, backoff_s=0.01, timeout_s=2) as client:
-        with pytest.raises(PolicyCallError) as caught:
-            client.spec()
+    with PolicyClient("127.0.0.1:1", retries=1, backoff_s=0.01, timeout_s=2) as client, pytest.raises(PolicyCallError) as caught:
+        client.spec()
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     assert check_health("127.0.0.1:1", timeout_s=1) == "UNAVAILABLE"
     with pytest.raises(PolicyCallError):
@@ -152,13 +150,13 @@ def test_a_batch_over_the_servers_max_batch_is_split(fake):
     servicer.max_batch = 3
     obs = np.arange(24, dtype=np.float32).reshape(8, 3)
     with PolicyClient(addr) as client:
-        actions, timing = client.act(obs)
-        assert [len(r.obs.shape) and r.obs.shape[0] for r in servicer.requests] == [3, 3, 2]
+        actions = client.act(obs)
+        assert [r.obs.shape[0] for r in servicer.requests] == [3, 3, 2]
         np.testing.assert_array_equal(actions, 2 * obs[:, :2])
-        assert timing.total_us == 3 * 7 and timing.batch_size == 3
+        assert client.last_timing.total_us == 3 * 7 and client.last_timing.batch_size == 3
         servicer.requests.clear()
         with client.stream() as session:
-            actions, _ = session.act(obs, seed=5)
+            actions = session.act(obs, seed=5)
         assert [r.obs.shape[0] for r in servicer.requests] == [3, 3, 2] and not any(r.HasField("seed") for r in servicer.requests)
         noise = np.random.default_rng(5).standard_normal((2, 8, 2), dtype=np.float32)
         np.testing.assert_array_equal(actions, 2 * obs[:, :2] + noise[0])

@@ -16,10 +16,9 @@ from exporters import onnx_export
 from exporters.onnx_export import ExportError, export_policy, export_run, forbidden_ops
 from exporters.runtime import load_export
 from exporters.schema import ACTION_OUTPUT, MANIFEST_NAME, NOISE_LAYOUT, metadata_key
-from omad_train.actors import AgentPolicy
+from omad.cli import main as omad_main
 from omad_train.checkpoint import latest_checkpoint, sha256_file
-from omad_train.cli import main as omad_main
-from omad_train.policies import load_policies, load_spec
+from omad_train.policies import AgentPolicy, load_policies, load_spec
 
 TOLERANCE = 1e-5
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import tiny_config
 
-from omad_train.evaluation import random_baseline
+from omad_core.rollout import random_baseline
 from omad_train.trainer import train
 
 

@@ -128,7 +128,7 @@ def test_validate_returns_contiguous_float32_of_any_real_dtype(policy):
 
 
 @pytest.mark.parametrize(
-    "obs, message",
+    ("obs", "message"),
     [
         (np.zeros((2, D_O + 1)), rf"agent_0: obs must have shape \[B, {D_O}\] \(or \[{D_O}\] for one observation\), got \[2, {D_O + 1}\]"),
         (np.zeros((2, D_O - 1)), rf"got \[2, {D_O - 1}\]"),
@@ -170,9 +170,9 @@ def test_noise_of_the_wrong_shape_is_refused(policy, shape):
 def test_noise_options_exclude_each_other(policy):
     obs, noise = obs_batch(2), np.zeros((K + 1, 2, D_A), np.float32)
     for kwargs in (dict(seed=1), dict(zero_noise=True), dict(seed=0, zero_noise=True)):
-        with pytest.raises(RuntimeModelError, match="agent_0: give noise, or seed / zero_noise to make it, not both"):
+        with pytest.raises(RuntimeModelError, match="agent_0: give at most one of noise, seed and zero_noise"):
             policy.act(obs, noise, **kwargs)
-    with pytest.raises(RuntimeModelError, match="agent_0: seed and zero_noise exclude each other"):
+    with pytest.raises(RuntimeModelError, match="agent_0: give at most one of noise, seed and zero_noise"):
         policy.act(obs, seed=0, zero_noise=True)
     for seed in (-1, "x"):
         with pytest.raises(RuntimeModelError, match=rf"agent_0: bad seed {seed!r} \("):
@@ -223,7 +223,7 @@ def every_method() -> list[tuple[str, bool, bool]]:
         for service in module.DESCRIPTOR.services_by_name.values()
         for m in service.methods
     ]
-    return methods + [("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", True, True)]
+    return [*methods, ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", True, True)]
 
 
 def handler_for(request_streaming: bool, response_streaming: bool) -> grpc.RpcMethodHandler:
@@ -287,7 +287,7 @@ BAD_METADATA = [
 ]
 
 
-@pytest.mark.parametrize("method, request_streaming, response_streaming", every_method())
+@pytest.mark.parametrize(("method", "request_streaming", "response_streaming"), every_method())
 def test_every_rpc_but_health_needs_the_token(method, request_streaming, response_streaming):
     handler = handler_for(request_streaming, response_streaming)
     for metadata in BAD_METADATA:

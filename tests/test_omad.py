@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from omad_core.envs.base import AgentSpec, EnvSpec
 from omad_train.algos.omad import OMAD
 from omad_train.config import build_config
 from omad_train.diffusion import DiffusionActors
-from omad_train.envs.base import AgentSpec, EnvSpec
 from omad_train.layout import AgentLayout
 from omad_train.replay import ReplaySample
 
@@ -82,7 +82,7 @@ def test_stacked_agents_equal_a_per_agent_loop():
     B = 16
     obs = torch.randn(3, B, max(obs_dims))
     noise = torch.randn(6, 3, B, max(act_dims))
-    for i, (o, a) in enumerate(zip(obs_dims, act_dims)):
+    for i, o in enumerate(obs_dims):
         obs[i, :, o:] = 0.0
     out = stack(obs, noise)
     for i, (o, a) in enumerate(zip(obs_dims, act_dims)):

@@ -29,7 +29,7 @@ def _perf_analyzer_env() -> dict[str, str]:
     except ImportError:
         return env
     libs = [str(Path(p) / "lib") for p in nvidia.cuda_runtime.__path__]
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
     return env
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from omad_train.cli import main
+from omad.cli import main
 from omad_train import stats
 from omad_train.report import ReportError, first_reach, make_report
 

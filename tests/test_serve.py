@@ -95,7 +95,8 @@ def test_spec_describes_the_served_model(client, policy):
 @pytest.mark.parametrize("batch", [1, 3, MAX_BATCH])
 def test_unary_act_equals_in_process_onnx(client, policy, batch):
     obs, noise = random_request(policy, batch, seed=batch)
-    actions, timing = client.act(obs, noise=noise)
+    actions = client.act(obs, noise=noise)
+    timing = client.last_timing
     assert_same_actions(actions, policy.act(obs, noise=noise))
     assert timing.total_us >= timing.inference_us >= 0 and timing.round_trip_us >= timing.total_us
     assert timing.batch_size >= batch
@@ -103,15 +104,15 @@ def test_unary_act_equals_in_process_onnx(client, policy, batch):
 
 def test_seed_and_zero_noise_equal_in_process_onnx(client, policy):
     obs, _ = random_request(policy, 4, seed=1)
-    assert_same_actions(client.act(obs, seed=123)[0], policy.act(obs, seed=123))
-    assert_same_actions(client.act(obs, zero_noise=True)[0], policy.act(obs, zero_noise=True))
-    first, second = client.act(obs)[0], client.act(obs)[0]  # server-drawn noise differs per call
+    assert_same_actions(client.act(obs, seed=123), policy.act(obs, seed=123))
+    assert_same_actions(client.act(obs, zero_noise=True), policy.act(obs, zero_noise=True))
+    first, second = client.act(obs), client.act(obs)  # server-drawn noise differs per call
     assert not np.array_equal(first, second)
 
 
 def test_single_observation_gives_single_action(client, policy):
     obs, noise = random_request(policy, 1, seed=5)
-    action, _ = client.act(obs[0], noise=noise[:, 0])
+    action = client.act(obs[0], noise=noise[:, 0])
     assert action.shape == (policy.info.act_dim,)
     assert_same_actions(action, policy.act(obs, noise=noise)[0])
 
@@ -120,13 +121,14 @@ def test_stream_equals_in_process_onnx(client, policy):
     with client.stream() as session:
         for step in range(20):
             obs, noise = random_request(policy, 1 + step % 3, seed=100 + step)
-            actions, timing = session.act(obs, noise=noise, request_id=f"step-{step}")
+            actions = session.act(obs, noise=noise, request_id=f"step-{step}")
             assert_same_actions(actions, policy.act(obs, noise=noise))
-        assert_same_actions(session.act(obs, seed=9)[0], policy.act(obs, seed=9))
+            assert session.last_timing is not None and session.last_timing.batch_size >= obs.shape[0]
+        assert_same_actions(session.act(obs, seed=9), policy.act(obs, seed=9))
 
 
 def test_reply_carries_model_hash_and_request_id(server, policy):
-    obs, noise = random_request(policy, 2, seed=3)
+    obs, _noise = random_request(policy, 2, seed=3)
     with grpc.insecure_channel(server.addr) as channel:
         stub = policy_pb2_grpc.PolicyStub(channel)
         request = policy_pb2.ActRequest(request_id="abc")
@@ -238,7 +240,7 @@ def test_every_bad_request_gets_invalid_argument_and_the_server_keeps_serving(se
             assert caught.value.code() == INVALID, name
             assert phrase in caught.value.details(), (name, caught.value.details())
     obs, noise = random_request(policy, 2, seed=1)
-    assert_same_actions(client.act(obs, noise=noise)[0], policy.act(obs, noise=noise))
+    assert_same_actions(client.act(obs, noise=noise), policy.act(obs, noise=noise))
     assert health_status(server.addr) == "SERVING"
 
 
@@ -250,7 +252,7 @@ def test_bad_request_on_a_stream_ends_that_stream_only(client, policy):
             session.act(np.full((1, policy.info.obs_dim), np.nan, np.float32))
         assert caught.value.code == INVALID
     with client.stream() as session:
-        assert_same_actions(session.act(obs, noise=noise)[0], policy.act(obs, noise=noise))
+        assert_same_actions(session.act(obs, noise=noise), policy.act(obs, noise=noise))
 
 
 def test_unparsable_bytes_get_invalid_argument(server):
@@ -303,7 +305,7 @@ def test_message_size_limit(model_path, policy):
             with pytest.raises(PolicyCallError) as caught:
                 c.act(obs, zero_noise=True)
             assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert c.act(obs[:10], zero_noise=True)[0].shape == (10, policy.info.act_dim)
+            assert c.act(obs[:10], zero_noise=True).shape == (10, policy.info.act_dim)
 
 
 # ---- fuzzing: random payloads only ever get OK or INVALID_ARGUMENT -------------------------------
@@ -343,11 +345,11 @@ def test_fuzzed_valid_shapes_with_random_values(server, policy, batch, data):
         try:
             reply = policy_pb2_grpc.PolicyStub(channel).Act(act_request(obs, zero_noise=True), timeout=10)
         except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.INTERNAL:
+            if err.code() == grpc.StatusCode.INTERNAL:  # noqa: PT017 - each outcome may be right
                 assert np.isfinite(obs).all() and not np.isfinite(policy.act(obs, zero_noise=True)).all()
                 assert "NaN or inf actions" in err.details()
             else:
-                assert err.code() == INVALID and not np.isfinite(obs).all()
+                assert err.code() == INVALID and not np.isfinite(obs).all()  # noqa: PT017
             return
     assert np.isfinite(obs).all()
     served = np.frombuffer(reply.action.data, "<f4").reshape(batch, info.act_dim)
@@ -357,7 +359,7 @@ def test_fuzzed_valid_shapes_with_random_values(server, policy, batch, data):
 def test_server_is_healthy_after_fuzzing(server, client, policy):
     assert health_status(server.addr) == "SERVING"
     obs, noise = random_request(policy, 1, seed=77)
-    assert_same_actions(client.act(obs, noise=noise)[0], policy.act(obs, noise=noise))
+    assert_same_actions(client.act(obs, noise=noise), policy.act(obs, noise=noise))
 
 
 # ---- micro-batching and deadlines -------------------------------------------------------------
@@ -375,11 +377,12 @@ def test_concurrent_requests_merge_into_one_call_with_unchanged_answers(model_pa
                 c.spec()  # connected before the race starts
                 start_together.wait(timeout=30)
                 if index % 3 == 0:
-                    results[index] = (c.act(obs, seed=index), policy.act(obs, seed=index))
+                    served, expected = c.act(obs, seed=index), policy.act(obs, seed=index)
                 elif index % 3 == 1:
-                    results[index] = (c.act(obs, noise=noise), policy.act(obs, noise=noise))
+                    served, expected = c.act(obs, noise=noise), policy.act(obs, noise=noise)
                 else:
-                    results[index] = (c.act(obs, zero_noise=True), policy.act(obs, zero_noise=True))
+                    served, expected = c.act(obs, zero_noise=True), policy.act(obs, zero_noise=True)
+                results[index] = ((served, c.last_timing), expected)
 
         threads = [threading.Thread(target=one_client, args=(i,)) for i in range(12)]
         for t in threads:
@@ -387,7 +390,7 @@ def test_concurrent_requests_merge_into_one_call_with_unchanged_answers(model_pa
         for t in threads:
             t.join(30)
         assert len(results) == 12
-        for (served, timing), expected in results.values():
+        for (served, _timing), expected in results.values():
             assert_same_actions(served, expected)
         assert max(timing.batch_size for (_, timing), _ in results.values()) > 3  # some calls shared a batch
         batches = batching_server.server.metrics.registry.get_sample_value("omad_batch_size_count")
@@ -403,8 +406,8 @@ def test_expired_deadline_is_reported_and_its_work_skipped(model_path, policy):
                 c.act(np.zeros((1, policy.info.obs_dim), np.float32), timeout=0.05)
             assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
             # the next call runs alone: the expired one was dropped from the batch
-            _, timing = c.act(np.zeros((2, policy.info.obs_dim), np.float32), zero_noise=True, timeout=5)
-            assert timing.batch_size == 2
+            c.act(np.zeros((2, policy.info.obs_dim), np.float32), zero_noise=True, timeout=5)
+            assert c.last_timing.batch_size == 2
         assert registry.get_sample_value("omad_batch_size_count") == 1
         assert registry.get_sample_value("omad_errors_total", {"method": "Act", "code": "DEADLINE_EXCEEDED"}) == 1
 
@@ -441,7 +444,7 @@ def test_bearer_token(model_path, policy, tmp_path):
         with PolicyClient(guarded.addr, token="s3cret") as c:
             assert c.spec().agent == policy.info.agent
             with c.stream() as session:
-                assert session.act(obs, zero_noise=True)[0].shape == (1, policy.info.act_dim)
+                assert session.act(obs, zero_noise=True).shape == (1, policy.info.act_dim)
         assert health_status(guarded.addr) == "SERVING"  # health stays open for probes
 
         import tritonclient.grpc as triton
@@ -557,7 +560,7 @@ def test_tls(model_path, policy, certs):
     with ServerThread(config, tls=read_tls_files(config)) as secure:
         obs, noise = random_request(policy, 2, seed=4)
         with PolicyClient(secure.addr, tls_ca=certs / "ca.pem") as c:
-            assert_same_actions(c.act(obs, noise=noise)[0], policy.act(obs, noise=noise))
+            assert_same_actions(c.act(obs, noise=noise), policy.act(obs, noise=noise))
         with PolicyClient(secure.addr, retries=0, timeout_s=2) as plaintext:
             with pytest.raises(PolicyCallError) as caught:
                 plaintext.spec()
@@ -577,9 +580,9 @@ def test_mtls_requires_a_client_certificate(model_path, policy, certs):
             with pytest.raises(PolicyCallError) as caught:
                 anonymous.spec()
             assert caught.value.code == grpc.StatusCode.UNAVAILABLE
-        from omad_serve.cli import cmd_health
-
         import argparse
+
+        from omad_serve.cli import cmd_health
 
         args = dict(addr=secure.addr, timeout=3.0, service="", tls_ca=str(certs / "ca.pem"), tls_server_name=None)
         assert cmd_health(argparse.Namespace(**args, tls_cert=str(certs / "client.pem"), tls_key=str(certs / "client.key"))) == 0

@@ -28,7 +28,7 @@ from test_serve_process import OMAD, REPO, Process, wait_gone
 from exporters.runtime import OnnxPolicy, read_manifest
 from omad_serve._generated import policy_pb2, policy_pb2_grpc
 from omad_serve.client import PolicyCallError, PolicyClient, check_health
-from omad_serve.closed_loop import grpc_source, onnx_source, run_eval
+from omad.evaluation import grpc_source, onnx_source, run_eval
 from omad_serve.config import ServeConfig
 from omad_serve.testing import ServerThread
 
@@ -188,7 +188,7 @@ def test_drain_ends_an_idle_stream_at_once_and_a_busy_one_after_its_reply(model_
             outcome: dict = {}
 
             def busy_step() -> None:
-                outcome["reply"] = busy.act(obs, noise=noise)[0]  # held for 1 s by the batching window
+                outcome["reply"] = busy.act(obs, noise=noise)  # held for 1 s by the batching window
 
             caller = threading.Thread(target=busy_step)
             caller.start()
@@ -263,7 +263,7 @@ def test_non_finite_actions_get_internal_and_are_counted(model_path, policy):
         assert registry.get_sample_value("omad_nonfinite_actions_total") == 1
         assert registry.get_sample_value("omad_errors_total", {"method": "Act", "code": "INTERNAL"}) == 1
         fine, fine_noise = random_inputs(policy, 2, seed=1)
-        np.testing.assert_array_equal(c.act(fine, noise=fine_noise)[0], policy.act(fine, fine_noise))
+        np.testing.assert_array_equal(c.act(fine, noise=fine_noise), policy.act(fine, fine_noise))
 
 
 def test_a_tampered_lone_model_file_is_refused_with_one_line(model_path, tmp_path):
@@ -295,7 +295,7 @@ def test_merged_rows_equal_separate_calls_exactly(model_path, policy):
             with PolicyClient(running.addr, retries=0) as c:
                 c.spec()
                 start.wait(30)
-                merged[index] = c.act(obs, noise=noise)
+                merged[index] = (c.act(obs, noise=noise), c.last_timing)
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
         for t in threads:
@@ -305,8 +305,8 @@ def test_merged_rows_equal_separate_calls_exactly(model_path, policy):
         assert max(timing.batch_size for _, timing in merged.values()) > 1
         with PolicyClient(running.addr, retries=0) as c:
             for index, (obs, noise) in enumerate(requests):
-                alone, timing = c.act(obs, noise=noise)
-                assert timing.batch_size == 1
+                alone = c.act(obs, noise=noise)
+                assert c.last_timing.batch_size == 1
                 np.testing.assert_array_equal(merged[index][0], alone)
                 np.testing.assert_array_equal(alone, policy.run(obs, noise))
 
@@ -427,7 +427,7 @@ def test_reload_swaps_the_model_without_a_failed_call_and_refuses_a_broken_file(
                 server.proc.send_signal(signal.SIGHUP)
                 assert reason in server.wait_for_event("reload_refused")["reason"]
                 obs, noise = random_inputs(old, 3, seed=1)
-                actions, _ = c.act(obs, noise=noise)
+                actions = c.act(obs, noise=noise)
                 np.testing.assert_array_equal(actions, new.run(obs, noise))
                 assert c.spec().model_sha256 == new.info.sha256
             assert metric(metrics_port, 'omad_reloads_total{result="refused"}') == 2

@@ -3,8 +3,8 @@ orphans), health exit codes, and 64 concurrent clients with every answer checked
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import queue
 import shutil
 import signal
@@ -25,7 +25,7 @@ from omad_serve.config import ServeConfig
 from omad_serve.testing import ServerThread
 
 REPO = Path(__file__).resolve().parent.parent
-OMAD = [sys.executable, "-m", "omad_train.cli"]
+OMAD = [sys.executable, "-m", "omad"]
 
 
 class Process:
@@ -46,10 +46,8 @@ class Process:
     def _read_stderr(self) -> None:
         for line in self.proc.stderr:
             self.stderr.append(line)
-            try:
+            with contextlib.suppress(ValueError):
                 self.events.put(json.loads(line))
-            except ValueError:
-                pass
 
     def wait_for_event(self, name: str, timeout_s: float = 60) -> dict:
         deadline = time.monotonic() + timeout_s
@@ -137,7 +135,7 @@ def test_sigterm_drains_in_flight_calls_then_exits(model_path, policy):
             obs_i, noise_i = random_inputs(policy, 2, seed=index)
             with PolicyClient(addr, retries=0) as c:
                 try:
-                    results[index] = (c.act(obs_i, noise=noise_i, timeout=10)[0], policy.act(obs_i, noise=noise_i))
+                    results[index] = (c.act(obs_i, noise=noise_i, timeout=10), policy.act(obs_i, noise=noise_i))
                 except PolicyCallError as err:
                     results[index] = err
 
@@ -297,8 +295,8 @@ def test_64_concurrent_clients_get_every_answer_right(model_path, policy):
                 with PolicyClient(addr, retries=0, timeout_s=30) as client:
                     start.wait(timeout=60)
                     for i in range(requests_each):
-                        action, timing = client.act(obs[i : i + 1], noise=noise[:, i : i + 1])
-                        served_batches.append(timing.batch_size)
+                        action = client.act(obs[i : i + 1], noise=noise[:, i : i + 1])
+                        served_batches.append(client.last_timing.batch_size)
                         if not np.allclose(action[0], expected[i], rtol=0, atol=1e-5):
                             mismatches.append((index, i))
             except BaseException as err:  # noqa: BLE001 - reported below

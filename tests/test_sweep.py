@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from omad_train.cli import main
+from omad.cli import main
 from omad_train.config import build_config
 from omad_train.sweep import DONE_FILE, SWEEP_FILE, SweepError, job_dir, run_sweep, safe_name
 from omad_train.trainer import train
@@ -83,7 +83,7 @@ def test_failing_job_does_not_stop_the_others(tmp_path, capsys):
     assert "Traceback" in (tmp_path / "sweep" / "mamujoco_Hopper-3x1" / "omad" / "seed-0.log").read_text()
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(("args", "message"), [
     (["--envs", "mpe:nope"], "unknown env id 'mpe:nope'"),
     (["--envs", ENV, "--algos", "omad", "sac"], "unknown algo 'sac'"),
     (["--envs", ENV, "--set", "batch_size=0"], "invalid config field 'batch_size'"),

@@ -17,9 +17,9 @@ import math
 import pytest
 import torch
 
+from omad_core.envs.base import AgentSpec, EnvSpec
 from omad_train.algos import make_algorithm
 from omad_train.config import TrainConfig
-from omad_train.envs.base import AgentSpec, EnvSpec
 from omad_train.layout import AgentLayout
 from omad_train.replay import ReplaySample
 
@@ -322,7 +322,7 @@ def actor_objective(name, algo, actors, critic, obs, state, noise, alphas) -> fl
         return (-q + cost).mean().item()
 
 
-@pytest.mark.parametrize("name, alpha", [("omad", 1e-6), ("omad", 0.5), ("hasac", 1e-6), ("hasac", 0.5), ("hatd3", 0.5)])
+@pytest.mark.parametrize(("name", "alpha"), [("omad", 1e-6), ("omad", 0.5), ("hasac", 1e-6), ("hasac", 0.5), ("hatd3", 0.5)])
 def test_one_actor_step_lowers_the_actor_objective(name, alpha):
     """alpha ~ 0 checks the Q part alone; at 0.5 the cost part dominates the step (measured: a 50x larger change)."""
     algo = make_algo(name, auto_alpha=False, alpha_init=alpha, lr_actor=1e-3)

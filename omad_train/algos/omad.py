@@ -16,13 +16,13 @@ import math
 
 import torch
 
-from ..config import TrainConfig
-from ..critic import CategoricalCritic, project_distribution
-from ..actors import GaussianActors, StackedActors
-from ..diffusion import DiffusionActors
-from ..layout import AgentLayout
-from ..replay import ReplaySample
-from .common import Algorithm, clip_grad_norm_per_agent, gradient_step, polyak_update
+from omad_train.actors import GaussianActors, StackedActors
+from omad_train.algos.common import Algorithm, clip_grad_norm_per_agent, gradient_step, polyak_update
+from omad_train.config import TrainConfig
+from omad_train.critic import CategoricalCritic, project_distribution
+from omad_train.diffusion import DiffusionActors
+from omad_train.layout import AgentLayout
+from omad_train.replay import ReplaySample
 
 
 def make_actors(cfg: TrainConfig, layout: AgentLayout) -> StackedActors:

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import copy
 import math
+from abc import abstractmethod
 
 import torch
 
-from ..actors import ChainOutput, DeterministicActors, GaussianActors, PerAgentActors
-from ..config import TrainConfig
-from ..critic import TwinQCritic
-from ..layout import AgentLayout
-from ..replay import ReplaySample
-from .common import Algorithm, gradient_step, polyak_update
+from omad_train.actors import ChainOutput, DeterministicActors, GaussianActors, PerAgentActors, StackedActors
+from omad_train.algos.common import Algorithm, gradient_step, polyak_update
+from omad_train.config import TrainConfig
+from omad_train.critic import TwinQCritic
+from omad_train.layout import AgentLayout
+from omad_train.replay import ReplaySample
 
 
 class SequentialAlgorithm(Algorithm):
+    actors: PerAgentActors
+
     def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, device: torch.device | str = "cpu"):
         self.cfg, self.layout, self.device = cfg, layout, torch.device(device)
         self.actors = self.chain = PerAgentActors([self.make_actor(i) for i in range(layout.n)]).to(self.device)
@@ -33,8 +36,8 @@ class SequentialAlgorithm(Algorithm):
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_critic)
         self.num_updates = 0
 
-    def make_actor(self, i: int):
-        raise NotImplementedError
+    @abstractmethod
+    def make_actor(self, i: int) -> StackedActors: ...
 
     def agent_actor(self, i: int, obs: torch.Tensor, noise: torch.Tensor) -> ChainOutput:
         """Agent i's action (with gradient) for the actor update."""
@@ -89,11 +92,11 @@ class SequentialAlgorithm(Algorithm):
         return {"actor_loss": torch.stack(losses).mean(), "q": torch.stack(q_values).mean()}
 
     # -- the pieces each baseline defines -----------------------------------------------------
-    def next_value(self, next_state: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def next_value(self, next_state: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor: ...
 
-    def actor_loss(self, i: int, q: torch.Tensor, out: ChainOutput) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def actor_loss(self, i: int, q: torch.Tensor, out: ChainOutput) -> torch.Tensor: ...
 
     def after_agent_step(self, i: int, out: ChainOutput) -> None:
         pass
@@ -107,10 +110,6 @@ class SequentialAlgorithm(Algorithm):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic_opt": self.critic_opt, **{f"actor_opt_{i}": opt for i, opt in enumerate(self.actor_opts)}}
-
-    def extra_tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
 
 class HASAC(SequentialAlgorithm):
     """Squashed-Gaussian actors, soft twin-Q target, one auto-tuned temperature per agent

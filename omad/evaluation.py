@@ -1,26 +1,32 @@
-"""Closed-loop evaluation: the environment steps here; each agent's policy is a torch checkpoint,
-an ONNX export, or a gRPC server per agent. One loop (omad_train.evaluation.evaluate) serves all
-three sources, and the noise stream is drawn by that loop, so the three give the same returns.
+"""Closed-loop evaluation (`omad eval`): the environment steps here; each agent's policy comes from a
+torch run dir, an ONNX export or a gRPC server per agent. All three are `omad_core.policy.Policy`
+objects, run by one loop (omad_core.rollout.evaluate) that draws the noise, so the three give the
+same returns. Latency is measured here, around each call, not returned by the policies.
 
-Torch-free: the torch source lives with the checkpoints, in omad_train.policies.torch_source.
+Torch loads only for a run dir (`torch_source`), so evaluating an export or servers needs no torch.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import queue
 import threading
 import time
-from concurrent.futures import Future, TimeoutError as FutureTimeout
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from omad_train.envs import get_spec
-from omad_train.envs.base import EnvSpec
-from omad_train.errors import OmadError
-from omad_train.evaluation import EvalResult, evaluate
+from omad_core.envs import get_spec
+from omad_core.envs.base import EnvSpec
+from omad_core.errors import OmadError
+from omad_core.policy import Policy
+from omad_core.rollout import EvalResult, evaluate
 
 
 class EvalError(OmadError):
@@ -41,22 +47,22 @@ class AgentEndpoint:
 
 @dataclass
 class PolicySource:
-    """Per-agent callables `fn(obs [B, d_o], noise [K+1, B, d_a]) -> actions [B, d_a]`."""
+    """One `Policy` per agent, in env order, stepped as a team."""
 
     kind: str
     agents: list[AgentEndpoint]
-    calls: list  # one callable per agent, in env order
+    policies: list[Policy]
     concurrent: bool = False  # issue the agents' calls for a step in parallel (gRPC)
     step_timeout_s: float = 10.0  # a backstop: gRPC calls carry their own deadline
     latency_us: dict[str, list[float]] = field(default_factory=dict)
     _workers: list[_Worker] = field(default_factory=list)
-    _on_close: list = field(default_factory=list)
+    _on_close: list[Callable[[], None]] = field(default_factory=list)
 
     def act(self, obs: list[np.ndarray], noise: list[np.ndarray]) -> list[np.ndarray]:
         if not self.concurrent:
-            return [self._timed(i, obs[i], noise[i]) for i in range(len(self.calls))]
+            return [self._timed(i, obs[i], noise[i]) for i in range(len(self.policies))]
         if not self._workers:
-            self._workers = [_Worker(f"agent-{i}") for i in range(len(self.calls))]
+            self._workers = [_Worker(f"agent-{i}") for i in range(len(self.policies))]
         futures = [w.submit(self._timed, i, obs[i], noise[i]) for i, w in enumerate(self._workers)]
         results = []
         for agent, fut in zip(self.agents, futures):
@@ -70,7 +76,7 @@ class PolicySource:
 
     def _timed(self, i: int, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        out = self.calls[i](obs, noise)
+        out = self.policies[i].act(obs, noise)
         self.latency_us.setdefault(self.agents[i].name, []).append((time.perf_counter() - start) * 1e6)
         return np.asarray(out, np.float32)
 
@@ -119,7 +125,20 @@ class _Worker:
                     future.set_exception(err)
 
 
-# -- the ONNX and gRPC sources -------------------------------------------------------------------
+# -- the three sources ---------------------------------------------------------------------------
+def torch_source(run_dir: str | Path) -> PolicySource:
+    """A training run dir's latest checkpoint, in-process (the only source that needs torch)."""
+    from omad_train.policies import load_policies, load_spec
+
+    spec = load_spec(run_dir)
+    policies = load_policies(run_dir)
+    agents = [
+        AgentEndpoint(name, p.obs_dim, p.act_dim, p.denoising_steps + 1, spec.env_id, str(run_dir))
+        for name, p in policies.items()
+    ]
+    return PolicySource("torch", agents, list(policies.values()))
+
+
 def onnx_source(export_dir: str | Path, threads: int = 1) -> PolicySource:
     from exporters.runtime import load_export
 
@@ -128,14 +147,16 @@ def onnx_source(export_dir: str | Path, threads: int = 1) -> PolicySource:
         AgentEndpoint(name, p.info.obs_dim, p.info.act_dim, p.info.noise_steps, p.info.env_id, str(export_dir))
         for name, p in policies.items()
     ]
-    return PolicySource("onnx", agents, [lambda o, z, p=p: p.act(o, noise=z) for p in policies.values()])
+    return PolicySource("onnx", agents, list(policies.values()))
 
 
-def grpc_source(addrs: list[str], token: str | None = None, timeout_s: float = 5.0, retries: int = 3, **tls) -> PolicySource:
+def grpc_source(addrs: list[str], token: str | None = None, timeout_s: float = 5.0, retries: int = 3, **tls: Any) -> PolicySource:
     """One streaming session per agent server; an unreachable server fails here, naming the address."""
-    from omad_serve.client import PolicyCallError, PolicyClient
+    from omad_serve.client import PolicyCallError, PolicyClient, PolicyStream
 
-    clients, streams, agents = [], [], []
+    clients: list[PolicyClient] = []
+    streams: list[PolicyStream] = []
+    agents = []
     try:
         for i, addr in enumerate(addrs):
             client = PolicyClient(addr, token=token, timeout_s=timeout_s, retries=retries, **tls)
@@ -151,7 +172,7 @@ def grpc_source(addrs: list[str], token: str | None = None, timeout_s: float = 5
             c.close()
         raise
 
-    def close():
+    def close() -> None:
         for s in streams:
             s.close()
         for c in clients:
@@ -159,8 +180,7 @@ def grpc_source(addrs: list[str], token: str | None = None, timeout_s: float = 5
 
     # Each stream splits a step's batch to its server's max_batch and fails with DEADLINE_EXCEEDED
     # after timeout_s; the step timeout only backs that up.
-    calls = [lambda o, z, s=s: s.act(o, noise=z)[0] for s in streams]
-    return PolicySource("grpc", agents, calls, concurrent=True, step_timeout_s=timeout_s + 2.0, _on_close=[close])
+    return PolicySource("grpc", agents, list(streams), concurrent=True, step_timeout_s=timeout_s + 2.0, _on_close=[close])
 
 
 # -- running and reporting -----------------------------------------------------------------------
@@ -202,7 +222,7 @@ def run_eval(
     return report
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 30) -> Path:
+def write_video(path: Path, frames: list[Any], fps: int = 30) -> Path:
     if not frames:
         raise EvalError("no frames were rendered; nothing to record")
     import imageio.v2 as imageio
@@ -238,3 +258,54 @@ def format_report(report: dict) -> str:
 
 def write_json(path: str | Path, report: dict) -> None:
     Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+# -- `omad eval` -----------------------------------------------------------------------------------
+def configure_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", required=True, help="environment id, e.g. mamujoco:HalfCheetah-2x3")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--servers", help="agent servers host:port,host:port,... in agent order")
+    source.add_argument("--export-dir", help="ONNX export dir, run in-process")
+    source.add_argument("--run-dir", help="training run dir, torch checkpoint in-process")
+    p.add_argument("--episodes", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--zero-noise", action="store_true", help="deterministic policy (all noise zero)")
+    p.add_argument("--record", help="write episode 0 as a .gif or .mp4")
+    p.add_argument("--json", help="write the report as JSON here")
+    p.add_argument("--env-options", default=None, help="adapter options as YAML, e.g. '{N: 4}'")
+    p.add_argument("--token-file", help="bearer token for the servers")
+    p.add_argument("--timeout-s", type=float, default=5.0, help="per-call deadline for servers")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (--export-dir)")
+    p.set_defaults(func=cmd_eval)
+
+
+def read_token_file(path: str) -> str:
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+    except OSError as err:
+        raise EvalError(f"cannot read --token-file: {err}") from None
+    if not token:
+        raise EvalError(f"--token-file {path} is empty")
+    return token
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import yaml
+
+    if args.episodes < 1:
+        raise EvalError("--episodes must be at least 1")
+    options = yaml.safe_load(args.env_options) if args.env_options else None
+    if args.servers:
+        token = read_token_file(args.token_file) if args.token_file else None
+        addrs = [a.strip() for a in args.servers.split(",") if a.strip()]
+        source = grpc_source(addrs, token=token, timeout_s=args.timeout_s)
+    elif args.export_dir:
+        source = onnx_source(args.export_dir, threads=args.threads)
+    else:
+        source = torch_source(args.run_dir)
+    report = run_eval(args.env, source, args.episodes, args.seed, args.zero_noise, args.record, options)
+    print(format_report(report))
+    if args.json:
+        write_json(args.json, report)
+    return 0

@@ -1,7 +1,7 @@
 """One adapter from a PettingZoo parallel env (mpe2 or MaMuJoCo) to `MultiAgentEnv`.
 
 Both families speak the PettingZoo parallel API, so a single class applies the conventions
-(listed in `omad_train.envs`): fixed agent order, float32 observations and state, clipped
+(listed in `omad_core.envs`): fixed agent order, float32 observations and state, clipped
 actions, team reward = mean of the team agents' rewards, terminated kept apart from truncated.
 Agents driven by a scripted policy (the adversary of Physical Deception) are stepped here and
 are not part of the spec.
@@ -9,11 +9,12 @@ are not part of the spec.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
-from omad_train.envs.base import AgentSpec, EnvSpec, MultiAgentEnv, StepResult
+from omad_core.envs.base import AgentSpec, EnvSpec, MultiAgentEnv, StepResult
 
 ScriptedPolicy = Callable[[np.ndarray], np.ndarray]
 
@@ -83,10 +84,12 @@ class ParallelEnvAdapter(MultiAgentEnv):
             action_high=tuple(float(x) for x in high),
         )
 
-    @property
-    def raw_env(self) -> Any:
-        """The wrapped PettingZoo parallel env (for read-only access to simulator state)."""
-        return self._env
+    def torso_xy(self) -> np.ndarray:
+        """MaMuJoCo: the robot's torso (x, y), `qpos[:2]` of the MuJoCo model under the env."""
+        single_agent_env = getattr(self._env, "single_agent_env", None)
+        if single_agent_env is None:
+            raise NotImplementedError(f"{self.spec.env_id} has no MuJoCo torso")
+        return np.array(single_agent_env.unwrapped.data.qpos[:2], dtype=np.float64)
 
     def reset(self, seed: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
         raw_obs, _ = self._env.reset(seed=seed)

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from omad_train.envs.base import EnvSpec, MultiAgentEnv
-from omad_train.envs.registry import make_env
+from omad_core.envs.base import EnvSpec, MultiAgentEnv
+from omad_core.envs.registry import make_env
 
 
 @dataclass
