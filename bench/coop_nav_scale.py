@@ -97,12 +97,12 @@ def write(results: list[dict], seconds: float) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "coop_nav_scale.json").write_text(json.dumps({"results": results, "seconds": seconds}, indent=2) + "\n")
     lines = ["# Cooperative Navigation: return scales (bench/coop_nav_scale.py)", "",
-             f"Episode returns over {results[0]['episodes']} episodes (seeds 0..{results[0]['episodes'] - 1}), "
+             (f"Episode returns over {results[0]['episodes']} episodes (seeds 0..{results[0]['episodes'] - 1}), "
              f"{results[0]['steps_per_episode']} steps each, mean ± std. Ours: team reward = mean over agents "
              "(local_ratio 0.5). HARL's: every agent gets the sum over agents (N x ours). Global only: "
-             "local_ratio 0 (no collision term). Collisions: the episode's collision count per agent.", "",
-             "| N | policy | ours (mean over agents) | HARL's scale (sum over agents) | global reward only | "
-             "collisions per agent | paper's OMAD (3M steps) |", "|---:|---|---|---|---|---:|---:|"]
+             "local_ratio 0 (no collision term). Collisions: the episode's collision count per agent."), "",
+             ("| N | policy | ours (mean over agents) | HARL's scale (sum over agents) | global reward only | "
+             "collisions per agent | paper's OMAD (3M steps) |"), "|---:|---|---|---|---|---:|---:|"]
     for r in results:
         for name, p in r["policies"].items():
             pm = lambda v: f"{v[0]:.2f} ± {v[1]:.2f}"  # noqa: E731

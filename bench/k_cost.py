@@ -31,15 +31,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sample_efficiency import QUICK, QUICK_STEPS, RESULTS, TASKS, task_config  # noqa: E402
-from serving import Bench, closed_loop, omad_server  # noqa: E402
-from training import updates_per_second  # noqa: E402
+from sample_efficiency import QUICK, QUICK_STEPS, RESULTS, TASKS, task_config
+from serving import Bench, closed_loop, omad_server
+from training import updates_per_second
 
-from exporters.onnx_export import export_run  # noqa: E402
-from omad_serve.client import act_request  # noqa: E402
-from omad_train import stats  # noqa: E402
-from omad_train.report import aggregate, read_metrics  # noqa: E402
-from omad_train.sweep import job_dir, run_sweep  # noqa: E402
+from exporters.onnx_export import export_run
+from omad_serve.client import act_request
+from omad_train import stats
+from omad_train.report import aggregate, read_metrics
+from omad_train.sweep import job_dir, run_sweep
 
 TASK = TASKS["halfcheetah_2x3"]
 REPO = Path(__file__).resolve().parents[1]
@@ -107,12 +107,12 @@ def write(out: Path, rows: list[dict], meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "k_cost.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     lines = ["# The cost of K (bench/k_cost.py)", "",
-             f"OMAD on {TASK.env}, {rows[0]['budget']} env steps per run, protocol {meta['protocol']}. "
+             (f"OMAD on {TASK.env}, {rows[0]['budget']} env steps per run, protocol {meta['protocol']}. "
              "Final return: IQM over seeds [95% stratified-bootstrap CI]. Updates/s: the learner alone at one "
              "torch thread (synthetic batches). Served: `omad serve` of agent 0's exported graph (micro-batching "
-             "on, 1 ONNX Runtime thread), closed-loop streaming clients on loopback, median over the K's runs.", "",
-             "| K | seeds | final return IQM [95% CI] | training updates/s | served p50 / p99 at 1 client (ms) | "
-             "actions/s at 16 clients |", "|---:|---:|---|---:|---|---:|"]
+             "on, 1 ONNX Runtime thread), closed-loop streaming clients on loopback, median over the K's runs."), "",
+             ("| K | seeds | final return IQM [95% CI] | training updates/s | served p50 / p99 at 1 client (ms) | "
+             "actions/s at 16 clients |"), "|---:|---:|---|---:|---|---:|"]
     for r in rows:
         point, low, high = r["final_iqm"]
         lines.append(f"| {r['K']} | {len(r['seeds'])} | {point:.1f} [{low:.1f}, {high:.1f}] | {r['updates_per_s']:.1f} | "

@@ -32,7 +32,6 @@ from omad_train.stats import REPS
 from omad_train.sweep import run_sweep
 
 RESULTS = Path(__file__).parent / "results"
-ALGOS = ["omad", "omad-gaussian", "hasac", "hatd3"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,7 @@ def main() -> None:
     parser.add_argument("--ray-address", default=None, help="run every job as a Ray task instead (see README, Ray)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--steps", nargs="+", default=[], metavar="TASK=N", help="a task's budget (env steps per run)")
-    parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
+    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
     parser.add_argument("--out", type=Path, default=None, help="results dir (default bench/results/study[_quick])")
     parser.add_argument("--reps", type=int, default=None, help="bootstrap resamples of the report (default omad report's)")
     parser.add_argument("--quick", action="store_true", help="tiny networks and budgets: checks the pipeline, measures nothing")

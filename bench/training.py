@@ -245,10 +245,10 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "training.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"`{result['command']}`; {result['machine']['cpu_count']} CPUs, torch threads {result['machine']['torch_threads']}, "
-             f"load average at the end {result['machine']['load_avg_1min_at_end']:.1f}", "",
-             "| env | algo | variant | updates/s | compile s | GFLOP/update | GFLOP/s | limit GFLOP/s (bmm shape) | fraction "
-             "| fraction per CPU second | oneDNN GFLOP per CPU s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [(f"`{result['command']}`; {result['machine']['cpu_count']} CPUs, torch threads {result['machine']['torch_threads']}, "
+             f"load average at the end {result['machine']['load_avg_1min_at_end']:.1f}"), "",
+             ("| env | algo | variant | updates/s | compile s | GFLOP/update | GFLOP/s | limit GFLOP/s (bmm shape) | fraction "
+             "| fraction per CPU second | oneDNN GFLOP per CPU s |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         onednn = f"{r['onednn_gflops']:.0f}" if r["onednn_gflops"] else "-"
         lines.append(

@@ -195,8 +195,8 @@ def presets_markdown() -> str:
     def num(x: float) -> str:
         return f"{x:.0e}".replace("e-0", "e-") if x < 0.01 else f"{x:g}"
 
-    rows = ["| task | algo | lr actor / critic | hidden (actor and critic) | batch | n_step | gamma, tau | "
-            "warm-up | temperature | noise: exploration / target (clip) | policy delay | grad clip | evaluation |",
+    rows = [("| task | algo | lr actor / critic | hidden (actor and critic) | batch | n_step | gamma, tau | "
+            "warm-up | temperature | noise: exploration / target (clip) | policy delay | grad clip | evaluation |"),
             "|---|---|---|---|---:|---:|---|---:|---|---|---:|---|---|"]
     for (env, algo), p in PRESETS.items():
         temperature = (f"auto from {p['alpha_init']:g}, lr {num(p['lr_alpha'])}, target -{p['cost_budget_per_dim']:g} x d_a"

@@ -9,8 +9,9 @@ bootstrap from the true next observation.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Generic, NamedTuple, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class ReplaySample(NamedTuple, Generic[T]):
     next_state: T  # [B, d_s]
     next_obs: T  # [B, n, d_o_max]
 
-    def map(self, fn: Callable[[T], U]) -> "ReplaySample[U]":
+    def map(self, fn: Callable[[T], U]) -> ReplaySample[U]:
         return ReplaySample(*(fn(v) for v in self))
 
 

@@ -11,7 +11,7 @@ reproducible intervals.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from scipy.stats import trim_mean
@@ -38,7 +38,8 @@ def iqm(values: np.ndarray, axis: int | None = None) -> np.ndarray:
 
 def iqm_ci(finals: dict[str, np.ndarray], reps: int = REPS, seed: int = 0) -> dict[str, tuple[float, float, float]]:
     """{algo: (IQM, CI low, CI high)} of each algo's per-seed scores."""
-    from rliable import library as rly, metrics
+    from rliable import library as rly
+    from rliable import metrics
 
     with seeded(seed):
         point, interval = rly.get_interval_estimates(
@@ -60,7 +61,8 @@ def curve_iqm_ci(values: np.ndarray, reps: int = CURVE_REPS, seed: int = 0) -> t
 def probability_of_improvement(x: np.ndarray, y: np.ndarray, reps: int = REPS, seed: int = 0) -> tuple[float, float, float]:
     """P(X > Y): the chance that a run of X beats a run of Y (ties count half), with its CI; X and Y are
     resampled independently, so their seed counts may differ."""
-    from rliable import library as rly, metrics
+    from rliable import library as rly
+    from rliable import metrics
 
     pair = [np.asarray(x, np.float64).reshape(-1, 1), np.asarray(y, np.float64).reshape(-1, 1)]
     with seeded(seed):

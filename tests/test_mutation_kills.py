@@ -23,7 +23,18 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from test_batching import GatedModel, caller_job, callers_in, fake_model
-from test_update_math import ACT_DIMS, DONE, JOINT_HIGH, JOINT_LOW, LAYOUT, fix_noise, joint_of, make_algo, make_batch, perturb
+from test_update_math import (
+    ACT_DIMS,
+    DONE,
+    JOINT_HIGH,
+    JOINT_LOW,
+    LAYOUT,
+    fix_noise,
+    joint_of,
+    make_algo,
+    make_batch,
+    perturb,
+)
 
 from exporters.runtime import OnnxPolicy, RuntimeModelError
 from exporters.schema import EXPORT_FORMAT_VERSION, ModelInfo, encode_metadata, weights_sha256
@@ -668,7 +679,7 @@ def test_close_finishes_the_queued_jobs_then_refuses_new_ones():
         model.release.set()
         await asyncio.wait_for(closing, GUARD_S + 1)
         done = await asyncio.wait_for(asyncio.gather(*tasks.values()), GUARD_S)
-        with pytest.raises(BatcherClosed, match="^the server is shutting down$"):
+        with pytest.raises(BatcherClosed, match=r"^the server is shutting down$"):
             await batcher.submit(caller_job(3, 1))
         await batcher.close()  # a second close is a no-op
         return jobs, dict(zip(tasks, done)), batcher._thread.is_alive()
@@ -723,7 +734,7 @@ def test_an_unclosed_batcher_does_not_keep_the_process_alive():
 # ---- odds and ends of the serving edge -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("request_streaming, response_streaming", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize(("request_streaming", "response_streaming"), [(False, False), (True, False), (False, True), (True, True)])
 def test_the_refusal_has_the_streaming_kind_of_the_refused_method(request_streaming, response_streaming):
     rejected = []
     denying = intercept("/omad.v1.Policy/Probe", (), handler_for(request_streaming, response_streaming), rejected)
@@ -827,7 +838,7 @@ def test_even_policy_delays_and_the_update_count(name):
         fix_noise(algo)
         actor_opt = algo.optimizers()["actor_opt" if name == "omad" else "actor_opt_0"]
         stepped = []
-        actor_opt.register_step_pre_hook(lambda *_: stepped.append(algo.num_updates))
+        actor_opt.register_step_pre_hook(lambda *_, s=stepped, a=algo: s.append(a.num_updates))
         for u in range(8):
             algo.update(make_batch(DONE["none"], seed=u))
         assert stepped == list(range(0, 8, delay)) and algo.num_updates == 8

@@ -154,12 +154,12 @@ def test_sweep_on_a_two_node_ray_cluster_with_token_auth(tmp_path):
         nodes.append(subprocess.Popen(
             [ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
              "--dashboard-agent-listen-port", str(free_port()), "--temp-dir", ray_temp, *common],
-            env=head_env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "head.log", "w"), start_new_session=True))
+            env=head_env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "head.log").open("w"), start_new_session=True))
         worker_env = {**base_env, "HOME": str(homes["worker"]), "RAY_AUTH_TOKEN": token}
         nodes.append(subprocess.Popen(
             [ray_cli, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1",
              "--dashboard-agent-listen-port", str(free_port()), *common],
-            env=worker_env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"), start_new_session=True))
+            env=worker_env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "worker.log").open("w"), start_new_session=True))
         driver_env = {**base_env, "HOME": str(homes["driver"]), "RAY_AUTH_TOKEN": token}
         deadline = time.monotonic() + 180
         while True:  # until the worker's CPU shows: a sweep on a cluster without it would wait for ever

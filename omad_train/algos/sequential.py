@@ -49,7 +49,7 @@ class SequentialAlgorithm(Algorithm):
 
     def update(self, batch: ReplaySample) -> dict[str, torch.Tensor]:
         """Returns 0-d tensors, read only when logged (as OMAD's update)."""
-        cfg, L = self.cfg, self.layout
+        cfg = self.cfg
         obs, next_obs = batch.obs.transpose(0, 1), batch.next_obs.transpose(0, 1)
         B = obs.shape[1]
 
