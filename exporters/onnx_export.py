@@ -44,9 +44,10 @@ from exporters.schema import (
     ModelInfo,
     build_manifest,
     encode_metadata,
+    metadata_key,
     weights_sha256,
 )
-from exporters.triton import TRITON_DIR, write_triton_repository
+from exporters.triton import BATCH_MAJOR_NOISE_LAYOUT, TRITON_DIR, write_triton_repository
 from omad_core.errors import OmadError
 from omad_train.checkpoint import CheckpointError, latest_checkpoint, sha256_file
 from omad_train.policies import AgentPolicy, load_policies, load_spec
@@ -210,6 +211,27 @@ def prepackable_matmul_weights(model: onnx.ModelProto) -> int:
     return reshaped
 
 
+def batch_major_graph(model_bytes: bytes) -> bytes:
+    """For Triton, which batches on axis 0: the standard graph with noise taken as [B, K+1, d_a] and
+    transposed to [K+1, B, d_a] inside. Its metadata says so (noise_layout), and its weights_sha256
+    is recomputed for the new graph, so the file stays self-consistent."""
+    model = onnx.load_from_string(model_bytes)
+    graph = model.graph
+    (noise,) = [value for value in graph.input if value.name == NOISE_INPUT]
+    steps, _batch, act_dim = (d.dim_value for d in noise.type.tensor_type.shape.dim)
+    inner = NOISE_INPUT + "_step_major"
+    for node in graph.node:
+        node.input[:] = [inner if name == NOISE_INPUT else name for name in node.input]
+    graph.node.insert(0, onnx.helper.make_node("Transpose", [NOISE_INPUT], [inner], perm=[1, 0, 2], name="noise_to_step_major"))
+    noise.CopyFrom(onnx.helper.make_tensor_value_info(NOISE_INPUT, onnx.TensorProto.FLOAT, [BATCH_AXIS, steps, act_dim]))
+    props = {p.key: p.value for p in model.metadata_props}
+    props[metadata_key("noise_layout")] = BATCH_MAJOR_NOISE_LAYOUT
+    props[metadata_key("weights_sha256")] = weights_sha256(model.SerializeToString())
+    onnx.helper.set_model_props(model, props)
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
 def strip_debug_info(model: onnx.ModelProto) -> None:
     """Drop the exporter's per-node annotations (torch stack traces, node names): they are most of
     the file's size and hold paths of the exporting machine."""
@@ -316,7 +338,8 @@ def export_run(
         (staging / MANIFEST_NAME).write_text(json.dumps(build_manifest(infos, opset), indent=2) + "\n")
         load_export(staging)  # the dir as a server will see it
         if triton:
-            write_triton_repository(staging, infos)
+            graphs = {info.agent: batch_major_graph((staging / (info.agent + ONNX_SUFFIX)).read_bytes()) for info in infos}
+            write_triton_repository(staging, infos, graphs)
         replace_dir(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename

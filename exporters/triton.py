@@ -11,14 +11,14 @@ graph takes noise [K+1, B, d_a] (batch on axis 1), so the Triton copy takes nois
 and transposes it inside the graph; everything else is the standard graph, so both compute the
 same actions from the same noise.
 
-Torch-free; `onnx` is imported only to build the batch-major graph (at export time).
+Torch-free and onnx-free: the batch-major graph is built by exporters.onnx_export.batch_major_graph.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from exporters.schema import ACTION_OUTPUT, BATCH_AXIS, NOISE_INPUT, OBS_INPUT, ONNX_SUFFIX, ModelInfo, metadata_key, weights_sha256
+from exporters.schema import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT, ModelInfo
 
 TRITON_DIR = "triton"
 TRITON_MODEL_VERSION = "1"
@@ -55,36 +55,12 @@ def triton_config(info: ModelInfo) -> str:
     )
 
 
-def batch_major(model_bytes: bytes) -> bytes:
-    """The standard graph with noise taken as [B, K+1, d_a] and transposed to [K+1, B, d_a] inside.
-
-    Its metadata says so (noise_layout), and its weights_sha256 is recomputed for the new graph, so
-    the file stays self-consistent."""
-    import onnx
-
-    model = onnx.load_from_string(model_bytes)
-    graph = model.graph
-    (noise,) = [value for value in graph.input if value.name == NOISE_INPUT]
-    steps, _batch, act_dim = (d.dim_value for d in noise.type.tensor_type.shape.dim)
-    inner = NOISE_INPUT + "_step_major"
-    for node in graph.node:
-        node.input[:] = [inner if name == NOISE_INPUT else name for name in node.input]
-    graph.node.insert(0, onnx.helper.make_node("Transpose", [NOISE_INPUT], [inner], perm=[1, 0, 2], name="noise_to_step_major"))
-    noise.CopyFrom(onnx.helper.make_tensor_value_info(NOISE_INPUT, onnx.TensorProto.FLOAT, [BATCH_AXIS, steps, act_dim]))
-    props = {p.key: p.value for p in model.metadata_props}
-    props[metadata_key("noise_layout")] = BATCH_MAJOR_NOISE_LAYOUT
-    props[metadata_key("weights_sha256")] = weights_sha256(model.SerializeToString())
-    onnx.helper.set_model_props(model, props)
-    onnx.checker.check_model(model, full_check=True)
-    return model.SerializeToString()
-
-
-def write_triton_repository(export_dir: Path, infos: list[ModelInfo]) -> Path:
+def write_triton_repository(export_dir: Path, infos: list[ModelInfo], graphs: dict[str, bytes]) -> Path:
+    """graphs: each agent's batch-major graph (exporters.onnx_export.batch_major_graph)."""
     root = Path(export_dir) / TRITON_DIR
     for info in infos:
         model_dir = root / info.agent
         (model_dir / TRITON_MODEL_VERSION).mkdir(parents=True, exist_ok=True)
-        graph = batch_major((Path(export_dir) / (info.agent + ONNX_SUFFIX)).read_bytes())
-        (model_dir / TRITON_MODEL_VERSION / TRITON_MODEL_FILE).write_bytes(graph)
+        (model_dir / TRITON_MODEL_VERSION / TRITON_MODEL_FILE).write_bytes(graphs[info.agent])
         (model_dir / "config.pbtxt").write_text(triton_config(info))
     return root

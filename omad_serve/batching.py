@@ -40,7 +40,7 @@ class Model(Protocol):
 
 
 class Job:
-    __slots__ = ("obs", "noise", "future", "enqueued_ns")
+    __slots__ = ("enqueued_ns", "future", "noise", "obs")
 
     def __init__(self, obs: np.ndarray, noise: np.ndarray):
         self.obs = obs  # [B, d_o]
@@ -54,7 +54,7 @@ class Job:
 
 
 class JobResult:
-    __slots__ = ("action", "queue_ns", "inference_ns", "batch_size", "model")
+    __slots__ = ("action", "batch_size", "inference_ns", "model", "queue_ns")
 
     def __init__(self, action: np.ndarray, queue_ns: int, inference_ns: int, batch_size: int, model: Model):
         self.action = action  # [B, d_a]
@@ -79,7 +79,7 @@ class NonFiniteActions(RuntimeError):
 class _Batch:
     """One inference call: its jobs, and (once run) its outcome."""
 
-    __slots__ = ("model", "jobs", "actions", "error", "bad_rows", "started_ns", "inference_ns")
+    __slots__ = ("actions", "bad_rows", "error", "inference_ns", "jobs", "model", "started_ns")
 
     def __init__(self, model: Model, jobs: list[Job]):
         self.model = model
@@ -182,7 +182,8 @@ class MicroBatcher:
 
     def _take_batch(self) -> list[Job]:
         """The next jobs to run together: up to max_batch rows, skipping callers that gave up."""
-        jobs, rows = [], 0
+        jobs: list[Job] = []
+        rows = 0
         while self._pending:
             job = self._pending[0]
             if job.future.done():  # cancelled: deadline passed or the client went away

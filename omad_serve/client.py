@@ -156,11 +156,11 @@ class PolicyClient:
             if noise is not None and np.ndim(noise) == 2:
                 noise = np.asarray(noise)[:, None, :]
         rows = obs.shape[0] if obs.ndim == 2 else 0
-        limit = self._max_batch() if rows > 1 else 0
-        if not limit or rows <= limit:
+        spec = self._known_spec() if rows > 1 else None  # (max_batch >= 1: one row always fits)
+        if spec is None or not spec.max_batch or rows <= spec.max_batch:
             return [act_request(obs, noise, seed, zero_noise, request_id)[0]]
+        limit = spec.max_batch
         if seed is not None and noise is None:  # the noise the server would draw for the whole batch
-            spec = self._spec
             noise = np.random.default_rng(seed).standard_normal((spec.noise_steps, rows, spec.act_dim), dtype=np.float32)
             seed = None
         return [
@@ -168,11 +168,9 @@ class PolicyClient:
             for i in range(0, rows, limit)
         ]
 
-    def _max_batch(self) -> int:
-        """The server's max_batch (0: no limit known), asked once."""
-        if self._spec is None:
-            self.spec()
-        return self._spec.max_batch
+    def _known_spec(self) -> policy_pb2.Spec:
+        """The server's spec, asked once (its max_batch 0 means no limit is known)."""
+        return self._spec if self._spec is not None else self.spec()
 
     def _unary(self, method, request, timeout: float | None):
         delay = self.backoff_s

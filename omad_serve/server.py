@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -75,7 +75,7 @@ class RequestError(Exception):
 class _OpenStream:
     """An ActStream call, as the drain sees it."""
 
-    __slots__ = ("idle", "drained")
+    __slots__ = ("drained", "idle")
 
     def __init__(self):
         self.idle = False  # waiting for the client's next request
@@ -451,6 +451,7 @@ class PolicyServer:
         """One reply per request, in order. A drain ends the stream with UNAVAILABLE: at once if it
         is waiting for a request, else right after the current reply."""
         task = asyncio.current_task()
+        assert task is not None  # a gRPC handler always runs in a task
         stream = self._streams[task] = _OpenStream()
         try:
             while not self._draining:
@@ -484,7 +485,7 @@ class PolicyServer:
         return policy_pb2.ActReply(
             action=to_tensor(result.action),
             timing=_timing(result, received_ns),
-            model_sha256=result.model.info.sha256,
+            model_sha256=_model_sha256(result),
             request_id=request.request_id,
         )
 
@@ -554,7 +555,7 @@ class PolicyServer:
         timing = _timing(result, received_ns)
         for name in ("queue_us", "inference_us", "total_us", "batch_size"):
             response.parameters[name].int64_param = getattr(timing, name)
-        response.parameters["model_sha256"].string_param = result.model.info.sha256
+        response.parameters["model_sha256"].string_param = _model_sha256(result)
         return response
 
     def _is_this_model(self, name: str, version: str) -> bool:
@@ -608,6 +609,11 @@ def _kserve_noise_parameters(request: kserve_pb2.ModelInferRequest) -> tuple[int
             raise RequestError(Status.INVALID_ARGUMENT, "parameter 'zero_noise' must be a bool")
         zero_noise = param.bool_param
     return seed, zero_noise
+
+
+def _model_sha256(result: JobResult) -> str:
+    """The sha256 of the model file that computed the result (a reload may have swapped in another since)."""
+    return cast(OnnxPolicy, result.model).info.sha256
 
 
 def _timing(result: JobResult, received_ns: int) -> policy_pb2.Timing:

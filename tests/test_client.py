@@ -168,9 +168,8 @@ def test_a_batch_over_the_servers_max_batch_is_split(fake):
 def test_a_stream_reply_has_a_deadline(fake):
     servicer, addr = fake
     servicer.stream_delay_s = 3.0
-    with PolicyClient(addr) as client, client.stream(timeout=0.2) as session:
-        with pytest.raises(PolicyCallError) as caught:
-            session.act(np.ones((1, 3), np.float32))
+    with PolicyClient(addr) as client, client.stream(timeout=0.2) as session, pytest.raises(PolicyCallError) as caught:
+        session.act(np.ones((1, 3), np.float32))
     assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and "0.2 s" in caught.value.details
 
 

@@ -164,7 +164,7 @@ def test_weights_hash_leaves_out_only_the_metadata(tiny_export_dir):
     model.graph.node[0].name = "renamed"  # ... any graph edit changes it
     assert weights_sha256(model.SerializeToString()) != stored
     for bad in (data[:-3] + b"\xff\xff", b"\x0f", b"\x08\x80"):  # truncated, wire type 7, unfinished varint
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"protobuf|varint"):
             weights_sha256(bad)
 
 

@@ -12,7 +12,6 @@ import queue
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -26,9 +25,9 @@ import pytest
 from test_serve_process import OMAD, REPO, Process, wait_gone
 
 from exporters.runtime import OnnxPolicy, read_manifest
+from omad.evaluation import grpc_source, onnx_source, run_eval
 from omad_serve._generated import policy_pb2, policy_pb2_grpc
 from omad_serve.client import PolicyCallError, PolicyClient, check_health
-from omad.evaluation import grpc_source, onnx_source, run_eval
 from omad_serve.config import ServeConfig
 from omad_serve.testing import ServerThread
 
@@ -470,7 +469,7 @@ def test_launcher_forwards_sighup_to_every_agent(tiny_export_dir, tmp_path):
         launcher.proc.send_signal(signal.SIGHUP)
         for agent, addr in addrs.items():
             with PolicyClient(addr) as c:
-                wait_for(lambda: c.spec().model_sha256 == new_shas[agent], 60, f"{agent} reloaded")
+                wait_for(lambda c=c, agent=agent: c.spec().model_sha256 == new_shas[agent], 60, f"{agent} reloaded")
         assert launcher.proc.poll() is None  # SIGHUP did not stop the launcher
         launcher.proc.send_signal(signal.SIGTERM)
         assert launcher.proc.wait(timeout=30) == 0
