@@ -201,8 +201,21 @@ def omad_server(bench: Bench, *flags: str, model: Path | None = None) -> tuple[c
     """`omad serve --model` of the benchmark graph (or `model`), one ONNX Runtime thread."""
     port = pick_ports("127.0.0.1", 0, 1)[0]
     addr = f"127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "omad", "serve", "--model", str(model or bench.onnx_path), "--port", str(port),
-            "--threads", "1", "--log-level", "warning", *flags]
+    argv = [
+        sys.executable,
+        "-m",
+        "omad",
+        "serve",
+        "--model",
+        str(model or bench.onnx_path),
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+        "--log-level",
+        "warning",
+        *flags,
+    ]
     return server_process(argv, bench.onnx_path.parent / "serve.log", lambda: wait_until_serving(addr, 60)), addr
 
 
@@ -211,7 +224,14 @@ def round_trips(bench: Bench, name: str, addr: str) -> list[dict]:
     obs, noise = bench.inputs[1]
     rows = []
     with PolicyClient(addr, retries=0, timeout_s=30) as client:
-        rows.append({"name": f"{name} unary", "threads": 1, "batch": 1, **time_calls(lambda: client.act(obs, noise=noise), bench)})
+        rows.append(
+            {
+                "name": f"{name} unary",
+                "threads": 1,
+                "batch": 1,
+                **time_calls(lambda: client.act(obs, noise=noise), bench),
+            }
+        )
         with client.stream() as session:
             timed = time_calls(lambda: session.act(obs, noise=noise), bench)
             rows.append({"name": f"{name} streaming", "threads": 1, "batch": 1, **timed})
@@ -231,7 +251,11 @@ def part_omad_serve(bench: Bench) -> list[dict]:
     served / (floor + ORT) ratio compares the three under the same load (the machine may be shared)."""
     obs, noise = bench.inputs[1]
     policy = OnnxPolicy(bench.onnx_path, threads=1)
-    servers = {"no-op gRPC": noop_server(bench), NOOP_WITH_ORT: noop_server(bench, with_model=True), "omad serve": omad_server(bench)}
+    servers = {
+        "no-op gRPC": noop_server(bench),
+        NOOP_WITH_ORT: noop_server(bench, with_model=True),
+        "omad serve": omad_server(bench),
+    }
     with ExitStack() as stack:
         calls = {f"ONNX Runtime {INTERLEAVED}": lambda: policy.act(obs, noise)}
         for name, (server, addr) in servers.items():
@@ -284,7 +308,16 @@ def part_throughput(bench: Bench) -> list[dict]:
         with server:
             for clients in THROUGHPUT_CLIENTS:
                 stats = asyncio.run(closed_loop(addr, request, clients, THROUGHPUT_SECONDS))
-                rows.append({"name": f"{clients} clients, {mode}", "mode": mode, "clients": clients, "threads": 1, "batch": 1, **stats})
+                rows.append(
+                    {
+                        "name": f"{clients} clients, {mode}",
+                        "mode": mode,
+                        "clients": clients,
+                        "threads": 1,
+                        "batch": 1,
+                        **stats,
+                    }
+                )
     return rows
 
 
@@ -363,8 +396,16 @@ def part_reload(bench: Bench) -> list[dict]:
             process.send_signal(signal.SIGHUP)
 
         stats = asyncio.run(closed_loop(addr, request, RELOAD_CLIENTS, THROUGHPUT_SECONDS, during=reload))
-    return [{"name": f"{RELOAD_CLIENTS} clients, reload midway", "mode": "reload", "clients": RELOAD_CLIENTS,
-             "threads": 1, "batch": 1, **stats}]
+    return [
+        {
+            "name": f"{RELOAD_CLIENTS} clients, reload midway",
+            "mode": "reload",
+            "clients": RELOAD_CLIENTS,
+            "threads": 1,
+            "batch": 1,
+            **stats,
+        }
+    ]
 
 
 def grpc_targets(rows: list[dict]) -> list[dict]:
@@ -376,44 +417,55 @@ def grpc_targets(rows: list[dict]) -> list[dict]:
         served, floor = single.get(f"omad serve {mode}"), single.get(f"no-op gRPC {mode} {INTERLEAVED}")
         if served and floor and ort:
             ratio = served["median_us"] / (floor["median_us"] + ort["median_us"])
-            targets.append({
-                "target": f"{mode} round trip / (no-op {mode} + in-process ORT)" + (f" <= {limit}" if limit else " (no target)"),
-                "measured": f"{served['median_us']:.0f} / ({floor['median_us']:.0f} + {ort['median_us']:.0f}) us = {ratio:.2f}x",
-                "met": ratio <= limit if limit else None,
-            })
+            targets.append(
+                {
+                    "target": f"{mode} round trip / (no-op {mode} + in-process ORT)"
+                    + (f" <= {limit}" if limit else " (no target)"),
+                    "measured": f"{served['median_us']:.0f} / ({floor['median_us']:.0f} + {ort['median_us']:.0f}) us = {ratio:.2f}x",
+                    "met": ratio <= limit if limit else None,
+                }
+            )
         ideal = single.get(f"{NOOP_WITH_ORT} {mode} {INTERLEAVED}")
         if served and ideal:  # what omad's own code adds, whatever the load does to a server doing the work
-            targets.append({
-                "target": f"{mode}: omad serve / no-op server running ORT in its handler (no target)",
-                "measured": f"{served['median_us']:.0f} / {ideal['median_us']:.0f} us = {served['median_us'] / ideal['median_us']:.2f}x",
-                "met": None,
-            })
+            targets.append(
+                {
+                    "target": f"{mode}: omad serve / no-op server running ORT in its handler (no target)",
+                    "measured": f"{served['median_us']:.0f} / {ideal['median_us']:.0f} us = {served['median_us'] / ideal['median_us']:.2f}x",
+                    "met": None,
+                }
+            )
     load = {(r["mode"], r["clients"]): r for r in rows if "clients" in r}
     for clients in THROUGHPUT_CLIENTS:
         batched, unbatched = load.get(("batching", clients)), load.get(("no batching", clients))
         if clients < 16 or not (batched and unbatched):
             continue
         speedup = batched["actions_per_s"] / unbatched["actions_per_s"]
-        targets.append({
-            "target": f"C = {clients}: batching / no batching actions/s >= 3",
-            "measured": f"{batched['actions_per_s']:.0f} / {unbatched['actions_per_s']:.0f} = {speedup:.2f}x",
-            "met": speedup >= 3,
-        })
+        targets.append(
+            {
+                "target": f"C = {clients}: batching / no batching actions/s >= 3",
+                "measured": f"{batched['actions_per_s']:.0f} / {unbatched['actions_per_s']:.0f} = {speedup:.2f}x",
+                "met": speedup >= 3,
+            }
+        )
         limit_ms, floor = P99_LIMIT_MS[clients], load.get(("no-op gRPC", clients))
-        targets.append({
-            "target": f"C = {clients}: batching p99 < {limit_ms} ms",
-            "measured": f"{batched['p99_us'] / 1e3:.2f} ms"
-            + (f" (no-op server: {floor['p99_us'] / 1e3:.2f} ms)" if floor else ""),
-            "met": batched["p99_us"] < limit_ms * 1e3,
-        })
+        targets.append(
+            {
+                "target": f"C = {clients}: batching p99 < {limit_ms} ms",
+                "measured": f"{batched['p99_us'] / 1e3:.2f} ms"
+                + (f" (no-op server: {floor['p99_us'] / 1e3:.2f} ms)" if floor else ""),
+                "met": batched["p99_us"] < limit_ms * 1e3,
+            }
+        )
     reload = load.get(("reload", RELOAD_CLIENTS))
     if reload:
-        targets.append({
-            "target": f"a reload under load (C = {RELOAD_CLIENTS}) fails no request",
-            "measured": f"{reload['errors']} failed of {reload['repeats']}; replies from {reload['models_seen']} models; "
-            f"p99 {reload['p99_us'] / 1e3:.2f} ms, max {reload['max_us'] / 1e3:.2f} ms",
-            "met": reload["errors"] == 0 and reload["models_seen"] == 2,
-        })
+        targets.append(
+            {
+                "target": f"a reload under load (C = {RELOAD_CLIENTS}) fails no request",
+                "measured": f"{reload['errors']} failed of {reload['repeats']}; replies from {reload['models_seen']} models; "
+                f"p99 {reload['p99_us'] / 1e3:.2f} ms, max {reload['max_us'] / 1e3:.2f} ms",
+                "met": reload["errors"] == 0 and reload["models_seen"] == 2,
+            }
+        )
     return targets
 
 
@@ -421,9 +473,17 @@ def grpc_markdown(result: dict) -> list[str]:
     lines = []
     load = [r for r in result["rows"] if "clients" in r]
     if load:
-        lines += ["", "Throughput (parts 5, 6): closed-loop streaming clients, batch 1, one server process (1 ORT thread).", "",
-                  "| clients | server | actions/s | median (us) | p99 (us) |", "|---:|---|---:|---:|---:|"]
-        lines += [f"| {r['clients']} | {r['mode']} | {r['actions_per_s']:.0f} | {r['median_us']:.0f} | {r['p99_us']:.0f} |" for r in load]
+        lines += [
+            "",
+            "Throughput (parts 5, 6): closed-loop streaming clients, batch 1, one server process (1 ORT thread).",
+            "",
+            "| clients | server | actions/s | median (us) | p99 (us) |",
+            "|---:|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['clients']} | {r['mode']} | {r['actions_per_s']:.0f} | {r['median_us']:.0f} | {r['p99_us']:.0f} |"
+            for r in load
+        ]
     if result.get("targets"):
         lines += ["", "| target (BENCHMARKS.md) | measured | met |", "|---|---|---|"]
         met = {True: "yes", False: "**no**", None: "-"}
@@ -432,7 +492,14 @@ def grpc_markdown(result: dict) -> list[str]:
 
 
 # Part number -> function(bench) -> rows.
-PARTS = {1: part_torch_eager, 2: part_onnxruntime, 3: part_grpc_floor, 4: part_omad_serve, 5: part_throughput, 6: part_reload}
+PARTS = {
+    1: part_torch_eager,
+    2: part_onnxruntime,
+    3: part_grpc_floor,
+    4: part_omad_serve,
+    5: part_throughput,
+    6: part_reload,
+}
 
 
 # -- summary ------------------------------------------------------------------------------------
@@ -507,14 +574,22 @@ def markdown(result: dict) -> str:
                 f"| {q['what']} | {q['batch']} | {q['median_ratio']:.2f}x | {q['p99_ratio']:.2f}x | {q['torch_threads']} / {q['ort_threads']} |"
             )
     lines += grpc_markdown(result)
-    lines += ["", "Parity of the benchmarked graph (max abs error vs torch): "
-              + ", ".join(f"batch {b}: {e:.1e}" for b, e in result["parity"].items()), ""]
+    lines += [
+        "",
+        "Parity of the benchmarked graph (max abs error vs torch): "
+        + ", ".join(f"batch {b}: {e:.1e}" for b, e in result["parity"].items()),
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--parts", default=",".join(map(str, PARTS)), help=f"comma-separated part numbers; default: all ({sorted(PARTS)})")
+    parser.add_argument(
+        "--parts",
+        default=",".join(map(str, PARTS)),
+        help=f"comma-separated part numbers; default: all ({sorted(PARTS)})",
+    )
     parser.add_argument("--repeats", type=int, default=2000, help="timed calls per measurement")
     parser.add_argument("--warmup", type=int, default=100, help="untimed calls before each measurement")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="time cap per measurement (at least 100 calls)")
@@ -550,8 +625,11 @@ def main(argv: list[str] | None = None) -> int:
         for part in parts:
             for row in PARTS[part](bench):
                 result["rows"].append({"part": part, **row})
-                print(f"part {part}  {row['name']:<14} threads {row['threads']}  batch {row['batch']:>3}  "
-                      f"median {row['median_us']:8.1f} us  p99 {row['p99_us']:8.1f} us", flush=True)
+                print(
+                    f"part {part}  {row['name']:<14} threads {row['threads']}  batch {row['batch']:>3}  "
+                    f"median {row['median_us']:8.1f} us  p99 {row['p99_us']:8.1f} us",
+                    flush=True,
+                )
     result["machine"]["load_average_at_end"] = list(os.getloadavg())
     result["ratios"] = ratios(result["rows"])
     result["targets"] = grpc_targets(result["rows"])

@@ -15,9 +15,13 @@ def configure_export(p: argparse.ArgumentParser) -> None:
         "Write one ONNX graph per agent (K denoising steps unrolled, dynamic batch) plus manifest.json, "
         "after checking each graph with onnx.checker and against the torch policy (max abs error <= 1e-5)."
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run dir made by `omad train` (its latest checkpoint is exported)")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="run dir made by `omad train` (its latest checkpoint is exported)"
+    )
     p.add_argument("--out", required=True, metavar="EXPORT_DIR", help="export dir to create")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset; default: {DEFAULT_OPSET}")
+    p.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset; default: {DEFAULT_OPSET}"
+    )
     p.add_argument("--triton", action="store_true", help="also write a Triton model repository in EXPORT_DIR/triton")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export dir at --out")
     p.set_defaults(func=cmd_export)

@@ -101,7 +101,9 @@ def export_policy(
     prepackable_matmul_weights(model)
     forbidden = forbidden_ops(model)
     if forbidden:
-        raise ExportError(f"{policy.name}: the graph contains forbidden ops {forbidden} (it must be loop-free and noise-free)")
+        raise ExportError(
+            f"{policy.name}: the graph contains forbidden ops {forbidden} (it must be loop-free and noise-free)"
+        )
     model.doc_string = f"omad policy of {policy.name} ({env_id}, {algo}): action = pi(obs, noise). {NOISE_LAYOUT}"
     info = ModelInfo(
         agent=policy.name,
@@ -121,7 +123,10 @@ def export_policy(
     onnx.helper.set_model_props(
         model,
         encode_metadata(
-            info, noise_layout=NOISE_LAYOUT, actor_kind=policy.kind, source_checkpoint=source_checkpoint,
+            info,
+            noise_layout=NOISE_LAYOUT,
+            actor_kind=policy.kind,
+            source_checkpoint=source_checkpoint,
             checkpoint_sha256=checkpoint_sha256,
         ),
     )
@@ -200,8 +205,13 @@ def prepackable_matmul_weights(model: onnx.ModelProto) -> int:
     for weight in graph.initializer:
         uses = users.get(weight.name, [])
         if (
-            len(weight.dims) == 3 and weight.dims[0] == 1 and uses
-            and all(n.op_type == "MatMul" and list(n.input).index(weight.name) == 1 and ranks.get(n.input[0], 0) >= 3 for n in uses)
+            len(weight.dims) == 3
+            and weight.dims[0] == 1
+            and uses
+            and all(
+                n.op_type == "MatMul" and list(n.input).index(weight.name) == 1 and ranks.get(n.input[0], 0) >= 3
+                for n in uses
+            )
         ):
             array = onnx.numpy_helper.to_array(weight)
             weight.CopyFrom(onnx.numpy_helper.from_array(array.reshape(array.shape[1:]), weight.name))
@@ -222,8 +232,12 @@ def batch_major_graph(model_bytes: bytes) -> bytes:
     inner = NOISE_INPUT + "_step_major"
     for node in graph.node:
         node.input[:] = [inner if name == NOISE_INPUT else name for name in node.input]
-    graph.node.insert(0, onnx.helper.make_node("Transpose", [NOISE_INPUT], [inner], perm=[1, 0, 2], name="noise_to_step_major"))
-    noise.CopyFrom(onnx.helper.make_tensor_value_info(NOISE_INPUT, onnx.TensorProto.FLOAT, [BATCH_AXIS, steps, act_dim]))
+    graph.node.insert(
+        0, onnx.helper.make_node("Transpose", [NOISE_INPUT], [inner], perm=[1, 0, 2], name="noise_to_step_major")
+    )
+    noise.CopyFrom(
+        onnx.helper.make_tensor_value_info(NOISE_INPUT, onnx.TensorProto.FLOAT, [BATCH_AXIS, steps, act_dim])
+    )
     props = {p.key: p.value for p in model.metadata_props}
     props[metadata_key("noise_layout")] = BATCH_MAJOR_NOISE_LAYOUT
     props[metadata_key("weights_sha256")] = weights_sha256(model.SerializeToString())
@@ -292,7 +306,9 @@ def parity_errors(policy: AgentPolicy, exported: OnnxPolicy, seed: int = PARITY_
             expected = policy(torch.from_numpy(obs), torch.from_numpy(noise)).numpy()
         actual = exported.act(obs, noise)
         if actual.shape != expected.shape:
-            raise ExportError(f"{policy.name}: ONNX output shape {actual.shape} != torch {expected.shape} at batch {batch}")
+            raise ExportError(
+                f"{policy.name}: ONNX output shape {actual.shape} != torch {expected.shape} at batch {batch}"
+            )
         errors[batch] = float(np.abs(actual - expected).max())
     return errors
 
@@ -309,12 +325,16 @@ def export_run(
     """Export every agent of a run dir's latest checkpoint into the export dir `out`."""
     run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
     check_target(out, overwrite)
-    checkpoint = latest_checkpoint(run_dir, files=[])  # missing run dir, other format version (load_policies hashes the actors)
+    checkpoint = latest_checkpoint(
+        run_dir, files=[]
+    )  # missing run dir, other format version (load_policies hashes the actors)
     spec = load_spec(run_dir)
     algo = read_algo(run_dir)
     policies = load_policies(run_dir)
     if latest_checkpoint(run_dir, files=[]) != checkpoint:
-        raise ExportError(f"{run_dir}: a new checkpoint appeared during the export (training still running?); run it again")
+        raise ExportError(
+            f"{run_dir}: a new checkpoint appeared during the export (training still running?); run it again"
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -338,7 +358,9 @@ def export_run(
         (staging / MANIFEST_NAME).write_text(json.dumps(build_manifest(infos, opset), indent=2) + "\n")
         load_export(staging)  # the dir as a server will see it
         if triton:
-            graphs = {info.agent: batch_major_graph((staging / (info.agent + ONNX_SUFFIX)).read_bytes()) for info in infos}
+            graphs = {
+                info.agent: batch_major_graph((staging / (info.agent + ONNX_SUFFIX)).read_bytes()) for info in infos
+            }
             write_triton_repository(staging, infos, graphs)
         replace_dir(staging, out)
     finally:

@@ -135,7 +135,9 @@ class OnnxPolicy:
         self._check_graph_signature()
 
     def __repr__(self) -> str:
-        return f"OnnxPolicy({str(self.path)!r}, agent={self.info.agent!r}, provider={self.session.get_providers()[0]!r})"
+        return (
+            f"OnnxPolicy({str(self.path)!r}, agent={self.info.agent!r}, provider={self.session.get_providers()[0]!r})"
+        )
 
     # -- requests ---------------------------------------------------------------------------------
     def act(self, obs, noise=None, seed: int | None = None, zero_noise: bool = False) -> np.ndarray:
@@ -261,7 +263,9 @@ def make_session(model: bytes, threads: int, providers: list[str], path: Path) -
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types for unreadable graphs
         raise RuntimeModelError(f"{path}: ONNX Runtime cannot load it ({err})") from None
     if session.get_providers()[0] != providers[0]:
-        raise RuntimeModelError(f"{path}: {providers[0]} failed to initialise (session runs on {session.get_providers()})")
+        raise RuntimeModelError(
+            f"{path}: {providers[0]} failed to initialise (session runs on {session.get_providers()})"
+        )
     return session
 
 

@@ -83,8 +83,7 @@ def encode_metadata(info: ModelInfo, **extra: str) -> dict[str, str]:
         raise ValueError(f"unknown metadata fields {sorted(unknown)}")
     values = asdict(info)
     props = {
-        metadata_key(name): values[name] if name in TEXT_FIELDS else json.dumps(values[name])
-        for name in STORED_FIELDS
+        metadata_key(name): values[name] if name in TEXT_FIELDS else json.dumps(values[name]) for name in STORED_FIELDS
     }
     props.update({metadata_key(name): str(value) for name, value in extra.items()})
     return props
@@ -114,7 +113,9 @@ def decode_metadata(props: Mapping[str, str], sha256: str) -> ModelInfo:
         values[name] = value
     info = ModelInfo(sha256=sha256, **values)
     if info.noise_steps != info.denoising_steps + 1:
-        raise ValueError(f"metadata says K = {info.denoising_steps} but {info.noise_steps} noise steps (expected K + 1)")
+        raise ValueError(
+            f"metadata says K = {info.denoising_steps} but {info.noise_steps} noise steps (expected K + 1)"
+        )
     if not (len(info.action_low) == len(info.action_high) == info.act_dim):
         raise ValueError(f"metadata action bounds do not have act_dim = {info.act_dim} entries")
     return info

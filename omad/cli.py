@@ -36,13 +36,27 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "train": Command("omad_train.cli:configure_train", "train a multi-agent policy into a run dir"),
     "envs": Command("omad.cli:configure_envs", "list the environment ids"),
-    "export": Command("exporters.cli:configure_export", "export a run dir's per-agent policies to ONNX, verified against torch"),
-    "serve": Command("omad_serve.cli:configure_serve", "serve an exported agent over gRPC (or every agent of an export dir)"),
-    "health": Command("omad_serve.cli:configure_health", "exit 0 if a policy server reports SERVING (for HEALTHCHECK and scripts)"),
-    "eval": Command("omad.evaluation:configure_eval", "evaluate policies closed-loop (gRPC servers, ONNX export or torch run dir)"),
-    "demo": Command("omad.demo:configure_demo", "train, export, serve one gRPC server per agent, evaluate closed-loop, report"),
-    "sweep": Command("omad_train.sweep:configure_sweep", "train every (env, algo, seed) combination, locally or on Ray; resumable"),
-    "report": Command("omad_train.report:configure_report", "curves, final returns, sample-efficiency ratios and coverage of a sweep"),
+    "export": Command(
+        "exporters.cli:configure_export", "export a run dir's per-agent policies to ONNX, verified against torch"
+    ),
+    "serve": Command(
+        "omad_serve.cli:configure_serve", "serve an exported agent over gRPC (or every agent of an export dir)"
+    ),
+    "health": Command(
+        "omad_serve.cli:configure_health", "exit 0 if a policy server reports SERVING (for HEALTHCHECK and scripts)"
+    ),
+    "eval": Command(
+        "omad.evaluation:configure_eval", "evaluate policies closed-loop (gRPC servers, ONNX export or torch run dir)"
+    ),
+    "demo": Command(
+        "omad.demo:configure_demo", "train, export, serve one gRPC server per agent, evaluate closed-loop, report"
+    ),
+    "sweep": Command(
+        "omad_train.sweep:configure_sweep", "train every (env, algo, seed) combination, locally or on Ray; resumable"
+    ),
+    "report": Command(
+        "omad_train.report:configure_report", "curves, final returns, sample-efficiency ratios and coverage of a sweep"
+    ),
 }
 
 
@@ -58,7 +72,9 @@ def configure_envs(parser: argparse.ArgumentParser) -> None:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every subcommand is listed; only `command`'s module is imported to add its flags."""
-    parser = argparse.ArgumentParser(prog="omad", description="Train, export, serve and evaluate multi-agent diffusion policies.")
+    parser = argparse.ArgumentParser(
+        prog="omad", description="Train, export, serve and evaluate multi-agent diffusion policies."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, entry in COMMANDS.items():
         p = sub.add_parser(name, help=entry.help, description=entry.help)

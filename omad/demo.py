@@ -23,11 +23,23 @@ from omad_train.config import build_config
 DEMO_ENV = "mamujoco:HalfCheetah-2x3"
 # About 10 minutes of training on 2 idle cores (15k updates). The full defaults otherwise (K = 8, 3x256
 # actors, C51 critic).
-FULL: dict[str, Any] = dict(total_steps=20_000, learning_starts=5_000, eval_every=5_000, eval_episodes=3, checkpoint_every=10_000)
+FULL: dict[str, Any] = dict(
+    total_steps=20_000, learning_starts=5_000, eval_every=5_000, eval_episodes=3, checkpoint_every=10_000
+)
 # ~1 minute: a smoke test of every stage, with tiny networks and short episodes.
-QUICK: dict[str, Any] = dict(total_steps=1_200, learning_starts=400, eval_every=1_200, eval_episodes=2, checkpoint_every=1_200,
-             batch_size=64, denoising_steps=4, actor_hidden=[64, 64], critic_hidden=[64, 64], num_atoms=51,
-             env_options={"max_episode_steps": 200})
+QUICK: dict[str, Any] = dict(
+    total_steps=1_200,
+    learning_starts=400,
+    eval_every=1_200,
+    eval_episodes=2,
+    checkpoint_every=1_200,
+    batch_size=64,
+    denoising_steps=4,
+    actor_hidden=[64, 64],
+    critic_hidden=[64, 64],
+    num_atoms=51,
+    env_options={"max_episode_steps": 200},
+)
 
 
 def start_servers(export_dir: Path, count: int, timeout_s: float = 60.0) -> tuple[subprocess.Popen, list[str]]:
@@ -36,7 +48,9 @@ def start_servers(export_dir: Path, count: int, timeout_s: float = 60.0) -> tupl
 
     launcher = subprocess.Popen(
         [sys.executable, "-m", "omad", "serve", "--export-dir", str(export_dir), "--base-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     addrs = []
     try:
@@ -63,8 +77,14 @@ def stop_servers(launcher: subprocess.Popen, timeout_s: float = 30.0) -> int:
     return launcher.wait()
 
 
-def run_demo(out: Path, quick: bool = False, env: str = DEMO_ENV, seed: int = 0, total_steps: int | None = None,
-             episodes: int = 3) -> dict:
+def run_demo(
+    out: Path,
+    quick: bool = False,
+    env: str = DEMO_ENV,
+    seed: int = 0,
+    total_steps: int | None = None,
+    episodes: int = 3,
+) -> dict:
     from exporters.onnx_export import export_run
     from omad.evaluation import format_report, grpc_source, run_eval
     from omad_core.rollout import random_baseline
@@ -86,7 +106,9 @@ def run_demo(out: Path, quick: bool = False, env: str = DEMO_ENV, seed: int = 0,
     stage("export")
     export_run(out / "run", out / "export", overwrite=True)
     stage("serve")
-    launcher, addrs = start_servers(out / "export", count=len(json.loads((out / "run" / "spec.json").read_text())["agents"]))
+    launcher, addrs = start_servers(
+        out / "export", count=len(json.loads((out / "run" / "spec.json").read_text())["agents"])
+    )
     try:
         for addr in addrs:
             print(f"  serving at {addr}")
@@ -109,8 +131,11 @@ def run_demo(out: Path, quick: bool = False, env: str = DEMO_ENV, seed: int = 0,
         "servers_exit_code": stopped,
         "stage_seconds": {a: timings[b] - timings[a] for a, b in itertools.pairwise(names)},
         "artifacts": {
-            "run_dir": str(out / "run"), "curves": str(out / "run" / "curves.png"), "export_dir": str(out / "export"),
-            "recording": str(out / "episode.gif"), "report": str(out / "report.json"),
+            "run_dir": str(out / "run"),
+            "curves": str(out / "run" / "curves.png"),
+            "export_dir": str(out / "export"),
+            "recording": str(out / "episode.gif"),
+            "report": str(out / "report.json"),
         },
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

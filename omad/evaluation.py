@@ -69,7 +69,9 @@ class PolicySource:
             try:
                 results.append(fut.result(timeout=self.step_timeout_s))
             except FutureTimeout:
-                raise EvalError(f"episode failed: agent {agent.name} at {agent.where} sent no action within {self.step_timeout_s} s") from None
+                raise EvalError(
+                    f"episode failed: agent {agent.name} at {agent.where} sent no action within {self.step_timeout_s} s"
+                ) from None
             except OmadError as err:
                 raise EvalError(f"episode failed: agent {agent.name} at {agent.where}: {err}") from None
         return results
@@ -83,13 +85,17 @@ class PolicySource:
     def check_against(self, spec: EnvSpec) -> None:
         """Refuse a source whose agents don't fit the environment, before the first step."""
         if len(self.agents) != len(spec.agents):
-            raise EvalError(f"{spec.env_id} has {len(spec.agents)} agents, the {self.kind} source gives {len(self.agents)}")
+            raise EvalError(
+                f"{spec.env_id} has {len(spec.agents)} agents, the {self.kind} source gives {len(self.agents)}"
+            )
         for mine, theirs in zip(self.agents, spec.agents):
             problems = []
             if mine.env_id and mine.env_id != spec.env_id:
                 problems.append(f"trained for env {mine.env_id!r}, not {spec.env_id!r}")
             if (mine.obs_dim, mine.act_dim) != (theirs.obs_dim, theirs.act_dim):
-                problems.append(f"obs/act sizes {mine.obs_dim}/{mine.act_dim}, env wants {theirs.obs_dim}/{theirs.act_dim}")
+                problems.append(
+                    f"obs/act sizes {mine.obs_dim}/{mine.act_dim}, env wants {theirs.obs_dim}/{theirs.act_dim}"
+                )
             if problems:
                 raise EvalError(f"agent {theirs.name} ({mine.where}): " + "; ".join(problems))
 
@@ -150,7 +156,9 @@ def onnx_source(export_dir: str | Path, threads: int = 1) -> PolicySource:
     return PolicySource("onnx", agents, list(policies.values()))
 
 
-def grpc_source(addrs: list[str], token: str | None = None, timeout_s: float = 5.0, retries: int = 3, **tls: Any) -> PolicySource:
+def grpc_source(
+    addrs: list[str], token: str | None = None, timeout_s: float = 5.0, retries: int = 3, **tls: Any
+) -> PolicySource:
     """One streaming session per agent server; an unreachable server fails here, naming the address."""
     from omad_serve.client import PolicyCallError, PolicyClient, PolicyStream
 
@@ -180,7 +188,9 @@ def grpc_source(addrs: list[str], token: str | None = None, timeout_s: float = 5
 
     # Each stream splits a step's batch to its server's max_batch and fails with DEADLINE_EXCEEDED
     # after timeout_s; the step timeout only backs that up.
-    return PolicySource("grpc", agents, list(streams), concurrent=True, step_timeout_s=timeout_s + 2.0, _on_close=[close])
+    return PolicySource(
+        "grpc", agents, list(streams), concurrent=True, step_timeout_s=timeout_s + 2.0, _on_close=[close]
+    )
 
 
 # -- running and reporting -----------------------------------------------------------------------
@@ -192,15 +202,26 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def run_eval(
-    env_id: str, source: PolicySource, episodes: int, seed: int, zero_noise: bool = False,
-    record: str | Path | None = None, options: dict | None = None,
+    env_id: str,
+    source: PolicySource,
+    episodes: int,
+    seed: int,
+    zero_noise: bool = False,
+    record: str | Path | None = None,
+    options: dict | None = None,
 ) -> dict:
     spec = get_spec(env_id, options)
     source.check_against(spec)
     try:
         result: EvalResult = evaluate(
-            env_id, source.act, [a.noise_steps for a in source.agents], episodes, seed, options,
-            zero_noise=zero_noise, record=record is not None,
+            env_id,
+            source.act,
+            [a.noise_steps for a in source.agents],
+            episodes,
+            seed,
+            options,
+            zero_noise=zero_noise,
+            record=record is not None,
         )
     finally:
         source.close()

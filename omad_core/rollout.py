@@ -98,5 +98,7 @@ def uniform_random_policy(low: list[np.ndarray], high: list[np.ndarray], seed: i
 
 def random_baseline(env_id: str, episodes: int, seed: int, options: dict | None = None) -> EvalResult:
     spec = get_spec(env_id, options)
-    act = uniform_random_policy([np.array(a.action_low) for a in spec.agents], [np.array(a.action_high) for a in spec.agents], seed)
+    act = uniform_random_policy(
+        [np.array(a.action_low) for a in spec.agents], [np.array(a.action_high) for a in spec.agents], seed
+    )
     return evaluate(env_id, act, [1] * len(spec.agents), episodes, seed, options)

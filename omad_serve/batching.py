@@ -236,7 +236,9 @@ class MicroBatcher:
                 else:
                     action = batch.actions[offset : offset + rows]
                     job.future.set_result(
-                        JobResult(action, batch.started_ns - job.enqueued_ns, batch.inference_ns, batch_size, batch.model)
+                        JobResult(
+                            action, batch.started_ns - job.enqueued_ns, batch.inference_ns, batch_size, batch.model
+                        )
                     )
             offset += rows
         self._schedule_flush()

@@ -26,7 +26,10 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     what.add_argument("--model", metavar="AGENT.onnx", help="one agent's graph from `omad export`")
     what.add_argument("--export-dir", metavar="DIR", help="serve every agent of this export dir, one process each")
     p.add_argument(
-        "--base-port", type=int, default=50051, metavar="P",
+        "--base-port",
+        type=int,
+        default=50051,
+        metavar="P",
         help="with --export-dir: agent i listens on P + i (0: each picks a free port); default: 50051",
     )
     _add_config_flags(p)
@@ -41,7 +44,9 @@ def configure_health(h: argparse.ArgumentParser) -> None:
     h.add_argument("--tls-ca", metavar="PEM", help="CA that signed the server certificate (TLS servers)")
     h.add_argument("--tls-cert", metavar="PEM", help="client certificate (mTLS servers)")
     h.add_argument("--tls-key", metavar="PEM", help="client private key (mTLS servers)")
-    h.add_argument("--tls-server-name", metavar="NAME", help="name in the server certificate, if not the host of --addr")
+    h.add_argument(
+        "--tls-server-name", metavar="NAME", help="name in the server certificate, if not the host of --addr"
+    )
     h.set_defaults(func=cmd_health)
 
 
@@ -57,7 +62,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue
         choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
-        group.add_argument(flag, dest=name, default=None, choices=choices, metavar=None if choices else name.upper(), help=help_text)
+        group.add_argument(
+            flag, dest=name, default=None, choices=choices, metavar=None if choices else name.upper(), help=help_text
+        )
 
 
 def config_flag_values(args: argparse.Namespace) -> dict:

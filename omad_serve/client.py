@@ -69,7 +69,9 @@ def channel_credentials(
     )
 
 
-def open_channel(addr: str, credentials: grpc.ChannelCredentials | None, server_name: str | None = None) -> grpc.Channel:
+def open_channel(
+    addr: str, credentials: grpc.ChannelCredentials | None, server_name: str | None = None
+) -> grpc.Channel:
     options: list[tuple[str, int | str]] = [
         ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
@@ -161,10 +163,18 @@ class PolicyClient:
             return [act_request(obs, noise, seed, zero_noise, request_id)[0]]
         limit = spec.max_batch
         if seed is not None and noise is None:  # the noise the server would draw for the whole batch
-            noise = np.random.default_rng(seed).standard_normal((spec.noise_steps, rows, spec.act_dim), dtype=np.float32)
+            noise = np.random.default_rng(seed).standard_normal(
+                (spec.noise_steps, rows, spec.act_dim), dtype=np.float32
+            )
             seed = None
         return [
-            act_request(obs[i : i + limit], None if noise is None else np.asarray(noise)[:, i : i + limit], seed, zero_noise, request_id)[0]
+            act_request(
+                obs[i : i + limit],
+                None if noise is None else np.asarray(noise)[:, i : i + limit],
+                seed,
+                zero_noise,
+                request_id,
+            )[0]
             for i in range(0, rows, limit)
         ]
 
@@ -218,7 +228,11 @@ class PolicyStream:
         self.close()
 
     def act(
-        self, obs: np.ndarray, noise: np.ndarray | None = None, seed: int | None = None, zero_noise: bool = False,
+        self,
+        obs: np.ndarray,
+        noise: np.ndarray | None = None,
+        seed: int | None = None,
+        zero_noise: bool = False,
         request_id: str = "",
     ) -> np.ndarray:
         """As `PolicyClient.act`, on the open stream; the call's timing goes to `last_timing`."""
@@ -235,7 +249,9 @@ class PolicyStream:
             self._closed = True
             if self._expired:
                 raise PolicyCallError(
-                    self.addr, grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply within {self.timeout_s:g} s; the stream was cancelled"
+                    self.addr,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no reply within {self.timeout_s:g} s; the stream was cancelled",
                 ) from None
             raise PolicyCallError(self.addr, err.code(), err.details() or "") from None
         except StopIteration:
@@ -339,14 +355,20 @@ def decode_replies(replies: list[policy_pb2.ActReply], started_ns: int, single: 
         actions = np.concatenate([from_tensor(r.action, "action") for r in replies])
         times = [r.timing for r in replies]
         timing = ActTiming(
-            max(t.queue_us for t in times), sum(t.inference_us for t in times), sum(t.total_us for t in times),
-            max(t.batch_size for t in times), round_trip_us,
+            max(t.queue_us for t in times),
+            sum(t.inference_us for t in times),
+            sum(t.total_us for t in times),
+            max(t.batch_size for t in times),
+            round_trip_us,
         )
     return (actions[0] if single else actions), timing
 
 
 def check_health(
-    addr: str, timeout_s: float = 3.0, service: str = "", credentials: grpc.ChannelCredentials | None = None,
+    addr: str,
+    timeout_s: float = 3.0,
+    service: str = "",
+    credentials: grpc.ChannelCredentials | None = None,
     server_name: str | None = None,
 ) -> str:
     """The server's grpc.health.v1 status name (SERVING, NOT_SERVING, ...), or the gRPC error code
@@ -369,4 +391,6 @@ def wait_until_serving(addr: str, timeout_s: float = 30.0, **health_options) -> 
         if status == "SERVING":
             return
         time.sleep(0.05)
-    raise PolicyCallError(addr, grpc.StatusCode.UNAVAILABLE, f"not SERVING after {timeout_s:.0f} s (last status: {status})")
+    raise PolicyCallError(
+        addr, grpc.StatusCode.UNAVAILABLE, f"not SERVING after {timeout_s:.0f} s (last status: {status})"
+    )

@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only compare with the committed stubs")
     args = parser.parse_args(argv)
     fresh = generate()
-    stale = sorted(n for n, text in fresh.items() if not (GENERATED_DIR / n).is_file() or (GENERATED_DIR / n).read_text() != text)
+    stale = sorted(
+        n for n, text in fresh.items() if not (GENERATED_DIR / n).is_file() or (GENERATED_DIR / n).read_text() != text
+    )
     if args.check:
         for name in stale:
             print(f"stale: omad_serve/_generated/{name}", file=sys.stderr)

@@ -50,7 +50,16 @@ MAX_WARMUP_ROWS = 256
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 DRAINING_MESSAGE = "the server is draining (shutting down); retry on another replica"
 # What a reloaded model must share with the one it replaces: clients were told these by GetSpec.
-CONTRACT_FIELDS = ("agent", "obs_dim", "act_dim", "denoising_steps", "noise_steps", "action_low", "action_high", "env_id")
+CONTRACT_FIELDS = (
+    "agent",
+    "obs_dim",
+    "act_dim",
+    "denoising_steps",
+    "noise_steps",
+    "action_low",
+    "action_high",
+    "env_id",
+)
 
 Status = grpc.StatusCode
 log = logs.get_logger("omad_serve.server")
@@ -91,7 +100,9 @@ class Unparsable:
 
 
 class PolicyServer:
-    def __init__(self, config: ServeConfig, token: str | None = None, tls: tuple[bytes, bytes, bytes | None] | None = None):
+    def __init__(
+        self, config: ServeConfig, token: str | None = None, tls: tuple[bytes, bytes, bytes | None] | None = None
+    ):
         self.config = config
         self.metrics = ServerMetrics()
         self.metrics.in_flight.set_function(lambda: self._in_flight)  # read at scrape time, free per call
@@ -140,20 +151,30 @@ class PolicyServer:
                 ("grpc.so_reuseport", 0),  # a port already in use is an error, not a silent share
             ],
         )
-        self._add_service(server, POLICY_SERVICE, policy_pb2, {
-            "GetSpec": self._unary("GetSpec", self._get_spec),
-            "Act": self._unary("Act", self._act),
-            "ActStream": self._stream("ActStream", self._act_stream),
-        })
-        self._add_service(server, KSERVE_SERVICE, kserve_pb2, {
-            "ServerLive": self._unary("ServerLive", self._server_live, needs_model=False),
-            "ServerReady": self._unary("ServerReady", self._server_ready, needs_model=False),
-            "ModelReady": self._unary("ModelReady", self._model_ready, needs_model=False),
-            "ServerMetadata": self._unary("ServerMetadata", self._server_metadata, needs_model=False),
-            "ModelMetadata": self._unary("ModelMetadata", self._model_metadata),
-            "ModelInfer": self._unary("ModelInfer", self._model_infer),
-            "ModelConfig": self._unary("ModelConfig", self._model_config),
-        })
+        self._add_service(
+            server,
+            POLICY_SERVICE,
+            policy_pb2,
+            {
+                "GetSpec": self._unary("GetSpec", self._get_spec),
+                "Act": self._unary("Act", self._act),
+                "ActStream": self._stream("ActStream", self._act_stream),
+            },
+        )
+        self._add_service(
+            server,
+            KSERVE_SERVICE,
+            kserve_pb2,
+            {
+                "ServerLive": self._unary("ServerLive", self._server_live, needs_model=False),
+                "ServerReady": self._unary("ServerReady", self._server_ready, needs_model=False),
+                "ModelReady": self._unary("ModelReady", self._model_ready, needs_model=False),
+                "ServerMetadata": self._unary("ServerMetadata", self._server_metadata, needs_model=False),
+                "ModelMetadata": self._unary("ModelMetadata", self._model_metadata),
+                "ModelInfer": self._unary("ModelInfer", self._model_infer),
+                "ModelConfig": self._unary("ModelConfig", self._model_config),
+            },
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         services = [POLICY_SERVICE.full_name, KSERVE_SERVICE.full_name, HEALTH_SERVICE, reflection.SERVICE_NAME]
@@ -179,13 +200,22 @@ class PolicyServer:
         await server.start()
         self._server, self.port = server, port
         logs.log_event(
-            log, "listening", addr=f"{cfg.host}:{port}", port=port, metrics_port=self.metrics_port,
-            tls=self._tls is not None, mtls=bool(self._tls and self._tls[2]), auth=self._token is not None,
+            log,
+            "listening",
+            addr=f"{cfg.host}:{port}",
+            port=port,
+            metrics_port=self.metrics_port,
+            tls=self._tls is not None,
+            mtls=bool(self._tls and self._tls[2]),
+            auth=self._token is not None,
             config=cfg.model_dump(mode="json"),
         )
         if cfg.host not in LOOPBACK_HOSTS and (self._tls is None or self._token is None):
             logs.log_event(
-                log, "exposed", logging.WARNING, host=cfg.host,
+                log,
+                "exposed",
+                logging.WARNING,
+                host=cfg.host,
                 advice="serving beyond loopback: consider --tls-cert/--tls-key (and --tls-client-ca) plus --token-file",
             )
 
@@ -205,31 +235,52 @@ class PolicyServer:
         policy = await asyncio.to_thread(self._load_and_warm_up)
         self._use(policy)
         self._batcher = MicroBatcher(
-            policy, cfg.max_batch, cfg.max_delay_us, merge=cfg.batching,
-            on_batch=self.metrics.observe_batch, on_failure=self._inference_failed,
+            policy,
+            cfg.max_batch,
+            cfg.max_delay_us,
+            merge=cfg.batching,
+            on_batch=self.metrics.observe_batch,
+            on_failure=self._inference_failed,
         )
         self._batcher.start()
         self.metrics.queued.set_function(lambda: self._batcher.queued)
         info = policy.info
         logs.log_event(
-            log, "model_loaded", agent=info.agent, obs_dim=info.obs_dim, act_dim=info.act_dim,
-            denoising_steps=info.denoising_steps, provider=cfg.provider, seconds=round(time.perf_counter() - started, 3),
+            log,
+            "model_loaded",
+            agent=info.agent,
+            obs_dim=info.obs_dim,
+            act_dim=info.act_dim,
+            denoising_steps=info.denoising_steps,
+            provider=cfg.provider,
+            seconds=round(time.perf_counter() - started, 3),
         )
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._ready = True
-        logs.log_event(log, "serving", agent=info.agent, addr=f"{cfg.host}:{self.port}", port=self.port, model_sha256=info.sha256)
+        logs.log_event(
+            log, "serving", agent=info.agent, addr=f"{cfg.host}:{self.port}", port=self.port, model_sha256=info.sha256
+        )
 
     def _use(self, policy: OnnxPolicy) -> None:
         """Make `policy` the one that answers from now on (start-up, or a reload between batches)."""
         cfg, info = self.config, policy.info
         self._policy, self.info = policy, info
         self._spec = policy_pb2.Spec(
-            agent=info.agent, obs_dim=info.obs_dim, act_dim=info.act_dim,
-            action_low=info.action_low, action_high=info.action_high,
-            denoising_steps=info.denoising_steps, noise_steps=info.noise_steps,
-            env_id=info.env_id, algo=info.algo, model_sha256=info.sha256, server_version=server_version(),
-            max_batch=cfg.max_batch, weights_sha256=info.weights_sha256,
-            format_version=str(info.format_version), source_run=info.source_run,
+            agent=info.agent,
+            obs_dim=info.obs_dim,
+            act_dim=info.act_dim,
+            action_low=info.action_low,
+            action_high=info.action_high,
+            denoising_steps=info.denoising_steps,
+            noise_steps=info.noise_steps,
+            env_id=info.env_id,
+            algo=info.algo,
+            model_sha256=info.sha256,
+            server_version=server_version(),
+            max_batch=cfg.max_batch,
+            weights_sha256=info.weights_sha256,
+            format_version=str(info.format_version),
+            source_run=info.source_run,
         )
         if self._batcher is not None:
             self._batcher.model = policy
@@ -261,7 +312,8 @@ class PolicyServer:
             changed = [f for f in CONTRACT_FIELDS if getattr(policy.info, f) != getattr(old, f)]
             if changed:
                 raise RuntimeModelError(
-                    f"{self.config.model}: " + "; ".join(f"{f} {getattr(policy.info, f)!r} != serving {getattr(old, f)!r}" for f in changed)
+                    f"{self.config.model}: "
+                    + "; ".join(f"{f} {getattr(policy.info, f)!r} != serving {getattr(old, f)!r}" for f in changed)
                     + " (a reload must keep the agent's contract; start a new server for another model)"
                 )
         except Exception as err:  # noqa: BLE001 - whatever breaks a reload, the old model keeps serving
@@ -274,7 +326,11 @@ class PolicyServer:
         self._use(policy)
         self.metrics.reloads.labels("ok").inc()
         logs.log_event(
-            log, "reloaded", agent=policy.info.agent, old_model_sha256=old.sha256, model_sha256=policy.info.sha256,
+            log,
+            "reloaded",
+            agent=policy.info.agent,
+            old_model_sha256=old.sha256,
+            model_sha256=policy.info.sha256,
             seconds=round(time.perf_counter() - started, 3),
         )
         return True
@@ -283,7 +339,10 @@ class PolicyServer:
         """The batcher's thread or bookkeeping broke: every later call gets UNAVAILABLE; say so loudly."""
         self.metrics.inference_failures.inc()
         logs.log_event(
-            log, "inference_failed", logging.ERROR, error=repr(err),
+            log,
+            "inference_failed",
+            logging.ERROR,
+            error=repr(err),
             advice="health is NOT_SERVING and every call gets UNAVAILABLE; restart this server",
         )
         self._spawn(self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING))
@@ -305,7 +364,9 @@ class PolicyServer:
         self._draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.grace_s
-        logs.log_event(log, "draining", in_flight=self._in_flight, open_streams=len(self._streams), grace_s=self.config.grace_s)
+        logs.log_event(
+            log, "draining", in_flight=self._in_flight, open_streams=len(self._streams), grace_s=self.config.grace_s
+        )
         await self._health.enter_graceful_shutdown()
         for task, stream in self._streams.items():
             if stream.idle:  # waiting for the client's next request: end it now
@@ -413,7 +474,9 @@ class PolicyServer:
 
     # ---- the policy ------------------------------------------------------------------------
 
-    async def _run_policy(self, obs: np.ndarray, noise: np.ndarray | None, seed: int | None, zero_noise: bool) -> JobResult:
+    async def _run_policy(
+        self, obs: np.ndarray, noise: np.ndarray | None, seed: int | None, zero_noise: bool
+    ) -> JobResult:
         return await self._batcher.submit(self._job(obs, noise, seed, zero_noise))
 
     def _job(self, obs: np.ndarray, noise: np.ndarray | None, seed: int | None, zero_noise: bool) -> Job:
@@ -523,17 +586,21 @@ class PolicyServer:
         """Triton's ModelConfig (perf_analyzer asks for it): max_batch_size 0, since noise batches on axis 1."""
         self._require_this_model(request.name, request.version)
         info, fp32 = self.info, kserve_pb2.TYPE_FP32
-        return kserve_pb2.ModelConfigResponse(config=kserve_pb2.ModelConfig(
-            name=info.agent,
-            platform=KSERVE_PLATFORM,
-            backend="onnxruntime",
-            max_batch_size=0,
-            input=[
-                kserve_pb2.ModelInput(name=OBS_INPUT, data_type=fp32, dims=[-1, info.obs_dim]),
-                kserve_pb2.ModelInput(name=NOISE_INPUT, data_type=fp32, dims=[info.noise_steps, -1, info.act_dim], optional=True),
-            ],
-            output=[kserve_pb2.ModelOutput(name=ACTION_OUTPUT, data_type=fp32, dims=[-1, info.act_dim])],
-        ))
+        return kserve_pb2.ModelConfigResponse(
+            config=kserve_pb2.ModelConfig(
+                name=info.agent,
+                platform=KSERVE_PLATFORM,
+                backend="onnxruntime",
+                max_batch_size=0,
+                input=[
+                    kserve_pb2.ModelInput(name=OBS_INPUT, data_type=fp32, dims=[-1, info.obs_dim]),
+                    kserve_pb2.ModelInput(
+                        name=NOISE_INPUT, data_type=fp32, dims=[info.noise_steps, -1, info.act_dim], optional=True
+                    ),
+                ],
+                output=[kserve_pb2.ModelOutput(name=ACTION_OUTPUT, data_type=fp32, dims=[-1, info.act_dim])],
+            )
+        )
 
     async def _model_infer(self, request: kserve_pb2.ModelInferRequest, context) -> kserve_pb2.ModelInferResponse:
         received_ns = time.perf_counter_ns()
@@ -541,7 +608,10 @@ class PolicyServer:
         inputs = _kserve_inputs(request)
         for output in request.outputs:
             if output.name != ACTION_OUTPUT:
-                raise RequestError(Status.INVALID_ARGUMENT, f"unknown output {output.name!r}; this model has one output, {ACTION_OUTPUT!r}")
+                raise RequestError(
+                    Status.INVALID_ARGUMENT,
+                    f"unknown output {output.name!r}; this model has one output, {ACTION_OUTPUT!r}",
+                )
         seed, zero_noise = _kserve_noise_parameters(request)
         result = await self._run_policy(inputs[OBS_INPUT], inputs.get(NOISE_INPUT), seed, zero_noise)
         action = np.ascontiguousarray(result.action, FLOAT32_LE)
@@ -549,7 +619,9 @@ class PolicyServer:
             model_name=self.info.agent,
             model_version=KSERVE_MODEL_VERSION,
             id=request.id,
-            outputs=[kserve_pb2.ModelInferResponse.InferOutputTensor(name=ACTION_OUTPUT, datatype="FP32", shape=action.shape)],
+            outputs=[
+                kserve_pb2.ModelInferResponse.InferOutputTensor(name=ACTION_OUTPUT, datatype="FP32", shape=action.shape)
+            ],
             raw_output_contents=[action.tobytes()],
         )
         timing = _timing(result, received_ns)
@@ -576,15 +648,23 @@ def _kserve_inputs(request: kserve_pb2.ModelInferRequest) -> dict[str, np.ndarra
             Status.INVALID_ARGUMENT, "send every input either in raw_input_contents or in its contents field, not both"
         )
     if raw and len(raw) != len(request.inputs):
-        raise RequestError(Status.INVALID_ARGUMENT, f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input")
+        raise RequestError(
+            Status.INVALID_ARGUMENT,
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input",
+        )
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         if tensor.name not in (OBS_INPUT, NOISE_INPUT):
-            raise RequestError(Status.INVALID_ARGUMENT, f"unknown input {tensor.name!r}; this model takes {OBS_INPUT!r} and optionally {NOISE_INPUT!r}")
+            raise RequestError(
+                Status.INVALID_ARGUMENT,
+                f"unknown input {tensor.name!r}; this model takes {OBS_INPUT!r} and optionally {NOISE_INPUT!r}",
+            )
         if tensor.name in arrays:
             raise RequestError(Status.INVALID_ARGUMENT, f"input {tensor.name!r} appears twice")
         if tensor.datatype != "FP32":
-            raise RequestError(Status.INVALID_ARGUMENT, f"input {tensor.name!r} has datatype {tensor.datatype!r}; send FP32")
+            raise RequestError(
+                Status.INVALID_ARGUMENT, f"input {tensor.name!r} has datatype {tensor.datatype!r}; send FP32"
+            )
         data = raw[index] if raw else np.asarray(tensor.contents.fp32_contents, FLOAT32_LE).tobytes()
         try:
             arrays[tensor.name] = decode_float32(data, tuple(tensor.shape), tensor.name)
@@ -641,7 +721,9 @@ def _serialize(message) -> bytes:
 
 def _check_parsed(request) -> None:
     if isinstance(request, Unparsable):
-        raise RequestError(Status.INVALID_ARGUMENT, f"request bytes are not a valid {request.message_type} message ({request.error})")
+        raise RequestError(
+            Status.INVALID_ARGUMENT, f"request bytes are not a valid {request.message_type} message ({request.error})"
+        )
 
 
 def _cancel_code(context) -> str:

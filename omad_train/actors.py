@@ -77,7 +77,9 @@ class StackedActors(Actors):
     action_high: torch.Tensor
     act_dim_t: torch.Tensor  # [n, 1]
 
-    def __init__(self, obs_dims: list[int], act_dims: list[int], action_low: list[list[float]], action_high: list[list[float]]):
+    def __init__(
+        self, obs_dims: list[int], act_dims: list[int], action_low: list[list[float]], action_high: list[list[float]]
+    ):
         super().__init__()
         n, d_a = len(obs_dims), max(act_dims)
         self.obs_dims, self.act_dims = list(obs_dims), list(act_dims)
@@ -137,8 +139,13 @@ class GaussianActors(StackedActors):
 
     kind = "gaussian"
     denoising_steps = 0
-    UNPAD: ClassVar = {"net.net.0.weight": (1, None), "mu.weight": (None, 2), "mu.bias": (None, 2),
-                       "log_std.weight": (None, 2), "log_std.bias": (None, 2)}
+    UNPAD: ClassVar = {
+        "net.net.0.weight": (1, None),
+        "mu.weight": (None, 2),
+        "mu.bias": (None, 2),
+        "log_std.weight": (None, 2),
+        "log_std.bias": (None, 2),
+    }
 
     def __init__(self, obs_dims, act_dims, action_low, action_high, hidden: list[int]):
         super().__init__(obs_dims, act_dims, action_low, action_high)
@@ -156,7 +163,9 @@ class GaussianActors(StackedActors):
         action, log_jac = self.squash(u)
         if not with_cost:
             return ChainOutput(action, None, None)
-        log_gauss = ((-0.5 * noise[0] ** 2 - log_std) * self.mask).sum(-1) - 0.5 * self.act_dim_t * math.log(2 * math.pi)
+        log_gauss = ((-0.5 * noise[0] ** 2 - log_std) * self.mask).sum(-1) - 0.5 * self.act_dim_t * math.log(
+            2 * math.pi
+        )
         cost = log_gauss - log_jac
         return ChainOutput(action, cost, cost)
 
@@ -183,7 +192,9 @@ class DeterministicActors(StackedActors):
         """The deterministic action in [-1, 1] (before the map to the bounds): [n, B, d_a_max]."""
         return torch.tanh(self.mu(F.relu(self.net(obs))))
 
-    def forward(self, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = False, noise_std: float | None = None) -> ChainOutput:
+    def forward(
+        self, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = False, noise_std: float | None = None
+    ) -> ChainOutput:
         """`noise_std` overrides the exploration std (HATD3's target smoothing passes ready-made noise)."""
         std = self.explore_std if noise_std is None else noise_std
         y = (self.mean(obs) + std * noise[0]).clamp(-1.0, 1.0)
@@ -219,7 +230,9 @@ class PerAgentActors(Actors):
 
     def agent(self, i: int, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = True, **kwargs) -> ChainOutput:
         """Agent i alone, from the padded stack layout: outputs [1, B, d_a_i]."""
-        return self.singles[i](obs[i : i + 1, :, : self.obs_dims[i]], noise[:, i : i + 1, :, : self.act_dims[i]], with_cost, **kwargs)
+        return self.singles[i](
+            obs[i : i + 1, :, : self.obs_dims[i]], noise[:, i : i + 1, :, : self.act_dims[i]], with_cost, **kwargs
+        )
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = True, **kwargs) -> ChainOutput:
         outs = [self.agent(i, obs, noise, with_cost, **kwargs) for i in range(self.num_agents)]

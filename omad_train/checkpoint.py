@@ -161,7 +161,9 @@ def verify_checkpoint(path: Path, files: list[str] | None = None) -> dict:
         raise CheckpointError(f"{mpath}: corrupt JSON ({err})") from None
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{mpath}: checkpoint format version {version!r}, this omad reads version {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{mpath}: checkpoint format version {version!r}, this omad reads version {FORMAT_VERSION}"
+        )
     for rel, digest in manifest["files"].items():
         if files is not None and rel not in files:
             continue

@@ -39,13 +39,17 @@ _HASAC = dict(_HARL, policy_delay=1, auto_alpha=True, alpha_init=0.2, lr_alpha=3
 _HATD3 = dict(_HARL, policy_delay=2, explore_std=0.1, target_noise=0.2, target_noise_clip=0.5)
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("mamujoco:HalfCheetah-2x3", "hasac"): dict(
-        _HASAC, lr_actor=1e-3, lr_critic=1e-3, actor_hidden=[256, 256], critic_hidden=[256, 256], n_step=10),
+        _HASAC, lr_actor=1e-3, lr_critic=1e-3, actor_hidden=[256, 256], critic_hidden=[256, 256], n_step=10
+    ),
     ("mamujoco:HalfCheetah-2x3", "hatd3"): dict(
-        _HATD3, lr_actor=5e-4, lr_critic=1e-3, actor_hidden=[256, 256], critic_hidden=[256, 256], n_step=10),
+        _HATD3, lr_actor=5e-4, lr_critic=1e-3, actor_hidden=[256, 256], critic_hidden=[256, 256], n_step=10
+    ),
     ("mpe:simple_spread_v3", "hasac"): dict(
-        _HASAC, lr_actor=5e-4, lr_critic=5e-4, actor_hidden=[256, 256], critic_hidden=[256, 256], n_step=20),
+        _HASAC, lr_actor=5e-4, lr_critic=5e-4, actor_hidden=[256, 256], critic_hidden=[256, 256], n_step=20
+    ),
     ("mpe:simple_spread_v3", "hatd3"): dict(
-        _HATD3, lr_actor=5e-4, lr_critic=1e-3, actor_hidden=[128, 128], critic_hidden=[128, 128], n_step=1),
+        _HATD3, lr_actor=5e-4, lr_critic=1e-3, actor_hidden=[128, 128], critic_hidden=[128, 128], n_step=1
+    ),
 }
 PRESET_FOR_FAMILY = {"mamujoco": "mamujoco:HalfCheetah-2x3", "mpe": "mpe:simple_spread_v3"}
 
@@ -126,8 +130,11 @@ class TrainConfig(BaseModel):
     auto_alpha: bool = True
     alpha_init: float = Field(0.1, gt=0)
     lr_alpha: float = Field(1e-3, gt=0)
-    cost_budget_per_dim: float = Field(4.0, description="temperature budget per action dim: OMAD's running cost "
-                                        "(OMAD-Gaussian: the same entropy level), HASAC's -target entropy")
+    cost_budget_per_dim: float = Field(
+        4.0,
+        description="temperature budget per action dim: OMAD's running cost "
+        "(OMAD-Gaussian: the same entropy level), HASAC's -target entropy",
+    )
     entropy_norm: Literal["sum", "mean"] = Field("sum", description="l_joint = sum or mean of l_i")
 
     # HATD3
@@ -147,9 +154,13 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.batch_size > self.buffer_size:
-            raise ValueError(f"batch_size {self.batch_size} exceeds buffer_size {self.buffer_size}: no update could run")
+            raise ValueError(
+                f"batch_size {self.batch_size} exceeds buffer_size {self.buffer_size}: no update could run"
+            )
         if self.batch_size > self.total_steps:
-            raise ValueError(f"batch_size {self.batch_size} exceeds total_steps {self.total_steps}: no update could run")
+            raise ValueError(
+                f"batch_size {self.batch_size} exceeds total_steps {self.total_steps}: no update could run"
+            )
         if self.v_min is not None and self.v_max is not None and not self.v_min < self.v_max:
             raise ValueError(f"v_min ({self.v_min}) must be below v_max ({self.v_max})")
         return self
@@ -158,8 +169,10 @@ class TrainConfig(BaseModel):
         """(v_min, v_max): the config's values where set, else reward_scale * STEP_REWARD_RANGE / (1 - gamma)."""
         if (self.v_min is None or self.v_max is None) and self.gamma >= 1.0:
             raise ConfigError("gamma = 1 has no default critic support: set v_min and v_max")
-        lo, hi = (round(self.reward_scale * r / (1.0 - self.gamma), 6) if self.gamma < 1.0 else 0.0
-                  for r in STEP_REWARD_RANGE[family])
+        lo, hi = (
+            round(self.reward_scale * r / (1.0 - self.gamma), 6) if self.gamma < 1.0 else 0.0
+            for r in STEP_REWARD_RANGE[family]
+        )
         lo = self.v_min if self.v_min is not None else lo
         hi = self.v_max if self.v_max is not None else hi
         if not lo < hi:
@@ -192,21 +205,30 @@ def algo_defaults(algo: str, env_id: str) -> dict[str, Any]:
 
 def presets_markdown() -> str:
     """PRESETS as the README's table (a test checks the README holds exactly this)."""
+
     def num(x: float) -> str:
         return f"{x:.0e}".replace("e-0", "e-") if x < 0.01 else f"{x:g}"
 
-    rows = [("| task | algo | lr actor / critic | hidden (actor and critic) | batch | n_step | gamma, tau | "
-            "warm-up | temperature | noise: exploration / target (clip) | policy delay | grad clip | evaluation |"),
-            "|---|---|---|---|---:|---:|---|---:|---|---|---:|---|---|"]
+    rows = [
+        (
+            "| task | algo | lr actor / critic | hidden (actor and critic) | batch | n_step | gamma, tau | "
+            "warm-up | temperature | noise: exploration / target (clip) | policy delay | grad clip | evaluation |"
+        ),
+        "|---|---|---|---|---:|---:|---|---:|---|---|---:|---|---|",
+    ]
     for (env, algo), p in PRESETS.items():
-        temperature = (f"auto from {p['alpha_init']:g}, lr {num(p['lr_alpha'])}, target -{p['cost_budget_per_dim']:g} x d_a"
-                       if algo == "hasac" else "-")
+        temperature = (
+            f"auto from {p['alpha_init']:g}, lr {num(p['lr_alpha'])}, target -{p['cost_budget_per_dim']:g} x d_a"
+            if algo == "hasac"
+            else "-"
+        )
         noise = f"{p['explore_std']:g} / {p['target_noise']:g} ({p['target_noise_clip']:g})" if algo == "hatd3" else "-"
         rows.append(
             f"| `{env}` | `{algo}` | {num(p['lr_actor'])} / {num(p['lr_critic'])} | {'x'.join(map(str, p['actor_hidden']))} | "
             f"{p['batch_size']} | {p['n_step']} | {p['gamma']:g}, {p['tau']:g} | {p['learning_starts']} | {temperature} | "
             f"{noise} | {p['policy_delay']} | {'off' if not p['grad_clip'] else p['grad_clip']} | "
-            f"{'deterministic' if p['eval_zero_noise'] else 'stochastic'} |")
+            f"{'deterministic' if p['eval_zero_noise'] else 'stochastic'} |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -286,5 +308,11 @@ def check_resume(saved: TrainConfig, cfg: TrainConfig) -> None:
         if old == new or (name in RESUME_MAY_CHANGE and not (name == "total_steps" and new < old)):
             continue
         flag = "--" + name.replace("_", "-")
-        why = "a resumed run cannot shrink its budget" if name == "total_steps" else "a resumed run keeps its saved config"
-        raise ConfigError(f"{flag} {new!r} differs from the run's saved {old!r}: {why} (start a new --out to change it)")
+        why = (
+            "a resumed run cannot shrink its budget"
+            if name == "total_steps"
+            else "a resumed run keeps its saved config"
+        )
+        raise ConfigError(
+            f"{flag} {new!r} differs from the run's saved {old!r}: {why} (start a new --out to change it)"
+        )

@@ -99,7 +99,9 @@ class Coverage:
             "extent": self.extent,
             "cell_size": self.cell_size,
             "outside": self.outside,
-            "visited_cells": np.argwhere(self.visited).tolist(),  # [[ix, iy], ...]; x = -extent + (ix + 0.5) * cell_size
+            "visited_cells": np.argwhere(
+                self.visited
+            ).tolist(),  # [[ix, iy], ...]; x = -extent + (ix + 0.5) * cell_size
         }
 
     def save(self, run_dir: Path) -> Path:

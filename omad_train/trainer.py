@@ -56,7 +56,9 @@ def locked_run_dir(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunDirError(f"{out} is being trained by another process; wait for it or choose another --out") from None
+            raise RunDirError(
+                f"{out} is being trained by another process; wait for it or choose another --out"
+            ) from None
         yield
 
 
@@ -82,8 +84,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("invalid config field 'device': cuda was asked for, but torch sees no CUDA device "
-                          f"(torch {torch.__version__}); use --device cpu or auto")
+        raise ConfigError(
+            "invalid config field 'device': cuda was asked for, but torch sees no CUDA device "
+            f"(torch {torch.__version__}); use --device cpu or auto"
+        )
     return torch.device(name)
 
 
@@ -129,17 +133,28 @@ class Trainer:
             stacked[:, i, :, : z.shape[-1]] = z
         with torch.no_grad():
             device = self.device
-            out = self.algo.actors(torch.from_numpy(L.stack_obs(obs)).to(device), torch.from_numpy(stacked).to(device), with_cost=False)
+            out = self.algo.actors(
+                torch.from_numpy(L.stack_obs(obs)).to(device), torch.from_numpy(stacked).to(device), with_cost=False
+            )
         return L.split_actions(out.action.cpu().numpy())
 
     def run_evaluation(self) -> dict:
         cfg = self.cfg
         seed = cfg.seed + 1_000_003 + self.step  # fresh seeds, apart from training's, same on resume
         result = evaluate(
-            cfg.env, self.eval_policy, [self.algo.actors.noise_steps] * self.layout.n, cfg.eval_episodes, seed,
-            cfg.env_options, zero_noise=cfg.eval_zero_noise,
+            cfg.env,
+            self.eval_policy,
+            [self.algo.actors.noise_steps] * self.layout.n,
+            cfg.eval_episodes,
+            seed,
+            cfg.env_options,
+            zero_noise=cfg.eval_zero_noise,
         )
-        return {"eval_return_mean": result.mean, "eval_return_std": result.std, "eval_length_mean": float(np.mean(result.lengths))}
+        return {
+            "eval_return_mean": result.mean,
+            "eval_return_std": result.std,
+            "eval_length_mean": float(np.mean(result.lengths)),
+        }
 
     def sample(self) -> ReplaySample[torch.Tensor]:
         return self.buffer.sample(self.rng, self.cfg.batch_size).map(lambda v: torch.from_numpy(v).to(self.device))
@@ -151,8 +166,12 @@ class Trainer:
         files: dict[str, TorchFile] = {}
         for i, name in enumerate(self.layout.names):
             policy = algo.agent_policy(i)
-            meta = {"format_version": str(FORMAT_VERSION), "agent": name, "actor": policy.kind,
-                    "hparams": json.dumps(policy.hparams)}
+            meta = {
+                "format_version": str(FORMAT_VERSION),
+                "agent": name,
+                "actor": policy.kind,
+                "hparams": json.dumps(policy.hparams),
+            }
             files[f"actors/{name}.safetensors"] = (policy.actors.state_dict(), meta)
         for name, module in algo.modules().items():
             files[f"train/modules/{name}.safetensors"] = (module.state_dict(), None)
@@ -160,7 +179,10 @@ class Trainer:
         for name, opt in algo.optimizers().items():
             tensors, opt_meta[name] = optimizer_tensors(opt)
             files[f"train/optimizers/{name}.safetensors"] = (tensors, None)
-        files["train/extra.safetensors"] = ({k: v.detach().clone().reshape(-1) for k, v in algo.extra_tensors().items()}, None)
+        files["train/extra.safetensors"] = (
+            {k: v.detach().clone().reshape(-1) for k, v in algo.extra_tensors().items()},
+            None,
+        )
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -195,7 +217,9 @@ class Trainer:
             path = ckpt / "train" / "modules" / f"{name}.safetensors"
             load_into(module, load_tensors(path), path)
         for name, opt in algo.optimizers().items():
-            restore_optimizer(opt, load_tensors(ckpt / "train" / "optimizers" / f"{name}.safetensors"), state["optimizers"][name])
+            restore_optimizer(
+                opt, load_tensors(ckpt / "train" / "optimizers" / f"{name}.safetensors"), state["optimizers"][name]
+            )
         extra = load_tensors(ckpt / "train" / "extra.safetensors")
         with torch.no_grad():
             for k, v in algo.extra_tensors().items():
@@ -242,10 +266,19 @@ class Trainer:
                 joint = L.joint(actions)
                 next_stacked = L.stack_obs(res.next_obs)
                 for j in range(cfg.num_envs):
-                    self.buffer.add(j, Transition(
-                        state[j], stacked_obs[:, j], joint[j], float(res.reward[j]), res.next_state[j],
-                        next_stacked[:, j], bool(res.terminated[j]), bool(res.truncated[j]),
-                    ))
+                    self.buffer.add(
+                        j,
+                        Transition(
+                            state[j],
+                            stacked_obs[:, j],
+                            joint[j],
+                            float(res.reward[j]),
+                            res.next_state[j],
+                            next_stacked[:, j],
+                            bool(res.terminated[j]),
+                            bool(res.truncated[j]),
+                        ),
+                    )
                 for _, ret, _ in res.episode_returns:
                     self.episodes_done += 1
                     self.last_train_return = float(ret)
@@ -264,9 +297,14 @@ class Trainer:
                 logger.advance(self.step, self.algo.num_updates)
 
                 if crossed(prev_step, self.step, cfg.eval_every) or self.step >= cfg.total_steps:
-                    record = {"step": self.step, "updates": self.algo.num_updates, "episodes": self.episodes_done,
-                              "train_return_last": self.last_train_return,
-                              **{k: float(v) for k, v in last.items()}, **self.run_evaluation()}
+                    record = {
+                        "step": self.step,
+                        "updates": self.algo.num_updates,
+                        "episodes": self.episodes_done,
+                        "train_return_last": self.last_train_return,
+                        **{k: float(v) for k, v in last.items()},
+                        **self.run_evaluation(),
+                    }
                     tick = self.lap("eval", tick)
                     logger.log({**record, **{f"seconds_{k}": v for k, v in self.seconds.items()}})
                 if crossed(prev_step, self.step, cfg.checkpoint_every) or self.step >= cfg.total_steps:

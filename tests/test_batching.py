@@ -98,7 +98,9 @@ def test_each_caller_gets_its_own_rows_when_batch_mates_give_up(merge):
     assert isinstance(results[2], asyncio.CancelledError) and isinstance(results[3], asyncio.CancelledError)
     for caller in (0, 7, 1, 4, 5, 6):
         job = jobs[caller]
-        np.testing.assert_array_equal(results[caller].action, fake_model(job.obs, job.noise), err_msg=f"caller {caller}")
+        np.testing.assert_array_equal(
+            results[caller].action, fake_model(job.obs, job.noise), err_msg=f"caller {caller}"
+        )
     # the scenario happened: caller 3's rows were computed, with a later caller's after them when merged
     calls_with_3 = [callers_in(call) for call in model.calls if 3 in callers_in(call)]
     assert len(calls_with_3) == 1

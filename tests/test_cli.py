@@ -35,7 +35,10 @@ def test_a_command_whose_package_is_not_installed_is_one_line(monkeypatch, capsy
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "omad_train" else real(name, *a))
     assert cli.main(["train", "--out", "x"]) == 2
-    assert capsys.readouterr().err.strip() == "error: `omad train` is not part of this installation (no omad_train package)"
+    assert (
+        capsys.readouterr().err.strip()
+        == "error: `omad train` is not part of this installation (no omad_train package)"
+    )
 
 
 def test_an_import_error_inside_a_command_is_not_swallowed(monkeypatch, tmp_path):

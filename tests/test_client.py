@@ -99,7 +99,9 @@ def test_retries_are_bounded(fake):
     assert "after 2 retries" in caught.value.details
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INTERNAL])
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INTERNAL]
+)
 def test_other_codes_are_not_retried(fake, code):
     servicer, addr = fake
     servicer.script = [code]
@@ -123,7 +125,10 @@ def test_per_call_deadline(fake):
 
 
 def test_nothing_listening_is_unavailable_after_bounded_retries():
-    with PolicyClient("127.0.0.1:1", retries=1, backoff_s=0.01, timeout_s=2) as client, pytest.raises(PolicyCallError) as caught:
+    with (
+        PolicyClient("127.0.0.1:1", retries=1, backoff_s=0.01, timeout_s=2) as client,
+        pytest.raises(PolicyCallError) as caught,
+    ):
         client.spec()
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     assert check_health("127.0.0.1:1", timeout_s=1) == "UNAVAILABLE"
@@ -157,7 +162,9 @@ def test_a_batch_over_the_servers_max_batch_is_split(fake):
         servicer.requests.clear()
         with client.stream() as session:
             actions = session.act(obs, seed=5)
-        assert [r.obs.shape[0] for r in servicer.requests] == [3, 3, 2] and not any(r.HasField("seed") for r in servicer.requests)
+        assert [r.obs.shape[0] for r in servicer.requests] == [3, 3, 2] and not any(
+            r.HasField("seed") for r in servicer.requests
+        )
         noise = np.random.default_rng(5).standard_normal((2, 8, 2), dtype=np.float32)
         np.testing.assert_array_equal(actions, 2 * obs[:, :2] + noise[0])
         servicer.requests.clear()

@@ -77,7 +77,9 @@ def test_dockerfile_invariants(dockerfile):
 
 def copied_sources(dockerfile_text: str) -> list[str]:
     """Every source path the build stage copies, as written in the Dockerfile."""
-    return [source for keyword, args in stages(dockerfile_text)[0] if keyword == "COPY" for source in shlex.split(args)[:-1]]
+    return [
+        source for keyword, args in stages(dockerfile_text)[0] if keyword == "COPY" for source in shlex.split(args)[:-1]
+    ]
 
 
 def image_python_files(dockerfile_text: str) -> set[str]:
@@ -105,7 +107,9 @@ def test_image_holds_exactly_what_the_server_imports(dockerfile):
         "files = [m.__file__ for name, m in list(sys.modules.items()) if getattr(m, '__file__', None)]\n"
         "print(json.dumps(files))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     imported = {Path(f).resolve() for f in json.loads(out.stdout)}
     imported = {p.relative_to(REPO).as_posix() for p in imported if p.is_relative_to(REPO)}
     from omad_serve.launcher import server_argv
@@ -143,12 +147,16 @@ def test_image_install_step_in_a_fresh_venv(tmp_path, dockerfile, tiny_export_di
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python, omad = venv / "bin" / "python", venv / "bin" / "omad"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *pip_install_args(dockerfile)], cwd=src, check=True, timeout=600)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", *pip_install_args(dockerfile)], cwd=src, check=True, timeout=600
+    )
 
     no_torch = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
     subprocess.run([str(python), "-c", no_torch], check=True, timeout=60)
     subprocess.run([str(omad), "health", "--help"], check=True, capture_output=True, timeout=60)
-    subprocess.run([str(python), "-c", "import omad_serve.server, omad_serve.client"], check=True, cwd=tmp_path, timeout=60)
+    subprocess.run(
+        [str(python), "-c", "import omad_serve.server, omad_serve.client"], check=True, cwd=tmp_path, timeout=60
+    )
 
     from exporters.runtime import OnnxPolicy, read_manifest
     from omad_serve.client import PolicyClient, wait_until_serving
@@ -156,8 +164,12 @@ def test_image_install_step_in_a_fresh_venv(tmp_path, dockerfile, tiny_export_di
 
     model = Path(tiny_export_dir) / read_manifest(tiny_export_dir)["agents"][0]["file"]
     port = pick_ports("127.0.0.1", 0, 1)[0]
-    server = subprocess.Popen([str(omad), "serve", "--model", str(model), "--port", str(port)], cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [str(omad), "serve", "--model", str(model), "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         addr = f"127.0.0.1:{port}"
         wait_until_serving(addr, timeout_s=60)

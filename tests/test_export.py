@@ -95,9 +95,16 @@ def test_prepackable_rewrite_keeps_the_function():
     h, rng = onnx.helper, np.random.default_rng(0)
     w3, w2 = rng.standard_normal((1, 4, 3), dtype=np.float32), rng.standard_normal((1, 3, 2), dtype=np.float32)
     graph = h.make_graph(
-        [h.make_node("MatMul", ["a", "w3"], ["y"]), h.make_node("MatMul", ["b", "w2"], ["z"])], "g",
-        [h.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, "n", 4]), h.make_tensor_value_info("b", onnx.TensorProto.FLOAT, ["n", 3])],
-        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None), h.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)],
+        [h.make_node("MatMul", ["a", "w3"], ["y"]), h.make_node("MatMul", ["b", "w2"], ["z"])],
+        "g",
+        [
+            h.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, "n", 4]),
+            h.make_tensor_value_info("b", onnx.TensorProto.FLOAT, ["n", 3]),
+        ],
+        [
+            h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None),
+            h.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None),
+        ],
         [onnx.numpy_helper.from_array(w3, "w3"), onnx.numpy_helper.from_array(w2, "w2")],
     )
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
@@ -141,7 +148,9 @@ def test_forbidden_op_finder_sees_nested_graphs():
     body = h.make_graph([noise], "body", [], [h.make_tensor_value_info("r", onnx.TensorProto.FLOAT, [1])])
     branch = h.make_node("If", ["c"], ["y"], then_branch=body, else_branch=body)
     graph = h.make_graph(
-        [branch], "g", [h.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+        [branch],
+        "g",
+        [h.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
     )
     assert forbidden_ops(h.make_model(graph)) == ["If", "RandomNormal"]
@@ -276,8 +285,14 @@ def test_unsupported_opset_is_refused_not_silently_changed(tiny_run_dir, tmp_pat
 
 # -- the parity gate with non-finite errors -----------------------------------------------------
 def small_policy() -> AgentPolicy:
-    hparams = {"obs_dims": [3], "act_dims": [2], "action_low": [[0.0, -0.4]], "action_high": [[1.0, 0.4]],
-               "hidden": [8], "denoising_steps": 2}
+    hparams = {
+        "obs_dims": [3],
+        "act_dims": [2],
+        "action_low": [[0.0, -0.4]],
+        "action_high": [[1.0, 0.4]],
+        "hidden": [8],
+        "denoising_steps": 2,
+    }
     return AgentPolicy("agent_0", hparams, "diffusion").eval()
 
 

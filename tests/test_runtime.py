@@ -142,7 +142,10 @@ def test_a_lone_file_with_a_tampered_weight_is_refused(tiny_export_dir, tmp_path
     lone = tmp_path / "agent_0.onnx"  # no manifest beside it: only its own metadata can tell
     shutil.copyfile(tiny_export_dir / "agent_0.onnx", lone)
     flip_a_weight_byte(lone)
-    with pytest.raises(RuntimeModelError, match=r"agent_0\.onnx: graph weights sha256 .* does not match the weights_sha256 in its own metadata"):
+    with pytest.raises(
+        RuntimeModelError,
+        match=r"agent_0\.onnx: graph weights sha256 .* does not match the weights_sha256 in its own metadata",
+    ):
         OnnxPolicy(lone)
 
 
@@ -239,7 +242,9 @@ def test_bad_obs_is_rejected_with_a_message(policy, obs, message):
 
 def test_bad_noise_and_conflicting_options_are_rejected(policy):
     obs = obs_batch(2)
-    with pytest.raises(RuntimeModelError, match=r"noise must have shape \[K\+1, B, d_a\] = \[5, 2, 5\], got \[5, 3, 5\]"):
+    with pytest.raises(
+        RuntimeModelError, match=r"noise must have shape \[K\+1, B, d_a\] = \[5, 2, 5\], got \[5, 3, 5\]"
+    ):
         policy.act(obs, np.zeros((5, 3, 5), np.float32))
     bad = np.zeros((5, 2, 5), np.float32)
     bad[2, 1, 0] = np.nan

@@ -288,14 +288,22 @@ def test_kserve_bad_requests_get_clear_codes(server, policy):
         "unknown input": (kserve_request(policy, name="observation"), INVALID),
         "short raw bytes": (kserve_request(policy, raw=b"\0" * 4), INVALID),
         "unknown output": (kserve_request(policy, outputs=["value"]), INVALID),
-        "seed as string": (kserve_request(policy, parameters={"seed": kserve_pb2.InferParameter(string_param="1")}), INVALID),
+        "seed as string": (
+            kserve_request(policy, parameters={"seed": kserve_pb2.InferParameter(string_param="1")}),
+            INVALID,
+        ),
         "missing obs": (kserve_pb2.ModelInferRequest(model_name=policy.info.agent), INVALID),
         "raw and typed contents": (both_contents(kserve_request(policy)), INVALID),  # the protocol forbids both
     }
     for name, (request, expected) in cases.items():
         code, details = raw_call(server.addr, "/inference.GRPCInferenceService/ModelInfer", request.SerializeToString())
         assert code == expected, (name, code, details)
-    assert raw_call(server.addr, "/inference.GRPCInferenceService/ModelInfer", kserve_request(policy).SerializeToString())[0] == grpc.StatusCode.OK
+    assert (
+        raw_call(server.addr, "/inference.GRPCInferenceService/ModelInfer", kserve_request(policy).SerializeToString())[
+            0
+        ]
+        == grpc.StatusCode.OK
+    )
 
 
 def test_message_size_limit(model_path, policy):
@@ -315,8 +323,12 @@ tensors = st.tuples(st.lists(dims, max_size=4), st.binary(max_size=600))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(obs=tensors, noise=st.one_of(st.none(), tensors), seed=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
-       zero_noise=st.booleans())
+@given(
+    obs=tensors,
+    noise=st.one_of(st.none(), tensors),
+    seed=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+    zero_noise=st.booleans(),
+)
 def test_fuzzed_tensors_get_ok_or_invalid_argument(server, obs, noise, seed, zero_noise):
     request = act_request(obs, noise, zero_noise=zero_noise)
     if seed is not None:
@@ -326,7 +338,10 @@ def test_fuzzed_tensors_get_ok_or_invalid_argument(server, obs, noise, seed, zer
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(payload=st.binary(max_size=300), method=st.sampled_from(["/omad.v1.Policy/Act", "/inference.GRPCInferenceService/ModelInfer"]))
+@given(
+    payload=st.binary(max_size=300),
+    method=st.sampled_from(["/omad.v1.Policy/Act", "/inference.GRPCInferenceService/ModelInfer"]),
+)
 def test_fuzzed_message_bytes_get_ok_or_invalid_argument(server, payload, method):
     code, details = raw_call(server.addr, method, payload)
     assert code in (grpc.StatusCode.OK, INVALID, grpc.StatusCode.NOT_FOUND), (code, details)
@@ -454,7 +469,9 @@ def test_bearer_token(model_path, policy, tmp_path):
         with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
             triton_client.is_server_live()
         assert triton_client.is_server_live(headers={"authorization": "Bearer s3cret"})
-        errors = guarded.server.metrics.registry.get_sample_value("omad_errors_total", {"method": "Act", "code": "UNAUTHENTICATED"})
+        errors = guarded.server.metrics.registry.get_sample_value(
+            "omad_errors_total", {"method": "Act", "code": "UNAUTHENTICATED"}
+        )
         assert errors == 3
 
 
@@ -474,12 +491,16 @@ WRONG_AUTHORIZATIONS = {
 }
 
 
-def first_reply_status(channel: grpc.Channel, service, method, payload: bytes, authorization: str | None) -> grpc.StatusCode:
+def first_reply_status(
+    channel: grpc.Channel, service, method, payload: bytes, authorization: str | None
+) -> grpc.StatusCode:
     """Call any method from its descriptor with raw request bytes; the status of its first reply."""
     path = f"/{service.full_name}/{method.name}"
     kind = {
-        (False, False): channel.unary_unary, (False, True): channel.unary_stream,
-        (True, False): channel.stream_unary, (True, True): channel.stream_stream,
+        (False, False): channel.unary_unary,
+        (False, True): channel.unary_stream,
+        (True, False): channel.stream_unary,
+        (True, True): channel.stream_stream,
     }[(method.client_streaming, method.server_streaming)]
     metadata = () if authorization is None else (("authorization", authorization),)
     request = iter([payload]) if method.client_streaming else payload
@@ -512,9 +533,14 @@ def valid_requests(policy: OnnxPolicy) -> dict[str, bytes]:
 def test_token_guards_every_rpc_and_reflection_but_not_health(model_path, policy):
     """Every method of every service on the port, enumerated from the descriptors: refused without the
     right token, answered with it. Only grpc.health.v1 stays open, for probes (README, security.py)."""
-    with ServerThread(ServeConfig(model=model_path, port=0), token="s3cret") as guarded, grpc.insecure_channel(guarded.addr) as channel:
+    with (
+        ServerThread(ServeConfig(model=model_path, port=0), token="s3cret") as guarded,
+        grpc.insecure_channel(guarded.addr) as channel,
+    ):
         listed = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10, metadata=(("authorization", "Bearer s3cret"),)
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+            timeout=10,
+            metadata=(("authorization", "Bearer s3cret"),),
         )
         names = {service.name for service in next(listed).list_services_response.service}
         # a service added to the port must be added here too, as guarded or open
@@ -529,7 +555,10 @@ def test_token_guards_every_rpc_and_reflection_but_not_health(model_path, policy
                     assert code == grpc.StatusCode.UNAUTHENTICATED, (method.full_name, case, code)
                 code = first_reply_status(channel, service, method, payload, "Bearer s3cret")
                 assert code == grpc.StatusCode.OK, (method.full_name, code)
-        open_codes = {method.name: first_reply_status(channel, HEALTH_SERVICE, method, b"", None) for method in HEALTH_SERVICE.methods}
+        open_codes = {
+            method.name: first_reply_status(channel, HEALTH_SERVICE, method, b"", None)
+            for method in HEALTH_SERVICE.methods
+        }
         assert grpc.StatusCode.UNAUTHENTICATED not in open_codes.values(), open_codes  # (List is not implemented)
         assert open_codes["Check"] == open_codes["Watch"] == grpc.StatusCode.OK
 
@@ -543,13 +572,31 @@ def certs(tmp_path_factory) -> Path:
     """A throwaway CA, a server certificate for localhost / 127.0.0.1 and a client certificate."""
     d = tmp_path_factory.mktemp("certs")
     key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=omad test CA", cwd=d)
+    openssl(
+        "req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=omad test CA", cwd=d
+    )
     (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
     (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name in ("server", "client"):
         openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=omad test {name}", cwd=d)
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=d,
+        )
     return d
 
 
@@ -571,10 +618,16 @@ def test_mtls_requires_a_client_certificate(model_path, policy, certs):
     from omad_serve.config import read_tls_files
 
     config = ServeConfig(
-        model=model_path, port=0, tls_cert=certs / "server.pem", tls_key=certs / "server.key", tls_client_ca=certs / "ca.pem"
+        model=model_path,
+        port=0,
+        tls_cert=certs / "server.pem",
+        tls_key=certs / "server.key",
+        tls_client_ca=certs / "ca.pem",
     )
     with ServerThread(config, tls=read_tls_files(config)) as secure:
-        with PolicyClient(secure.addr, tls_ca=certs / "ca.pem", tls_cert=certs / "client.pem", tls_key=certs / "client.key") as c:
+        with PolicyClient(
+            secure.addr, tls_ca=certs / "ca.pem", tls_cert=certs / "client.pem", tls_key=certs / "client.key"
+        ) as c:
             assert c.spec().agent == policy.info.agent
         with PolicyClient(secure.addr, tls_ca=certs / "ca.pem", retries=0, timeout_s=2) as anonymous:
             with pytest.raises(PolicyCallError) as caught:
@@ -585,7 +638,12 @@ def test_mtls_requires_a_client_certificate(model_path, policy, certs):
         from omad_serve.cli import cmd_health
 
         args = dict(addr=secure.addr, timeout=3.0, service="", tls_ca=str(certs / "ca.pem"), tls_server_name=None)
-        assert cmd_health(argparse.Namespace(**args, tls_cert=str(certs / "client.pem"), tls_key=str(certs / "client.key"))) == 0
+        assert (
+            cmd_health(
+                argparse.Namespace(**args, tls_cert=str(certs / "client.pem"), tls_key=str(certs / "client.key"))
+            )
+            == 0
+        )
         assert cmd_health(argparse.Namespace(**args, tls_cert=None, tls_key=None)) == 1
 
 
@@ -601,7 +659,9 @@ def test_prometheus_metrics(model_path, policy):
         # the server books a call after its response is on the wire: wait until nothing is in flight
         deadline = time.monotonic() + 5
         while True:
-            with urllib.request.urlopen(f"http://127.0.0.1:{observed.server.metrics_port}/metrics", timeout=5) as response:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{observed.server.metrics_port}/metrics", timeout=5
+            ) as response:
                 text = response.read().decode()
             if "omad_in_flight_calls 0.0" in text or time.monotonic() > deadline:
                 break

@@ -110,7 +110,10 @@ class Agents:
 def omad_eval(addrs: list[str], *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [*OMAD, "eval", "--env", "mpe:simple_spread_v3", "--servers", ",".join(addrs), *extra],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -121,13 +124,17 @@ def test_a_stalled_agent_fails_the_episode_within_the_timeout(tiny_export_dir):
     timeout_s = 2.0
     with ExitStack() as stack:
         agents = Agents(stack, tiny_export_dir)
-        evaluation = omad_eval(agents.addrs, "--episodes", "2", "--env-options", LONG_EPISODE, "--timeout-s", str(timeout_s))
+        evaluation = omad_eval(
+            agents.addrs, "--episodes", "2", "--env-options", LONG_EPISODE, "--timeout-s", str(timeout_s)
+        )
         stack.callback(lambda: evaluation.poll() is None and evaluation.kill())
         wait_for(lambda: agents.requests_served() >= 30, what="the episode to be under way")
         os.kill(agents.victim.proc.pid, signal.SIGSTOP)
         stalled = time.monotonic()
         _, stderr = evaluation.communicate(timeout=timeout_s + 30)  # a hang fails here
-        print(f"stalled agent: the episode failed {time.monotonic() - stalled:.2f} s after SIGSTOP (--timeout-s {timeout_s})")
+        print(
+            f"stalled agent: the episode failed {time.monotonic() - stalled:.2f} s after SIGSTOP (--timeout-s {timeout_s})"
+        )
         assert evaluation.returncode == 2
         assert error_lines(stderr) == [next(line for line in stderr.splitlines() if line.startswith("error:"))], stderr
         assert "agent_1" in stderr and agents.addrs[1] in stderr and "DEADLINE_EXCEEDED" in stderr
@@ -174,8 +181,19 @@ def test_drain_ends_an_idle_stream_at_once_and_a_busy_one_after_its_reply(model_
     """SIGTERM with a 60 s grace: the idle stream is told UNAVAILABLE at once, the busy one gets its
     reply and then UNAVAILABLE, and the server exits as soon as that call is done, long before the grace."""
     server = Process(
-        "serve", "--model", str(model_path), "--port", "0", "--grace-s", "60", "--max-delay-us", "1000000", "--max-batch", "4",
-        "--metrics-port", "0",
+        "serve",
+        "--model",
+        str(model_path),
+        "--port",
+        "0",
+        "--grace-s",
+        "60",
+        "--max-delay-us",
+        "1000000",
+        "--max-batch",
+        "4",
+        "--metrics-port",
+        "0",
     )
     try:
         metrics_port = server.wait_for_event("listening")["metrics_port"]
@@ -214,6 +232,7 @@ def test_inference_failure_turns_the_server_not_serving(model_path, policy, path
     merged = path == "inference thread"  # two requests within 0.3 s merge, and a merged batch runs on the thread
     config = ServeConfig(model=model_path, port=0, max_delay_us=300_000 if merged else 0, metrics_port=0)
     with ServerThread(config, load=False) as broken:
+
         def failing_metrics(rows: int, seconds: float) -> None:
             raise RuntimeError("metrics backend down")
 
@@ -235,7 +254,9 @@ def test_inference_failure_turns_the_server_not_serving(model_path, policy, path
         for t in callers:
             t.join(30)
         assert len(outcomes) == len(callers)
-        assert all(isinstance(o, PolicyCallError) and o.code == UNAVAILABLE and "restart" in o.details for o in outcomes), outcomes
+        assert all(
+            isinstance(o, PolicyCallError) and o.code == UNAVAILABLE and "restart" in o.details for o in outcomes
+        ), outcomes
         if merged:
             assert not broken.server._batcher._thread.is_alive()
         wait_for(lambda: check_health(broken.addr) == "NOT_SERVING", 10, "health NOT_SERVING")
@@ -271,7 +292,9 @@ def test_a_tampered_lone_model_file_is_refused_with_one_line(model_path, tmp_pat
     lone = tmp_path / "agent_0.onnx"  # copied alone, as into a container: no manifest beside it
     shutil.copyfile(model_path, lone)
     flip_a_weight_byte(lone)
-    result = subprocess.run([*OMAD, "serve", "--model", str(lone), "--port", "0"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [*OMAD, "serve", "--model", str(lone), "--port", "0"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert error_lines(result.stderr) == [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines(result.stderr)) == 1 and str(lone) in result.stderr and "weights_sha256" in result.stderr
@@ -366,6 +389,7 @@ def test_reload_swaps_the_model_without_a_failed_call_and_refuses_a_broken_file(
                 replies = policy_pb2_grpc.PolicyStub(channel).ActStream(iter(requests.get, None), timeout=120)
                 try:
                     while not stop.is_set():
+
                         def act(obs, noise):
                             request = policy_pb2.ActRequest()
                             request.obs.shape[:], request.obs.data = obs.shape, obs.tobytes()
@@ -373,6 +397,7 @@ def test_reload_swaps_the_model_without_a_failed_call_and_refuses_a_broken_file(
                             requests.put(request)
                             reply = next(replies)
                             return np.frombuffer(reply.action.data, "<f4").reshape(2, -1), reply.model_sha256
+
                         check("stream", step, act)
                         step += 1
                 except BaseException as err:  # noqa: BLE001
@@ -385,12 +410,14 @@ def test_reload_swaps_the_model_without_a_failed_call_and_refuses_a_broken_file(
                 step = 0
                 try:
                     while not stop.is_set():
+
                         def act(obs, noise):
                             request = policy_pb2.ActRequest()
                             request.obs.shape[:], request.obs.data = obs.shape, obs.tobytes()
                             request.noise.shape[:], request.noise.data = noise.shape, noise.tobytes()
                             reply = c._stub.Act(request, timeout=10)
                             return np.frombuffer(reply.action.data, "<f4").reshape(2, -1), reply.model_sha256
+
                         check("unary", 10_000 + step, act)
                         step += 1
                 except BaseException as err:  # noqa: BLE001
@@ -412,7 +439,9 @@ def test_reload_swaps_the_model_without_a_failed_call_and_refuses_a_broken_file(
         assert failures == []
         for kind, shas in seen.items():  # old, then new from the swap on, never back
             switch = shas.index(new.info.sha256)
-            assert switch > 0 and set(shas[:switch]) == {old.info.sha256} and set(shas[switch:]) == {new.info.sha256}, kind
+            assert switch > 0 and set(shas[:switch]) == {old.info.sha256} and set(shas[switch:]) == {new.info.sha256}, (
+                kind
+            )
         with PolicyClient(addr, retries=0) as c:
             assert c.spec().model_sha256 == new.info.sha256
 

@@ -32,7 +32,9 @@ class Process:
     """A child process whose stdout lines and stderr JSON log events are collected by threads."""
 
     def __init__(self, *args: str):
-        self.proc = subprocess.Popen([*OMAD, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [*OMAD, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.events: queue.Queue[dict] = queue.Queue()
         self.stderr: list[str] = []
@@ -118,8 +120,17 @@ def test_sigterm_drains_in_flight_calls_then_exits(model_path, policy):
     # A 1 s batching window (4 requests never fill --max-batch 64) holds unary calls in flight.
     grace_s = 10
     server = Process(
-        "serve", "--model", str(model_path), "--port", "0", "--max-delay-us", "1000000", "--grace-s", str(grace_s),
-        "--metrics-port", "0",
+        "serve",
+        "--model",
+        str(model_path),
+        "--port",
+        "0",
+        "--max-delay-us",
+        "1000000",
+        "--grace-s",
+        str(grace_s),
+        "--metrics-port",
+        "0",
     )
     try:
         metrics_port = server.wait_for_event("listening")["metrics_port"]
@@ -208,7 +219,9 @@ def test_port_in_use_is_a_clear_error(model_path):
 def test_a_bad_model_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "agent.onnx"
     bad.write_bytes(b"not a graph")
-    result = subprocess.run([*OMAD, "serve", "--model", str(bad), "--port", "0"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [*OMAD, "serve", "--model", str(bad), "--port", "0"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "error:" in result.stderr and str(bad) in result.stderr
 
 
@@ -264,7 +277,9 @@ def test_launcher_stops_everything_when_one_agent_fails(tiny_export_dir, tmp_pat
 
 def test_omad_health_exit_codes(model_path):
     def health(addr: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*OMAD, "health", "--addr", addr, "--timeout", "2"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [*OMAD, "health", "--addr", addr, "--timeout", "2"], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
 
     with ServerThread(ServeConfig(model=model_path, port=0), load=False) as starting:
         result = health(starting.addr)
@@ -290,7 +305,9 @@ def test_64_concurrent_clients_get_every_answer_right(model_path, policy):
 
         def closed_loop_client(index: int) -> None:
             obs, noise = inputs[index]
-            expected = np.stack([policy.act(obs[i : i + 1], noise=noise[:, i : i + 1])[0] for i in range(requests_each)])
+            expected = np.stack(
+                [policy.act(obs[i : i + 1], noise=noise[:, i : i + 1])[0] for i in range(requests_each)]
+            )
             try:
                 with PolicyClient(addr, retries=0, timeout_s=30) as client:
                     start.wait(timeout=60)

@@ -21,14 +21,20 @@ def test_committed_stubs_match_the_protos():
     committed = {p.name for p in protogen.GENERATED_DIR.iterdir() if p.is_file() and p.name != "__init__.py"}
     assert committed == set(fresh), "run: python -m omad_serve.protogen"
     for name, text in fresh.items():
-        assert (protogen.GENERATED_DIR / name).read_text() == text, f"{name} is stale; run: python -m omad_serve.protogen"
+        assert (protogen.GENERATED_DIR / name).read_text() == text, (
+            f"{name} is stale; run: python -m omad_serve.protogen"
+        )
 
 
 def _fields(descriptor) -> dict:
     """name -> (number, type, repeated, nested message fields) for a message, recursively."""
     out = {}
     for f in descriptor.fields:
-        nested = _fields(f.message_type) if f.message_type is not None and not f.message_type.GetOptions().map_entry else None
+        nested = (
+            _fields(f.message_type)
+            if f.message_type is not None and not f.message_type.GetOptions().map_entry
+            else None
+        )
         out[f.name] = (f.number, f.type, f.is_repeated, nested)
     return out
 
@@ -55,14 +61,22 @@ def test_kserve_proto_is_wire_compatible_with_tritonclient():
             number, kind, repeated, nested = spec
             assert theirs[field][:3] == (number, kind, repeated), f"{name}.{field}"
             if nested is not None:
-                assert {k: v[:3] for k, v in nested.items()}.items() <= {k: v[:3] for k, v in theirs[field][3].items()}.items()
+                assert {k: v[:3] for k, v in nested.items()}.items() <= {
+                    k: v[:3] for k, v in theirs[field][3].items()
+                }.items()
     our_service = our_file.services_by_name["GRPCInferenceService"]
     their_service = triton_file.services_by_name["GRPCInferenceService"]
     for method in our_service.methods:
         theirs = their_service.methods_by_name[method.name]
         assert (method.input_type.name, method.output_type.name) == (theirs.input_type.name, theirs.output_type.name)
     assert {m.name for m in our_service.methods} >= {
-        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer", "ModelConfig"
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+        "ModelConfig",
     }
 
 

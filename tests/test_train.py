@@ -53,7 +53,10 @@ def test_resume_is_exact(tmp_path, algo):
     train(tiny_config(algo=algo, total_steps=400, checkpoint_every=200), straight)
     train(tiny_config(algo=algo, total_steps=200, checkpoint_every=200), resumed)
     train(tiny_config(algo=algo, total_steps=400, checkpoint_every=200), resumed, resume=True)
-    parts = sorted(p.relative_to(latest_checkpoint(straight)) for p in (latest_checkpoint(straight) / "train").rglob("*.safetensors"))
+    parts = sorted(
+        p.relative_to(latest_checkpoint(straight))
+        for p in (latest_checkpoint(straight) / "train").rglob("*.safetensors")
+    )
     assert {p.parent.name for p in parts} == {"train", "modules", "optimizers"}
     for part in parts:  # every network, optimizer moment, loose tensor and the RNG state
         a = load_file(latest_checkpoint(straight) / part)
@@ -61,6 +64,7 @@ def test_resume_is_exact(tmp_path, algo):
         assert a.keys() == b.keys(), part
         for k in a:
             assert torch.equal(a[k], b[k]), (part, k)
+
     def last(run):
         return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
 
@@ -88,9 +92,31 @@ def run_until_checkpoint(args, out, min_step, deadline_s=180):
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--out", str(out), "--env", "mpe:simple_spread_v3", "--total-steps", "100000",
-            "--learning-starts", "100", "--batch-size", "32", "--checkpoint-every", "150", "--eval-every", "100000",
-            "--denoising-steps", "2", "--actor-hidden", "[16]", "--critic-hidden", "[16]", "--progress", "false"]
+    args = [
+        "train",
+        "--out",
+        str(out),
+        "--env",
+        "mpe:simple_spread_v3",
+        "--total-steps",
+        "100000",
+        "--learning-starts",
+        "100",
+        "--batch-size",
+        "32",
+        "--checkpoint-every",
+        "150",
+        "--eval-every",
+        "100000",
+        "--denoising-steps",
+        "2",
+        "--actor-hidden",
+        "[16]",
+        "--critic-hidden",
+        "[16]",
+        "--progress",
+        "false",
+    ]
     step = run_until_checkpoint(args, out, 150)
     # Killed again after the resumed run (its saved config, budget included) checkpointed further on.
     assert run_until_checkpoint(["train", "--out", str(out), "--resume"], out, step + 150) >= step + 150
@@ -171,8 +197,29 @@ def test_resume_keeps_the_saved_config(tmp_path):
     assert main(["train", "--out", str(out), "--resume"]) == 0
     assert json.loads((out / "config.json").read_text()) == saved  # total_steps 150, lr_actor 1e-3, 32-wide nets
     assert json.loads((latest_checkpoint(out) / "manifest.json").read_text())["step"] == 150
-    assert main(["train", "--out", str(out), "--resume", "--total-steps", "300", "--torch-threads", "1", "--progress", "true"]) == 0
-    assert json.loads((out / "config.json").read_text()) == {**saved, "total_steps": 300, "torch_threads": 1, "progress": True}
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(out),
+                "--resume",
+                "--total-steps",
+                "300",
+                "--torch-threads",
+                "1",
+                "--progress",
+                "true",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((out / "config.json").read_text()) == {
+        **saved,
+        "total_steps": 300,
+        "torch_threads": 1,
+        "progress": True,
+    }
     assert json.loads((latest_checkpoint(out) / "manifest.json").read_text())["step"] == 300
 
 

@@ -19,9 +19,7 @@ from omad_core.envs.base import AgentSpec, EnvSpec, MultiAgentEnv, StepResult
 ScriptedPolicy = Callable[[np.ndarray], np.ndarray]
 
 
-def episode_end_flags(
-    terminations: Mapping[str, bool], truncations: Mapping[str, bool]
-) -> tuple[bool, bool]:
+def episode_end_flags(terminations: Mapping[str, bool], truncations: Mapping[str, bool]) -> tuple[bool, bool]:
     """Map per-agent done flags to (terminated, truncated) of the team.
 
     A true terminal state wins over a time limit reached at the same step, so at most one
@@ -51,10 +49,7 @@ class ParallelEnvAdapter(MultiAgentEnv):
         self._env = parallel_env
         self._render_mode = render_mode
         self._scripted_policies = dict(scripted_policies or {})
-        self._bounds = {
-            name: _box_bounds(parallel_env.action_space(name))
-            for name in parallel_env.possible_agents
-        }
+        self._bounds = {name: _box_bounds(parallel_env.action_space(name)) for name in parallel_env.possible_agents}
         team = [n for n in parallel_env.possible_agents if n not in self._scripted_policies]
         self.spec = EnvSpec(
             env_id=env_id,
@@ -102,10 +97,7 @@ class ParallelEnvAdapter(MultiAgentEnv):
             raise RuntimeError("the episode has ended (or never started): call reset() first")
         if len(actions) != len(self.spec.agents):
             raise ValueError(f"expected {len(self.spec.agents)} actions, got {len(actions)}")
-        env_actions = {
-            agent.name: self._clip(agent.name, action)
-            for agent, action in zip(self.spec.agents, actions)
-        }
+        env_actions = {agent.name: self._clip(agent.name, action) for agent, action in zip(self.spec.agents, actions)}
         for name, policy in self._scripted_policies.items():
             env_actions[name] = self._clip(name, policy(self._last_raw_obs[name]))
 

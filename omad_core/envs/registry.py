@@ -27,7 +27,9 @@ _MPE_TASKS: dict[str, dict[str, Any]] = {
     "simple_speaker_listener_v4": {},
 }
 _MPE_DEFAULTS: dict[str, Any] = {"max_cycles": 25}
-_MPE_SCRIPTED: dict[str, dict[str, ScriptedPolicy]] = {"simple_adversary_v3": {"adversary_0": adversary_to_landmark_nearest_good_agent}}
+_MPE_SCRIPTED: dict[str, dict[str, ScriptedPolicy]] = {
+    "simple_adversary_v3": {"adversary_0": adversary_to_landmark_nearest_good_agent}
+}
 
 # MaMuJoCo (scenario, partition); the id is "mamujoco:<scenario>-<partition>".
 _MAMUJOCO_TASKS: tuple[tuple[str, str], ...] = (
@@ -75,7 +77,9 @@ def _check_options(env_id: str, options: dict[str, Any], known: Iterable[str]) -
         if name in _MIN_INT_OPTIONS and (
             not isinstance(value, int) or isinstance(value, bool) or value < _MIN_INT_OPTIONS[name]
         ):
-            raise EnvOptionsError(f"option {name} of {env_id} must be an integer >= {_MIN_INT_OPTIONS[name]}, got {value!r}")
+            raise EnvOptionsError(
+                f"option {name} of {env_id} must be an integer >= {_MIN_INT_OPTIONS[name]}, got {value!r}"
+            )
 
 
 def _construct(env_id: str, options: dict[str, Any], make: Callable[[], Any]) -> Any:
@@ -91,15 +95,13 @@ def _parameters(fn: Any) -> list[str]:
 
 
 def env_family(env_id: str) -> str:
-    """"mpe" or "mamujoco"."""
+    """ "mpe" or "mamujoco"."""
     if env_id not in ENV_IDS:
         raise UnknownEnvError(env_id)
     return env_id.split(":", 1)[0]
 
 
-def make_env(
-    env_id: str, options: dict[str, Any] | None = None, render_mode: str | None = None
-) -> MultiAgentEnv:
+def make_env(env_id: str, options: dict[str, Any] | None = None, render_mode: str | None = None) -> MultiAgentEnv:
     """Build one environment copy. `options` override the id's defaults and pass through to
     the underlying env constructor (e.g. `N`, `max_cycles`, `local_ratio` for MPE;
     `max_episode_steps`, `agent_obsk` or Gymnasium MuJoCo kwargs for MaMuJoCo)."""
@@ -120,9 +122,7 @@ def get_spec(env_id: str, options: dict[str, Any] | None = None) -> EnvSpec:
         env.close()
 
 
-def _make_mpe(
-    env_id: str, task: str, options: dict[str, Any], render_mode: str | None
-) -> MultiAgentEnv:
+def _make_mpe(env_id: str, task: str, options: dict[str, Any], render_mode: str | None) -> MultiAgentEnv:
     resolved = {**_MPE_DEFAULTS, **_MPE_TASKS[task], **options}
     task_module = importlib.import_module(f"mpe2.{task}")
     _check_options(env_id, resolved, _parameters(task_module.raw_env))
@@ -139,9 +139,7 @@ def _make_mpe(
     )
 
 
-def _make_mamujoco(
-    env_id: str, task: str, options: dict[str, Any], render_mode: str | None
-) -> MultiAgentEnv:
+def _make_mamujoco(env_id: str, task: str, options: dict[str, Any], render_mode: str | None) -> MultiAgentEnv:
     scenario, partition = task.split("-", 1)
     resolved = {**_MAMUJOCO_DEFAULTS, **options}
     if render_mode == "rgb_array":

@@ -45,9 +45,7 @@ class VecEnv:
         if num_envs < 1:
             raise ValueError("num_envs must be at least 1")
         self.num_envs = num_envs
-        self._envs: list[MultiAgentEnv] = [
-            make_env(env_id, options, render_mode) for _ in range(num_envs)
-        ]
+        self._envs: list[MultiAgentEnv] = [make_env(env_id, options, render_mode) for _ in range(num_envs)]
         self.spec: EnvSpec = self._envs[0].spec
         self._first_seed = seed
         self._reset_seeds = np.random.default_rng(seed)

@@ -12,7 +12,11 @@ from omad_train.layout import AgentLayout
 
 
 def make_algorithm(
-    cfg: TrainConfig, layout: AgentLayout, state_dim: int, value_range: tuple[float, float], device: torch.device | str = "cpu"
+    cfg: TrainConfig,
+    layout: AgentLayout,
+    state_dim: int,
+    value_range: tuple[float, float],
+    device: torch.device | str = "cpu",
 ) -> Algorithm:
     """The networks are initialised on the CPU (the same weights on every device), then moved to `device`."""
     if cfg.algo in ("omad", "omad-gaussian"):  # the Gaussian ablation differs only in its actors

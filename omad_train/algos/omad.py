@@ -30,18 +30,30 @@ def make_actors(cfg: TrainConfig, layout: AgentLayout) -> StackedActors:
     if cfg.algo == "omad-gaussian":
         return GaussianActors(*sizes, hidden=cfg.actor_hidden)
     return DiffusionActors(
-        *sizes, hidden=cfg.actor_hidden, denoising_steps=cfg.denoising_steps, prior_std=cfg.prior_std,
-        dt_init=cfg.dt_init, time_features=cfg.time_features,
+        *sizes,
+        hidden=cfg.actor_hidden,
+        denoising_steps=cfg.denoising_steps,
+        prior_std=cfg.prior_std,
+        dt_init=cfg.dt_init,
+        time_features=cfg.time_features,
     )
 
 
 class OMAD(Algorithm):
-    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, value_range: tuple[float, float],
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        layout: AgentLayout,
+        state_dim: int,
+        value_range: tuple[float, float],
+        device: torch.device | str = "cpu",
+    ):
         self.cfg, self.layout, self.device = cfg, layout, torch.device(device)
         self.actors = make_actors(cfg, layout)
         self.critic = CategoricalCritic(state_dim + layout.joint_dim, cfg.critic_hidden, cfg.num_atoms, *value_range)
-        self.critic_target = CategoricalCritic(state_dim + layout.joint_dim, cfg.critic_hidden, cfg.num_atoms, *value_range)
+        self.critic_target = CategoricalCritic(
+            state_dim + layout.joint_dim, cfg.critic_hidden, cfg.num_atoms, *value_range
+        )
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         for module in self.modules().values():

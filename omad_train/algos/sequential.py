@@ -111,20 +111,29 @@ class SequentialAlgorithm(Algorithm):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic_opt": self.critic_opt, **{f"actor_opt_{i}": opt for i, opt in enumerate(self.actor_opts)}}
 
+
 class HASAC(SequentialAlgorithm):
     """Squashed-Gaussian actors, soft twin-Q target, one auto-tuned temperature per agent
     (target entropy -d_a: alpha_i rises while log pi_i exceeds `cost_budget_per_dim` * d_a_i)."""
 
     def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, device: torch.device | str = "cpu"):
         super().__init__(cfg, layout, state_dim, device)
-        self.log_alpha = torch.full((layout.n,), math.log(cfg.alpha_init), device=self.device, requires_grad=cfg.auto_alpha)
+        self.log_alpha = torch.full(
+            (layout.n,), math.log(cfg.alpha_init), device=self.device, requires_grad=cfg.auto_alpha
+        )
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
-        self.cost_budget = torch.tensor(layout.act_dims, dtype=torch.float32, device=self.device) * cfg.cost_budget_per_dim
-        self.pass_costs = [torch.zeros((), device=self.device)] * layout.n  # each agent's mean log pi in the current actor pass
+        self.cost_budget = (
+            torch.tensor(layout.act_dims, dtype=torch.float32, device=self.device) * cfg.cost_budget_per_dim
+        )
+        self.pass_costs = [
+            torch.zeros((), device=self.device)
+        ] * layout.n  # each agent's mean log pi in the current actor pass
 
     def make_actor(self, i: int) -> GaussianActors:
         L = self.layout
-        return GaussianActors([L.obs_dims[i]], [L.act_dims[i]], [L.action_low[i]], [L.action_high[i]], self.cfg.actor_hidden)
+        return GaussianActors(
+            [L.obs_dims[i]], [L.act_dims[i]], [L.action_low[i]], [L.action_high[i]], self.cfg.actor_hidden
+        )
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -160,7 +169,9 @@ class HASAC(SequentialAlgorithm):
         return {"log_alpha": self.log_alpha}
 
 
-def smoothed_target_noise(shape: tuple[int, ...], std: float, clip: float, device: torch.device | str = "cpu") -> torch.Tensor:
+def smoothed_target_noise(
+    shape: tuple[int, ...], std: float, clip: float, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """TD3 target policy smoothing: clip(N(0, std^2), -clip, clip), in [-1, 1] action units."""
     return (torch.randn(shape, device=device) * std).clamp(-clip, clip)
 
@@ -176,8 +187,14 @@ class HATD3(SequentialAlgorithm):
 
     def make_actor(self, i: int) -> DeterministicActors:
         L, cfg = self.layout, self.cfg
-        return DeterministicActors([L.obs_dims[i]], [L.act_dims[i]], [L.action_low[i]], [L.action_high[i]],
-                                   cfg.actor_hidden, explore_std=cfg.explore_std)
+        return DeterministicActors(
+            [L.obs_dims[i]],
+            [L.act_dims[i]],
+            [L.action_low[i]],
+            [L.action_high[i]],
+            cfg.actor_hidden,
+            explore_std=cfg.explore_std,
+        )
 
     def update_noise(self, batch):
         return torch.zeros(1, self.layout.n, batch, self.layout.act_max, device=self.device)
