@@ -50,6 +50,8 @@ SCOPE = {
     "omad_train/algos/common.py": ["omad_train.algos.common.*"],
     "omad_train/diffusion.py": ["omad_train.diffusion.*"],
     "omad_train/actors.py": ["omad_train.actors.*"],
+    # the deployable cut of one agent's actor (loading a run dir is tested against real runs elsewhere)
+    "omad_train/policies.py": ["omad_train.policies.xǁAgentPolicyǁ*"],
     "omad_serve/batching.py": ["omad_serve.batching.*"],
     "omad_serve/security.py": ["omad_serve.security.*"],
     "omad_serve/tensors.py": ["omad_serve.tensors.*"],

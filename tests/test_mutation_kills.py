@@ -527,7 +527,7 @@ def test_agent_policy_refuses_an_unknown_kind_and_a_stack_of_several_agents():
         "action_low": [[0.0, -0.4]] * 2,
         "action_high": [[1.0, 0.4]] * 2,
     }
-    with pytest.raises(ValueError, match="AgentPolicy wraps a one-agent stack"):
+    with pytest.raises(ValueError, match=r"^AgentPolicy wraps a one-agent stack$"):
         AgentPolicy("left", two, kind="diffusion")
 
 
@@ -589,6 +589,8 @@ def test_the_state_an_algorithm_lists_is_all_it_needs_to_continue_exactly(name):
         == state_b.keys()
         == {"actors", "critic", "critic_target"} | ({"actor_target"} if name == "hatd3" else set())
     )
+    # the names checkpoints store them under
+    assert trained.extra_tensors().keys() == (set() if name == "hatd3" else {"log_alpha"})
     for key in state_a:
         for param, value in state_a[key].items():
             torch.testing.assert_close(state_b[key][param], value, rtol=0, atol=0)
@@ -990,3 +992,27 @@ def test_joint_cost_sums_or_averages_over_agents():
         torch.testing.assert_close(algo.joint(per_agent), torch.tensor(joint))
         # the budget is combined the same way: act dims 2 and 1 at -0.5 per dim
         torch.testing.assert_close(algo.cost_budget, torch.tensor(-1.5 if norm == "sum" else -0.75))
+
+
+def test_growing_storage_keeps_every_row_and_a_restore_allocates_what_it_needs():
+    """Storage starts small and grows as rows arrive (1024, then doubling): 1500 one-step rows must all
+    survive the growth, sample as float32, and load into a fresh buffer that never grew."""
+    buf = ReplayBuffer(5000, {"state": (1,), "obs": (1, 1), "action": (1,)}, 1, 1, 0.9)
+    for t in range(1500):
+        buf.add(0, replay_step(t))
+    np.testing.assert_array_equal(buf.data["state"][:1500, 0], np.arange(1500))
+    np.testing.assert_allclose(buf.data["action"][:1500, 0], np.arange(1500) + 0.5)
+    batch = buf.sample(np.random.default_rng(0), 64)
+    assert all(v.dtype == np.float32 for v in batch)
+    restored = ReplayBuffer(5000, {"state": (1,), "obs": (1, 1), "action": (1,)}, 1, 1, 0.9)
+    restored.load_state(buf.state_arrays(), buf.state_meta())
+    for key, values in buf.data.items():
+        np.testing.assert_array_equal(restored.data[key][:1500], values[:1500], err_msg=key)
+
+
+def test_policy_noise_is_made_on_the_algorithms_device():
+    """The meta device stands in for an accelerator: the noise must be created where the networks live."""
+    algo = make_algo("hasac")
+    algo.device = torch.device("meta")
+    noise = algo.noise(5)
+    assert noise.device.type == "meta" and noise.shape == (algo.actors.noise_steps, LAYOUT.n, 5, LAYOUT.act_max)
