@@ -27,7 +27,7 @@ test: setup
 bench: setup
 	$(PY) bench/training.py
 
-# Mutation testing of the math and the serving edge (about an hour; on purpose, not in CI).
+# Mutation testing of the math and the serving edge (a few hours; on purpose, not in CI).
 mutation: setup
 	$(PY) bench/mutation.py
 

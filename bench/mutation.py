@@ -11,7 +11,7 @@ functions are not mutated (mutmut 3 cannot wrap them); the report lists them.
 
 Survivors that change no behaviour are listed with the reason in bench/mutation_equivalent.yaml and
 left out of the score: killed / (mutants - equivalent), timeouts counted as killed. Runs on purpose,
-not in CI (about an hour on 2 cores). Writes bench/results/mutation.json and mutation.md.
+not in CI (a few hours on 2 cores). Writes bench/results/mutation.json and mutation.md.
 """
 
 from __future__ import annotations
