@@ -13,10 +13,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 RUN python -m venv /opt/omad
 COPY pyproject.toml constraints.txt README.md ./
-COPY omad_train/ omad_train/
-COPY exporters/ exporters/
+# Only what `omad serve` and `omad health` import: the command table, the core's errors, the ONNX
+# runtime and the server (tests/test_docker.py checks this list against the server's imports).
+COPY omad/__init__.py omad/__main__.py omad/cli.py omad/
+COPY omad_core/__init__.py omad_core/errors.py omad_core/
+COPY exporters/__init__.py exporters/schema.py exporters/runtime.py exporters/
 COPY omad_serve/ omad_serve/
-COPY protos/ protos/
 RUN /opt/omad/bin/pip install -c constraints.txt ".[cpu]"
 # Fail the build if torch slipped in, or if the serving commands cannot start.
 RUN /opt/omad/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)" \

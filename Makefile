@@ -1,8 +1,9 @@
-# The two entry points of the README: `make demo` and `make test`. Both set up .venv first.
+# The two entry points of the README: `make demo` and `make test` (`make check`: the static checks CI
+# runs first). All set up .venv first.
 PY := .venv/bin/python
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test bench mutation clean
+.PHONY: setup demo check test bench mutation clean
 
 setup: .venv/.installed
 
@@ -13,13 +14,20 @@ setup: .venv/.installed
 demo: setup
 	.venv/bin/omad demo
 
+# Package layers (import-linter contracts), lint and format (ruff), types (mypy): pyproject.toml.
+check: setup
+	.venv/bin/lint-imports
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
 test: setup
 	$(PY) -m pytest
 
 bench: setup
 	$(PY) bench/training.py
 
-# Mutation testing of the math and the serving edge (about an hour; on purpose, not in CI).
+# Mutation testing of the math and the serving edge (a few hours; on purpose, not in CI).
 mutation: setup
 	$(PY) bench/mutation.py
 

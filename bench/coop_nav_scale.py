@@ -30,7 +30,10 @@ from omad_train.evaluation import evaluate, uniform_random_policy
 ENV = "mpe:simple_spread_v3"
 RESULTS = Path(__file__).parent / "results"
 PAPER = {3: -23.9, 4: -57.9}  # OMAD, ALGORITHM.md section 9
-KP, KD = 5.0, 1.5  # the PD gains: best of a 5 x 4 grid (kp 1-8, kd 0.5-3) on 50 episodes of seeds 10000+, apart from the measured ones
+KP, KD = (
+    5.0,
+    1.5,
+)  # the PD gains: best of a 5 x 4 grid (kp 1-8, kd 0.5-3) on 50 episodes of seeds 10000+, apart from the measured ones
 
 
 def scripted_policy(n: int, kp: float = KP, kd: float = KD):
@@ -74,8 +77,11 @@ def measure(n: int, episodes: int, seed: int) -> dict:
     spec = get_spec(ENV, {"N": n})
     low = [np.array(a.action_low) for a in spec.agents]
     high = [np.array(a.action_high) for a in spec.agents]
-    policies = {"random": lambda: uniform_random_policy(low, high, seed), "still": lambda: still_policy(n),
-                "scripted": lambda: scripted_policy(n)}
+    policies = {
+        "random": lambda: uniform_random_policy(low, high, seed),
+        "still": lambda: still_policy(n),
+        "scripted": lambda: scripted_policy(n),
+    }
     out = {}
     for name, factory in policies.items():
         ours = returns(factory, n, episodes, seed, 0.5)  # what training and evaluation report
@@ -89,25 +95,41 @@ def measure(n: int, episodes: int, seed: int) -> dict:
             "collisions_per_agent": float(-local.mean()),
             "harl_per_step": float(n * ours.mean() / spec.max_episode_steps),
         }
-    return {"N": n, "episodes": episodes, "steps_per_episode": spec.max_episode_steps, "policies": out,
-            "paper_omad": PAPER[n]}
+    return {
+        "N": n,
+        "episodes": episodes,
+        "steps_per_episode": spec.max_episode_steps,
+        "policies": out,
+        "paper_omad": PAPER[n],
+    }
 
 
 def write(results: list[dict], seconds: float) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "coop_nav_scale.json").write_text(json.dumps({"results": results, "seconds": seconds}, indent=2) + "\n")
-    lines = ["# Cooperative Navigation: return scales (bench/coop_nav_scale.py)", "",
-             f"Episode returns over {results[0]['episodes']} episodes (seeds 0..{results[0]['episodes'] - 1}), "
-             f"{results[0]['steps_per_episode']} steps each, mean ± std. Ours: team reward = mean over agents "
-             "(local_ratio 0.5). HARL's: every agent gets the sum over agents (N x ours). Global only: "
-             "local_ratio 0 (no collision term). Collisions: the episode's collision count per agent.", "",
-             "| N | policy | ours (mean over agents) | HARL's scale (sum over agents) | global reward only | "
-             "collisions per agent | paper's OMAD (3M steps) |", "|---:|---|---|---|---|---:|---:|"]
+    lines = [
+        "# Cooperative Navigation: return scales (bench/coop_nav_scale.py)",
+        "",
+        (
+            f"Episode returns over {results[0]['episodes']} episodes (seeds 0..{results[0]['episodes'] - 1}), "
+            f"{results[0]['steps_per_episode']} steps each, mean ± std. Ours: team reward = mean over agents "
+            "(local_ratio 0.5). HARL's: every agent gets the sum over agents (N x ours). Global only: "
+            "local_ratio 0 (no collision term). Collisions: the episode's collision count per agent."
+        ),
+        "",
+        (
+            "| N | policy | ours (mean over agents) | HARL's scale (sum over agents) | global reward only | "
+            "collisions per agent | paper's OMAD (3M steps) |"
+        ),
+        "|---:|---|---|---|---|---:|---:|",
+    ]
     for r in results:
         for name, p in r["policies"].items():
             pm = lambda v: f"{v[0]:.2f} ± {v[1]:.2f}"  # noqa: E731
-            lines.append(f"| {r['N']} | {name} | {pm(p['ours_mean_over_agents'])} | {pm(p['harl_sum_over_agents'])} | "
-                         f"{pm(p['global_only'])} | {p['collisions_per_agent']:.2f} | {r['paper_omad']} |")
+            lines.append(
+                f"| {r['N']} | {name} | {pm(p['ours_mean_over_agents'])} | {pm(p['harl_sum_over_agents'])} | "
+                f"{pm(p['global_only'])} | {p['collisions_per_agent']:.2f} | {r['paper_omad']} |"
+            )
     lines += ["", f"Wall time {seconds:.0f} s."]
     (RESULTS / "coop_nav_scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

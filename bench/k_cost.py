@@ -31,15 +31,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sample_efficiency import QUICK, QUICK_STEPS, RESULTS, TASKS, task_config  # noqa: E402
-from serving import Bench, closed_loop, omad_server  # noqa: E402
-from training import updates_per_second  # noqa: E402
+from sample_efficiency import QUICK, QUICK_STEPS, RESULTS, TASKS, task_config
+from serving import Bench, closed_loop, omad_server
+from training import updates_per_second
 
-from exporters.onnx_export import export_run  # noqa: E402
-from omad_serve.client import act_request  # noqa: E402
-from omad_train import stats  # noqa: E402
-from omad_train.report import aggregate, read_metrics  # noqa: E402
-from omad_train.sweep import job_dir, run_sweep  # noqa: E402
+from exporters.onnx_export import export_run
+from omad_serve.client import act_request
+from omad_train import stats
+from omad_train.report import aggregate, read_metrics
+from omad_train.sweep import job_dir, run_sweep
 
 TASK = TASKS["halfcheetah_2x3"]
 REPO = Path(__file__).resolve().parents[1]
@@ -51,14 +51,30 @@ def sweep_dir(out: Path, study_dir: Path, k: int) -> Path:
     return study_dir if k == DEFAULT_K else out / f"K-{k}"
 
 
-def train(out: Path, study_dir: Path, ks: list[int], seeds: list[int], steps: int, quick: bool, workers: int,
-          ray_address: str | None) -> None:
+def train(
+    out: Path,
+    study_dir: Path,
+    ks: list[int],
+    seeds: list[int],
+    steps: int,
+    quick: bool,
+    workers: int,
+    ray_address: str | None,
+) -> None:
     for k in ks:
         shared = task_config(TASK, quick)
         if k != DEFAULT_K:
             shared = {**shared, "denoising_steps": k}
-        summary = run_sweep(sweep_dir(out, study_dir, k), [TASK.env], ["omad"], seeds, steps, shared,
-                            local_workers=workers, ray_address=ray_address)
+        summary = run_sweep(
+            sweep_dir(out, study_dir, k),
+            [TASK.env],
+            ["omad"],
+            seeds,
+            steps,
+            shared,
+            local_workers=workers,
+            ray_address=ray_address,
+        )
         if summary["failed"]:
             raise SystemExit(f"K = {k}: {len(summary['failed'])} job(s) failed: {summary['failed']}")
 
@@ -71,7 +87,11 @@ def serve_latency(onnx_path: Path, obs_dim: int) -> dict:
     with server:
         one = asyncio.run(closed_loop(addr, request, 1, SERVE_SECONDS))
         sixteen = asyncio.run(closed_loop(addr, request, 16, SERVE_SECONDS))
-    return {"p50_ms": one["median_us"] / 1e3, "p99_ms": one["p99_us"] / 1e3, "actions_per_s_16": sixteen["actions_per_s"]}
+    return {
+        "p50_ms": one["median_us"] / 1e3,
+        "p99_ms": one["p99_us"] / 1e3,
+        "actions_per_s_16": sixteen["actions_per_s"],
+    }
 
 
 def measure(out: Path, study_dir: Path, ks: list[int], seeds: list[int], quick: bool, reps: int) -> list[dict]:
@@ -80,7 +100,9 @@ def measure(out: Path, study_dir: Path, ks: list[int], seeds: list[int], quick: 
     torch.set_num_threads(1)
     rows = []
     for k in ks:
-        curve = aggregate({seed: read_metrics(job_dir(sweep_dir(out, study_dir, k), TASK.env, "omad", seed)) for seed in seeds})
+        curve = aggregate(
+            {seed: read_metrics(job_dir(sweep_dir(out, study_dir, k), TASK.env, "omad", seed)) for seed in seeds}
+        )
         point, low, high = stats.iqm_ci({"k": curve.finals}, reps)["k"]
         shape = {key: QUICK[key] for key in ("actor_hidden", "critic_hidden", "batch_size")} if quick else {}
         rate = updates_per_second(TASK.env, 3, 5, denoising_steps=k, **shape)
@@ -93,12 +115,18 @@ def measure(out: Path, study_dir: Path, ks: list[int], seeds: list[int], quick: 
                 manifest = json.loads((export / "manifest.json").read_text())
                 agent = manifest["agents"][0]
                 served.append(serve_latency(export / agent["file"], agent["obs_dim"]))
-        rows.append({
-            "K": k, "seeds": curve.seeds, "budget": curve.budget, "final_returns": curve.finals.tolist(),
-            "final_iqm": [point, low, high], "updates_per_s": rate,
-            **{key: statistics.median(s[key] for s in served) for key in ("p50_ms", "p99_ms", "actions_per_s_16")},
-            "served_runs": served,
-        })
+        rows.append(
+            {
+                "K": k,
+                "seeds": curve.seeds,
+                "budget": curve.budget,
+                "final_returns": curve.finals.tolist(),
+                "final_iqm": [point, low, high],
+                "updates_per_s": rate,
+                **{key: statistics.median(s[key] for s in served) for key in ("p50_ms", "p99_ms", "actions_per_s_16")},
+                "served_runs": served,
+            }
+        )
         print(json.dumps({key: value for key, value in rows[-1].items() if key != "served_runs"}), flush=True)
     return rows
 
@@ -106,17 +134,28 @@ def measure(out: Path, study_dir: Path, ks: list[int], seeds: list[int], quick: 
 def write(out: Path, rows: list[dict], meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "k_cost.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    lines = ["# The cost of K (bench/k_cost.py)", "",
-             f"OMAD on {TASK.env}, {rows[0]['budget']} env steps per run, protocol {meta['protocol']}. "
-             "Final return: IQM over seeds [95% stratified-bootstrap CI]. Updates/s: the learner alone at one "
-             "torch thread (synthetic batches). Served: `omad serve` of agent 0's exported graph (micro-batching "
-             "on, 1 ONNX Runtime thread), closed-loop streaming clients on loopback, median over the K's runs.", "",
-             "| K | seeds | final return IQM [95% CI] | training updates/s | served p50 / p99 at 1 client (ms) | "
-             "actions/s at 16 clients |", "|---:|---:|---|---:|---|---:|"]
+    lines = [
+        "# The cost of K (bench/k_cost.py)",
+        "",
+        (
+            f"OMAD on {TASK.env}, {rows[0]['budget']} env steps per run, protocol {meta['protocol']}. "
+            "Final return: IQM over seeds [95% stratified-bootstrap CI]. Updates/s: the learner alone at one "
+            "torch thread (synthetic batches). Served: `omad serve` of agent 0's exported graph (micro-batching "
+            "on, 1 ONNX Runtime thread), closed-loop streaming clients on loopback, median over the K's runs."
+        ),
+        "",
+        (
+            "| K | seeds | final return IQM [95% CI] | training updates/s | served p50 / p99 at 1 client (ms) | "
+            "actions/s at 16 clients |"
+        ),
+        "|---:|---:|---|---:|---|---:|",
+    ]
     for r in rows:
         point, low, high = r["final_iqm"]
-        lines.append(f"| {r['K']} | {len(r['seeds'])} | {point:.1f} [{low:.1f}, {high:.1f}] | {r['updates_per_s']:.1f} | "
-                     f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} | {r['actions_per_s_16']:.0f} |")
+        lines.append(
+            f"| {r['K']} | {len(r['seeds'])} | {point:.1f} [{low:.1f}, {high:.1f}] | {r['updates_per_s']:.1f} | "
+            f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} | {r['actions_per_s_16']:.0f} |"
+        )
     lines += ["", f"Measured in {meta['measure_seconds']:.0f} s (training not included); command: `{meta['command']}`."]
     (out / "k_cost.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -126,14 +165,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--steps", type=int, default=None, help=f"env steps per run (default: the study's, {TASK.steps})")
+    parser.add_argument(
+        "--steps", type=int, default=None, help=f"env steps per run (default: the study's, {TASK.steps})"
+    )
     parser.add_argument("--workers", type=int, default=2, help="local worker processes")
     parser.add_argument("--ray-address", default=None, help="train as Ray tasks instead")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results/k_cost[_quick]")
-    parser.add_argument("--study-dir", type=Path, default=None,
-                        help="the study's HalfCheetah sweep dir, home of the K = 8 runs (default RESULTS/study[_quick]/halfcheetah_2x3)")
+    parser.add_argument(
+        "--study-dir",
+        type=Path,
+        default=None,
+        help="the study's HalfCheetah sweep dir, home of the K = 8 runs (default RESULTS/study[_quick]/halfcheetah_2x3)",
+    )
     parser.add_argument("--reps", type=int, default=stats.REPS, help="bootstrap resamples of the CI")
-    parser.add_argument("--quick", action="store_true", help="tiny networks and budgets: checks the pipeline, measures nothing")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny networks and budgets: checks the pipeline, measures nothing"
+    )
     args = parser.parse_args()
     suffix = "_quick" if args.quick else ""
     out = args.out or RESULTS / f"k_cost{suffix}"
@@ -142,8 +189,13 @@ def main() -> None:
     train(out, study_dir, args.ks, args.seeds, steps, args.quick, args.workers, args.ray_address)
     t0 = time.perf_counter()
     rows = measure(out, study_dir, args.ks, args.seeds, args.quick, args.reps)
-    meta = {"env": TASK.env, "protocol": task_config(TASK, args.quick), "study_dir": os.path.relpath(study_dir, REPO),
-            "measure_seconds": time.perf_counter() - t0, "command": " ".join(["bench/k_cost.py", *sys.argv[1:]])}
+    meta = {
+        "env": TASK.env,
+        "protocol": task_config(TASK, args.quick),
+        "study_dir": os.path.relpath(study_dir, REPO),
+        "measure_seconds": time.perf_counter() - t0,
+        "command": " ".join(["bench/k_cost.py", *sys.argv[1:]]),
+    }
     write(out, rows, meta)
 
 

@@ -11,7 +11,7 @@ functions are not mutated (mutmut 3 cannot wrap them); the report lists them.
 
 Survivors that change no behaviour are listed with the reason in bench/mutation_equivalent.yaml and
 left out of the score: killed / (mutants - equivalent), timeouts counted as killed. Runs on purpose,
-not in CI (about an hour on 2 cores). Writes bench/results/mutation.json and mutation.md.
+not in CI (a few hours on 2 cores). Writes bench/results/mutation.json and mutation.md.
 """
 
 from __future__ import annotations
@@ -35,7 +35,13 @@ RESULTS = REPO / "bench" / "results"
 EQUIVALENT = REPO / "bench" / "mutation_equivalent.yaml"
 
 # module file -> the mutant names counted for it (mutmut names: module.x_func / module.xǁClassǁmethod)
-RUNTIME_VALIDATION = ("xǁOnnxPolicyǁact", "xǁOnnxPolicyǁvalidate", "xǁOnnxPolicyǁsample_noise", "x_as_float32", "x_check_finite")
+RUNTIME_VALIDATION = (
+    "xǁOnnxPolicyǁact",
+    "xǁOnnxPolicyǁvalidate",
+    "xǁOnnxPolicyǁsample_noise",
+    "x_as_float32",
+    "x_check_finite",
+)
 SCOPE = {
     "omad_train/critic.py": ["omad_train.critic.*"],
     "omad_train/replay.py": ["omad_train.replay.*"],
@@ -44,6 +50,8 @@ SCOPE = {
     "omad_train/algos/common.py": ["omad_train.algos.common.*"],
     "omad_train/diffusion.py": ["omad_train.diffusion.*"],
     "omad_train/actors.py": ["omad_train.actors.*"],
+    # the deployable cut of one agent's actor (loading a run dir is tested against real runs elsewhere)
+    "omad_train/policies.py": ["omad_train.policies.xǁAgentPolicyǁ*"],
     "omad_serve/batching.py": ["omad_serve.batching.*"],
     "omad_serve/security.py": ["omad_serve.security.*"],
     "omad_serve/tensors.py": ["omad_serve.tensors.*"],
@@ -58,14 +66,18 @@ def main() -> None:
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel")
     parser.add_argument("--only", nargs="+", help="re-test only these mutant-name patterns, keeping the other results")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from mutants/")
-    parser.add_argument("--allow-dirty", action="store_true", help="run although the mutated modules have uncommitted changes")
+    parser.add_argument(
+        "--allow-dirty", action="store_true", help="run although the mutated modules have uncommitted changes"
+    )
     args = parser.parse_args()
     os.chdir(REPO)  # mutmut reads pyproject.toml and writes mutants/ in the working directory
 
     previous = json.loads((RESULTS / "mutation.json").read_text()) if (RESULTS / "mutation.json").exists() else {}
     run = previous.get("run", {})
     if not args.report_only:
-        dirty = subprocess.run(["git", "diff", "--name-only", "HEAD", "--", *SCOPE], capture_output=True, text=True).stdout.split()
+        dirty = subprocess.run(
+            ["git", "diff", "--name-only", "HEAD", "--", *SCOPE], capture_output=True, text=True
+        ).stdout.split()
         if dirty and not args.allow_dirty:
             sys.exit(f"uncommitted changes in {dirty}: the score must describe committed code (or pass --allow-dirty)")
         if not args.only:
@@ -83,7 +95,9 @@ def main() -> None:
                 "command": "make mutation",
                 "seconds": round(elapsed),
                 "max_children": args.max_children,
-                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+                "commit": subprocess.run(
+                    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+                ).stdout.strip(),
                 "date": time.strftime("%Y-%m-%d"),
             }
     report = build_report(run)
@@ -141,7 +155,10 @@ def build_report(run: dict) -> dict:
     modules, survivors, equivalents = {}, [], []
     for path, patterns in SCOPE.items():
         meta = json.loads(Path("mutants", path + ".meta").read_text())["exit_code_by_key"]
-        names = sorted((n for n in meta if any(fnmatch(n, p) for p in patterns)), key=lambda n: (n.rpartition("__mutmut_")[0], int(n.rpartition("_")[2])))
+        names = sorted(
+            (n for n in meta if any(fnmatch(n, p) for p in patterns)),
+            key=lambda n: (n.rpartition("__mutmut_")[0], int(n.rpartition("_")[2])),
+        )
         counts = Counter()
         for name in names:
             status = status_by_exit_code[meta[name]]
@@ -194,8 +211,10 @@ def format_report(report: dict) -> str:
     lines = [
         "# Mutation testing",
         "",
-        f"`{run.get('command', 'make mutation')}` (mutmut, {run.get('max_children', '?')} workers): "
-        f"{run.get('seconds', 0) / 60:.0f} min on commit {run.get('commit', '?')}, {run.get('date', '?')}.",
+        (
+            f"`{run.get('command', 'make mutation')}` (mutmut, {run.get('max_children', '?')} workers): "
+            f"{run.get('seconds', 0) / 60:.0f} min on commit {run.get('commit', '?')}, {run.get('date', '?')}."
+        ),
         "",
         f"**{format_summary(report)}.** Score = (killed + timeout) / (mutants - equivalent).",
         "",
@@ -207,9 +226,13 @@ def format_report(report: dict) -> str:
         score = sum(counts.get(s, 0) for s in DETECTED) / relevant if relevant else 1.0
         lines.append(f"| {path} | " + " | ".join(str(counts.get(c, 0)) for c in columns) + f" | {score:.1%} |")
     lines += ["", "## Surviving mutants", ""]
-    lines += [f"- `{s['mutant']}` ({s['status']}): `{s['before']}` -> `{s['after']}`" for s in report["survivors"]] or ["None."]
+    lines += [f"- `{s['mutant']}` ({s['status']}): `{s['before']}` -> `{s['after']}`" for s in report["survivors"]] or [
+        "None."
+    ]
     lines += ["", "## Equivalent mutants (no behaviour change; not in the score)", ""]
-    lines += [f"- `{e['mutant']}`: `{e['before']}` -> `{e['after']}`. {e['why']}" for e in report["equivalent"]] or ["None."]
+    lines += [f"- `{e['mutant']}`: `{e['before']}` -> `{e['after']}`. {e['why']}" for e in report["equivalent"]] or [
+        "None."
+    ]
     lines += ["", "## Not mutated (decorated functions, which mutmut 3 skips)", ""]
     lines += [f"- {path}: {', '.join(funcs)}" for path, funcs in report["not_mutated"].items()] or ["None."]
     if report["stale_equivalent_entries"]:

@@ -26,12 +26,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from omad_train.config import ALGOS
 from omad_train.report import make_report
 from omad_train.stats import REPS
 from omad_train.sweep import run_sweep
 
 RESULTS = Path(__file__).parent / "results"
-ALGOS = ["omad", "omad-gaussian", "hasac", "hatd3"]
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,26 @@ class Task:
 # (HARL's 10k would be a fifth of a 50k budget), 2.5k (100 episodes) on Cooperative Navigation.
 # 20 evaluations per run; 10 episodes of 1000 steps on HalfCheetah, 40 of 25 steps on Coop Nav (HARL's 40).
 TASKS = {
-    "halfcheetah_2x3": Task("mamujoco:HalfCheetah-2x3", 50_000,
-                            {"learning_starts": 5_000, "eval_every": 2_500, "eval_episodes": 10, "checkpoint_every": 5_000}),
-    "coop_nav_n3": Task("mpe:simple_spread_v3", 25_000,
-                        {"learning_starts": 2_500, "eval_every": 1_250, "eval_episodes": 40, "checkpoint_every": 5_000}),
+    "halfcheetah_2x3": Task(
+        "mamujoco:HalfCheetah-2x3",
+        50_000,
+        {"learning_starts": 5_000, "eval_every": 2_500, "eval_episodes": 10, "checkpoint_every": 5_000},
+    ),
+    "coop_nav_n3": Task(
+        "mpe:simple_spread_v3",
+        25_000,
+        {"learning_starts": 2_500, "eval_every": 1_250, "eval_episodes": 40, "checkpoint_every": 5_000},
+    ),
 }
-QUICK = {"learning_starts": 300, "eval_every": 300, "eval_episodes": 2, "checkpoint_every": 300,
-         "actor_hidden": [32, 32], "critic_hidden": [32, 32], "batch_size": 64}
+QUICK = {
+    "learning_starts": 300,
+    "eval_every": 300,
+    "eval_episodes": 2,
+    "checkpoint_every": 300,
+    "actor_hidden": [32, 32],
+    "critic_hidden": [32, 32],
+    "batch_size": 64,
+}
 QUICK_STEPS = 600
 
 
@@ -86,8 +99,10 @@ def plan(tasks: list[str], steps: dict[str, int], seeds: int, workers: int, hour
             print(f"{name} {algo}: {rate:.1f} updates/s at 1 thread", flush=True)
         per_job_hours = steps[name] * seconds_per_step * seeds / workers / 3600
         fit = int(hours * 3600 * workers / (seeds * seconds_per_step))
-        print(f"{name}: {steps[name]} steps x {seeds} seeds x {len(ALGOS)} algos on {workers} workers ~ "
-              f"{per_job_hours:.2f} h of updates; {hours:g} h alone would fit {fit} steps per run")
+        print(
+            f"{name}: {steps[name]} steps x {seeds} seeds x {len(ALGOS)} algos on {workers} workers ~ "
+            f"{per_job_hours:.2f} h of updates; {hours:g} h alone would fit {fit} steps per run"
+        )
 
 
 def main() -> None:
@@ -97,11 +112,17 @@ def main() -> None:
     parser.add_argument("--ray-address", default=None, help="run every job as a Ray task instead (see README, Ray)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--steps", nargs="+", default=[], metavar="TASK=N", help="a task's budget (env steps per run)")
-    parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
+    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
     parser.add_argument("--out", type=Path, default=None, help="results dir (default bench/results/study[_quick])")
-    parser.add_argument("--reps", type=int, default=None, help="bootstrap resamples of the report (default omad report's)")
-    parser.add_argument("--quick", action="store_true", help="tiny networks and budgets: checks the pipeline, measures nothing")
-    parser.add_argument("--plan", type=float, default=None, metavar="HOURS", help="time the updates and size the budgets; train nothing")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="bootstrap resamples of the report (default omad report's)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny networks and budgets: checks the pipeline, measures nothing"
+    )
+    parser.add_argument(
+        "--plan", type=float, default=None, metavar="HOURS", help="time the updates and size the budgets; train nothing"
+    )
     args = parser.parse_args()
     steps = {name: task.steps for name, task in TASKS.items()} | parse_steps(args.steps)
     if args.plan is not None:
@@ -114,19 +135,36 @@ def main() -> None:
         task = TASKS[name]
         budget = QUICK_STEPS if args.quick else steps[name]
         t0 = time.perf_counter()
-        summary = run_sweep(root / name, [task.env], args.algos, args.seeds, budget, task_config(task, args.quick),
-                            local_workers=args.workers, ray_address=args.ray_address)
+        summary = run_sweep(
+            root / name,
+            [task.env],
+            args.algos,
+            args.seeds,
+            budget,
+            task_config(task, args.quick),
+            local_workers=args.workers,
+            ray_address=args.ray_address,
+        )
         trained = time.perf_counter() - t0
         report = make_report(root / name, reps=args.reps or REPS)
-        combined[name] = {"env": task.env, "budget": budget, "seeds": args.seeds, "protocol": task_config(task, args.quick),
-                          "sweep_seconds_this_invocation": trained, "failed": summary["failed"],
-                          "report": f"{name}/report/report.md", "summary": report}
+        combined[name] = {
+            "env": task.env,
+            "budget": budget,
+            "seeds": args.seeds,
+            "protocol": task_config(task, args.quick),
+            "sweep_seconds_this_invocation": trained,
+            "failed": summary["failed"],
+            "report": f"{name}/report/report.md",
+            "summary": report,
+        }
     (root / "study.json").write_text(json.dumps(combined, indent=2) + "\n")
     lines = ["# Sample-efficiency study (bench/sample_efficiency.py)", ""]
     for name, entry in combined.items():
-        lines.append(f"- {name}: {entry['env']}, {entry['budget']} env steps, seeds {entry['seeds']}, protocol "
-                     f"{entry['protocol']}; this invocation took {entry['sweep_seconds_this_invocation'] / 60:.1f} min: "
-                     f"{entry['report']}")
+        lines.append(
+            f"- {name}: {entry['env']}, {entry['budget']} env steps, seeds {entry['seeds']}, protocol "
+            f"{entry['protocol']}; this invocation took {entry['sweep_seconds_this_invocation'] / 60:.1f} min: "
+            f"{entry['report']}"
+        )
     for name in combined:  # each task's report, its headings one level down, its images linked from here
         lines += ["", f"# {name}", ""]
         report_md = (root / name / "report" / "report.md").read_text()

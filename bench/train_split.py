@@ -95,8 +95,11 @@ def run_split(env: str, total_steps: int, overrides: dict, project_to: int | Non
         "fractions": {k: v / total for k, v in seconds.items()},
         "updates": trainer.algo.num_updates,
         "eval_return_mean": record.get("eval_return_mean"),
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_avg_1min_at_end": os.getloadavg()[0]},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_avg_1min_at_end": os.getloadavg()[0],
+        },
     }
 
 
@@ -106,17 +109,29 @@ def main() -> None:
     parser.add_argument("--total-steps", type=int, default=20_000)
     parser.add_argument("--label", default="", help="suffix of the result file (e.g. before, after)")
     parser.add_argument("--project-to", type=int, default=None, metavar="T", help="also scale the split to T steps")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override (YAML value)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="config override (YAML value)"
+    )
     args = parser.parse_args()
     overrides = {k.replace("-", "_"): yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     result = run_split(args.env, args.total_steps, overrides, args.project_to)
-    lines = [f"`{result['command']}`: {result['total_s']:.0f} s, {result['updates']} updates", "",
-             "| part | seconds | share |", "|---|---|---|"]
+    lines = [
+        f"`{result['command']}`: {result['total_s']:.0f} s, {result['updates']} updates",
+        "",
+        "| part | seconds | share |",
+        "|---|---|---|",
+    ]
     lines += [f"| {k} | {v:.1f} | {result['fractions'][k]:.0%} |" for k, v in result["seconds"].items()]
     if result["projected_seconds"]:
         proj = result["projected_seconds"]
         total = sum(proj.values())
-        lines += ["", f"projected to {args.project_to} steps: {total:.0f} s", "", "| part | seconds | share |", "|---|---|---|"]
+        lines += [
+            "",
+            f"projected to {args.project_to} steps: {total:.0f} s",
+            "",
+            "| part | seconds | share |",
+            "|---|---|---|",
+        ]
         lines += [f"| {k} | {v:.1f} | {v / total:.0%} |" for k, v in proj.items()]
     RESULTS.mkdir(exist_ok=True)
     name = "train_split" + (f"-{args.label}" if args.label else "")

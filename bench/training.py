@@ -40,17 +40,22 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from omad_core.envs import env_family, get_spec
 from omad_train.actors import PerAgentActors
 from omad_train.algos import make_algorithm
 from omad_train.config import build_config
-from omad_train.envs import env_family, get_spec
 from omad_train.layout import AgentLayout
 from omad_train.replay import ReplaySample
 from omad_train.trainer import resolve_device
 
 RESULTS = Path(__file__).parent / "results"
 ENVS = ("mamujoco:HalfCheetah-2x3", "mpe:simple_spread_v3")
-MATMULS = {torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default, torch.ops.aten.mm.default, torch.ops.aten.addmm.default}
+MATMULS = {
+    torch.ops.aten.bmm.default,
+    torch.ops.aten.baddbmm.default,
+    torch.ops.aten.mm.default,
+    torch.ops.aten.addmm.default,
+}
 
 
 def synthetic_batch(layout: AgentLayout, state_dim: int, batch: int, device: torch.device) -> ReplaySample:
@@ -113,7 +118,9 @@ def build(env_id: str, device: torch.device, looped: bool = False, **overrides):
     return cfg, algo, synthetic_batch(layout, spec.state_dim, cfg.batch_size, device)
 
 
-def count_flops(env_id: str, device: torch.device, looped: bool, **overrides) -> tuple[float, tuple[int, int, int, int]]:
+def count_flops(
+    env_id: str, device: torch.device, looped: bool, **overrides
+) -> tuple[float, tuple[int, int, int, int]]:
     """FLOPs per update (mean over one policy-delay cycle) and the matmul shape carrying the most FLOPs."""
     cfg, algo, batch = build(env_id, device, looped, **{**overrides, "compile": False})
     shapes = MatmulShapes()
@@ -148,7 +155,10 @@ class MatmulLimit:
         pairs = [(a.to_mkldnn(), b.t().contiguous().to_mkldnn()) for a, b in zip(self.a, self.b)]
         rates = []
         for _ in range(7):
-            _, cpu = timed(lambda: [torch._C._nn.mkldnn_linear(a, w, None) for _ in range(self.reps) for a, w in pairs], self.device)
+            _, cpu = timed(
+                lambda: [torch._C._nn.mkldnn_linear(a, w, None) for _ in range(self.reps) for a, w in pairs],
+                self.device,
+            )
             rates.append(self.flops * self.reps / cpu / 1e9)
         return statistics.median(rates[2:])
 
@@ -197,7 +207,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer windows and rows (smoke test)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--only", action="append", default=[], metavar="'ALGO VARIANT'", help="run only these rows (e.g. 'omad K=8')")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="'ALGO VARIANT'", help="run only these rows (e.g. 'omad K=8')"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -218,37 +230,62 @@ def main() -> None:
         for algo, variant, overrides in variants:
             if args.only and f"{algo} {variant}" not in args.only:
                 continue
-            row = {"env": env_id, "algo": algo, "variant": variant,
-                   **measure(env_id, device, windows, cycles, **overrides)}
+            row = {
+                "env": env_id,
+                "algo": algo,
+                "variant": variant,
+                **measure(env_id, device, windows, cycles, **overrides),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
 
     def rate(env_id, algo, variant):
-        return next((r["updates_per_s"] for r in rows if (r["env"], r["algo"], r["variant"]) == (env_id, algo, variant)), None)
+        return next(
+            (r["updates_per_s"] for r in rows if (r["env"], r["algo"], r["variant"]) == (env_id, algo, variant)), None
+        )
 
     ratios = {}
     for env_id in ENVS:
-        omad, looped, hasac = rate(env_id, "omad", "K=8"), rate(env_id, "omad", "K=8 agents looped"), rate(env_id, "hasac", "defaults")
+        omad, looped, hasac = (
+            rate(env_id, "omad", "K=8"),
+            rate(env_id, "omad", "K=8 agents looped"),
+            rate(env_id, "hasac", "defaults"),
+        )
         if omad and looped:
             ratios[f"{env_id} stacked/looped (K=8)"] = omad / looped
         if omad and hasac:
             ratios[f"{env_id} OMAD K=8 update cost / HASAC update cost"] = hasac / omad
             ratios[f"{env_id} same, per sample (batch 256 vs 1000)"] = hasac / omad * 1000 / 256
     result = {
-        "command": "bench/training.py" + (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")
-        + f" --device {args.device}" + "".join(f" --only '{o}'" for o in args.only),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "device": str(device),
-                    "load_avg_1min_at_end": os.getloadavg()[0]},
+        "command": "bench/training.py"
+        + (" --quick" if args.quick else "")
+        + (f" --threads {args.threads}" if args.threads else "")
+        + f" --device {args.device}"
+        + "".join(f" --only '{o}'" for o in args.only),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": str(device),
+            "load_avg_1min_at_end": os.getloadavg()[0],
+        },
         "rows": rows,
         "ratios": ratios,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "training.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"`{result['command']}`; {result['machine']['cpu_count']} CPUs, torch threads {result['machine']['torch_threads']}, "
-             f"load average at the end {result['machine']['load_avg_1min_at_end']:.1f}", "",
-             "| env | algo | variant | updates/s | compile s | GFLOP/update | GFLOP/s | limit GFLOP/s (bmm shape) | fraction "
-             "| fraction per CPU second | oneDNN GFLOP per CPU s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            f"`{result['command']}`; {result['machine']['cpu_count']} CPUs, torch threads {result['machine']['torch_threads']}, "
+            f"load average at the end {result['machine']['load_avg_1min_at_end']:.1f}"
+        ),
+        "",
+        (
+            "| env | algo | variant | updates/s | compile s | GFLOP/update | GFLOP/s | limit GFLOP/s (bmm shape) | fraction "
+            "| fraction per CPU second | oneDNN GFLOP per CPU s |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         onednn = f"{r['onednn_gflops']:.0f}" if r["onednn_gflops"] else "-"
         lines.append(

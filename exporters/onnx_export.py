@@ -24,14 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
+import onnx.shape_inference
 import torch
 
-from omad_train.checkpoint import CheckpointError, latest_checkpoint, sha256_file
-from omad_train.errors import OmadError
-from omad_train.policies import load_policies, load_spec
-
-from .runtime import OnnxPolicy, load_export
-from .schema import (
+from exporters.runtime import OnnxPolicy, load_export
+from exporters.schema import (
     ACTION_OUTPUT,
     BATCH_AXIS,
     DEFAULT_OPSET,
@@ -46,8 +44,13 @@ from .schema import (
     ModelInfo,
     build_manifest,
     encode_metadata,
+    metadata_key,
+    weights_sha256,
 )
-from .triton import TRITON_DIR, write_triton_repository
+from exporters.triton import BATCH_MAJOR_NOISE_LAYOUT, TRITON_DIR, write_triton_repository
+from omad_core.errors import OmadError
+from omad_train.checkpoint import CheckpointError, latest_checkpoint, sha256_file
+from omad_train.policies import AgentPolicy, load_policies, load_spec
 
 PARITY_TOLERANCE = 1e-5
 PARITY_BATCHES = (1, 64)
@@ -80,19 +83,28 @@ class ExportReport:
 
 # -- one policy ---------------------------------------------------------------------------------
 def export_policy(
-    policy: torch.nn.Module,
+    policy: AgentPolicy,
     path: Path,
     *,
     env_id: str,
     algo: str,
     source_run: str,
-    weights_sha256: str,
+    checkpoint_sha256: str = "",
     source_checkpoint: str = "",
     opset: int = DEFAULT_OPSET,
 ) -> AgentReport:
     """Write one agent's verified graph to `path` (an AgentPolicy-like module: name, obs_dim,
-    act_dim, denoising_steps, action_low/high, kind)."""
+    act_dim, denoising_steps, action_low/high, kind). checkpoint_sha256: of the actor file it was
+    traced from, kept in the metadata as provenance."""
     path = Path(path)
+    model = trace_to_onnx(policy, opset)
+    prepackable_matmul_weights(model)
+    forbidden = forbidden_ops(model)
+    if forbidden:
+        raise ExportError(
+            f"{policy.name}: the graph contains forbidden ops {forbidden} (it must be loop-free and noise-free)"
+        )
+    model.doc_string = f"omad policy of {policy.name} ({env_id}, {algo}): action = pi(obs, noise). {NOISE_LAYOUT}"
     info = ModelInfo(
         agent=policy.name,
         obs_dim=policy.obs_dim,
@@ -104,23 +116,24 @@ def export_policy(
         env_id=env_id,
         algo=algo,
         sha256="",  # known once the file exists
-        weights_sha256=weights_sha256,
+        weights_sha256=weights_sha256(model.SerializeToString()),  # everything but the metadata, set next
         format_version=EXPORT_FORMAT_VERSION,
         source_run=source_run,
     )
-    model = trace_to_onnx(policy, opset)
-    forbidden = forbidden_ops(model)
-    if forbidden:
-        raise ExportError(f"{info.agent}: the graph contains forbidden ops {forbidden} (it must be loop-free and noise-free)")
     onnx.helper.set_model_props(
         model,
-        encode_metadata(info, noise_layout=NOISE_LAYOUT, actor_kind=policy.kind, source_checkpoint=source_checkpoint),
+        encode_metadata(
+            info,
+            noise_layout=NOISE_LAYOUT,
+            actor_kind=policy.kind,
+            source_checkpoint=source_checkpoint,
+            checkpoint_sha256=checkpoint_sha256,
+        ),
     )
-    model.doc_string = f"omad policy of {info.agent} ({env_id}, {algo}): action = pi(obs, noise). {NOISE_LAYOUT}"
     onnx.save_model(model, path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
-    except Exception as err:  # ValidationError or InferenceError
+    except Exception as err:  # noqa: BLE001 - ValidationError or InferenceError
         raise ExportError(f"{info.agent}: onnx.checker rejects the graph ({one_line(err)})") from None
     max_error = parity_errors(policy, OnnxPolicy(path))
     for batch, error in max_error.items():
@@ -133,7 +146,7 @@ def export_policy(
     return AgentReport(info.agent, True, max_error, path.stat().st_size, sha256, replace(info, sha256=sha256))
 
 
-def trace_to_onnx(policy: torch.nn.Module, opset: int) -> onnx.ModelProto:
+def trace_to_onnx(policy: AgentPolicy, opset: int) -> onnx.ModelProto:
     """The policy as an ONNX graph with the K steps unrolled and a dynamic batch axis.
 
     The dynamo exporter constant-folds everything that does not depend on obs or noise (time
@@ -156,14 +169,81 @@ def trace_to_onnx(policy: torch.nn.Module, opset: int) -> onnx.ModelProto:
                 optimize=True,
                 verbose=False,
             )
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - the exporter fails in many ways; each is one line for the user
         raise ExportError(f"{policy.name}: torch.onnx.export failed at opset {opset} ({one_line(err)})") from None
+    if program is None:
+        raise ExportError(f"{policy.name}: torch.onnx.export returned no program")
     model = program.model_proto
     actual_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if actual_opset != opset:  # the exporter falls back to its own opset when it cannot convert
         raise ExportError(f"{policy.name}: cannot export at opset {opset} (the exporter produced opset {actual_opset})")
     strip_debug_info(model)
     return model
+
+
+def prepackable_matmul_weights(model: onnx.ModelProto) -> int:
+    """Store each MatMul weight [1, K, N] (torch's batched matmul of a stacked actor) as [K, N].
+
+    MatMul(A, W) is the same function either way when A has rank >= 3 (a leading 1 broadcasts like
+    no axis), but ONNX Runtime prepacks only 2-D constant weights, and the packed GEMM computes
+    every row with the same instruction sequence whatever the batch. Unpacked, a batch of one takes
+    MLAS's single-row kernel, which rounds differently from the batched one, so a request's actions
+    would depend on whether the server merged it with others. Prepacked weights are also faster at
+    batch >= 2. Returns how many weights were reshaped.
+    """
+    graph = model.graph
+    ranks = {
+        value.name: len(value.type.tensor_type.shape.dim)
+        for value in [*onnx.shape_inference.infer_shapes(model).graph.value_info, *graph.input]
+        if value.type.tensor_type.HasField("shape")
+    }
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    reshaped = 0
+    for weight in graph.initializer:
+        uses = users.get(weight.name, [])
+        if (
+            len(weight.dims) == 3
+            and weight.dims[0] == 1
+            and uses
+            and all(
+                n.op_type == "MatMul" and list(n.input).index(weight.name) == 1 and ranks.get(n.input[0], 0) >= 3
+                for n in uses
+            )
+        ):
+            array = onnx.numpy_helper.to_array(weight)
+            weight.CopyFrom(onnx.numpy_helper.from_array(array.reshape(array.shape[1:]), weight.name))
+            reshaped += 1
+            for value in [v for v in graph.value_info if v.name == weight.name]:  # a stale 3-D shape
+                graph.value_info.remove(value)
+    return reshaped
+
+
+def batch_major_graph(model_bytes: bytes) -> bytes:
+    """For Triton, which batches on axis 0: the standard graph with noise taken as [B, K+1, d_a] and
+    transposed to [K+1, B, d_a] inside. Its metadata says so (noise_layout), and its weights_sha256
+    is recomputed for the new graph, so the file stays self-consistent."""
+    model = onnx.load_from_string(model_bytes)
+    graph = model.graph
+    (noise,) = [value for value in graph.input if value.name == NOISE_INPUT]
+    steps, _batch, act_dim = (d.dim_value for d in noise.type.tensor_type.shape.dim)
+    inner = NOISE_INPUT + "_step_major"
+    for node in graph.node:
+        node.input[:] = [inner if name == NOISE_INPUT else name for name in node.input]
+    graph.node.insert(
+        0, onnx.helper.make_node("Transpose", [NOISE_INPUT], [inner], perm=[1, 0, 2], name="noise_to_step_major")
+    )
+    noise.CopyFrom(
+        onnx.helper.make_tensor_value_info(NOISE_INPUT, onnx.TensorProto.FLOAT, [BATCH_AXIS, steps, act_dim])
+    )
+    props = {p.key: p.value for p in model.metadata_props}
+    props[metadata_key("noise_layout")] = BATCH_MAJOR_NOISE_LAYOUT
+    props[metadata_key("weights_sha256")] = weights_sha256(model.SerializeToString())
+    onnx.helper.set_model_props(model, props)
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
 
 
 def strip_debug_info(model: onnx.ModelProto) -> None:
@@ -215,7 +295,7 @@ def forbidden_ops(model: onnx.ModelProto) -> list[str]:
     return sorted(found)
 
 
-def parity_errors(policy: torch.nn.Module, exported: OnnxPolicy, seed: int = PARITY_SEED) -> dict[int, float]:
+def parity_errors(policy: AgentPolicy, exported: OnnxPolicy, seed: int = PARITY_SEED) -> dict[int, float]:
     """Max |ONNX Runtime - torch| over random standard-normal obs and noise, per batch size."""
     rng = np.random.default_rng(seed)
     errors = {}
@@ -226,7 +306,9 @@ def parity_errors(policy: torch.nn.Module, exported: OnnxPolicy, seed: int = PAR
             expected = policy(torch.from_numpy(obs), torch.from_numpy(noise)).numpy()
         actual = exported.act(obs, noise)
         if actual.shape != expected.shape:
-            raise ExportError(f"{policy.name}: ONNX output shape {actual.shape} != torch {expected.shape} at batch {batch}")
+            raise ExportError(
+                f"{policy.name}: ONNX output shape {actual.shape} != torch {expected.shape} at batch {batch}"
+            )
         errors[batch] = float(np.abs(actual - expected).max())
     return errors
 
@@ -243,12 +325,16 @@ def export_run(
     """Export every agent of a run dir's latest checkpoint into the export dir `out`."""
     run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
     check_target(out, overwrite)
-    checkpoint = latest_checkpoint(run_dir, files=[])  # missing run dir, other format version (load_policies hashes the actors)
+    checkpoint = latest_checkpoint(
+        run_dir, files=[]
+    )  # missing run dir, other format version (load_policies hashes the actors)
     spec = load_spec(run_dir)
     algo = read_algo(run_dir)
     policies = load_policies(run_dir)
     if latest_checkpoint(run_dir, files=[]) != checkpoint:
-        raise ExportError(f"{run_dir}: a new checkpoint appeared during the export (training still running?); run it again")
+        raise ExportError(
+            f"{run_dir}: a new checkpoint appeared during the export (training still running?); run it again"
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -263,7 +349,7 @@ def export_run(
                     env_id=spec.env_id,
                     algo=algo,
                     source_run=str(run_dir),
-                    weights_sha256=sha256_file(checkpoint / "actors" / f"{name}.safetensors"),
+                    checkpoint_sha256=sha256_file(checkpoint / "actors" / f"{name}.safetensors"),
                     source_checkpoint=checkpoint.name,
                     opset=opset,
                 )
@@ -272,7 +358,10 @@ def export_run(
         (staging / MANIFEST_NAME).write_text(json.dumps(build_manifest(infos, opset), indent=2) + "\n")
         load_export(staging)  # the dir as a server will see it
         if triton:
-            write_triton_repository(staging, infos)
+            graphs = {
+                info.agent: batch_major_graph((staging / (info.agent + ONNX_SUFFIX)).read_bytes()) for info in infos
+            }
+            write_triton_repository(staging, infos, graphs)
         replace_dir(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
@@ -324,7 +413,7 @@ def format_report(report: ExportReport) -> str:
         + [f"{a.size_bytes / 1024:.1f} KiB", a.sha256[:12]]
         for a in report.agents
     ]
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         f"exported {len(report.agents)} agents of {report.env_id} ({report.algo}, opset {report.opset}) to {report.out}",
         "  ".join(h.ljust(w) for h, w in zip(header, widths)),

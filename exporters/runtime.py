@@ -3,8 +3,9 @@
     policies = load_export("exports/spread")            # {agent: OnnxPolicy}, env order
     action = policies["agent_0"].act(obs, seed=0)       # obs [B, d_o] -> action [B, d_a]
 
-Every load checks the file's sha256 and metadata against the export dir's manifest, and every
-request is validated (shape, finiteness) before it reaches ONNX Runtime. Errors are
+Every load checks the graph against the weights_sha256 in its own metadata (so a file copied
+alone is checked too) and, when a manifest.json sits beside it, the file's sha256 and metadata
+against the manifest. Every request is validated (shape, finiteness) before it reaches ONNX Runtime. Errors are
 `RuntimeModelError`s whose message names the file or agent and says what to fix.
 """
 
@@ -17,9 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from omad_train.errors import OmadError
-
-from .schema import (
+from exporters.schema import (
     ACTION_OUTPUT,
     EXPORT_FORMAT_VERSION,
     MANIFEST_AGENT_FIELDS,
@@ -29,7 +28,9 @@ from .schema import (
     OBS_INPUT,
     ModelInfo,
     decode_metadata,
+    weights_sha256,
 )
+from omad_core.errors import OmadError
 
 __all__ = ["ModelInfo", "OnnxPolicy", "RuntimeModelError", "load_export", "read_manifest"]
 
@@ -120,12 +121,23 @@ class OnnxPolicy:
                 f"{self.path}: export format version {self.info.format_version}, "
                 f"this omad reads version {EXPORT_FORMAT_VERSION}; re-export the run"
             )
+        try:
+            actual = weights_sha256(model_bytes)
+        except ValueError as err:  # ONNX Runtime parsed the bytes, so this would be a bug; still one line
+            raise RuntimeModelError(f"{self.path}: cannot hash the graph ({err})") from None
+        if actual != self.info.weights_sha256:
+            raise RuntimeModelError(
+                f"{self.path}: graph weights sha256 {actual[:12]}... does not match the weights_sha256 in its own "
+                f"metadata ({self.info.weights_sha256[:12]}...): the file was modified or corrupted; re-export"
+            )
         if manifest_entry is not None:
             self._check_against_manifest(manifest, manifest_entry)
         self._check_graph_signature()
 
     def __repr__(self) -> str:
-        return f"OnnxPolicy({str(self.path)!r}, agent={self.info.agent!r}, provider={self.session.get_providers()[0]!r})"
+        return (
+            f"OnnxPolicy({str(self.path)!r}, agent={self.info.agent!r}, provider={self.session.get_providers()[0]!r})"
+        )
 
     # -- requests ---------------------------------------------------------------------------------
     def act(self, obs, noise=None, seed: int | None = None, zero_noise: bool = False) -> np.ndarray:
@@ -134,10 +146,7 @@ class OnnxPolicy:
         noise [K+1, B, d_a] if given; otherwise drawn standard normal from `seed` (or all zeros with
         `zero_noise`, the deterministic policy).
         """
-        if noise is not None and (seed is not None or zero_noise):
-            raise RuntimeModelError(f"{self.info.agent}: give noise, or seed / zero_noise to make it, not both")
-        if seed is not None and zero_noise:
-            raise RuntimeModelError(f"{self.info.agent}: seed and zero_noise exclude each other")
+        check_noise_source(self.info.agent, noise, seed, zero_noise)
         obs, noise = self.validate(obs, noise)
         if noise is None:
             noise = self.sample_noise(obs.shape[0], seed=seed, zero_noise=zero_noise)
@@ -219,6 +228,12 @@ class OnnxPolicy:
             )
 
 
+def check_noise_source(agent: str, noise: object, seed: int | None, zero_noise: bool) -> None:
+    """A request's noise comes from at most one of: the noise itself, a seed, zero_noise (else drawn)."""
+    if (noise is not None) + (seed is not None) + bool(zero_noise) > 1:
+        raise RuntimeModelError(f"{agent}: give at most one of noise, seed and zero_noise")
+
+
 def execution_providers(provider: str) -> list[str]:
     """ONNX Runtime providers for "cpu" or "cuda"; CUDA keeps CPU only for the nodes CUDA lacks."""
     if provider not in EXECUTION_PROVIDERS:
@@ -245,14 +260,18 @@ def make_session(model: bytes, threads: int, providers: list[str], path: Path) -
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(model, sess_options=options, providers=providers)
-    except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types for unreadable graphs
         raise RuntimeModelError(f"{path}: ONNX Runtime cannot load it ({err})") from None
     if session.get_providers()[0] != providers[0]:
-        raise RuntimeModelError(f"{path}: {providers[0]} failed to initialise (session runs on {session.get_providers()})")
+        raise RuntimeModelError(
+            f"{path}: {providers[0]} failed to initialise (session runs on {session.get_providers()})"
+        )
     return session
 
 
 def as_float32(value, what: str) -> np.ndarray:
+    if type(value) is np.ndarray and value.dtype == np.float32 and value.flags.c_contiguous:
+        return value  # already what ONNX Runtime takes (a server's decoded request): no copy, no work
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as err:
@@ -265,6 +284,6 @@ def as_float32(value, what: str) -> np.ndarray:
 
 def check_finite(array: np.ndarray, what: str) -> None:
     finite = np.isfinite(array)
-    if not finite.all():
+    if np.count_nonzero(finite) != finite.size:  # (faster than .all() on a request's few values)
         where = np.argwhere(~finite)[:3].tolist()
         raise RuntimeModelError(f"{what}: contains NaN or inf (or values beyond float32) at indices {where}")

@@ -11,11 +11,15 @@ Export dir:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
-EXPORT_FORMAT_VERSION = 1
+# 2: weights_sha256 covers the graph itself (see `weights_sha256`), so a lone file can be checked;
+# MatMul weights are 2-D (see exporters.onnx_export.prepackable_matmul_weights).
+EXPORT_FORMAT_VERSION = 2
 DEFAULT_OPSET = 18
 MANIFEST_NAME = "manifest.json"
 ONNX_SUFFIX = ".onnx"
@@ -51,7 +55,7 @@ class ModelInfo:
     env_id: str
     algo: str
     sha256: str  # of the .onnx file itself, so it is the one field not stored inside the file
-    weights_sha256: str  # of the checkpoint's safetensors actor file the graph was traced from
+    weights_sha256: str  # of the file without its metadata (`weights_sha256` below): checkable from the file alone
     format_version: int
     source_run: str
 
@@ -61,7 +65,7 @@ STORED_FIELDS = tuple(f.name for f in fields(ModelInfo) if f.name != "sha256")
 TEXT_FIELDS = frozenset({"agent", "env_id", "algo", "weights_sha256", "source_run"})
 BOUND_FIELDS = frozenset({"action_low", "action_high"})
 # Metadata beyond ModelInfo, for people and tools reading the graph.
-EXTRA_METADATA = ("noise_layout", "actor_kind", "source_checkpoint")
+EXTRA_METADATA = ("noise_layout", "actor_kind", "source_checkpoint", "checkpoint_sha256")
 
 # Manifest fields compared with each graph's metadata at load time.
 MANIFEST_FIELDS = ("format_version", "env_id", "algo")
@@ -79,8 +83,7 @@ def encode_metadata(info: ModelInfo, **extra: str) -> dict[str, str]:
         raise ValueError(f"unknown metadata fields {sorted(unknown)}")
     values = asdict(info)
     props = {
-        metadata_key(name): values[name] if name in TEXT_FIELDS else json.dumps(values[name])
-        for name in STORED_FIELDS
+        metadata_key(name): values[name] if name in TEXT_FIELDS else json.dumps(values[name]) for name in STORED_FIELDS
     }
     props.update({metadata_key(name): str(value) for name, value in extra.items()})
     return props
@@ -88,7 +91,7 @@ def encode_metadata(info: ModelInfo, **extra: str) -> dict[str, str]:
 
 def decode_metadata(props: Mapping[str, str], sha256: str) -> ModelInfo:
     """The inverse of `encode_metadata`; raises ValueError naming the first missing or bad key."""
-    values = {}
+    values: dict[str, Any] = {}
     for name in STORED_FIELDS:
         key = metadata_key(name)
         if key not in props:
@@ -110,7 +113,9 @@ def decode_metadata(props: Mapping[str, str], sha256: str) -> ModelInfo:
         values[name] = value
     info = ModelInfo(sha256=sha256, **values)
     if info.noise_steps != info.denoising_steps + 1:
-        raise ValueError(f"metadata says K = {info.denoising_steps} but {info.noise_steps} noise steps (expected K + 1)")
+        raise ValueError(
+            f"metadata says K = {info.denoising_steps} but {info.noise_steps} noise steps (expected K + 1)"
+        )
     if not (len(info.action_low) == len(info.action_high) == info.act_dim):
         raise ValueError(f"metadata action bounds do not have act_dim = {info.act_dim} entries")
     return info
@@ -132,3 +137,54 @@ def build_manifest(infos: list[ModelInfo], opset: int) -> dict:
         agents=[manifest_entry(info, info.agent + ONNX_SUFFIX) for info in infos],
     )
     return manifest
+
+
+# ModelProto's metadata_props field: the one part of the file that weights_sha256 leaves out.
+MODEL_METADATA_FIELD = 14
+
+
+def weights_sha256(model_bytes: bytes) -> str:
+    """SHA-256 of a serialized ONNX ModelProto without its metadata_props.
+
+    It covers every other top-level field exactly as stored, in file order (each field's key and
+    value bytes): the graph (nodes, attributes, initializers, inputs and outputs), the opset
+    imports, local functions, IR version and doc string, i.e. everything ONNX Runtime executes.
+    Metadata is left out so the hash can be stored in the metadata itself. Reads the protobuf wire
+    format directly (no onnx package needed); raises ValueError for bytes that are not a well-formed
+    message.
+    """
+    digest = hashlib.sha256()
+    view = memoryview(model_bytes)
+    pos, end = 0, len(model_bytes)
+    while pos < end:
+        start = pos
+        key, pos = _varint(view, pos)
+        field, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, pos = _varint(view, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 2:
+            length, pos = _varint(view, pos)
+            pos += length
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire_type} at byte {start}")
+        if pos > end or field == 0:
+            raise ValueError(f"truncated or malformed protobuf field at byte {start}")
+        if field != MODEL_METADATA_FIELD:
+            digest.update(view[start:pos])
+    return digest.hexdigest()
+
+
+def _varint(view: memoryview, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= len(view) or shift > 63:
+            raise ValueError(f"truncated or overlong varint at byte {pos}")
+        byte = view[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if not byte & 0x80:
+            return value, pos

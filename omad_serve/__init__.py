@@ -13,7 +13,7 @@ __all__ = ["ActTiming", "PolicyCallError", "PolicyClient"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from . import client
+        from omad_serve import client
 
         return getattr(client, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""`omad serve` and `omad health`, registered into the `omad` CLI by omad_train/cli.py.
+"""`omad serve` and `omad health` (listed in the `omad` command table, omad.cli).
 
 Importing this module is cheap and torch-free: the server, ONNX Runtime and gRPC load only when a
 command runs.
@@ -10,41 +10,43 @@ import argparse
 import sys
 import typing
 
-from .config import ServeConfig, build_serve_config
+from omad_serve.config import ServeConfig, build_serve_config
 
 # Fields set by the launcher per agent, or given outside the ServeConfig flags.
 _NOT_FLAGS = {"model"}
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "serve",
-        help="serve an exported agent over gRPC (or every agent of an export dir)",
-        description="Serve one agent's ONNX policy on one port: omad.v1.Policy, KServe v2 GRPCInferenceService, "
-        "grpc.health.v1 and reflection. With --export-dir, start one server process per agent on consecutive ports.",
+def configure_serve(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Serve one agent's ONNX policy on one port: omad.v1.Policy, KServe v2 GRPCInferenceService, "
+        "grpc.health.v1 and reflection. With --export-dir, start one server process per agent on consecutive ports. "
+        "SIGTERM drains and exits; SIGHUP reloads the model from the same path (verified, swapped in between batches)."
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", metavar="AGENT.onnx", help="one agent's graph from `omad export`")
     what.add_argument("--export-dir", metavar="DIR", help="serve every agent of this export dir, one process each")
     p.add_argument(
-        "--base-port", type=int, default=50051, metavar="P",
+        "--base-port",
+        type=int,
+        default=50051,
+        metavar="P",
         help="with --export-dir: agent i listens on P + i (0: each picks a free port); default: 50051",
     )
     _add_config_flags(p)
     p.set_defaults(func=cmd_serve)
 
-    h = subparsers.add_parser(
-        "health",
-        help="exit 0 if a policy server reports SERVING (for HEALTHCHECK and scripts)",
-        description="Query grpc.health.v1 at ADDR. Exit 0 when SERVING, else 1 (unreachable, NOT_SERVING, ...).",
-    )
+
+def configure_health(h: argparse.ArgumentParser) -> None:
+    h.description = "Query grpc.health.v1 at ADDR. Exit 0 when SERVING, else 1 (unreachable, NOT_SERVING, ...)."
     h.add_argument("--addr", required=True, metavar="HOST:PORT", help="server address")
     h.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds to wait for the answer; default: 3")
     h.add_argument("--service", default="", help="service name to ask about; default: the whole server")
     h.add_argument("--tls-ca", metavar="PEM", help="CA that signed the server certificate (TLS servers)")
     h.add_argument("--tls-cert", metavar="PEM", help="client certificate (mTLS servers)")
     h.add_argument("--tls-key", metavar="PEM", help="client private key (mTLS servers)")
-    h.add_argument("--tls-server-name", metavar="NAME", help="name in the server certificate, if not the host of --addr")
+    h.add_argument(
+        "--tls-server-name", metavar="NAME", help="name in the server certificate, if not the host of --addr"
+    )
     h.set_defaults(func=cmd_health)
 
 
@@ -60,7 +62,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue
         choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
-        group.add_argument(flag, dest=name, default=None, choices=choices, metavar=None if choices else name.upper(), help=help_text)
+        group.add_argument(
+            flag, dest=name, default=None, choices=choices, metavar=None if choices else name.upper(), help=help_text
+        )
 
 
 def config_flag_values(args: argparse.Namespace) -> dict:
@@ -68,19 +72,21 @@ def config_flag_values(args: argparse.Namespace) -> dict:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from . import logs
+    from omad_serve import logs
 
     flags = config_flag_values(args)
     if args.export_dir:
-        from .launcher import launch_export
+        from omad_serve.launcher import launch_export
 
         logs.configure(flags.get("log_level") or "info")
         return launch_export(args.export_dir, args.base_port, flags)
 
     import asyncio
+    import signal
 
-    from .config import read_tls_files, read_token
-    from .server import serve_until_signalled
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the server handles it (reload), not a kill
+    from omad_serve.config import read_tls_files, read_token
+    from omad_serve.server import serve_until_signalled
 
     config = build_serve_config(model=args.model, **flags)
     logs.configure(config.log_level)
@@ -90,7 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     # Exit codes follow Docker's HEALTHCHECK: 0 healthy, 1 unhealthy (2 is reserved there).
-    from .client import channel_credentials, check_health
+    from omad_serve.client import channel_credentials, check_health
 
     try:
         credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from omad_train.errors import OmadError
+from omad_core.errors import OmadError
 
 TOKEN_ENV = "OMAD_SERVE_TOKEN"
 # TLS files may also come from the environment (for containers), when the flags are not given.
@@ -26,25 +26,42 @@ class ServeConfig(BaseModel):
     host: str = Field("127.0.0.1", description="interface to bind; 0.0.0.0 exposes the server to the network")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one (logged at start)")
     threads: int = Field(1, ge=1, le=256, description="ONNX Runtime intra-op threads")
-    max_batch: int = Field(64, ge=1, le=65536, description="largest batch of one request, and of one merged inference call")
+    max_batch: int = Field(
+        64, ge=1, le=65536, description="largest batch of one request, and of one merged inference call"
+    )
     max_delay_us: int = Field(
-        0, ge=0, le=1_000_000,
+        0,
+        ge=0,
+        le=1_000_000,
         description="how long the first request of a micro-batch waits for others; 0 never waits "
         "(requests that arrive while an inference runs are still merged into the next one)",
     )
     batching: bool = Field(True, description="merge concurrent requests into one inference call")
-    token_file: Path | None = Field(None, description=f"file holding the bearer token clients must send (or env {TOKEN_ENV})")
+    token_file: Path | None = Field(
+        None, description=f"file holding the bearer token clients must send (or env {TOKEN_ENV})"
+    )
     tls_cert: Path | None = Field(None, description=f"server certificate chain, PEM (or env {TLS_ENV['tls_cert']})")
     tls_key: Path | None = Field(None, description=f"server private key, PEM (or env {TLS_ENV['tls_key']})")
     tls_client_ca: Path | None = Field(
-        None, description=f"CA bundle that client certificates must chain to: turns on mTLS (or env {TLS_ENV['tls_client_ca']})"
+        None,
+        description=f"CA bundle that client certificates must chain to: turns on mTLS (or env {TLS_ENV['tls_client_ca']})",
     )
-    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus metrics port (0: a free one); off if unset")
-    provider: Literal["cpu", "cuda"] = Field("cpu", description="ONNX Runtime execution provider; cuda fails clearly if unavailable")
-    grace_s: float = Field(10.0, gt=0, le=3600, description="on SIGTERM: seconds in-flight calls get to finish before the server stops")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus metrics port (0: a free one); off if unset"
+    )
+    provider: Literal["cpu", "cuda"] = Field(
+        "cpu", description="ONNX Runtime execution provider; cuda fails clearly if unavailable"
+    )
+    grace_s: float = Field(
+        10.0, gt=0, le=3600, description="on SIGTERM: seconds in-flight calls get to finish before the server stops"
+    )
     max_message_mb: float = Field(4.0, gt=0, le=1024, description="largest request or reply message, MiB")
-    seed: int | None = Field(None, ge=0, description="seed of the noise drawn for requests that carry neither noise nor seed")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="structured (JSON) log level on stderr")
+    seed: int | None = Field(
+        None, ge=0, description="seed of the noise drawn for requests that carry neither noise nor seed"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="structured (JSON) log level on stderr"
+    )
 
     @property
     def max_message_bytes(self) -> int:

@@ -1,7 +1,9 @@
 """`omad serve --export-dir D --base-port P`: one `omad serve --model` process per agent.
 
 Agent i listens on P + i. The launcher forwards SIGTERM / SIGINT to every server (each drains),
-waits for them, and kills any that outlive the grace period. If one server dies, it stops the rest.
+waits for them, and kills any that outlive the grace period. It forwards SIGHUP too: every server
+reloads its model from its path (e.g. after a new `omad export` into the same dir). If one server
+dies, it stops the rest.
 On Linux each server also gets SIGTERM if the launcher itself dies, so no server is left orphaned.
 """
 
@@ -16,9 +18,8 @@ import threading
 from pathlib import Path
 
 from exporters.runtime import read_manifest
-
-from . import logs
-from .config import ServeConfig, ServeConfigError
+from omad_serve import logs
+from omad_serve.config import ServeConfig, ServeConfigError
 
 log = logs.get_logger("omad_serve.launcher")
 EXIT_MARGIN_S = 5.0  # beyond the servers' own grace period, before SIGKILL
@@ -34,12 +35,13 @@ def launch_export(export_dir: str | Path, base_port: int, flags: dict) -> int:
     grace_s = float(flags.get("grace_s") or ServeConfig.model_fields["grace_s"].default)
 
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     servers: list[tuple[str, subprocess.Popen]] = []
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: _reload_all(servers))
     try:
         for index, ((agent, model), port) in enumerate(zip(agents, ports)):
             argv = server_argv(model, port, flags, index)
-            servers.append((agent, subprocess.Popen(argv, preexec_fn=_die_with_parent if sys.platform == "linux" else None)))
+            servers.append((agent, subprocess.Popen(argv, preexec_fn=_prepare_child)))
             logs.log_event(log, "agent_started", agent=agent, addr=f"{host}:{port}", pid=servers[-1][1].pid)
             print(f"{agent} {host}:{port}", flush=True)
         failed = _wait_for_stop_or_failure(servers, stop)
@@ -52,7 +54,7 @@ def launch_export(export_dir: str | Path, base_port: int, flags: dict) -> int:
 
 def server_argv(model: Path, port: int, flags: dict, index: int) -> list[str]:
     """`omad serve --model ...` for one agent, passing every given server option through."""
-    argv = [sys.executable, "-m", "omad_train.cli", "serve", "--model", str(model), "--port", str(port)]
+    argv = [sys.executable, "-m", "omad", "serve", "--model", str(model), "--port", str(port)]
     for name, value in flags.items():
         if value is None or name == "port":
             continue
@@ -95,6 +97,13 @@ def _wait_for_stop_or_failure(servers: list[tuple[str, subprocess.Popen]], stop:
     return False
 
 
+def _reload_all(servers: list[tuple[str, subprocess.Popen]]) -> None:
+    logs.log_event(log, "reloading", agents=len(servers))
+    for _agent, process in servers:
+        if process.poll() is None:
+            process.send_signal(signal.SIGHUP)
+
+
 def _stop_all(servers: list[tuple[str, subprocess.Popen]], timeout_s: float) -> None:
     for _agent, process in servers:
         if process.poll() is None:
@@ -108,9 +117,13 @@ def _stop_all(servers: list[tuple[str, subprocess.Popen]], timeout_s: float) -> 
             process.wait()
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask Linux to SIGTERM it when the launcher dies."""
-    import ctypes
+def _prepare_child() -> None:
+    """Runs in the child before exec. Ignore SIGHUP until the server installs its reload handler
+    (an ignored signal stays ignored across exec), so a reload forwarded during start-up cannot
+    kill it. On Linux, ask the kernel to SIGTERM it when the launcher dies."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if sys.platform == "linux":
+        import ctypes
 
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)

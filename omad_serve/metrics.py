@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # Loopback round trips take a few hundred microseconds; queues under load reach milliseconds.
@@ -15,20 +17,42 @@ class ServerMetrics:
         self.requests = Counter(
             "omad_requests", "Requests handled (each ActStream message counts once)", ["method"], registry=self.registry
         )
-        self.errors = Counter("omad_errors", "Failed calls by gRPC status code", ["method", "code"], registry=self.registry)
+        self.errors = Counter(
+            "omad_errors", "Failed calls by gRPC status code", ["method", "code"], registry=self.registry
+        )
         self.latency = Histogram(
-            "omad_request_latency_seconds", "Server time per request", ["method"],
-            buckets=LATENCY_BUCKETS_S, registry=self.registry,
+            "omad_request_latency_seconds",
+            "Server time per request",
+            ["method"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
         )
         self.batch_size = Histogram(
             "omad_batch_size", "Rows (observations) per inference call", buckets=BATCH_BUCKETS, registry=self.registry
         )
         self.inference = Histogram(
-            "omad_inference_seconds", "ONNX Runtime time per inference call", buckets=LATENCY_BUCKETS_S, registry=self.registry
+            "omad_inference_seconds",
+            "ONNX Runtime time per inference call",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
         )
         self.in_flight = Gauge("omad_in_flight_calls", "Calls being handled", registry=self.registry)
+        self.queued = Gauge("omad_queued_requests", "Requests waiting for an inference call", registry=self.registry)
+        self.nonfinite_actions = Counter(
+            "omad_nonfinite_actions",
+            "Requests refused because the policy computed NaN or inf actions",
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "omad_reloads", "Model reloads (SIGHUP) by result: ok or refused", ["result"], registry=self.registry
+        )
+        self.inference_failures = Counter(
+            "omad_inference_failures",
+            "Failures of the inference machinery (the server then serves nothing)",
+            registry=self.registry,
+        )
         self._per_method: dict[str, tuple] = {}  # label lookups cached: this runs once per request
-        self._http = None
+        self._http: WSGIServer | None = None
 
     def observe_request(self, method: str, seconds: float) -> None:
         children = self._per_method.get(method)

@@ -41,7 +41,7 @@ def generate() -> dict[str, str]:
             args = ["protoc", f"-I{PROTO_ROOT}", f"--python_out={tmp}", f"--pyi_out={tmp}"]
             if with_grpc:
                 args.append(f"--grpc_python_out={tmp}")
-            if protoc.main(args + [str(PROTO_ROOT / proto)]) != 0:
+            if protoc.main([*args, str(PROTO_ROOT / proto)]) != 0:
                 raise RuntimeError(f"protoc failed on {proto}")
         for path in sorted(Path(tmp).rglob("*.py*")):
             files[path.name] = _flatten(path.read_text(), path.name)
@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only compare with the committed stubs")
     args = parser.parse_args(argv)
     fresh = generate()
-    stale = sorted(n for n, text in fresh.items() if not (GENERATED_DIR / n).is_file() or (GENERATED_DIR / n).read_text() != text)
+    stale = sorted(
+        n for n, text in fresh.items() if not (GENERATED_DIR / n).is_file() or (GENERATED_DIR / n).read_text() != text
+    )
     if args.check:
         for name in stale:
             print(f"stale: omad_serve/_generated/{name}", file=sys.stderr)

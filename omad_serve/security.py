@@ -7,7 +7,7 @@ balancer probe needs no secret, and health reveals nothing beyond SERVING / NOT_
 from __future__ import annotations
 
 import hmac
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 

@@ -1,11 +1,15 @@
 """`omad serve --model AGENT.onnx`: one agent's policy over gRPC.
 
 One port carries the omad.v1.Policy service, the KServe v2 GRPCInferenceService, the standard
-health service and reflection. Requests are validated on the event loop, then queued to the
-micro-batcher, which runs ONNX Runtime on its own thread.
+health service and reflection. Requests are validated on the event loop, then handed to the
+micro-batcher (batching.py): a lone request runs at once, concurrent ones merge into one call.
 
-Life cycle: listen (health NOT_SERVING) -> load and warm up the model -> SERVING -> on SIGTERM
-drain: health NOT_SERVING, new calls UNAVAILABLE, in-flight calls finish within --grace-s -> exit.
+Life cycle: listen (health NOT_SERVING) -> load, verify and warm up the model -> SERVING.
+  SIGHUP: reload the model from the same path; verified and warmed up beside the old one, swapped
+          in between batches; a file that fails verification is refused and the old one keeps serving.
+  SIGTERM: drain: health NOT_SERVING, new calls and idle streams get UNAVAILABLE at once, a busy
+          stream after its current reply, in-flight calls finish (within --grace-s) -> exit.
+  The inference machinery failing: health NOT_SERVING, every call UNAVAILABLE (restart the server).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Awaitable, Callable
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -25,17 +30,16 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from exporters.runtime import OnnxPolicy, RuntimeModelError
+from exporters.runtime import OnnxPolicy, RuntimeModelError, check_noise_source
 from exporters.schema import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT, ModelInfo
-
-from . import logs
-from ._generated import grpc_service_pb2 as kserve_pb2
-from ._generated import policy_pb2
-from .batching import BatcherClosed, Job, JobResult, MicroBatcher
-from .config import ServeConfig, ServeConfigError
-from .metrics import ServerMetrics
-from .security import BearerTokenInterceptor, server_credentials
-from .tensors import FLOAT32_LE, TensorError, decode_float32, from_tensor, to_tensor
+from omad_serve import logs
+from omad_serve._generated import grpc_service_pb2 as kserve_pb2
+from omad_serve._generated import policy_pb2
+from omad_serve.batching import BatcherClosed, BatcherFailed, Job, JobResult, MicroBatcher, NonFiniteActions
+from omad_serve.config import ServeConfig, ServeConfigError
+from omad_serve.metrics import ServerMetrics
+from omad_serve.security import BearerTokenInterceptor, server_credentials
+from omad_serve.tensors import FLOAT32_LE, TensorError, decode_float32, from_tensor, to_tensor
 
 POLICY_SERVICE = policy_pb2.DESCRIPTOR.services_by_name["Policy"]
 KSERVE_SERVICE = kserve_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -44,6 +48,18 @@ KSERVE_MODEL_VERSION = "1"
 KSERVE_PLATFORM = "onnxruntime_onnx"
 MAX_WARMUP_ROWS = 256
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+DRAINING_MESSAGE = "the server is draining (shutting down); retry on another replica"
+# What a reloaded model must share with the one it replaces: clients were told these by GetSpec.
+CONTRACT_FIELDS = (
+    "agent",
+    "obs_dim",
+    "act_dim",
+    "denoising_steps",
+    "noise_steps",
+    "action_low",
+    "action_high",
+    "env_id",
+)
 
 Status = grpc.StatusCode
 log = logs.get_logger("omad_serve.server")
@@ -65,6 +81,16 @@ class RequestError(Exception):
         self.message = message
 
 
+class _OpenStream:
+    """An ActStream call, as the drain sees it."""
+
+    __slots__ = ("drained", "idle")
+
+    def __init__(self):
+        self.idle = False  # waiting for the client's next request
+        self.drained = False  # ended by the drain (not by the client)
+
+
 @dataclass(frozen=True)
 class Unparsable:
     """Stands in for a request whose bytes are not a valid message, so the handler can say so."""
@@ -74,7 +100,9 @@ class Unparsable:
 
 
 class PolicyServer:
-    def __init__(self, config: ServeConfig, token: str | None = None, tls: tuple[bytes, bytes, bytes | None] | None = None):
+    def __init__(
+        self, config: ServeConfig, token: str | None = None, tls: tuple[bytes, bytes, bytes | None] | None = None
+    ):
         self.config = config
         self.metrics = ServerMetrics()
         self.metrics.in_flight.set_function(lambda: self._in_flight)  # read at scrape time, free per call
@@ -92,6 +120,10 @@ class PolicyServer:
         self._draining = False
         self._in_flight = 0
         self._spec: policy_pb2.Spec | None = None
+        self._streams: dict[asyncio.Task, _OpenStream] = {}
+        self._reload: asyncio.Task | None = None
+        self._reload_again = False
+        self._background: set[asyncio.Task] = set()  # tasks started from callbacks, kept until done
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -119,23 +151,32 @@ class PolicyServer:
                 ("grpc.so_reuseport", 0),  # a port already in use is an error, not a silent share
             ],
         )
-        self._add_service(server, POLICY_SERVICE, policy_pb2, {
-            "GetSpec": self._unary("GetSpec", self._get_spec),
-            "Act": self._unary("Act", self._act),
-            "ActStream": self._stream("ActStream", self._act_stream),
-        })
-        self._add_service(server, KSERVE_SERVICE, kserve_pb2, {
-            "ServerLive": self._unary("ServerLive", self._server_live, needs_model=False),
-            "ServerReady": self._unary("ServerReady", self._server_ready, needs_model=False),
-            "ModelReady": self._unary("ModelReady", self._model_ready, needs_model=False),
-            "ServerMetadata": self._unary("ServerMetadata", self._server_metadata, needs_model=False),
-            "ModelMetadata": self._unary("ModelMetadata", self._model_metadata),
-            "ModelInfer": self._unary("ModelInfer", self._model_infer),
-            "ModelConfig": self._unary("ModelConfig", self._model_config),
-        })
+        self._add_service(
+            server,
+            POLICY_SERVICE,
+            policy_pb2,
+            {
+                "GetSpec": self._unary("GetSpec", self._get_spec),
+                "Act": self._unary("Act", self._act),
+                "ActStream": self._stream("ActStream", self._act_stream),
+            },
+        )
+        self._add_service(
+            server,
+            KSERVE_SERVICE,
+            kserve_pb2,
+            {
+                "ServerLive": self._unary("ServerLive", self._server_live, needs_model=False),
+                "ServerReady": self._unary("ServerReady", self._server_ready, needs_model=False),
+                "ModelReady": self._unary("ModelReady", self._model_ready, needs_model=False),
+                "ServerMetadata": self._unary("ServerMetadata", self._server_metadata, needs_model=False),
+                "ModelMetadata": self._unary("ModelMetadata", self._model_metadata),
+                "ModelInfer": self._unary("ModelInfer", self._model_infer),
+                "ModelConfig": self._unary("ModelConfig", self._model_config),
+            },
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        for service in ("", POLICY_SERVICE.full_name, KSERVE_SERVICE.full_name):
-            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         services = [POLICY_SERVICE.full_name, KSERVE_SERVICE.full_name, HEALTH_SERVICE, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(services, server, pool=_reflection_pool())
 
@@ -159,59 +200,178 @@ class PolicyServer:
         await server.start()
         self._server, self.port = server, port
         logs.log_event(
-            log, "listening", addr=f"{cfg.host}:{port}", port=port, metrics_port=self.metrics_port,
-            tls=self._tls is not None, mtls=bool(self._tls and self._tls[2]), auth=self._token is not None,
+            log,
+            "listening",
+            addr=f"{cfg.host}:{port}",
+            port=port,
+            metrics_port=self.metrics_port,
+            tls=self._tls is not None,
+            mtls=bool(self._tls and self._tls[2]),
+            auth=self._token is not None,
             config=cfg.model_dump(mode="json"),
         )
         if cfg.host not in LOOPBACK_HOSTS and (self._tls is None or self._token is None):
             logs.log_event(
-                log, "exposed", logging.WARNING, host=cfg.host,
+                log,
+                "exposed",
+                logging.WARNING,
+                host=cfg.host,
                 advice="serving beyond loopback: consider --tls-cert/--tls-key (and --tls-client-ca) plus --token-file",
             )
 
-    async def load_model(self) -> None:
-        """Load and warm up the model in a thread (health stays NOT_SERVING meanwhile), then SERVING."""
+    def _load_and_warm_up(self) -> OnnxPolicy:
+        """Load and verify the model file (runtime.OnnxPolicy: metadata, weights hash, manifest if
+        present), then run it once per warm-up size: first calls allocate buffers."""
         cfg = self.config
+        policy = OnnxPolicy(cfg.model, threads=cfg.threads, provider=cfg.provider)
+        for rows in sorted({1, min(cfg.max_batch, MAX_WARMUP_ROWS)}):
+            policy.act(np.zeros((rows, policy.info.obs_dim), np.float32), zero_noise=True)
+        return policy
 
-        def load_and_warm_up() -> OnnxPolicy:
-            policy = OnnxPolicy(cfg.model, threads=cfg.threads, provider=cfg.provider)
-            for rows in sorted({1, min(cfg.max_batch, MAX_WARMUP_ROWS)}):  # first calls allocate buffers
-                policy.act(np.zeros((rows, policy.info.obs_dim), np.float32), zero_noise=True)
-            return policy
-
+    async def load_model(self) -> None:
+        """Load, verify and warm up the model in a thread (health stays NOT_SERVING meanwhile), then SERVING."""
+        cfg = self.config
         started = time.perf_counter()
-        self._policy = await asyncio.to_thread(load_and_warm_up)
-        self.info = info = self._policy.info
-        self._spec = policy_pb2.Spec(
-            agent=info.agent, obs_dim=info.obs_dim, act_dim=info.act_dim,
-            action_low=info.action_low, action_high=info.action_high,
-            denoising_steps=info.denoising_steps, noise_steps=info.noise_steps,
-            env_id=info.env_id, algo=info.algo, model_sha256=info.sha256, server_version=server_version(),
-            max_batch=cfg.max_batch, weights_sha256=info.weights_sha256,
-            format_version=str(info.format_version), source_run=info.source_run,
-        )
+        policy = await asyncio.to_thread(self._load_and_warm_up)
+        self._use(policy)
         self._batcher = MicroBatcher(
-            self._policy.run, cfg.max_batch, cfg.max_delay_us, merge=cfg.batching, on_batch=self.metrics.observe_batch
+            policy,
+            cfg.max_batch,
+            cfg.max_delay_us,
+            merge=cfg.batching,
+            on_batch=self.metrics.observe_batch,
+            on_failure=self._inference_failed,
         )
         self._batcher.start()
+        self.metrics.queued.set_function(lambda: self._batcher.queued)
+        info = policy.info
         logs.log_event(
-            log, "model_loaded", agent=info.agent, obs_dim=info.obs_dim, act_dim=info.act_dim,
-            denoising_steps=info.denoising_steps, provider=cfg.provider, seconds=round(time.perf_counter() - started, 3),
+            log,
+            "model_loaded",
+            agent=info.agent,
+            obs_dim=info.obs_dim,
+            act_dim=info.act_dim,
+            denoising_steps=info.denoising_steps,
+            provider=cfg.provider,
+            seconds=round(time.perf_counter() - started, 3),
         )
-        for service in ("", POLICY_SERVICE.full_name, KSERVE_SERVICE.full_name):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._ready = True
-        logs.log_event(log, "serving", agent=info.agent, addr=f"{cfg.host}:{self.port}", port=self.port, model_sha256=info.sha256)
+        logs.log_event(
+            log, "serving", agent=info.agent, addr=f"{cfg.host}:{self.port}", port=self.port, model_sha256=info.sha256
+        )
+
+    def _use(self, policy: OnnxPolicy) -> None:
+        """Make `policy` the one that answers from now on (start-up, or a reload between batches)."""
+        cfg, info = self.config, policy.info
+        self._policy, self.info = policy, info
+        self._spec = policy_pb2.Spec(
+            agent=info.agent,
+            obs_dim=info.obs_dim,
+            act_dim=info.act_dim,
+            action_low=info.action_low,
+            action_high=info.action_high,
+            denoising_steps=info.denoising_steps,
+            noise_steps=info.noise_steps,
+            env_id=info.env_id,
+            algo=info.algo,
+            model_sha256=info.sha256,
+            server_version=server_version(),
+            max_batch=cfg.max_batch,
+            weights_sha256=info.weights_sha256,
+            format_version=str(info.format_version),
+            source_run=info.source_run,
+        )
+        if self._batcher is not None:
+            self._batcher.model = policy
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload the model from its path. Signals that arrive during a reload cause one more."""
+        if self._reload is not None and not self._reload.done():
+            self._reload_again = True
+            return
+        self._reload = asyncio.ensure_future(self.reload())
+
+    async def reload(self) -> bool:
+        """Load, verify and warm up the model file again beside the serving one, then swap it in
+        between batches. A file that fails is refused (logged, counted) and the old model keeps serving."""
+        while True:
+            self._reload_again = False
+            swapped = await self._reload_once()
+            if not self._reload_again:
+                return swapped
+
+    async def _reload_once(self) -> bool:
+        if not self._ready or self._draining:
+            logs.log_event(log, "reload_skipped", logging.WARNING, reason="not serving (loading or draining)")
+            return False
+        old = self.info
+        started = time.perf_counter()
+        try:
+            policy = await asyncio.to_thread(self._load_and_warm_up)
+            changed = [f for f in CONTRACT_FIELDS if getattr(policy.info, f) != getattr(old, f)]
+            if changed:
+                raise RuntimeModelError(
+                    f"{self.config.model}: "
+                    + "; ".join(f"{f} {getattr(policy.info, f)!r} != serving {getattr(old, f)!r}" for f in changed)
+                    + " (a reload must keep the agent's contract; start a new server for another model)"
+                )
+        except Exception as err:  # noqa: BLE001 - whatever breaks a reload, the old model keeps serving
+            reason = str(err) if isinstance(err, RuntimeModelError) else f"{self.config.model}: {err!r}"
+            self.metrics.reloads.labels("refused").inc()
+            logs.log_event(log, "reload_refused", logging.ERROR, reason=reason, model_sha256=old.sha256)
+            return False
+        if self._draining or self._batcher.failure is not None:
+            return False
+        self._use(policy)
+        self.metrics.reloads.labels("ok").inc()
+        logs.log_event(
+            log,
+            "reloaded",
+            agent=policy.info.agent,
+            old_model_sha256=old.sha256,
+            model_sha256=policy.info.sha256,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        return True
+
+    def _inference_failed(self, err: BaseException) -> None:
+        """The batcher's thread or bookkeeping broke: every later call gets UNAVAILABLE; say so loudly."""
+        self.metrics.inference_failures.inc()
+        logs.log_event(
+            log,
+            "inference_failed",
+            logging.ERROR,
+            error=repr(err),
+            advice="health is NOT_SERVING and every call gets UNAVAILABLE; restart this server",
+        )
+        self._spawn(self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING))
+
+    async def _set_health(self, status) -> None:
+        for service in ("", POLICY_SERVICE.full_name, KSERVE_SERVICE.full_name):
+            await self._health.set(service, status)
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def drain(self) -> None:
-        """Health NOT_SERVING, refuse new calls, let in-flight ones finish within the grace period, stop."""
+        """Health NOT_SERVING; new calls and idle streams get UNAVAILABLE at once, busy streams after
+        their current reply; stop as soon as in-flight calls finish (at most --grace-s)."""
         if self._draining:
             return
         self._draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.grace_s
-        logs.log_event(log, "draining", in_flight=self._in_flight, grace_s=self.config.grace_s)
+        logs.log_event(
+            log, "draining", in_flight=self._in_flight, open_streams=len(self._streams), grace_s=self.config.grace_s
+        )
         await self._health.enter_graceful_shutdown()
+        for task, stream in self._streams.items():
+            if stream.idle:  # waiting for the client's next request: end it now
+                stream.drained = True
+                task.cancel()
         while self._in_flight > 0 and loop.time() < deadline:
             await asyncio.sleep(0.005)
         await self.stop(grace_s=max(0.0, deadline - loop.time()))
@@ -249,9 +409,11 @@ class PolicyServer:
         if not needs_model:
             return
         if self._draining:
-            raise RequestError(Status.UNAVAILABLE, "the server is draining (shutting down); retry on another replica")
+            raise RequestError(Status.UNAVAILABLE, DRAINING_MESSAGE)
         if not self._ready:
             raise RequestError(Status.UNAVAILABLE, "the model is still loading; retry shortly")
+        if self._batcher.failure is not None:
+            raise RequestError(Status.UNAVAILABLE, "this server's inference failed and it serves nothing; restart it")
 
     def _unary(self, method: str, handle: Callable[[Any, Any], Awaitable[Any]], needs_model: bool = True):
         async def call(request, context):
@@ -291,8 +453,15 @@ class PolicyServer:
     async def _abort(self, method: str, err: Exception, context) -> None:
         if isinstance(err, grpc.aio.AbortError):  # already aborted below us
             raise err
-        if isinstance(err, BatcherClosed):
+        if isinstance(err, (BatcherClosed, BatcherFailed)):
             err = RequestError(Status.UNAVAILABLE, str(err))
+        elif isinstance(err, NonFiniteActions):
+            self.metrics.nonfinite_actions.inc()
+            err = RequestError(
+                Status.INTERNAL,
+                f"the policy computed NaN or inf actions ({err}) from finite inputs: the observations or noise are "
+                "far outside the range the network was trained on; send values of a realistic magnitude",
+            )
         if not isinstance(err, RequestError):
             log.exception("internal error in %s", method)
             err = RequestError(Status.INTERNAL, f"internal server error in {method}; see the server log")
@@ -305,20 +474,19 @@ class PolicyServer:
 
     # ---- the policy ------------------------------------------------------------------------
 
-    async def _run_policy(self, obs: np.ndarray, noise: np.ndarray | None, seed: int | None, zero_noise: bool) -> JobResult:
+    async def _run_policy(
+        self, obs: np.ndarray, noise: np.ndarray | None, seed: int | None, zero_noise: bool
+    ) -> JobResult:
         return await self._batcher.submit(self._job(obs, noise, seed, zero_noise))
 
     def _job(self, obs: np.ndarray, noise: np.ndarray | None, seed: int | None, zero_noise: bool) -> Job:
         """Validate one request and fix its noise now, so that merging it with others changes nothing."""
-        if (noise is not None) + (seed is not None) + bool(zero_noise) > 1:
-            raise RequestError(Status.INVALID_ARGUMENT, "give at most one of noise, seed and zero_noise")
         try:
+            check_noise_source(self.info.agent, noise, seed, zero_noise)
             obs, noise = self._policy.validate(obs, noise)
         except RuntimeModelError as err:
             raise RequestError(Status.INVALID_ARGUMENT, str(err)) from None
         rows = obs.shape[0]
-        if rows < 1:
-            raise RequestError(Status.INVALID_ARGUMENT, "obs has no rows: send shape [B, obs_dim] with B >= 1")
         if rows > self.config.max_batch:
             raise RequestError(
                 Status.INVALID_ARGUMENT,
@@ -343,12 +511,31 @@ class PolicyServer:
         return await self._act_once(request, time.perf_counter_ns())
 
     async def _act_stream(self, requests, context) -> None:
-        async for request in requests:
-            received_ns = time.perf_counter_ns()
-            _check_parsed(request)
-            reply = await self._act_once(request, received_ns)
-            await context.write(reply)
-            self.metrics.observe_request("ActStream", (time.perf_counter_ns() - received_ns) / 1e9)
+        """One reply per request, in order. A drain ends the stream with UNAVAILABLE: at once if it
+        is waiting for a request, else right after the current reply."""
+        task = asyncio.current_task()
+        assert task is not None  # a gRPC handler always runs in a task
+        stream = self._streams[task] = _OpenStream()
+        try:
+            while not self._draining:
+                stream.idle = True
+                try:
+                    request = await context.read()
+                except asyncio.CancelledError:
+                    if not stream.drained:  # the client went away or its deadline passed
+                        raise
+                    task.uncancel()
+                    break
+                stream.idle = False
+                if request is grpc.aio.EOF:
+                    return
+                received_ns = time.perf_counter_ns()
+                _check_parsed(request)
+                await context.write(await self._act_once(request, received_ns))
+                self.metrics.observe_request("ActStream", (time.perf_counter_ns() - received_ns) / 1e9)
+            raise RequestError(Status.UNAVAILABLE, DRAINING_MESSAGE)
+        finally:
+            del self._streams[task]
 
     async def _act_once(self, request: policy_pb2.ActRequest, received_ns: int) -> policy_pb2.ActReply:
         try:
@@ -361,7 +548,7 @@ class PolicyServer:
         return policy_pb2.ActReply(
             action=to_tensor(result.action),
             timing=_timing(result, received_ns),
-            model_sha256=self.info.sha256,
+            model_sha256=_model_sha256(result),
             request_id=request.request_id,
         )
 
@@ -399,17 +586,21 @@ class PolicyServer:
         """Triton's ModelConfig (perf_analyzer asks for it): max_batch_size 0, since noise batches on axis 1."""
         self._require_this_model(request.name, request.version)
         info, fp32 = self.info, kserve_pb2.TYPE_FP32
-        return kserve_pb2.ModelConfigResponse(config=kserve_pb2.ModelConfig(
-            name=info.agent,
-            platform=KSERVE_PLATFORM,
-            backend="onnxruntime",
-            max_batch_size=0,
-            input=[
-                kserve_pb2.ModelInput(name=OBS_INPUT, data_type=fp32, dims=[-1, info.obs_dim]),
-                kserve_pb2.ModelInput(name=NOISE_INPUT, data_type=fp32, dims=[info.noise_steps, -1, info.act_dim], optional=True),
-            ],
-            output=[kserve_pb2.ModelOutput(name=ACTION_OUTPUT, data_type=fp32, dims=[-1, info.act_dim])],
-        ))
+        return kserve_pb2.ModelConfigResponse(
+            config=kserve_pb2.ModelConfig(
+                name=info.agent,
+                platform=KSERVE_PLATFORM,
+                backend="onnxruntime",
+                max_batch_size=0,
+                input=[
+                    kserve_pb2.ModelInput(name=OBS_INPUT, data_type=fp32, dims=[-1, info.obs_dim]),
+                    kserve_pb2.ModelInput(
+                        name=NOISE_INPUT, data_type=fp32, dims=[info.noise_steps, -1, info.act_dim], optional=True
+                    ),
+                ],
+                output=[kserve_pb2.ModelOutput(name=ACTION_OUTPUT, data_type=fp32, dims=[-1, info.act_dim])],
+            )
+        )
 
     async def _model_infer(self, request: kserve_pb2.ModelInferRequest, context) -> kserve_pb2.ModelInferResponse:
         received_ns = time.perf_counter_ns()
@@ -417,7 +608,10 @@ class PolicyServer:
         inputs = _kserve_inputs(request)
         for output in request.outputs:
             if output.name != ACTION_OUTPUT:
-                raise RequestError(Status.INVALID_ARGUMENT, f"unknown output {output.name!r}; this model has one output, {ACTION_OUTPUT!r}")
+                raise RequestError(
+                    Status.INVALID_ARGUMENT,
+                    f"unknown output {output.name!r}; this model has one output, {ACTION_OUTPUT!r}",
+                )
         seed, zero_noise = _kserve_noise_parameters(request)
         result = await self._run_policy(inputs[OBS_INPUT], inputs.get(NOISE_INPUT), seed, zero_noise)
         action = np.ascontiguousarray(result.action, FLOAT32_LE)
@@ -425,13 +619,15 @@ class PolicyServer:
             model_name=self.info.agent,
             model_version=KSERVE_MODEL_VERSION,
             id=request.id,
-            outputs=[kserve_pb2.ModelInferResponse.InferOutputTensor(name=ACTION_OUTPUT, datatype="FP32", shape=action.shape)],
+            outputs=[
+                kserve_pb2.ModelInferResponse.InferOutputTensor(name=ACTION_OUTPUT, datatype="FP32", shape=action.shape)
+            ],
             raw_output_contents=[action.tobytes()],
         )
         timing = _timing(result, received_ns)
         for name in ("queue_us", "inference_us", "total_us", "batch_size"):
             response.parameters[name].int64_param = getattr(timing, name)
-        response.parameters["model_sha256"].string_param = self.info.sha256
+        response.parameters["model_sha256"].string_param = _model_sha256(result)
         return response
 
     def _is_this_model(self, name: str, version: str) -> bool:
@@ -447,16 +643,28 @@ class PolicyServer:
 
 def _kserve_inputs(request: kserve_pb2.ModelInferRequest) -> dict[str, np.ndarray]:
     raw = request.raw_input_contents
+    if raw and any(tensor.HasField("contents") for tensor in request.inputs):
+        raise RequestError(
+            Status.INVALID_ARGUMENT, "send every input either in raw_input_contents or in its contents field, not both"
+        )
     if raw and len(raw) != len(request.inputs):
-        raise RequestError(Status.INVALID_ARGUMENT, f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input")
+        raise RequestError(
+            Status.INVALID_ARGUMENT,
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input",
+        )
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         if tensor.name not in (OBS_INPUT, NOISE_INPUT):
-            raise RequestError(Status.INVALID_ARGUMENT, f"unknown input {tensor.name!r}; this model takes {OBS_INPUT!r} and optionally {NOISE_INPUT!r}")
+            raise RequestError(
+                Status.INVALID_ARGUMENT,
+                f"unknown input {tensor.name!r}; this model takes {OBS_INPUT!r} and optionally {NOISE_INPUT!r}",
+            )
         if tensor.name in arrays:
             raise RequestError(Status.INVALID_ARGUMENT, f"input {tensor.name!r} appears twice")
         if tensor.datatype != "FP32":
-            raise RequestError(Status.INVALID_ARGUMENT, f"input {tensor.name!r} has datatype {tensor.datatype!r}; send FP32")
+            raise RequestError(
+                Status.INVALID_ARGUMENT, f"input {tensor.name!r} has datatype {tensor.datatype!r}; send FP32"
+            )
         data = raw[index] if raw else np.asarray(tensor.contents.fp32_contents, FLOAT32_LE).tobytes()
         try:
             arrays[tensor.name] = decode_float32(data, tuple(tensor.shape), tensor.name)
@@ -481,6 +689,11 @@ def _kserve_noise_parameters(request: kserve_pb2.ModelInferRequest) -> tuple[int
             raise RequestError(Status.INVALID_ARGUMENT, "parameter 'zero_noise' must be a bool")
         zero_noise = param.bool_param
     return seed, zero_noise
+
+
+def _model_sha256(result: JobResult) -> str:
+    """The sha256 of the model file that computed the result (a reload may have swapped in another since)."""
+    return cast(OnnxPolicy, result.model).info.sha256
 
 
 def _timing(result: JobResult, received_ns: int) -> policy_pb2.Timing:
@@ -508,7 +721,9 @@ def _serialize(message) -> bytes:
 
 def _check_parsed(request) -> None:
     if isinstance(request, Unparsable):
-        raise RequestError(Status.INVALID_ARGUMENT, f"request bytes are not a valid {request.message_type} message ({request.error})")
+        raise RequestError(
+            Status.INVALID_ARGUMENT, f"request bytes are not a valid {request.message_type} message ({request.error})"
+        )
 
 
 def _cancel_code(context) -> str:
@@ -525,12 +740,13 @@ def _reflection_pool() -> descriptor_pool.DescriptorPool:
 
 
 async def serve_until_signalled(config: ServeConfig, token: str | None, tls) -> None:
-    """Serve until SIGTERM or SIGINT, then drain."""
+    """Serve until SIGTERM or SIGINT, then drain; SIGHUP reloads the model."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = PolicyServer(config, token=token, tls=tls)
+    loop.add_signal_handler(signal.SIGHUP, server.request_reload)
     await server.start()
     await stop.wait()
     await server.drain()

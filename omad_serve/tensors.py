@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ._generated import policy_pb2
+from omad_serve._generated import policy_pb2
 
 FLOAT32_LE = np.dtype("<f4")
 MAX_RANK = 8
@@ -30,7 +30,7 @@ def from_tensor(tensor: policy_pb2.Tensor, name: str) -> np.ndarray:
 def decode_float32(data: bytes, shape: tuple[int, ...], name: str) -> np.ndarray:
     if len(shape) > MAX_RANK:
         raise TensorError(f"{name}: rank {len(shape)} is over the limit of {MAX_RANK}")
-    if any(d < 0 or d > MAX_DIM for d in shape):
+    if shape and (min(shape) < 0 or max(shape) > MAX_DIM):
         raise TensorError(f"{name}: shape {list(shape)} has a dimension below 0 or above {MAX_DIM}")
     expected = math.prod(shape) * FLOAT32_LE.itemsize
     if len(data) != expected:

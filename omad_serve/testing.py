@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Coroutine
+from collections.abc import Coroutine
+from typing import Any
 
-from .config import ServeConfig
-from .server import PolicyServer
+from omad_serve.config import ServeConfig
+from omad_serve.server import PolicyServer
 
 
 class ServerThread:

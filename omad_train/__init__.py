@@ -1,11 +1,11 @@
-"""omad training: environments, OMAD and baselines, replay, training loop, checkpoints."""
+"""omad training: OMAD and the baselines, replay, the training loop, checkpoints (environments: omad_core)."""
 
 from __future__ import annotations
 
 
 def load_policies(run_dir):
     """`{agent name: AgentPolicy}` in env order from a run dir's latest checkpoint (see policies.py)."""
-    from .policies import load_policies as _load
+    from omad_train.policies import load_policies as _load
 
     return _load(run_dir)
 

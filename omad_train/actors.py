@@ -1,5 +1,5 @@
-"""Actor stacks shared by every algorithm: what a policy is, how it maps into the action bounds, how
-one agent is cut out of a stack, and the deployable `AgentPolicy`.
+"""Actor stacks shared by every algorithm: what a policy is, how it maps into the action bounds and
+how one agent is cut out of a stack (the deployable per-agent policy is `policies.AgentPolicy`).
 
 Every actor kind has the same call: `forward(obs [n, B, d_o_max], noise [S, n, B, d_a_max], with_cost)`
 returns a `ChainOutput`. All randomness enters through `noise` (S = K + 1 standard-normal slices;
@@ -14,13 +14,15 @@ separate per-agent networks would. `UNPAD` names, per kind, which weights carry 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import StackedLinear, StackedMLP
+from omad_train.networks import StackedLinear, StackedMLP
 
 LOG2 = math.log(2.0)
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # HARL's squashed Gaussian (a hard clamp)
@@ -33,15 +35,51 @@ class ChainOutput:
     running_cost: torch.Tensor | None  # [n, B]  the part of c the temperature constrains
 
 
-class StackedActors(nn.Module):
+class Actors(nn.Module, ABC):
+    """What the algorithms call, whether all agents sit in one stack (`StackedActors`) or each in
+    its own (`PerAgentActors`): `forward(obs [n, B, d_o_max], noise [S, n, B, d_a_max], with_cost)`,
+    plus what cutting out one agent's deployable policy needs."""
+
+    kind: str
+    denoising_steps: int
+    obs_dims: list[int]
+    act_dims: list[int]
+
+    @property
+    def num_agents(self) -> int:
+        return len(self.obs_dims)
+
+    @property
+    def noise_steps(self) -> int:
+        """S: the noise tensor's first axis (K + 1)."""
+        return self.denoising_steps + 1
+
+    @abstractmethod
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = True) -> ChainOutput: ...
+
+    @abstractmethod
+    def agent_hparams(self, i: int) -> dict:
+        """Constructor arguments of a one-agent stack of the same kind holding agent i."""
+
+    @abstractmethod
+    def agent_state_dict(self, i: int) -> dict[str, torch.Tensor]:
+        """Agent i's weights, loadable into the one-agent stack built from `agent_hparams(i)`."""
+
+
+class StackedActors(Actors):
     """Base of every actor kind: the agents' sizes, bounds and padding masks."""
 
-    kind = ""
     # state-dict key -> (axis holding padded obs dims, axis holding padded action dims); None = no padding
-    UNPAD: dict[str, tuple[int | None, int | None]] = {}
-    SHARED_BUFFERS: tuple[str, ...] = ()  # buffers without an agent axis
+    UNPAD: ClassVar[dict[str, tuple[int | None, int | None]]] = {}
+    SHARED_BUFFERS: ClassVar[tuple[str, ...]] = ()  # buffers without an agent axis
+    mask: torch.Tensor  # [n, 1, d_a_max]: 1 on each agent's real action dims
+    action_low: torch.Tensor  # [n, 1, d_a_max]
+    action_high: torch.Tensor
+    act_dim_t: torch.Tensor  # [n, 1]
 
-    def __init__(self, obs_dims: list[int], act_dims: list[int], action_low: list[list[float]], action_high: list[list[float]]):
+    def __init__(
+        self, obs_dims: list[int], act_dims: list[int], action_low: list[list[float]], action_high: list[list[float]]
+    ):
         super().__init__()
         n, d_a = len(obs_dims), max(act_dims)
         self.obs_dims, self.act_dims = list(obs_dims), list(act_dims)
@@ -55,15 +93,6 @@ class StackedActors(nn.Module):
         self.register_buffer("action_low", low)
         self.register_buffer("action_high", high)
         self.register_buffer("act_dim_t", torch.tensor(act_dims, dtype=torch.float32).view(n, 1))
-
-    @property
-    def num_agents(self) -> int:
-        return len(self.obs_dims)
-
-    @property
-    def noise_steps(self) -> int:
-        """S: the noise tensor's first axis (K + 1)."""
-        return self.denoising_steps + 1
 
     def to_bounds(self, y: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> [low, high]."""
@@ -86,7 +115,6 @@ class StackedActors(nn.Module):
         )
 
     def agent_state_dict(self, i: int) -> dict[str, torch.Tensor]:
-        """Agent i's weights, unpadded: loadable into a one-agent stack built from `agent_hparams(i)`."""
         unpad = {**self.UNPAD, "mask": (None, 2), "action_low": (None, 2), "action_high": (None, 2)}
         state = {}
         for key, value in self.state_dict().items():
@@ -111,8 +139,13 @@ class GaussianActors(StackedActors):
 
     kind = "gaussian"
     denoising_steps = 0
-    UNPAD = {"net.net.0.weight": (1, None), "mu.weight": (None, 2), "mu.bias": (None, 2),
-             "log_std.weight": (None, 2), "log_std.bias": (None, 2)}
+    UNPAD: ClassVar = {
+        "net.net.0.weight": (1, None),
+        "mu.weight": (None, 2),
+        "mu.bias": (None, 2),
+        "log_std.weight": (None, 2),
+        "log_std.bias": (None, 2),
+    }
 
     def __init__(self, obs_dims, act_dims, action_low, action_high, hidden: list[int]):
         super().__init__(obs_dims, act_dims, action_low, action_high)
@@ -130,7 +163,9 @@ class GaussianActors(StackedActors):
         action, log_jac = self.squash(u)
         if not with_cost:
             return ChainOutput(action, None, None)
-        log_gauss = ((-0.5 * noise[0] ** 2 - log_std) * self.mask).sum(-1) - 0.5 * self.act_dim_t * math.log(2 * math.pi)
+        log_gauss = ((-0.5 * noise[0] ** 2 - log_std) * self.mask).sum(-1) - 0.5 * self.act_dim_t * math.log(
+            2 * math.pi
+        )
         cost = log_gauss - log_jac
         return ChainOutput(action, cost, cost)
 
@@ -144,7 +179,7 @@ class DeterministicActors(StackedActors):
 
     kind = "deterministic"
     denoising_steps = 0
-    UNPAD = {"net.net.0.weight": (1, None), "mu.weight": (None, 2), "mu.bias": (None, 2)}
+    UNPAD: ClassVar = {"net.net.0.weight": (1, None), "mu.weight": (None, 2), "mu.bias": (None, 2)}
 
     def __init__(self, obs_dims, act_dims, action_low, action_high, hidden: list[int], explore_std: float = 0.1):
         super().__init__(obs_dims, act_dims, action_low, action_high)
@@ -157,7 +192,9 @@ class DeterministicActors(StackedActors):
         """The deterministic action in [-1, 1] (before the map to the bounds): [n, B, d_a_max]."""
         return torch.tanh(self.mu(F.relu(self.net(obs))))
 
-    def forward(self, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = False, noise_std: float | None = None) -> ChainOutput:
+    def forward(
+        self, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = False, noise_std: float | None = None
+    ) -> ChainOutput:
         """`noise_std` overrides the exploration std (HATD3's target smoothing passes ready-made noise)."""
         std = self.explore_std if noise_std is None else noise_std
         y = (self.mean(obs) + std * noise[0]).clamp(-1.0, 1.0)
@@ -167,21 +204,23 @@ class DeterministicActors(StackedActors):
         return {**self.base_hparams(i), "hidden": self.hidden, "explore_std": self.explore_std}
 
 
-class PerAgentActors(nn.Module):
+class PerAgentActors(Actors):
     """Separate one-agent stacks called in a loop, with the stacked call signature. Used where agents
     are updated one at a time (HASAC, HATD3: one optimizer per agent) and as the looped reference
     that stacking is measured against."""
 
+    singles: list[StackedActors]  # an nn.ModuleList at run time
+
     def __init__(self, singles: list[StackedActors]):
         super().__init__()
-        self.singles = nn.ModuleList(singles)
+        self.singles = nn.ModuleList(singles)  # type: ignore[assignment]
         self.kind = singles[0].kind
+        self.denoising_steps = singles[0].denoising_steps
         self.obs_dims = [s.obs_dims[0] for s in singles]
         self.act_dims = [s.act_dims[0] for s in singles]
-        self.noise_steps = singles[0].noise_steps
 
     @classmethod
-    def split(cls, stacked: StackedActors) -> "PerAgentActors":
+    def split(cls, stacked: StackedActors) -> PerAgentActors:
         singles = []
         for i in range(stacked.num_agents):
             single = type(stacked)(**stacked.agent_hparams(i))
@@ -189,20 +228,20 @@ class PerAgentActors(nn.Module):
             singles.append(single)
         return cls(singles)
 
-    @property
-    def num_agents(self) -> int:
-        return len(self.singles)
-
     def agent(self, i: int, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = True, **kwargs) -> ChainOutput:
         """Agent i alone, from the padded stack layout: outputs [1, B, d_a_i]."""
-        return self.singles[i](obs[i : i + 1, :, : self.obs_dims[i]], noise[:, i : i + 1, :, : self.act_dims[i]], with_cost, **kwargs)
+        return self.singles[i](
+            obs[i : i + 1, :, : self.obs_dims[i]], noise[:, i : i + 1, :, : self.act_dims[i]], with_cost, **kwargs
+        )
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = True, **kwargs) -> ChainOutput:
         outs = [self.agent(i, obs, noise, with_cost, **kwargs) for i in range(self.num_agents)]
         action = torch.cat([self.pad(o.action) for o in outs])
         if outs[0].cost is None:
             return ChainOutput(action, None, None)
-        return ChainOutput(action, torch.cat([o.cost for o in outs]), torch.cat([o.running_cost for o in outs]))
+        costs = [o.cost for o in outs if o.cost is not None]
+        running = [o.running_cost for o in outs if o.running_cost is not None]
+        return ChainOutput(action, torch.cat(costs), torch.cat(running))
 
     def pad(self, action: torch.Tensor) -> torch.Tensor:
         """One agent's [.., d_a_i] action zero-padded to the stack's d_a_max."""
@@ -213,45 +252,3 @@ class PerAgentActors(nn.Module):
 
     def agent_state_dict(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in self.singles[i].state_dict().items()}
-
-
-def actor_classes() -> dict[str, type[StackedActors]]:
-    from .diffusion import DiffusionActors
-
-    return {"diffusion": DiffusionActors, "gaussian": GaussianActors, "deterministic": DeterministicActors}
-
-
-class AgentPolicy(nn.Module):
-    """One agent's deployable policy: `action = pi(obs[B, d_o], noise[K+1, B, d_a])`, deterministic in
-    its inputs. The same module as training (a one-agent stack), so what is exported is what was trained."""
-
-    def __init__(self, name: str, hparams: dict, kind: str = "diffusion"):
-        super().__init__()
-        classes = actor_classes()
-        if kind not in classes:
-            raise ValueError(f"unknown actor kind {kind!r} (known: {sorted(classes)})")
-        if len(hparams["obs_dims"]) != 1:
-            raise ValueError("AgentPolicy wraps a one-agent stack")
-        self.name, self.hparams, self.kind = name, dict(hparams), kind
-        with torch.random.fork_rng(devices=[]):  # built to be loaded: don't disturb the caller's RNG stream
-            self.actors = actors = classes[kind](**hparams)
-        self.obs_dim, self.act_dim = actors.obs_dims[0], actors.act_dims[0]
-        self.denoising_steps = actors.denoising_steps
-        self.action_low = actors.action_low[0, 0].tolist()
-        self.action_high = actors.action_high[0, 0].tolist()
-
-    @property
-    def noise_shape_prefix(self) -> int:
-        return self.denoising_steps + 1
-
-    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.actors(obs.unsqueeze(0), noise.unsqueeze(1), with_cost=False).action[0]
-
-    def sample_with_bound(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(action, entropy lower bound [B], in the squashed space [-1, 1]^d); for a Gaussian the estimate
-        is exact in expectation.
-        Deterministic actors have no entropy and raise."""
-        out = self.actors(obs.unsqueeze(0), noise.unsqueeze(1))
-        if out.cost is None:
-            raise ValueError(f"a {self.kind} policy has no entropy bound")
-        return out.action[0], -out.cost[0]

@@ -4,9 +4,14 @@ Layout of a run dir:
     config.json, spec.json                  resolved config and agent specs
     checkpoints/step-<N>/manifest.json      format version, step, sha256 of every file below
     checkpoints/step-<N>/actors/<agent>.safetensors   deployable per-agent policy (+ hparams metadata)
-    checkpoints/step-<N>/train.safetensors  all modules, optimizer moments, RNG states
+    checkpoints/step-<N>/train/modules/<name>.safetensors     each network of the algorithm (state dict)
+    checkpoints/step-<N>/train/optimizers/<name>.safetensors  each optimizer's moments
+    checkpoints/step-<N>/train/extra.safetensors              loose tensors (e.g. log alpha)
+    checkpoints/step-<N>/train/rng.safetensors                torch's RNG state
     checkpoints/step-<N>/replay.safetensors replay buffer snapshot
+    checkpoints/step-<N>/envs.safetensors   the env copies' actions so far in their episodes
     checkpoints/step-<N>/train_state.json   counters, optimizer hyper-parameters, numpy RNG, env snapshot
+Each file holds one thing under its own names, so nothing is found by cutting key prefixes.
     checkpoints/LATEST                      name of the newest complete checkpoint
 A checkpoint directory is written under a temporary name and renamed when complete; LATEST is
 replaced atomically afterwards, so a killed run always leaves a complete checkpoint behind.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,12 +30,16 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
-from safetensors.torch import load_file as load_torch, save_file as save_torch
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_file as load_torch
+from safetensors.torch import save as serialize_torch
+from safetensors.torch import save_file as save_torch
 
-from .errors import OmadError
+from omad_core.errors import OmadError
 
 FORMAT_VERSION = 1
+CHECKPOINT_NAME = re.compile(r"step-\d{10,}")  # checkpoints/<name>: LATEST may name nothing else
 KEEP_CHECKPOINTS = 2
 
 
@@ -51,44 +61,63 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def save_with_metadata(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """A safetensors file whose header lists the metadata in sorted key order. The library writes
+    metadata in hash-map order, which differs between processes; sorted, equal weights and metadata
+    give byte-identical files (and equal sha256, which exports record)."""
+    data = serialize_torch(tensors, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format aligns the tensor data to 8 bytes
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data[8 + size :])
+
+
 # -- optimizers as flat tensors + JSON (no pickle) ----------------------------------------------
-def optimizer_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimizer's per-parameter state as tensors named "<param index>.<state key>", and the JSON
+    (param groups, which keys each parameter has) from which `restore_optimizer` names them again."""
     sd = opt.state_dict()
     tensors = {
-        f"{name}.{idx}.{key}": value.detach().clone().contiguous()
+        f"{idx}.{key}": value.detach().clone().contiguous()
         for idx, per_param in sd["state"].items()
         for key, value in per_param.items()
     }
-    return tensors, {"param_groups": sd["param_groups"], "params_with_state": sorted(sd["state"].keys())}
+    state_keys = {str(idx): sorted(per_param) for idx, per_param in sd["state"].items()}
+    return tensors, {"param_groups": sd["param_groups"], "state_keys": state_keys}
 
 
-def restore_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for idx in meta["params_with_state"]:
-        prefix = f"{name}.{idx}."
-        state[int(idx)] = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state = {int(idx): {key: tensors[f"{idx}.{key}"] for key in keys} for idx, keys in meta["state_keys"].items()}
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 # -- writing --------------------------------------------------------------------------------------
+TorchFile = tuple[dict[str, torch.Tensor], dict[str, str] | None]  # tensors, metadata
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
-    actor_files: dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]],
-    train_tensors: dict[str, torch.Tensor],
-    replay_arrays: dict[str, np.ndarray],
+    torch_files: dict[str, TorchFile],
+    numpy_files: dict[str, dict[str, np.ndarray]],
     train_state: dict[str, Any],
 ) -> Path:
+    """Write checkpoints/step-<step>/ from files given by their path inside it, then point LATEST at it."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:010d}"
     final, tmp = root / name, root / (name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "actors").mkdir(parents=True)
-    for agent, (tensors, meta) in actor_files.items():
-        save_torch(tensors, str(tmp / "actors" / f"{agent}.safetensors"), metadata=meta)
-    save_torch({k: v.contiguous() for k, v in train_tensors.items()}, str(tmp / "train.safetensors"))
-    save_numpy({k: np.ascontiguousarray(v) for k, v in replay_arrays.items()}, str(tmp / "replay.safetensors"))
+    tmp.mkdir(parents=True)
+    for rel, (tensors, meta) in torch_files.items():
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        contiguous = {k: v.contiguous() for k, v in tensors.items()}
+        if meta:
+            save_with_metadata(contiguous, tmp / rel, meta)
+        else:
+            save_torch(contiguous, str(tmp / rel))
+    for rel, arrays in numpy_files.items():
+        save_numpy({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / rel))
     (tmp / "train_state.json").write_text(json.dumps(train_state) + "\n")
     files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
     manifest = {"format_version": FORMAT_VERSION, "step": step, "files": {f: sha256_file(tmp / f) for f in files}}
@@ -114,6 +143,8 @@ def latest_checkpoint(run_dir: Path, files: list[str] | None = None) -> Path:
         raise CheckpointError(f"{pointer}: no checkpoint has been written in this run dir yet") from None
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{pointer}: unreadable checkpoint pointer ({err})") from None
+    if not isinstance(name, str) or not CHECKPOINT_NAME.fullmatch(name):
+        raise CheckpointError(f"{pointer}: names {name!r}, not a checkpoint of this run (step-<N>)")
     path = run_dir / "checkpoints" / name
     verify_checkpoint(path, files)
     return path
@@ -130,7 +161,9 @@ def verify_checkpoint(path: Path, files: list[str] | None = None) -> dict:
         raise CheckpointError(f"{mpath}: corrupt JSON ({err})") from None
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{mpath}: checkpoint format version {version!r}, this omad reads version {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{mpath}: checkpoint format version {version!r}, this omad reads version {FORMAT_VERSION}"
+        )
     for rel, digest in manifest["files"].items():
         if files is not None and rel not in files:
             continue
@@ -167,17 +200,15 @@ def load_metadata(path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: cannot read safetensors file ({err})") from None
 
 
-def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path, prefix: str = "") -> None:
-    """Load `prefix`-ed tensors into a module, naming the file and tensor on any mismatch."""
+def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Load a state dict into a module, naming the file and tensor on any mismatch."""
     own = module.state_dict()
-    picked = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    missing = sorted(set(own) - set(picked))
+    missing = sorted(set(own) - set(tensors))
     if missing:
-        raise CheckpointError(f"{source}: missing tensors {[prefix + m for m in missing][:5]}")
+        raise CheckpointError(f"{source}: missing tensors {missing[:5]}")
     for k, v in own.items():
-        if picked[k].shape != v.shape:
+        if tensors[k].shape != v.shape:
             raise CheckpointError(
-                f"{source}: tensor '{prefix + k}' has shape {tuple(picked[k].shape)}, "
-                f"the configured model expects {tuple(v.shape)}"
+                f"{source}: tensor '{k}' has shape {tuple(tensors[k].shape)}, the configured model expects {tuple(v.shape)}"
             )
-    module.load_state_dict({k: picked[k] for k in own})
+    module.load_state_dict({k: tensors[k] for k in own})

@@ -6,14 +6,15 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import OmadError
+from omad_core.errors import OmadError
 
-ALGOS = ("omad", "hasac", "hatd3", "omad-gaussian")
+Algo = Literal["omad", "hasac", "hatd3", "omad-gaussian"]
+ALGOS: tuple[str, ...] = get_args(Algo)  # the one list of algorithm names
 
 # Defaults beneath the user's values (a YAML file or flags override them); config.json records the
 # resolved values. OMAD's are the field defaults below (ALGORITHM.md section 6).
@@ -38,13 +39,17 @@ _HASAC = dict(_HARL, policy_delay=1, auto_alpha=True, alpha_init=0.2, lr_alpha=3
 _HATD3 = dict(_HARL, policy_delay=2, explore_std=0.1, target_noise=0.2, target_noise_clip=0.5)
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("mamujoco:HalfCheetah-2x3", "hasac"): dict(
-        _HASAC, lr_actor=1e-3, lr_critic=1e-3, actor_hidden=[256, 256], critic_hidden=[256, 256], n_step=10),
+        _HASAC, lr_actor=1e-3, lr_critic=1e-3, actor_hidden=[256, 256], critic_hidden=[256, 256], n_step=10
+    ),
     ("mamujoco:HalfCheetah-2x3", "hatd3"): dict(
-        _HATD3, lr_actor=5e-4, lr_critic=1e-3, actor_hidden=[256, 256], critic_hidden=[256, 256], n_step=10),
+        _HATD3, lr_actor=5e-4, lr_critic=1e-3, actor_hidden=[256, 256], critic_hidden=[256, 256], n_step=10
+    ),
     ("mpe:simple_spread_v3", "hasac"): dict(
-        _HASAC, lr_actor=5e-4, lr_critic=5e-4, actor_hidden=[256, 256], critic_hidden=[256, 256], n_step=20),
+        _HASAC, lr_actor=5e-4, lr_critic=5e-4, actor_hidden=[256, 256], critic_hidden=[256, 256], n_step=20
+    ),
     ("mpe:simple_spread_v3", "hatd3"): dict(
-        _HATD3, lr_actor=5e-4, lr_critic=1e-3, actor_hidden=[128, 128], critic_hidden=[128, 128], n_step=1),
+        _HATD3, lr_actor=5e-4, lr_critic=1e-3, actor_hidden=[128, 128], critic_hidden=[128, 128], n_step=1
+    ),
 }
 PRESET_FOR_FAMILY = {"mamujoco": "mamujoco:HalfCheetah-2x3", "mpe": "mpe:simple_spread_v3"}
 
@@ -66,14 +71,22 @@ class ConfigError(OmadError, ValueError):
     """A config value is invalid; the message names the field."""
 
 
+# Fields a resumed run may change: a larger budget, and knobs that do not change what is computed.
+RESUME_MAY_CHANGE = frozenset({"total_steps", "progress", "torch_threads", "device"})
+
+# A network's hidden layer widths: at least one layer, every width positive.
+Widths = Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
+
+
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Every float finite: an inf or nan learning rate, scale or budget is refused before training starts.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # run
     env: str = Field("mamujoco:HalfCheetah-2x3", description="environment id (see `omad envs`)")
     env_options: dict[str, Any] = Field(default_factory=dict, description="adapter options, e.g. {N: 4}")
-    algo: Literal["omad", "hasac", "hatd3", "omad-gaussian"] = "omad"
-    seed: int = 0
+    algo: Algo = "omad"
+    seed: int = Field(0, ge=0)
     total_steps: int = Field(100_000, gt=0, description="environment steps (summed over env copies)")
     num_envs: int = Field(1, gt=0, description="environment copies stepped together")
     learning_starts: int = Field(5000, ge=0, description="uniform-random warm-up steps")
@@ -101,12 +114,12 @@ class TrainConfig(BaseModel):
     denoising_steps: int = Field(8, ge=1, description="K")
     prior_std: float = Field(2.5, gt=0, description="s0")
     dt_init: float = Field(0.1, gt=0)
-    actor_hidden: list[int] = Field(default_factory=lambda: [256, 256, 256])
+    actor_hidden: Widths = Field(default_factory=lambda: [256, 256, 256])
     time_features: int = Field(16, gt=0)
     lr_actor: float = Field(3e-4, gt=0)
 
     # critic
-    critic_hidden: list[int] = Field(default_factory=lambda: [256, 256])
+    critic_hidden: Widths = Field(default_factory=lambda: [256, 256])
     num_atoms: int = Field(101, ge=2)
     v_min: float | None = Field(None, description="critic support; None = family default")
     v_max: float | None = None
@@ -117,8 +130,11 @@ class TrainConfig(BaseModel):
     auto_alpha: bool = True
     alpha_init: float = Field(0.1, gt=0)
     lr_alpha: float = Field(1e-3, gt=0)
-    cost_budget_per_dim: float = Field(4.0, description="temperature budget per action dim: OMAD's running cost "
-                                        "(OMAD-Gaussian: the same entropy level), HASAC's -target entropy")
+    cost_budget_per_dim: float = Field(
+        4.0,
+        description="temperature budget per action dim: OMAD's running cost "
+        "(OMAD-Gaussian: the same entropy level), HASAC's -target entropy",
+    )
     entropy_norm: Literal["sum", "mean"] = Field("sum", description="l_joint = sum or mean of l_i")
 
     # HATD3
@@ -126,12 +142,37 @@ class TrainConfig(BaseModel):
     target_noise: float = Field(0.2, ge=0, description="HATD3 target policy smoothing std")
     target_noise_clip: float = Field(0.5, ge=0, description="HATD3 target smoothing clip")
 
+    @field_validator("env")
+    @classmethod
+    def _known_env(cls, env: str) -> str:
+        from omad_core.envs import ENV_IDS
+
+        if env not in ENV_IDS:
+            raise ValueError(f"unknown env id {env!r}; valid ids: {', '.join(ENV_IDS)}")
+        return env
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.batch_size > self.buffer_size:
+            raise ValueError(
+                f"batch_size {self.batch_size} exceeds buffer_size {self.buffer_size}: no update could run"
+            )
+        if self.batch_size > self.total_steps:
+            raise ValueError(
+                f"batch_size {self.batch_size} exceeds total_steps {self.total_steps}: no update could run"
+            )
+        if self.v_min is not None and self.v_max is not None and not self.v_min < self.v_max:
+            raise ValueError(f"v_min ({self.v_min}) must be below v_max ({self.v_max})")
+        return self
+
     def value_range(self, family: str) -> tuple[float, float]:
         """(v_min, v_max): the config's values where set, else reward_scale * STEP_REWARD_RANGE / (1 - gamma)."""
         if (self.v_min is None or self.v_max is None) and self.gamma >= 1.0:
             raise ConfigError("gamma = 1 has no default critic support: set v_min and v_max")
-        lo, hi = (round(self.reward_scale * r / (1.0 - self.gamma), 6) if self.gamma < 1.0 else 0.0
-                  for r in STEP_REWARD_RANGE[family])
+        lo, hi = (
+            round(self.reward_scale * r / (1.0 - self.gamma), 6) if self.gamma < 1.0 else 0.0
+            for r in STEP_REWARD_RANGE[family]
+        )
         lo = self.v_min if self.v_min is not None else lo
         hi = self.v_max if self.v_max is not None else hi
         if not lo < hi:
@@ -151,7 +192,7 @@ class TrainConfig(BaseModel):
 
 def algo_defaults(algo: str, env_id: str) -> dict[str, Any]:
     """The defaults `algo` brings for `env_id`: its HARL preset (the task's, else its family's), or {}."""
-    from .envs import UnknownEnvError, env_family
+    from omad_core.envs import UnknownEnvError, env_family
 
     key = env_id
     if (env_id, algo) not in PRESETS:
@@ -164,30 +205,44 @@ def algo_defaults(algo: str, env_id: str) -> dict[str, Any]:
 
 def presets_markdown() -> str:
     """PRESETS as the README's table (a test checks the README holds exactly this)."""
+
     def num(x: float) -> str:
         return f"{x:.0e}".replace("e-0", "e-") if x < 0.01 else f"{x:g}"
 
-    rows = ["| task | algo | lr actor / critic | hidden (actor and critic) | batch | n_step | gamma, tau | "
-            "warm-up | temperature | noise: exploration / target (clip) | policy delay | grad clip | evaluation |",
-            "|---|---|---|---|---:|---:|---|---:|---|---|---:|---|---|"]
+    rows = [
+        (
+            "| task | algo | lr actor / critic | hidden (actor and critic) | batch | n_step | gamma, tau | "
+            "warm-up | temperature | noise: exploration / target (clip) | policy delay | grad clip | evaluation |"
+        ),
+        "|---|---|---|---|---:|---:|---|---:|---|---|---:|---|---|",
+    ]
     for (env, algo), p in PRESETS.items():
-        temperature = (f"auto from {p['alpha_init']:g}, lr {num(p['lr_alpha'])}, target -{p['cost_budget_per_dim']:g} x d_a"
-                       if algo == "hasac" else "-")
+        temperature = (
+            f"auto from {p['alpha_init']:g}, lr {num(p['lr_alpha'])}, target -{p['cost_budget_per_dim']:g} x d_a"
+            if algo == "hasac"
+            else "-"
+        )
         noise = f"{p['explore_std']:g} / {p['target_noise']:g} ({p['target_noise_clip']:g})" if algo == "hatd3" else "-"
         rows.append(
             f"| `{env}` | `{algo}` | {num(p['lr_actor'])} / {num(p['lr_critic'])} | {'x'.join(map(str, p['actor_hidden']))} | "
             f"{p['batch_size']} | {p['n_step']} | {p['gamma']:g}, {p['tau']:g} | {p['learning_starts']} | {temperature} | "
             f"{noise} | {p['policy_delay']} | {'off' if not p['grad_clip'] else p['grad_clip']} | "
-            f"{'deterministic' if p['eval_zero_noise'] else 'stochastic'} |")
+            f"{'deterministic' if p['eval_zero_noise'] else 'stochastic'} |"
+        )
     return "\n".join(rows) + "\n"
 
 
 def _describe(err: ValidationError) -> str:
-    lines = []
+    """One line naming every offending field."""
+    problems = []
     for e in err.errors():
-        name = ".".join(str(p) for p in e["loc"]) or "config"
-        lines.append(f"invalid config field '{name}': {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+        name = ".".join(str(p) for p in e["loc"])
+        where = f"invalid config field '{name}'" if name else "invalid config"
+        if e["type"] == "value_error":  # our own validators' messages name the values
+            problems.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+        else:
+            problems.append(f"{where}: {e['msg']} (got {e['input']!r})")
+    return "; ".join(problems)
 
 
 def build_config(base: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
@@ -216,3 +271,48 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
     path.write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """A run dir's saved config.json, validated like any other config."""
+    path = Path(run_dir) / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{run_dir} is not a run dir (no config.json)") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: unreadable ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a mapping of field: value, got {type(data).__name__}")
+    try:
+        return TrainConfig(**data)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {_describe(err)}") from None
+
+
+def resume_config(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
+    """The saved config with the values given for a resumed run (flags or a config file), each of which
+    must be one a resumed run may change (`check_resume`)."""
+    try:
+        cfg = TrainConfig(**{**saved.model_dump(), **{k: v for k, v in given.items() if v is not None}})
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+    check_resume(saved, cfg)
+    return cfg
+
+
+def check_resume(saved: TrainConfig, cfg: TrainConfig) -> None:
+    """Refuse a resumed run whose config differs from the saved one, except `RESUME_MAY_CHANGE`."""
+    for name in TrainConfig.model_fields:
+        old, new = getattr(saved, name), getattr(cfg, name)
+        if old == new or (name in RESUME_MAY_CHANGE and not (name == "total_steps" and new < old)):
+            continue
+        flag = "--" + name.replace("_", "-")
+        why = (
+            "a resumed run cannot shrink its budget"
+            if name == "total_steps"
+            else "a resumed run keeps its saved config"
+        )
+        raise ConfigError(
+            f"{flag} {new!r} differs from the run's saved {old!r}: {why} (start a new --out to change it)"
+        )

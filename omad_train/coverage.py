@@ -7,7 +7,7 @@ Positions outside the grid are counted in `outside` and mark no cell (clipping t
 the border cells).
 
 Recording: after every training env step the trainer passes its env copies; each copy's torso
-(x, y) is `qpos[:2]` of the MuJoCo model under the MaMuJoCo env. A copy whose episode just ended has
+(x, y) comes from its environment adapter (`MultiAgentEnv.torso_xy`). A copy whose episode just ended has
 already been reset, so for it the step records the new episode's start instead of the terminal
 position (one position per episode; the start cell is visited anyway).
 
@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from omad_core.envs import VecEnv
+
 FILE_NAME = "coverage.json"
 MAX_STEPS = 250_000  # the paper's window: the first 250k training env steps
 EXTENT = 20.0  # metres: the grid spans [-EXTENT, EXTENT] in x and in y around the start (0, 0)
@@ -37,9 +39,9 @@ def records_coverage(env_id: str) -> bool:
     return env_id.startswith("mamujoco:Ant-")
 
 
-def torso_xy(envs) -> np.ndarray:
+def torso_xy(envs: VecEnv) -> np.ndarray:
     """[num_envs, 2] torso (x, y) of every copy of a MaMuJoCo `VecEnv`."""
-    return np.array([copy.raw_env.single_agent_env.unwrapped.data.qpos[:2] for copy in envs.copies], dtype=np.float64)
+    return np.array([copy.torso_xy() for copy in envs.copies], dtype=np.float64)
 
 
 class Coverage:
@@ -47,7 +49,7 @@ class Coverage:
         if extent <= 0 or cell_size <= 0 or max_steps <= 0:
             raise ValueError("extent, cell_size and max_steps must be positive")
         self.extent, self.cell_size, self.max_steps = float(extent), float(cell_size), int(max_steps)
-        self.cells_per_side = int(round(2 * extent / cell_size))
+        self.cells_per_side = round(2 * extent / cell_size)
         self.visited = np.zeros((self.cells_per_side, self.cells_per_side), dtype=bool)
         self.steps = 0  # env steps covered so far (at most max_steps)
         self.outside = 0  # recorded positions that fell outside the grid
@@ -73,7 +75,7 @@ class Coverage:
         self.outside += int((~inside).sum())
         self.steps = max(self.steps, step + len(xy))
 
-    def observe(self, envs, step: int) -> None:
+    def observe(self, envs: VecEnv, step: int) -> None:
         """The trainer's hook: record every copy's torso position after an env step."""
         if step < self.max_steps:
             self.record(torso_xy(envs), step)
@@ -97,7 +99,9 @@ class Coverage:
             "extent": self.extent,
             "cell_size": self.cell_size,
             "outside": self.outside,
-            "visited_cells": np.argwhere(self.visited).tolist(),  # [[ix, iy], ...]; x = -extent + (ix + 0.5) * cell_size
+            "visited_cells": np.argwhere(
+                self.visited
+            ).tolist(),  # [[ix, iy], ...]; x = -extent + (ix + 0.5) * cell_size
         }
 
     def save(self, run_dir: Path) -> Path:

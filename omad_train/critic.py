@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .networks import StackedMLP
+from omad_train.networks import StackedLinear, StackedMLP
 
 
 class CategoricalCritic(nn.Module):
@@ -13,6 +13,7 @@ class CategoricalCritic(nn.Module):
         super().__init__()
         self.heads = heads
         self.net = StackedMLP(heads, d_in, hidden, num_atoms, layer_norm=True)
+        self.atoms: torch.Tensor
         self.register_buffer("atoms", torch.linspace(v_min, v_max, num_atoms))
         self.v_min, self.v_max = v_min, v_max
         self.start_near_zero()
@@ -25,6 +26,7 @@ class CategoricalCritic(nn.Module):
         so it takes on the order of 1e5 updates to forget, and until then Q is a small deviation
         of a near-uniform distribution (measured on HalfCheetah 2x3: README, "Why the critic starts near 0")."""
         out = self.net.net[-1]
+        assert isinstance(out, StackedLinear)
         delta = (self.v_max - self.v_min) / (len(self.atoms) - 1)
         center = min(max(0.0, self.v_min), self.v_max)
         out.weight.mul_(0.1)

@@ -9,14 +9,16 @@ Noise layout, shared by training, ONNX export and serving: `noise[0]` is the pri
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .actors import ChainOutput, StackedActors
-from .networks import StackedLinear
+from omad_train.actors import ChainOutput, StackedActors
+from omad_train.networks import StackedLinear
 
 TIME_HIDDEN = 64
 
@@ -29,8 +31,10 @@ def step_schedule(K: int) -> torch.Tensor:
 
 class DiffusionActors(StackedActors):
     kind = "diffusion"
-    UNPAD = {"x_in": (None, 1), "obs_in.weight": (1, None), "out.weight": (None, 2), "out.bias": (None, 2)}
+    UNPAD: ClassVar = {"x_in": (None, 1), "obs_in.weight": (1, None), "out.weight": (None, 2), "out.bias": (None, 2)}
     SHARED_BUFFERS = ("time_freq", "schedule")
+    time_freq: torch.Tensor
+    schedule: torch.Tensor
 
     def __init__(
         self,
@@ -59,7 +63,7 @@ class DiffusionActors(StackedActors):
         self.time_mlp = nn.Sequential(
             StackedLinear(n, 2 * time_features, TIME_HIDDEN), nn.GELU(), StackedLinear(n, TIME_HIDDEN, h0)
         )
-        self.hidden_layers = nn.ModuleList(StackedLinear(n, a, b) for a, b in zip(hidden[:-1], hidden[1:]))
+        self.hidden_layers = nn.ModuleList(StackedLinear(n, a, b) for a, b in itertools.pairwise(hidden))
         # Near-zero output: the untrained policy is the prior's OU process.
         self.out = StackedLinear(n, hidden[-1], d_a, init_scale=1e-3)
         self.dt_raw = nn.Parameter(torch.full((n, 1, 1), math.log(math.expm1(dt_init))))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .envs.base import EnvSpec
+from omad_core.envs.base import EnvSpec
 
 
 class AgentLayout:

@@ -21,9 +21,17 @@ class RunLogger:
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step or None)
         # Redraw at most every 0.5 s on a terminal, every 30 s into a log file.
         interval = 0.5 if sys.stderr.isatty() else 30.0
-        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", disable=not progress, dynamic_ncols=True,
-                        mininterval=interval, maxinterval=max(interval, 10.0))
-        self.t0, self.step0, self.updates0 = time.perf_counter(), start_step, None
+        self.bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            unit="step",
+            disable=not progress,
+            dynamic_ncols=True,
+            mininterval=interval,
+            maxinterval=max(interval, 10.0),
+        )
+        self.t0, self.step0 = time.perf_counter(), start_step
+        self.updates0: int | None = None
         self.step, self.updates = start_step, 0
 
     def _read_records(self, start_step: int) -> list[dict]:
@@ -42,18 +50,24 @@ class RunLogger:
     def advance(self, step: int, updates: int) -> None:
         if self.updates0 is None:
             self.updates0 = updates
+        updates0 = self.updates0
         self.bar.update(step - self.step)
         self.step, self.updates = step, updates
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         if self.bar.n % 100 == 0 or step >= self.bar.total:
             self.bar.set_postfix(
-                env_sps=f"{(step - self.step0) / elapsed:.0f}", ups=f"{(updates - self.updates0) / elapsed:.1f}", refresh=False
+                env_sps=f"{(step - self.step0) / elapsed:.0f}",
+                ups=f"{(updates - updates0) / elapsed:.1f}",
+                refresh=False,
             )
 
     def log(self, record: dict) -> None:
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        record = {**record, "env_steps_per_s": (self.step - self.step0) / elapsed,
-                  "updates_per_s": (self.updates - (self.updates0 or 0)) / elapsed}
+        record = {
+            **record,
+            "env_steps_per_s": (self.step - self.step0) / elapsed,
+            "updates_per_s": (self.updates - (self.updates0 or 0)) / elapsed,
+        }
         self.records.append(record)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -49,12 +49,7 @@ class StackedMLP(nn.Module):
             layers.append(hidden_act())
             d = h
         layers.append(StackedLinear(n, d, d_out))
-        self.net = nn.Sequential(*layers)
+        self.net: nn.Sequential = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-def select_stack(module: nn.Module, index: int) -> dict[str, torch.Tensor]:
-    """State dict of network `index` out of a stacked module (every tensor's first axis is the stack)."""
-    return {k: v[index : index + 1].clone() for k, v in module.state_dict().items()}

@@ -1,15 +1,61 @@
-"""Load a run dir's deployable per-agent policies (no training state, no code execution)."""
+"""The deployable per-agent policy, and loading a run dir's policies (no training state, no code
+execution)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_into, load_metadata, load_tensors
-from .actors import AgentPolicy, actor_classes
-from .envs.base import EnvSpec
+from omad_core.envs.base import EnvSpec
+from omad_train.actors import DeterministicActors, GaussianActors, StackedActors
+from omad_train.checkpoint import CheckpointError, latest_checkpoint, load_into, load_metadata, load_tensors
+from omad_train.diffusion import DiffusionActors
+
+# Actor kind (the `actor` metadata of a checkpoint's actor file) -> its class.
+ACTOR_CLASSES: dict[str, type[StackedActors]] = {
+    cls.kind: cls for cls in (DiffusionActors, GaussianActors, DeterministicActors)
+}
+
+
+class AgentPolicy(nn.Module):
+    """One agent's deployable policy: `action = pi(obs[B, d_o], noise[K+1, B, d_a])`, deterministic in
+    its inputs. The same module as training (a one-agent stack), so what is exported is what was trained.
+    `forward` takes tensors (for tracing); `act` is the numpy `omad_core.policy.Policy` call."""
+
+    def __init__(self, name: str, hparams: dict, kind: str = "diffusion"):
+        super().__init__()
+        if kind not in ACTOR_CLASSES:
+            raise ValueError(f"unknown actor kind {kind!r} (known: {sorted(ACTOR_CLASSES)})")
+        if len(hparams["obs_dims"]) != 1:
+            raise ValueError("AgentPolicy wraps a one-agent stack")
+        self.name, self.hparams, self.kind = name, dict(hparams), kind
+        with torch.random.fork_rng(devices=[]):  # built to be loaded: don't disturb the caller's RNG stream
+            self.actors = actors = ACTOR_CLASSES[kind](**hparams)
+        self.obs_dim, self.act_dim = actors.obs_dims[0], actors.act_dims[0]
+        self.denoising_steps = actors.denoising_steps
+        self.action_low = actors.action_low[0, 0].tolist()
+        self.action_high = actors.action_high[0, 0].tolist()
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.actors(obs.unsqueeze(0), noise.unsqueeze(1), with_cost=False).action[0]
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        obs_t, noise_t = torch.from_numpy(np.asarray(obs, np.float32)), torch.from_numpy(np.asarray(noise, np.float32))
+        return self(obs_t, noise_t).numpy()
+
+    def sample_with_bound(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action, entropy lower bound [B], in the squashed space [-1, 1]^d); for a Gaussian the estimate
+        is exact in expectation.
+        Deterministic actors have no entropy and raise."""
+        out = self.actors(obs.unsqueeze(0), noise.unsqueeze(1))
+        if out.cost is None:
+            raise ValueError(f"a {self.kind} policy has no entropy bound")
+        return out.action[0], -out.cost[0]
 
 
 def load_spec(run_dir: str | Path) -> EnvSpec:
@@ -22,7 +68,7 @@ def load_spec(run_dir: str | Path) -> EnvSpec:
         raise CheckpointError(f"{path}: unreadable agent spec ({err})") from None
 
 
-def load_policies(run_dir: str | Path) -> dict:
+def load_policies(run_dir: str | Path) -> dict[str, AgentPolicy]:
     """`{agent name: AgentPolicy}` in the environment's agent order, from the latest checkpoint."""
     spec = load_spec(run_dir)
     ckpt = latest_checkpoint(Path(run_dir), files=[f"actors/{a.name}.safetensors" for a in spec.agents])
@@ -30,9 +76,9 @@ def load_policies(run_dir: str | Path) -> dict:
     for agent in spec.agents:
         path = ckpt / "actors" / f"{agent.name}.safetensors"
         meta = load_metadata(path)
-        kind = meta.get("actor")
-        if kind not in actor_classes():
-            raise CheckpointError(f"{path}: unknown actor kind {kind!r} (known: {sorted(actor_classes())})")
+        kind = meta.get("actor", "")
+        if kind not in ACTOR_CLASSES:
+            raise CheckpointError(f"{path}: unknown actor kind {kind!r} (known: {sorted(ACTOR_CLASSES)})")
         try:
             hparams = json.loads(meta["hparams"])
         except (KeyError, ValueError) as err:
@@ -49,24 +95,3 @@ def load_policies(run_dir: str | Path) -> dict:
         load_into(policy.actors, load_tensors(path), path)
         policies[agent.name] = policy.eval()
     return policies
-
-
-def torch_source(run_dir: str | Path):
-    """The torch checkpoint as a closed-loop evaluation source (omad_serve.closed_loop stays torch-free)."""
-    from omad_serve.closed_loop import AgentEndpoint, PolicySource
-
-    spec = load_spec(run_dir)
-    policies = load_policies(run_dir)
-
-    def call(policy):
-        def fn(obs, noise):
-            with torch.no_grad():
-                return policy(torch.from_numpy(obs), torch.from_numpy(noise)).numpy()
-
-        return fn
-
-    agents = [
-        AgentEndpoint(name, p.obs_dim, p.act_dim, p.denoising_steps + 1, spec.env_id, str(run_dir))
-        for name, p in policies.items()
-    ]
-    return PolicySource("torch", agents, [call(p) for p in policies.values()])

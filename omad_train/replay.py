@@ -9,8 +9,9 @@ bootstrap from the true next observation.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Generic, NamedTuple, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class ReplaySample(NamedTuple, Generic[T]):
     next_state: T  # [B, d_s]
     next_obs: T  # [B, n, d_o_max]
 
-    def map(self, fn: Callable[[T], U]) -> "ReplaySample[U]":
+    def map(self, fn: Callable[[T], U]) -> ReplaySample[U]:
         return ReplaySample(*(fn(v) for v in self))
 
 
@@ -54,8 +55,14 @@ class ReplayBuffer:
     def __init__(self, capacity: int, shapes: dict[str, tuple[int, ...]], num_envs: int, n_step: int, gamma: float):
         self.capacity, self.n_step, self.gamma = capacity, n_step, gamma
         field_shapes = {
-            "state": shapes["state"], "obs": shapes["obs"], "action": shapes["action"], "reward": (),
-            "discount": (), "done": (), "next_state": shapes["state"], "next_obs": shapes["obs"],
+            "state": shapes["state"],
+            "obs": shapes["obs"],
+            "action": shapes["action"],
+            "reward": (),
+            "discount": (),
+            "done": (),
+            "next_state": shapes["state"],
+            "next_obs": shapes["obs"],
         }
         # Storage grows as it fills (up to capacity), so a large buffer_size costs memory only when used.
         self.data = {k: np.zeros((0, *s), np.float32) for k, s in field_shapes.items()}
@@ -129,7 +136,13 @@ class ReplayBuffer:
                 reward, terminated, truncated = arrays[p + "scalars"]
                 self.pending[e].append(
                     Transition(
-                        arrays[p + "state"], arrays[p + "obs"], arrays[p + "action"], float(reward),
-                        arrays[p + "next_state"], arrays[p + "next_obs"], bool(terminated), bool(truncated),
+                        arrays[p + "state"],
+                        arrays[p + "obs"],
+                        arrays[p + "action"],
+                        float(reward),
+                        arrays[p + "next_state"],
+                        arrays[p + "next_obs"],
+                        bool(terminated),
+                        bool(truncated),
                     )
                 )

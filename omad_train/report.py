@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stats
-from .coverage import FILE_NAME as COVERAGE_FILE
-from .errors import OmadError
-from .stats import first_reach  # noqa: F401 - part of this module's interface
-from .sweep import SWEEP_FILE, safe_name
+from omad_core.errors import OmadError
+from omad_train import stats
+from omad_train.coverage import FILE_NAME as COVERAGE_FILE
+from omad_train.stats import first_reach
+from omad_train.sweep import SWEEP_FILE, safe_name
 
 REFERENCE_ALGO = "omad"
 AGGREGATION = (
@@ -110,8 +110,15 @@ def sample_efficiency(omad: Curve, baseline: Curve, reps: int = stats.REPS) -> d
     step = first_reach(omad.steps, stats.iqm(omad.values, axis=0), target)
     ratio, bound = stats.efficiency_ratio(omad.steps, omad.values, baseline.steps, baseline.values)
     low, high, missed = stats.efficiency_ratio_ci(omad.steps, omad.values, baseline.steps, baseline.values, reps)
-    result = {"baseline_budget": baseline.budget, "baseline_final_return": target, "omad_budget": omad.budget,
-              "omad_step": step, "reached": step is not None, "ratio_ci": [low, high], "ratio_ci_not_reached": missed}
+    result = {
+        "baseline_budget": baseline.budget,
+        "baseline_final_return": target,
+        "omad_budget": omad.budget,
+        "omad_step": step,
+        "reached": step is not None,
+        "ratio_ci": [low, high],
+        "ratio_ci_not_reached": missed,
+    }
     if ratio is not None:
         result["ratio"] = ratio
     else:
@@ -137,7 +144,8 @@ def collect(sweep_dir: Path) -> dict:
     for job in sweep["jobs"]:
         run_dir = sweep_dir / job["dir"]
         entry = table.setdefault(job["env"], {}).setdefault(
-            job["algo"], {"per_seed": {}, "jobs": 0, "coverage": [], "coverage_steps": [], "coverage_grid": None})
+            job["algo"], {"per_seed": {}, "jobs": 0, "coverage": [], "coverage_steps": [], "coverage_grid": None}
+        )
         entry["jobs"] += 1
         entry["per_seed"][job["seed"]] = read_metrics(run_dir)
         if (run_dir / COVERAGE_FILE).is_file():
@@ -160,8 +168,12 @@ def env_statistics(algos: dict[str, dict], reps: int) -> dict:
     out: dict = {"algos": {}, "improvement": {}, "sample_efficiency": {}, "profile": None}
     for algo, curve in curves.items():
         point, low, high = stats.curve_iqm_ci(curve.values, min(reps, stats.CURVE_REPS))
-        out["algos"][algo] = {"final_iqm": list(finals[algo]),
-                              "curve_iqm": point.tolist(), "curve_ci_low": low.tolist(), "curve_ci_high": high.tolist()}
+        out["algos"][algo] = {
+            "final_iqm": list(finals[algo]),
+            "curve_iqm": point.tolist(),
+            "curve_ci_low": low.tolist(),
+            "curve_ci_high": high.tolist(),
+        }
     omad = curves.get(REFERENCE_ALGO)
     for algo, curve in curves.items():
         if algo != REFERENCE_ALGO and omad is not None:
@@ -170,8 +182,10 @@ def env_statistics(algos: dict[str, dict], reps: int) -> dict:
     if curves:
         everything = np.concatenate([c.finals for c in curves.values()])
         taus = np.linspace(everything.min(), everything.max(), 101)
-        out["profile"] = {"taus": taus.tolist(),
-                          **stats.performance_profiles({a: c.finals for a, c in curves.items()}, taus, min(reps, 2000))}
+        out["profile"] = {
+            "taus": taus.tolist(),
+            **stats.performance_profiles({a: c.finals for a, c in curves.items()}, taus, min(reps, 2000)),
+        }
     return out
 
 
@@ -196,8 +210,15 @@ def plot_env(env: str, algos: dict[str, dict], statistics: dict, path: Path) -> 
         color, st = f"C{k}", statistics["algos"][algo]
         for seed_values in curve.values:
             ax.plot(curve.steps, seed_values, color=color, linewidth=0.8, alpha=0.5, linestyle="--")
-        ax.plot(curve.steps, st["curve_iqm"], color=color, marker="o", markersize=3, linewidth=2,
-                label=f"{algo} (IQM of {len(curve.seeds)} seeds)")
+        ax.plot(
+            curve.steps,
+            st["curve_iqm"],
+            color=color,
+            marker="o",
+            markersize=3,
+            linewidth=2,
+            label=f"{algo} (IQM of {len(curve.seeds)} seeds)",
+        )
         ax.fill_between(curve.steps, st["curve_ci_low"], st["curve_ci_high"], color=color, alpha=0.2)
     ax.set_title(env)
     ax.set_xlabel("environment steps")
@@ -246,43 +267,79 @@ def build_json(table: dict, plots: dict[str, dict], statistics: dict[str, dict])
             info = {"jobs": entry["jobs"]}
             if curve is not None:
                 s_algo = st["algos"][algo]
-                info.update(seeds=curve.seeds, budget=curve.budget, final_return_mean=curve.final_mean,
-                            final_return_std=curve.final_std, final_returns=curve.finals.tolist(),
-                            final_return_iqm=s_algo["final_iqm"],
-                            curve={"step": curve.steps.tolist(), "mean": curve.mean.tolist(), "std": curve.std.tolist(),
-                                   "iqm": s_algo["curve_iqm"], "iqm_ci_low": s_algo["curve_ci_low"],
-                                   "iqm_ci_high": s_algo["curve_ci_high"],
-                                   "per_seed": {str(seed): v.tolist() for seed, v in zip(curve.seeds, curve.values)}})
+                info.update(
+                    seeds=curve.seeds,
+                    budget=curve.budget,
+                    final_return_mean=curve.final_mean,
+                    final_return_std=curve.final_std,
+                    final_returns=curve.finals.tolist(),
+                    final_return_iqm=s_algo["final_iqm"],
+                    curve={
+                        "step": curve.steps.tolist(),
+                        "mean": curve.mean.tolist(),
+                        "std": curve.std.tolist(),
+                        "iqm": s_algo["curve_iqm"],
+                        "iqm_ci_low": s_algo["curve_ci_low"],
+                        "iqm_ci_high": s_algo["curve_ci_high"],
+                        "per_seed": {str(seed): v.tolist() for seed, v in zip(curve.seeds, curve.values)},
+                    },
+                )
             if entry["coverage"]:
                 fractions = np.array(entry["coverage"])
-                info["coverage"] = {"mean": float(fractions.mean()), "std": float(fractions.std()), "seeds": len(fractions),
-                                    "fractions": fractions.tolist(), "steps": entry["coverage_steps"],
-                                    "grid": entry["coverage_grid"]}
+                info["coverage"] = {
+                    "mean": float(fractions.mean()),
+                    "std": float(fractions.std()),
+                    "seeds": len(fractions),
+                    "fractions": fractions.tolist(),
+                    "steps": entry["coverage_steps"],
+                    "grid": entry["coverage_grid"],
+                }
             out_algos[algo] = info
-        envs[env] = {"algos": out_algos, "sample_efficiency": st["sample_efficiency"],
-                     "probability_of_improvement": st["improvement"], "performance_profile": st["profile"],
-                     "plot": plots.get(env, {}).get("curves"), "profile_plot": plots.get(env, {}).get("profile")}
+        envs[env] = {
+            "algos": out_algos,
+            "sample_efficiency": st["sample_efficiency"],
+            "probability_of_improvement": st["improvement"],
+            "performance_profile": st["profile"],
+            "plot": plots.get(env, {}).get("curves"),
+            "profile_plot": plots.get(env, {}).get("profile"),
+        }
     return {"aggregation": AGGREGATION, "ratio_rule": RATIO_RULE, "envs": envs}
 
 
 def build_markdown(report: dict, sweep_dir: Path) -> str:
-    lines = [f"# Sweep report: {sweep_dir.name}", "", report["aggregation"], "",
-             "## Final return", "",
-             "| env | algo | seeds | budget (env steps) | IQM [95% CI] | mean ± std over seeds |",
-             "|---|---|---:|---:|---|---|"]
+    lines = [
+        f"# Sweep report: {sweep_dir.name}",
+        "",
+        report["aggregation"],
+        "",
+        "## Final return",
+        "",
+        "| env | algo | seeds | budget (env steps) | IQM [95% CI] | mean ± std over seeds |",
+        "|---|---|---:|---:|---|---|",
+    ]
     for env, data in report["envs"].items():
         for algo, info in data["algos"].items():
             if "budget" in info:
                 seeds = f"{len(info['seeds'])}" + (f" of {info['jobs']}" if info["jobs"] != len(info["seeds"]) else "")
-                lines.append(f"| {env} | {algo} | {seeds} | {info['budget']} | {_ci(info['final_return_iqm'])} | "
-                             f"{_pm(info['final_return_mean'], info['final_return_std'])} |")
+                lines.append(
+                    f"| {env} | {algo} | {seeds} | {info['budget']} | {_ci(info['final_return_iqm'])} | "
+                    f"{_pm(info['final_return_mean'], info['final_return_std'])} |"
+                )
             else:
                 lines.append(f"| {env} | {algo} | 0 of {info['jobs']} | - | no evaluations yet | |")
 
-    lines += ["", "## OMAD against each baseline", "", report["ratio_rule"], "",
-              "| env | baseline | P(OMAD > B) [95% CI] | B's budget | B's final IQM | OMAD reaches it at step | "
-              "ratio | ratio 95% interval (not reached in) |",
-              "|---|---|---|---:|---:|---:|---|---|"]
+    lines += [
+        "",
+        "## OMAD against each baseline",
+        "",
+        report["ratio_rule"],
+        "",
+        (
+            "| env | baseline | P(OMAD > B) [95% CI] | B's budget | B's final IQM | OMAD reaches it at step | "
+            "ratio | ratio 95% interval (not reached in) |"
+        ),
+        "|---|---|---|---:|---:|---:|---|---|",
+    ]
     rows = 0
     for env, data in report["envs"].items():
         for algo, eff in data["sample_efficiency"].items():
@@ -294,25 +351,40 @@ def build_markdown(report: dict, sweep_dir: Path) -> str:
                 ratio = f"not reached (< {eff['ratio_upper_bound']:.2f}x)"
             low, high = eff["ratio_ci"]
             interval = f"[{low:.2f}x, {high:.2f}x] ({100 * eff['ratio_ci_not_reached']:.0f}%)"
-            lines.append(f"| {env} | {algo} | {_ci(data['probability_of_improvement'][algo])} | {eff['baseline_budget']} | "
-                         f"{eff['baseline_final_return']:.2f} | {reached} | {ratio} | {interval} |")
+            lines.append(
+                f"| {env} | {algo} | {_ci(data['probability_of_improvement'][algo])} | {eff['baseline_budget']} | "
+                f"{eff['baseline_final_return']:.2f} | {reached} | {ratio} | {interval} |"
+            )
     if not rows:
         lines.append("| - | no env has both omad and a baseline with evaluations | | | | | | |")
 
-    coverage_rows = [(env, algo, info["coverage"]) for env, data in report["envs"].items()
-                     for algo, info in data["algos"].items() if "coverage" in info]
+    coverage_rows = [
+        (env, algo, info["coverage"])
+        for env, data in report["envs"].items()
+        for algo, info in data["algos"].items()
+        if "coverage" in info
+    ]
     if coverage_rows:
-        lines += ["", "## State coverage (Ant)", "",
-                  "Fraction of the cells of a grid over the torso's (x, y) visited by training in its first 250k env "
-                  "steps (ALGORITHM.md section 8; a run shorter than that covers only its own steps). The paper, on Ant "
-                  "2x4 with its own grid: OMAD 68.3%, HASAC 55.0%, HATD3 48.4%.", "",
-                  "| env | algo | seeds | env steps recorded | grid | coverage (mean ± std over seeds) |",
-                  "|---|---|---:|---:|---|---|"]
+        lines += [
+            "",
+            "## State coverage (Ant)",
+            "",
+            (
+                "Fraction of the cells of a grid over the torso's (x, y) visited by training in its first 250k env "
+                "steps (ALGORITHM.md section 8; a run shorter than that covers only its own steps). The paper, on Ant "
+                "2x4 with its own grid: OMAD 68.3%, HASAC 55.0%, HATD3 48.4%."
+            ),
+            "",
+            "| env | algo | seeds | env steps recorded | grid | coverage (mean ± std over seeds) |",
+            "|---|---|---:|---:|---|---|",
+        ]
         for env, algo, cov in coverage_rows:
             steps = sorted(set(cov["steps"]))
             steps_text = str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
-            lines.append(f"| {env} | {algo} | {cov['seeds']} | {steps_text} | {cov['grid']} | "
-                         f"{100 * cov['mean']:.1f}% ± {100 * cov['std']:.1f}% |")
+            lines.append(
+                f"| {env} | {algo} | {cov['seeds']} | {steps_text} | {cov['grid']} | "
+                f"{100 * cov['mean']:.1f}% ± {100 * cov['std']:.1f}% |"
+            )
 
     lines += ["", "## Learning curves and performance profiles", ""]
     for env, data in report["envs"].items():
@@ -354,11 +426,12 @@ def _finite(value):
 
 
 # -- command line ------------------------------------------------------------------------------------
-def register(subparsers) -> None:
-    p = subparsers.add_parser("report", help="curves, final returns, sample-efficiency ratios and coverage of a sweep")
+def configure_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep_dir", help="an `omad sweep --out` dir")
     p.add_argument("--out", help="where to write (default SWEEP_DIR/report)")
-    p.add_argument("--reps", type=int, default=stats.REPS, help=f"bootstrap resamples per interval (default {stats.REPS})")
+    p.add_argument(
+        "--reps", type=int, default=stats.REPS, help=f"bootstrap resamples per interval (default {stats.REPS})"
+    )
     p.set_defaults(func=cmd_report)
 
 
@@ -366,6 +439,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.sweep_dir) / "report"
     report = make_report(args.sweep_dir, out, args.reps)
     print((out / "report.md").read_text())
-    print(f"written: {out / 'report.md'}, {out / 'report.json'}, "
-          f"{', '.join(str(out / p) for d in report['envs'].values() for p in (d['plot'], d['profile_plot']) if p) or 'no plots'}")
+    print(
+        f"written: {out / 'report.md'}, {out / 'report.json'}, "
+        f"{', '.join(str(out / p) for d in report['envs'].values() for p in (d['plot'], d['profile_plot']) if p) or 'no plots'}"
+    )
     return 0

@@ -11,7 +11,7 @@ reproducible intervals.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from scipy.stats import trim_mean
@@ -38,48 +38,68 @@ def iqm(values: np.ndarray, axis: int | None = None) -> np.ndarray:
 
 def iqm_ci(finals: dict[str, np.ndarray], reps: int = REPS, seed: int = 0) -> dict[str, tuple[float, float, float]]:
     """{algo: (IQM, CI low, CI high)} of each algo's per-seed scores."""
-    from rliable import library as rly, metrics
+    from rliable import library as rly
+    from rliable import metrics
 
     with seeded(seed):
         point, interval = rly.get_interval_estimates(
             {k: np.asarray(v, np.float64).reshape(-1, 1) for k, v in finals.items()},
-            lambda s: np.array([metrics.aggregate_iqm(s)]), reps=reps, confidence_interval_size=CI)
+            lambda s: np.array([metrics.aggregate_iqm(s)]),
+            reps=reps,
+            confidence_interval_size=CI,
+        )
     return {k: (float(point[k][0]), float(interval[k][0, 0]), float(interval[k][1, 0])) for k in finals}
 
 
-def curve_iqm_ci(values: np.ndarray, reps: int = CURVE_REPS, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def curve_iqm_ci(
+    values: np.ndarray, reps: int = CURVE_REPS, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """values [seeds, steps] -> (IQM, CI low, CI high) per step; the bootstrap resamples seeds at each step."""
     from rliable import library as rly
 
     with seeded(seed):
         point, interval = rly.get_interval_estimates(
-            {"curve": np.asarray(values, np.float64)}, lambda s: iqm(s, axis=0), reps=reps, confidence_interval_size=CI)
+            {"curve": np.asarray(values, np.float64)}, lambda s: iqm(s, axis=0), reps=reps, confidence_interval_size=CI
+        )
     return point["curve"], interval["curve"][0], interval["curve"][1]
 
 
-def probability_of_improvement(x: np.ndarray, y: np.ndarray, reps: int = REPS, seed: int = 0) -> tuple[float, float, float]:
+def probability_of_improvement(
+    x: np.ndarray, y: np.ndarray, reps: int = REPS, seed: int = 0
+) -> tuple[float, float, float]:
     """P(X > Y): the chance that a run of X beats a run of Y (ties count half), with its CI; X and Y are
     resampled independently, so their seed counts may differ."""
-    from rliable import library as rly, metrics
+    from rliable import library as rly
+    from rliable import metrics
 
     pair = [np.asarray(x, np.float64).reshape(-1, 1), np.asarray(y, np.float64).reshape(-1, 1)]
     with seeded(seed):
         point, interval = rly.get_interval_estimates(
-            {"x,y": pair}, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]), reps=reps,
-            confidence_interval_size=CI)
+            {"x,y": pair},
+            lambda a, b: np.array([metrics.probability_of_improvement(a, b)]),
+            reps=reps,
+            confidence_interval_size=CI,
+        )
     return float(point["x,y"][0]), float(interval["x,y"][0, 0]), float(interval["x,y"][1, 0])
 
 
-def performance_profiles(finals: dict[str, np.ndarray], taus: np.ndarray, reps: int = 2_000, seed: int = 0) -> dict[str, dict]:
+def performance_profiles(
+    finals: dict[str, np.ndarray], taus: np.ndarray, reps: int = 2_000, seed: int = 0
+) -> dict[str, dict]:
     """{algo: {"fraction": P(score > tau) per tau, "ci_low", "ci_high"}} (rliable's score distributions)."""
     from rliable import library as rly
 
     with seeded(seed):
         profiles, cis = rly.create_performance_profile(
-            {k: np.asarray(v, np.float64).reshape(-1, 1) for k, v in finals.items()}, np.asarray(taus), reps=reps,
-            confidence_interval_size=CI)
-    return {k: {"fraction": profiles[k].tolist(), "ci_low": cis[k][0].tolist(), "ci_high": cis[k][1].tolist()}
-            for k in finals}
+            {k: np.asarray(v, np.float64).reshape(-1, 1) for k, v in finals.items()},
+            np.asarray(taus),
+            reps=reps,
+            confidence_interval_size=CI,
+        )
+    return {
+        k: {"fraction": profiles[k].tolist(), "ci_low": cis[k][0].tolist(), "ci_high": cis[k][1].tolist()}
+        for k in finals
+    }
 
 
 def first_reach(steps, values, target: float) -> float | None:
@@ -93,7 +113,9 @@ def first_reach(steps, values, target: float) -> float | None:
     return None
 
 
-def efficiency_ratio(omad_steps, omad_values: np.ndarray, base_steps, base_values: np.ndarray) -> tuple[float | None, float]:
+def efficiency_ratio(
+    omad_steps, omad_values: np.ndarray, base_steps, base_values: np.ndarray
+) -> tuple[float | None, float]:
     """(ratio, bound): ratio = B's budget / the first step at which OMAD's IQM curve reaches B's final IQM,
     None if it never does; bound = B's budget / OMAD's budget (the ratio is below it when not reached)."""
     target = float(iqm(np.asarray(base_values)[:, -1]))
@@ -102,8 +124,9 @@ def efficiency_ratio(omad_steps, omad_values: np.ndarray, base_steps, base_value
     return (budget / step if step is not None else None), budget / float(omad_steps[-1])
 
 
-def efficiency_ratio_ci(omad_steps, omad_values: np.ndarray, base_steps, base_values: np.ndarray,
-                        reps: int = REPS, seed: int = 0) -> tuple[float, float, float]:
+def efficiency_ratio_ci(
+    omad_steps, omad_values: np.ndarray, base_steps, base_values: np.ndarray, reps: int = REPS, seed: int = 0
+) -> tuple[float, float, float]:
     """Percentile CI of the ratio under a bootstrap over seeds: each resample draws OMAD's seeds and B's
     seeds with replacement (whole curves, independently) and recomputes the ratio. A resample in which
     OMAD never reaches B's final IQM contributes the bound (an upper limit of its ratio, so the lower CI

@@ -24,16 +24,17 @@ import re
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 
-from .config import ALGOS, build_config, load_config_file
-from .envs.registry import ENV_IDS
-from .errors import OmadError
+from omad_core.envs.registry import ENV_IDS
+from omad_core.errors import OmadError
+from omad_train.config import ALGOS, build_config, load_config_file
 
 SWEEP_FILE = "sweep.json"
 DONE_FILE = "DONE.json"
@@ -89,7 +90,11 @@ def _unique(values: list) -> list:
 
 
 def plan_jobs(
-    out: Path, envs: list[str], algos: list[str], seeds: list[int], base: dict[str, Any] | None = None,
+    out: Path,
+    envs: list[str],
+    algos: list[str],
+    seeds: list[int],
+    base: dict[str, Any] | None = None,
 ) -> list[Job]:
     """Validate everything and build the job list; raises SweepError/ConfigError before anything runs."""
     envs, algos, seeds = _unique(envs), _unique(algos), _unique(seeds)
@@ -123,11 +128,14 @@ def run_job(job: dict) -> dict:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     resumed_from = None
-    with open(run_dir.parent / f"{run_dir.name}.log", "a") as log, \
-            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    with (
+        open(run_dir.parent / f"{run_dir.name}.log", "a") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
         try:
-            from .checkpoint import latest_checkpoint
-            from .trainer import train
+            from omad_train.checkpoint import latest_checkpoint
+            from omad_train.trainer import train
 
             cfg = build_config(job["config"])
             (run_dir / DONE_FILE).unlink(missing_ok=True)
@@ -140,12 +148,20 @@ def run_job(job: dict) -> dict:
             record = train(cfg, run_dir, resume=resume, overwrite=not resume)
             done = {"total_steps": cfg.total_steps, "final": record, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
             (run_dir / DONE_FILE).write_text(json.dumps(done, indent=2) + "\n")
-            return {"status": "done", "resumed_from": resumed_from, "record": record,
-                    "seconds": time.perf_counter() - t0}
+            return {
+                "status": "done",
+                "resumed_from": resumed_from,
+                "record": record,
+                "seconds": time.perf_counter() - t0,
+            }
         except Exception as err:  # noqa: BLE001 - any failure is reported, the sweep goes on
             traceback.print_exc()
-            return {"status": "failed", "resumed_from": resumed_from, "error": f"{type(err).__name__}: {err}",
-                    "seconds": time.perf_counter() - t0}
+            return {
+                "status": "failed",
+                "resumed_from": resumed_from,
+                "error": f"{type(err).__name__}: {err}",
+                "seconds": time.perf_counter() - t0,
+            }
 
 
 def _job_process(job: dict, threads: int, conn) -> None:
@@ -186,7 +202,11 @@ def run_local(jobs: list[Job], workers: int) -> Iterator[Outcome]:
             result = None
         proc.join()
         live.discard(proc)
-        return result or {"status": "failed", "error": f"worker process died (exit code {proc.exitcode})", "seconds": 0.0}
+        return result or {
+            "status": "failed",
+            "error": f"worker process died (exit code {proc.exitcode})",
+            "seconds": 0.0,
+        }
 
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
@@ -221,7 +241,11 @@ def run_ray(jobs: list[Job], address: str, cpus_per_job: int) -> Iterator[Outcom
             try:
                 result = ray.get(ready[0])
             except ray.exceptions.RayError as err:  # the worker died or the task could not run
-                result = {"status": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0]}", "seconds": 0.0}
+                result = {
+                    "status": "failed",
+                    "error": f"{type(err).__name__}: {str(err).splitlines()[0]}",
+                    "seconds": 0.0,
+                }
             yield job, result
     finally:
         if owns_ray:
@@ -233,7 +257,7 @@ def write_sweep_file(out: Path, jobs: list[Job], base: dict[str, Any], backend: 
     """sweep.json: merged with an earlier invocation's jobs; refuses a different shared config."""
     path = out / SWEEP_FILE
     earlier = json.loads(path.read_text()) if path.is_file() else None
-    shared = {k: v for k, v in base.items() if k not in _NEUTRAL_FIELDS + ("total_steps",)}
+    shared = {k: v for k, v in base.items() if k not in (*_NEUTRAL_FIELDS, "total_steps")}
     if earlier is not None and earlier.get("config") != shared:
         raise SweepError(
             f"{out} holds a sweep with a different shared config ({earlier.get('config')} != {shared}); "
@@ -242,8 +266,13 @@ def write_sweep_file(out: Path, jobs: list[Job], base: dict[str, Any], backend: 
     entries = {j["dir"]: j for j in (earlier or {}).get("jobs", [])}
     for job in jobs:
         rel = Path(job.dir).relative_to(out.resolve()).as_posix()
-        entries[rel] = {"env": job.env, "algo": job.algo, "seed": job.seed, "dir": rel,
-                        "total_steps": job.config["total_steps"]}
+        entries[rel] = {
+            "env": job.env,
+            "algo": job.algo,
+            "seed": job.seed,
+            "dir": rel,
+            "total_steps": job.config["total_steps"],
+        }
     jobs_json = list(entries.values())
     data = {
         "format_version": FORMAT_VERSION,
@@ -298,8 +327,10 @@ def run_sweep(
         else:
             todo.append(job)
     resuming = sum(has_checkpoint(Path(j.dir)) for j in todo)
-    log(f"sweep {out}: {len(jobs)} jobs, {len(summary['skipped'])} finished, {resuming} to resume, "
-        f"{len(todo) - resuming} to start; {backend}, {cpus_per_job} CPU(s) per job")
+    log(
+        f"sweep {out}: {len(jobs)} jobs, {len(summary['skipped'])} finished, {resuming} to resume, "
+        f"{len(todo) - resuming} to start; {backend}, {cpus_per_job} CPU(s) per job"
+    )
 
     outcomes = run_ray(todo, ray_address, cpus_per_job) if ray_address else run_local(todo, local_workers)
     for count, (job, result) in enumerate(outcomes, start=1):
@@ -308,14 +339,19 @@ def run_sweep(
             summary["done"].append(job.name)
             rec = result.get("record") or {}
             how = f"resumed from step {result['resumed_from']}" if result.get("resumed_from") is not None else "trained"
-            ret = (f", return {rec['eval_return_mean']:.2f} +- {rec['eval_return_std']:.2f} at step {rec['step']}"
-                   if "eval_return_mean" in rec else "")
+            ret = (
+                f", return {rec['eval_return_mean']:.2f} +- {rec['eval_return_std']:.2f} at step {rec['step']}"
+                if "eval_return_mean" in rec
+                else ""
+            )
             log(f"{prefix} done   {job.name}: {how} in {result['seconds']:.1f} s{ret}")
         else:
             summary["failed"].append(f"{job.name}: {result['error']}")
             log(f"{prefix} FAILED {job.name}: {result['error']} (log: {job.dir}.log)")
 
-    log(f"sweep {out}: {len(summary['done'])} trained, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed")
+    log(
+        f"sweep {out}: {len(summary['done'])} trained, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed"
+    )
     for line in summary["failed"]:
         log(f"  failed: {line}")
     return summary
@@ -336,21 +372,33 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("sweep", help="train every (env, algo, seed) combination, locally or on Ray; resumable")
+def configure_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--envs", nargs="+", required=True, metavar="ENV", help="environment ids (see `omad envs`)")
-    p.add_argument("--algos", nargs="+", default=["omad"], metavar="ALGO", help=f"any of {', '.join(ALGOS)}; default omad")
+    p.add_argument(
+        "--algos", nargs="+", default=["omad"], metavar="ALGO", help=f"any of {', '.join(ALGOS)}; default omad"
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="S", help="default 0")
-    p.add_argument("--total-steps", type=int, metavar="N", help="env steps per job (default: --config's or the config default)")
+    p.add_argument(
+        "--total-steps", type=int, metavar="N", help="env steps per job (default: --config's or the config default)"
+    )
     p.add_argument("--out", required=True, help="sweep dir (created, or continued when it exists)")
     p.add_argument("--config", help="YAML/JSON file of TrainConfig fields applied to every job")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config field for every job (repeatable)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a config field for every job (repeatable)"
+    )
     backend = p.add_mutually_exclusive_group()
     backend.add_argument("--local-workers", type=int, default=1, metavar="W", help="parallel local jobs (default 1)")
-    backend.add_argument("--ray-address", metavar="ADDR",
-                         help='run jobs as Ray tasks: "local" (start a local instance), "auto" (join this cluster) or an address')
-    p.add_argument("--cpus-per-job", type=int, metavar="N",
-                   help="torch threads per job (and Ray num_cpus); default: cores // W locally, 1 on Ray")
+    backend.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help='run jobs as Ray tasks: "local" (start a local instance), "auto" (join this cluster) or an address',
+    )
+    p.add_argument(
+        "--cpus-per-job",
+        type=int,
+        metavar="N",
+        help="torch threads per job (and Ray num_cpus); default: cores // W locally, 1 on Ray",
+    )
     p.set_defaults(func=cmd_sweep)
 
 
@@ -358,8 +406,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     base = load_config_file(args.config) if args.config else {}
     base.update(parse_set(args.set))
     summary = run_sweep(
-        args.out, args.envs, args.algos, args.seeds, total_steps=args.total_steps, base=base,
-        local_workers=args.local_workers, ray_address=args.ray_address, cpus_per_job=args.cpus_per_job,
+        args.out,
+        args.envs,
+        args.algos,
+        args.seeds,
+        total_steps=args.total_steps,
+        base=base,
+        local_workers=args.local_workers,
+        ray_address=args.ray_address,
+        cpus_per_job=args.cpus_per_job,
         log=lambda line: print(line, flush=True),
     )
     return 1 if summary["failed"] else 0

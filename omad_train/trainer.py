@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .algos import make_algorithm
-from .checkpoint import (
+from omad_core.envs import VecEnv, env_family, get_spec
+from omad_core.envs.base import EnvSpec
+from omad_core.errors import OmadError
+from omad_core.rollout import evaluate
+from omad_train.algos import make_algorithm
+from omad_train.checkpoint import (
     FORMAT_VERSION,
+    CheckpointError,
+    TorchFile,
     latest_checkpoint,
     load_arrays,
     load_into,
@@ -21,31 +30,53 @@ from .checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from .config import ConfigError, TrainConfig, save_config
-from .coverage import Coverage
-from .envs import VecEnv, env_family, get_spec
-from .envs.base import EnvSpec
-from .errors import OmadError
-from .evaluation import evaluate
-from .layout import AgentLayout
-from .logger import RunLogger
-from .replay import ReplayBuffer, ReplaySample, Transition
+from omad_train.config import ConfigError, TrainConfig, check_resume, load_run_config, save_config
+from omad_train.coverage import Coverage
+from omad_train.layout import AgentLayout
+from omad_train.logger import RunLogger
+from omad_train.replay import ReplayBuffer, ReplaySample, Transition
+
+# Version of the resumable training state (train/, replay, envs, train_state.json); 2 = one file per part.
+TRAIN_STATE_VERSION = 2
 
 
 class RunDirError(OmadError, RuntimeError):
     pass
 
 
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    if resume:
-        if not (out / "config.json").is_file():
-            raise RunDirError(f"--resume: {out} is not a run dir (no config.json)")
-        return
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise RunDirError(f"output dir {out} already exists; pass --resume to continue it or --overwrite to replace it")
-        shutil.rmtree(out)
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def locked_run_dir(out: Path) -> Iterator[None]:
+    """Hold the run dir's lock file while training, so a second trainer of the same dir is refused
+    (the kernel releases the lock when the process ends, however it ends)."""
     out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(
+                f"{out} is being trained by another process; wait for it or choose another --out"
+            ) from None
+        yield
+
+
+def clear_run_dir(out: Path, overwrite: bool) -> None:
+    """Empty a run dir for a fresh run (its lock file stays, held by this trainer)."""
+    contents = [p for p in out.iterdir() if p.name != LOCK_FILE]
+    if contents and not overwrite:
+        raise RunDirError(f"output dir {out} already exists; pass --resume to continue it or --overwrite to replace it")
+    for path in contents:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (before, after]: a periodic task is due."""
+    return after // every > before // every
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,8 +84,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("invalid config field 'device': cuda was asked for, but torch sees no CUDA device "
-                          f"(torch {torch.__version__}); use --device cpu or auto")
+        raise ConfigError(
+            "invalid config field 'device': cuda was asked for, but torch sees no CUDA device "
+            f"(torch {torch.__version__}); use --device cpu or auto"
+        )
     return torch.device(name)
 
 
@@ -69,8 +102,6 @@ class Trainer:
         self.spec: EnvSpec = get_spec(cfg.env, cfg.env_options)
         self.layout = AgentLayout(self.spec)
         value_range = cfg.value_range(env_family(cfg.env))
-        if cfg.batch_size > cfg.total_steps:
-            raise ConfigError(f"invalid config field 'batch_size': {cfg.batch_size} exceeds total_steps {cfg.total_steps}")
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.algo = make_algorithm(cfg, self.layout, self.spec.state_dim, value_range, self.device)
@@ -102,17 +133,28 @@ class Trainer:
             stacked[:, i, :, : z.shape[-1]] = z
         with torch.no_grad():
             device = self.device
-            out = self.algo.actors(torch.from_numpy(L.stack_obs(obs)).to(device), torch.from_numpy(stacked).to(device), with_cost=False)
+            out = self.algo.actors(
+                torch.from_numpy(L.stack_obs(obs)).to(device), torch.from_numpy(stacked).to(device), with_cost=False
+            )
         return L.split_actions(out.action.cpu().numpy())
 
     def run_evaluation(self) -> dict:
         cfg = self.cfg
         seed = cfg.seed + 1_000_003 + self.step  # fresh seeds, apart from training's, same on resume
         result = evaluate(
-            cfg.env, self.eval_policy, [self.algo.actors.noise_steps] * self.layout.n, cfg.eval_episodes, seed,
-            cfg.env_options, zero_noise=cfg.eval_zero_noise,
+            cfg.env,
+            self.eval_policy,
+            [self.algo.actors.noise_steps] * self.layout.n,
+            cfg.eval_episodes,
+            seed,
+            cfg.env_options,
+            zero_noise=cfg.eval_zero_noise,
         )
-        return {"eval_return_mean": result.mean, "eval_return_std": result.std, "eval_length_mean": float(np.mean(result.lengths))}
+        return {
+            "eval_return_mean": result.mean,
+            "eval_return_std": result.std,
+            "eval_length_mean": float(np.mean(result.lengths)),
+        }
 
     def sample(self) -> ReplaySample[torch.Tensor]:
         return self.buffer.sample(self.rng, self.cfg.batch_size).map(lambda v: torch.from_numpy(v).to(self.device))
@@ -121,24 +163,34 @@ class Trainer:
     def save(self) -> Path:
         """Every tensor is saved from the CPU, so a checkpoint does not depend on the training device."""
         algo = self.algo
-        tensors: dict[str, torch.Tensor] = {}
-        opt_meta = {}
+        files: dict[str, TorchFile] = {}
+        for i, name in enumerate(self.layout.names):
+            policy = algo.agent_policy(i)
+            meta = {
+                "format_version": str(FORMAT_VERSION),
+                "agent": name,
+                "actor": policy.kind,
+                "hparams": json.dumps(policy.hparams),
+            }
+            files[f"actors/{name}.safetensors"] = (policy.actors.state_dict(), meta)
         for name, module in algo.modules().items():
-            tensors.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+            files[f"train/modules/{name}.safetensors"] = (module.state_dict(), None)
+        opt_meta = {}
         for name, opt in algo.optimizers().items():
-            t, meta = optimizer_tensors(name, opt)
-            tensors.update(t)
-            opt_meta[name] = meta
-        tensors.update({f"extra.{k}": v.detach().clone().reshape(-1) for k, v in algo.extra_tensors().items()})
-        tensors = {k: v.detach().cpu() for k, v in tensors.items()}
-        tensors["rng.torch"] = torch.get_rng_state()
+            tensors, opt_meta[name] = optimizer_tensors(opt)
+            files[f"train/optimizers/{name}.safetensors"] = (tensors, None)
+        files["train/extra.safetensors"] = (
+            {k: v.detach().clone().reshape(-1) for k, v in algo.extra_tensors().items()},
+            None,
+        )
+        rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        files["train/rng.safetensors"] = (rng, None)
+        files = {name: ({k: v.detach().cpu() for k, v in t.items()}, meta) for name, (t, meta) in files.items()}
         env_meta, env_arrays = self.envs.snapshot()
-        replay = self.buffer.state_arrays()
-        replay.update({f"envs.{k}": v for k, v in env_arrays.items()})
         state = {
-            "format_version": FORMAT_VERSION,
+            "format_version": TRAIN_STATE_VERSION,
             "step": self.step,
             "update_debt": self.update_debt,
             "episodes_done": self.episodes_done,
@@ -149,35 +201,36 @@ class Trainer:
             "replay": self.buffer.state_meta(),
             "envs": env_meta,
         }
-        actor_files = {}
-        for i, name in enumerate(self.layout.names):
-            policy = algo.agent_policy(i)
-            actor_files[name] = (
-                {k: v.contiguous() for k, v in policy.actors.state_dict().items()},
-                {"format_version": str(FORMAT_VERSION), "agent": name, "actor": policy.kind,
-                 "hparams": json.dumps(policy.hparams)},
-            )
-        return save_checkpoint(self.out, self.step, actor_files, tensors, replay, state)
+        arrays = {"replay.safetensors": self.buffer.state_arrays(), "envs.safetensors": env_arrays}
+        return save_checkpoint(self.out, self.step, files, arrays, state)
 
     def restore(self) -> None:
         ckpt = latest_checkpoint(self.out)
         state = json.loads((ckpt / "train_state.json").read_text())
-        tensors = load_tensors(ckpt / "train.safetensors")
-        arrays = load_arrays(ckpt / "replay.safetensors")
+        if state.get("format_version") != TRAIN_STATE_VERSION:
+            raise CheckpointError(
+                f"{ckpt}: training state format {state.get('format_version')!r}, this omad resumes format "
+                f"{TRAIN_STATE_VERSION} (its policies still export and evaluate)"
+            )
         algo = self.algo
         for name, module in algo.modules().items():
-            load_into(module, tensors, ckpt / "train.safetensors", prefix=f"{name}.")
+            path = ckpt / "train" / "modules" / f"{name}.safetensors"
+            load_into(module, load_tensors(path), path)
         for name, opt in algo.optimizers().items():
-            restore_optimizer(name, opt, tensors, state["optimizers"][name])
+            restore_optimizer(
+                opt, load_tensors(ckpt / "train" / "optimizers" / f"{name}.safetensors"), state["optimizers"][name]
+            )
+        extra = load_tensors(ckpt / "train" / "extra.safetensors")
         with torch.no_grad():
             for k, v in algo.extra_tensors().items():
-                v.copy_(tensors[f"extra.{k}"].reshape(v.shape))
-        torch.set_rng_state(tensors["rng.torch"])
-        if self.device.type == "cuda" and "rng.cuda" in tensors:  # a CUDA run's stream; on the CPU it has none
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+                v.copy_(extra[k].reshape(v.shape))
+        rng = load_tensors(ckpt / "train" / "rng.safetensors")
+        torch.set_rng_state(rng["torch"])
+        if self.device.type == "cuda" and "cuda" in rng:  # a CUDA run's stream; on the CPU it has none
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.rng.bit_generator.state = state["numpy_rng"]
-        self.buffer.load_state(arrays, state["replay"])
-        self.envs.restore(state["envs"], {k[5:]: v for k, v in arrays.items() if k.startswith("envs.")})
+        self.buffer.load_state(load_arrays(ckpt / "replay.safetensors"), state["replay"])
+        self.envs.restore(state["envs"], load_arrays(ckpt / "envs.safetensors"))
         self.step, self.update_debt = state["step"], state["update_debt"]
         self.episodes_done = state["episodes_done"]
         self.last_train_return = state["last_train_return"]
@@ -213,10 +266,19 @@ class Trainer:
                 joint = L.joint(actions)
                 next_stacked = L.stack_obs(res.next_obs)
                 for j in range(cfg.num_envs):
-                    self.buffer.add(j, Transition(
-                        state[j], stacked_obs[:, j], joint[j], float(res.reward[j]), res.next_state[j],
-                        next_stacked[:, j], bool(res.terminated[j]), bool(res.truncated[j]),
-                    ))
+                    self.buffer.add(
+                        j,
+                        Transition(
+                            state[j],
+                            stacked_obs[:, j],
+                            joint[j],
+                            float(res.reward[j]),
+                            res.next_state[j],
+                            next_stacked[:, j],
+                            bool(res.terminated[j]),
+                            bool(res.truncated[j]),
+                        ),
+                    )
                 for _, ret, _ in res.episode_returns:
                     self.episodes_done += 1
                     self.last_train_return = float(ret)
@@ -234,14 +296,18 @@ class Trainer:
                     tick = self.lap("update", tick)
                 logger.advance(self.step, self.algo.num_updates)
 
-                crossed = lambda every: self.step // every > prev_step // every or self.step >= cfg.total_steps
-                if crossed(cfg.eval_every):
-                    record = {"step": self.step, "updates": self.algo.num_updates, "episodes": self.episodes_done,
-                              "train_return_last": self.last_train_return,
-                              **{k: float(v) for k, v in last.items()}, **self.run_evaluation()}
+                if crossed(prev_step, self.step, cfg.eval_every) or self.step >= cfg.total_steps:
+                    record = {
+                        "step": self.step,
+                        "updates": self.algo.num_updates,
+                        "episodes": self.episodes_done,
+                        "train_return_last": self.last_train_return,
+                        **{k: float(v) for k, v in last.items()},
+                        **self.run_evaluation(),
+                    }
                     tick = self.lap("eval", tick)
                     logger.log({**record, **{f"seconds_{k}": v for k, v in self.seconds.items()}})
-                if crossed(cfg.checkpoint_every):
+                if crossed(prev_step, self.step, cfg.checkpoint_every) or self.step >= cfg.total_steps:
                     if self.coverage is not None:  # before the checkpoint: see omad_train/coverage.py
                         self.coverage.save(self.out)
                     self.save()
@@ -253,17 +319,19 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train per `cfg` into run dir `out`; returns the last evaluation record."""
+    """Train per `cfg` into run dir `out`; returns the last evaluation record. With `resume`, `cfg`
+    must equal the run's saved config except a larger `total_steps` and the runtime knobs."""
     out = Path(out)
     resolve_device(cfg.device)  # fail before touching the run dir
+    # Everything a user can get wrong is checked before anything is written.
+    get_spec(cfg.env, cfg.env_options)
+    cfg.value_range(env_family(cfg.env))
     if resume:
-        prepare_run_dir(out, resume=True, overwrite=False)
-        saved = json.loads((out / "config.json").read_text())
-        if saved != cfg.model_dump():  # the device is where this process runs, not part of the run
-            cfg = TrainConfig(**{**saved, "total_steps": cfg.total_steps, "progress": cfg.progress, "device": cfg.device})
-    else:
-        prepare_run_dir(out, resume=False, overwrite=overwrite)
-    trainer = Trainer(cfg, out)
-    if resume:
-        save_config(cfg, out / "config.json")
-    return trainer.train(resume=resume)
+        check_resume(load_run_config(out), cfg)
+    with locked_run_dir(out):
+        if not resume:
+            clear_run_dir(out, overwrite)
+        trainer = Trainer(cfg, out)
+        if resume:
+            save_config(cfg, out / "config.json")
+        return trainer.train(resume=resume)

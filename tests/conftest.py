@@ -6,9 +6,19 @@ from __future__ import annotations
 import pytest
 
 TINY = dict(
-    env="mpe:simple_spread_v3", total_steps=300, learning_starts=100, batch_size=32, eval_every=300,
-    eval_episodes=2, checkpoint_every=300, denoising_steps=4, actor_hidden=[32, 32], critic_hidden=[32, 32],
-    num_atoms=21, progress=False, seed=0,
+    env="mpe:simple_spread_v3",
+    total_steps=300,
+    learning_starts=100,
+    batch_size=32,
+    eval_every=300,
+    eval_episodes=2,
+    checkpoint_every=300,
+    denoising_steps=4,
+    actor_hidden=[32, 32],
+    critic_hidden=[32, 32],
+    num_atoms=21,
+    progress=False,
+    seed=0,
 )
 
 

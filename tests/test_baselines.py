@@ -23,9 +23,13 @@ BASELINES = ("hasac", "hatd3", "omad-gaussian")
 
 def toy_batch(layout, B, rng):
     return ReplaySample(
-        state=torch.randn(B, 4), obs=torch.from_numpy(rng.standard_normal((B, layout.n, layout.obs_max), np.float32)),
-        action=torch.rand(B, layout.joint_dim) * 2 - 1, reward=torch.randn(B), discount=torch.full((B,), 0.99),
-        done=torch.zeros(B), next_state=torch.randn(B, 4),
+        state=torch.randn(B, 4),
+        obs=torch.from_numpy(rng.standard_normal((B, layout.n, layout.obs_max), np.float32)),
+        action=torch.rand(B, layout.joint_dim) * 2 - 1,
+        reward=torch.randn(B),
+        discount=torch.full((B,), 0.99),
+        done=torch.zeros(B),
+        next_state=torch.randn(B, 4),
         next_obs=torch.from_numpy(rng.standard_normal((B, layout.n, layout.obs_max), np.float32)),
     )
 
@@ -33,7 +37,9 @@ def toy_batch(layout, B, rng):
 def test_hasac_agent_sees_the_already_updated_actions_of_the_agents_before_it():
     torch.manual_seed(0)
     layout = AgentLayout(toy_spec([3, 5, 4], [2, 1, 3]))
-    cfg = build_config(dict(env="mpe:simple_spread_v3", algo="hasac", actor_hidden=[16, 16], critic_hidden=[16, 16], lr_actor=1e-2))
+    cfg = build_config(
+        dict(env="mpe:simple_spread_v3", algo="hasac", actor_hidden=[16, 16], critic_hidden=[16, 16], lr_actor=1e-2)
+    )
     algo = HASAC(cfg, layout, 4)
     batch = toy_batch(layout, 8, np.random.default_rng(0))
     before = copy.deepcopy(algo.actors)
@@ -42,7 +48,9 @@ def test_hasac_agent_sees_the_already_updated_actions_of_the_agents_before_it():
     draw, critic, agent_actor = algo.noise, algo.critic.forward, algo.agent_actor
     algo.noise = lambda B: noises.append(draw(B)) or noises[-1]
     algo.critic.forward = lambda s, a: critic_inputs.append(a.detach().clone()) or critic(s, a)
-    algo.agent_actor = lambda i, obs, noise: (order.append(i) if not order or order[-1] != i else None) or agent_actor(i, obs, noise)
+    algo.agent_actor = lambda i, obs, noise: (
+        (order.append(i) if not order or order[-1] != i else None) or agent_actor(i, obs, noise)
+    )
     torch.manual_seed(1)
     algo.update(batch)
 
@@ -78,7 +86,9 @@ def test_hatd3_target_smoothing_is_clipped():
     assert noise.std().item() == pytest.approx(0.2, rel=0.05)
 
     layout = AgentLayout(toy_spec([3, 5], [2, 3]))
-    cfg = build_config(dict(env="mpe:simple_spread_v3", algo="hatd3", actor_hidden=[16, 16], critic_hidden=[16, 16], target_noise=5.0))
+    cfg = build_config(
+        dict(env="mpe:simple_spread_v3", algo="hatd3", actor_hidden=[16, 16], critic_hidden=[16, 16], target_noise=5.0)
+    )
     algo = make_algorithm(cfg, layout, 4, None)
     obs = torch.randn(2, 1000, layout.obs_max)
     with torch.no_grad():
@@ -100,15 +110,37 @@ def test_baseline_learns_the_one_step_bimodal_game(algo_name):
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     layout = AgentLayout(toy_spec([1, 1], [1, 1], state_dim=1))
-    cfg = build_config(dict(env="mpe:simple_spread_v3", algo=algo_name, actor_hidden=[64, 64], critic_hidden=[64, 64],
-                            num_atoms=51, lr_actor=1e-3, lr_critic=1e-3, batch_size=256, policy_delay=1, alpha_init=1e-3))
+    cfg = build_config(
+        dict(
+            env="mpe:simple_spread_v3",
+            algo=algo_name,
+            actor_hidden=[64, 64],
+            critic_hidden=[64, 64],
+            num_atoms=51,
+            lr_actor=1e-3,
+            lr_critic=1e-3,
+            batch_size=256,
+            policy_delay=1,
+            alpha_init=1e-3,
+        )
+    )
     algo = make_algorithm(cfg, layout, 1, (-1.0, 0.5))
     B = 256
     zeros = torch.zeros(B, 2, 1)
     for _ in range(600):
         actions = torch.from_numpy(rng.uniform(-1, 1, (B, 2)).astype(np.float32))
-        algo.update(ReplaySample(state=torch.zeros(B, 1), obs=zeros, action=actions, reward=bimodal_reward(actions),
-                                 discount=torch.ones(B), done=torch.ones(B), next_state=torch.zeros(B, 1), next_obs=zeros))
+        algo.update(
+            ReplaySample(
+                state=torch.zeros(B, 1),
+                obs=zeros,
+                action=actions,
+                reward=bimodal_reward(actions),
+                discount=torch.ones(B),
+                done=torch.ones(B),
+                next_state=torch.zeros(B, 1),
+                next_obs=zeros,
+            )
+        )
     samples = algo.act(np.zeros((2, 4000, 1), np.float32), zero_noise=algo_name == "hatd3")[:, :, 0]
     learned = bimodal_reward(torch.from_numpy(samples.T)).mean().item()
     print(f"{algo_name}: mean reward {learned:.4f}")
@@ -143,9 +175,20 @@ def test_baseline_exports_and_serves_the_trained_policy(baseline_export):
 
 # shared/reference/harl_tuned.md, column "HalfCheetah-2x3 HASAC", transcribed by hand in HARL's names.
 HARL_HALFCHEETAH_2X3_HASAC = {
-    "lr": 1e-3, "critic_lr": 1e-3, "hidden_sizes": [256, 256], "batch_size": 1000, "n_step": 10, "gamma": 0.99,
-    "polyak": 0.005, "auto_alpha": True, "alpha": 0.2, "alpha_lr": 3e-4, "fixed_order": False, "agent_obsk": 0,
-    "warmup_steps": 10_000, "deterministic_eval": True,
+    "lr": 1e-3,
+    "critic_lr": 1e-3,
+    "hidden_sizes": [256, 256],
+    "batch_size": 1000,
+    "n_step": 10,
+    "gamma": 0.99,
+    "polyak": 0.005,
+    "auto_alpha": True,
+    "alpha": 0.2,
+    "alpha_lr": 3e-4,
+    "fixed_order": False,
+    "agent_obsk": 0,
+    "warmup_steps": 10_000,
+    "deterministic_eval": True,
 }
 
 
@@ -156,7 +199,12 @@ def test_halfcheetah_hasac_preset_is_harls_tuned_config():
     cfg = build_config(dict(env="mamujoco:HalfCheetah-2x3", algo="hasac"))
     assert (cfg.lr_actor, cfg.lr_critic, cfg.lr_alpha) == (harl["lr"], harl["critic_lr"], harl["alpha_lr"])
     assert cfg.actor_hidden == cfg.critic_hidden == harl["hidden_sizes"]
-    assert (cfg.batch_size, cfg.n_step, cfg.gamma, cfg.tau) == (harl["batch_size"], harl["n_step"], harl["gamma"], harl["polyak"])
+    assert (cfg.batch_size, cfg.n_step, cfg.gamma, cfg.tau) == (
+        harl["batch_size"],
+        harl["n_step"],
+        harl["gamma"],
+        harl["polyak"],
+    )
     assert cfg.learning_starts == harl["warmup_steps"] and cfg.auto_alpha == harl["auto_alpha"]
     assert cfg.alpha_init == harl["alpha"]
     assert cfg.eval_zero_noise == harl["deterministic_eval"]
@@ -205,8 +253,15 @@ def test_omad_gaussian_targets_the_entropy_level_of_omads_running_cost_budget():
     layout = AgentLayout(toy_spec([3, 5], [2, 3]))
     small = dict(env="mpe:simple_spread_v3", actor_hidden=[8, 8], critic_hidden=[8], denoising_steps=2)
     for s0, budget in ((2.5, 4.0), (1.0, 3.0)):
-        gaussian = OMAD(build_config(dict(small, algo="omad-gaussian", prior_std=s0, cost_budget_per_dim=budget)), layout, 4, (-1, 1))
-        omad = OMAD(build_config(dict(small, algo="omad", prior_std=s0, cost_budget_per_dim=budget)), layout, 4, (-1, 1))
+        gaussian = OMAD(
+            build_config(dict(small, algo="omad-gaussian", prior_std=s0, cost_budget_per_dim=budget)),
+            layout,
+            4,
+            (-1, 1),
+        )
+        omad = OMAD(
+            build_config(dict(small, algo="omad", prior_std=s0, cost_budget_per_dim=budget)), layout, 4, (-1, 1)
+        )
         h_prior = 0.5 * math.log(2 * math.pi * s0**2) + 0.5  # N(0, s0^2) per dim
         assert omad.cost_budget.item() == pytest.approx(5 * budget)
         assert gaussian.cost_budget.item() == pytest.approx(5 * (budget - h_prior), rel=1e-6)

@@ -29,7 +29,9 @@ def caller_job(caller: int, rows: int) -> Job:
 
 
 class GatedModel:
-    """The fake model on the inference thread, with hooks to hold a call and to act while it runs."""
+    """The fake model on the inference thread, with hooks to hold a call and to act while it runs.
+    (A batch of more than one job runs on the thread; a lone job while nothing else waits would run
+    on the event loop, so the held first call carries two callers.)"""
 
     def __init__(self):
         self.calls: list[np.ndarray] = []  # the merged obs of every call
@@ -37,7 +39,7 @@ class GatedModel:
         self.release = threading.Event()
         self.during_call = None  # run on the thread after the output is computed, before returning it
 
-    def __call__(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    def run(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
         self.calls.append(obs.copy())
         self.entered.set()
         assert self.release.wait(WAIT_S), "the test never released the inference call"
@@ -58,9 +60,10 @@ def callers_in(call_obs: np.ndarray) -> list[int]:
 
 @pytest.mark.parametrize("merge", [True, False])
 def test_each_caller_gets_its_own_rows_when_batch_mates_give_up(merge):
-    """Callers 1..5 queue behind a held call. Caller 2 gives up while queued, caller 3 while the call that
-    holds its rows runs; 1, 4 and 5 must each get their own rows, wherever they sit in the batch."""
-    rows = {0: 2, 1: 3, 2: 1, 3: 2, 4: 4, 5: 1}
+    """Callers 1..5 queue behind a held call (of callers 0 and 7). Caller 2 gives up while queued, caller 3
+    while the call that holds its rows runs; 0, 7, 1, 4 and 5 must each get their own rows, wherever they
+    sit in the batch."""
+    rows = {0: 2, 7: 1, 1: 3, 2: 1, 3: 2, 4: 4, 5: 1}
     model = GatedModel()
 
     async def scenario():
@@ -69,7 +72,7 @@ def test_each_caller_gets_its_own_rows_when_batch_mates_give_up(merge):
         batcher.start()
         jobs = {caller: caller_job(caller, n) for caller, n in rows.items()}
         jobs[6] = caller_job(6, 2)  # comes after the others
-        tasks = {0: asyncio.create_task(batcher.submit(jobs[0]))}
+        tasks = {caller: asyncio.create_task(batcher.submit(jobs[caller])) for caller in (0, 7)}  # one loop iteration
         assert await asyncio.to_thread(model.entered.wait, WAIT_S), "the first call never started"
         for caller in range(1, 6):  # queued while call 0 is held, so they share the next call(s)
             tasks[caller] = asyncio.create_task(batcher.submit(jobs[caller]))
@@ -93,9 +96,11 @@ def test_each_caller_gets_its_own_rows_when_batch_mates_give_up(merge):
     jobs, results = asyncio.run(scenario())
 
     assert isinstance(results[2], asyncio.CancelledError) and isinstance(results[3], asyncio.CancelledError)
-    for caller in (0, 1, 4, 5, 6):
+    for caller in (0, 7, 1, 4, 5, 6):
         job = jobs[caller]
-        np.testing.assert_array_equal(results[caller].action, fake_model(job.obs, job.noise), err_msg=f"caller {caller}")
+        np.testing.assert_array_equal(
+            results[caller].action, fake_model(job.obs, job.noise), err_msg=f"caller {caller}"
+        )
     # the scenario happened: caller 3's rows were computed, with a later caller's after them when merged
     calls_with_3 = [callers_in(call) for call in model.calls if 3 in callers_in(call)]
     assert len(calls_with_3) == 1

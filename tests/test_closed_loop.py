@@ -14,8 +14,7 @@ import pytest
 from conftest import tiny_config
 
 from exporters.runtime import read_manifest
-from omad_serve.closed_loop import AgentEndpoint, EvalError, grpc_source, onnx_source, run_eval
-from omad_train.policies import torch_source
+from omad.evaluation import AgentEndpoint, EvalError, grpc_source, onnx_source, run_eval, torch_source
 from omad_serve.config import ServeConfig
 from omad_serve.testing import ServerThread
 
@@ -28,8 +27,14 @@ def cheetah_run(tmp_path_factory):
     from omad_train.trainer import train
 
     root = tmp_path_factory.mktemp("cheetah")
-    cfg = tiny_config(env="mamujoco:HalfCheetah-2x3", env_options=HALF_CHEETAH, total_steps=200, learning_starts=100,
-                      eval_every=200, checkpoint_every=200)
+    cfg = tiny_config(
+        env="mamujoco:HalfCheetah-2x3",
+        env_options=HALF_CHEETAH,
+        total_steps=200,
+        learning_starts=100,
+        eval_every=200,
+        checkpoint_every=200,
+    )
     train(cfg, root / "run")
     export_run(root / "run", root / "export")
     return root / "run", root / "export"
@@ -49,7 +54,9 @@ def three_way(env_id, run_dir, export_dir, options=None, episodes=3, seed=7, zer
     }
     with ExitStack() as stack:
         servers = serve_all(stack, export_dir)
-        reports["grpc"] = run_eval(env_id, grpc_source([s.addr for s in servers]), episodes, seed, zero_noise, options=options)
+        reports["grpc"] = run_eval(
+            env_id, grpc_source([s.addr for s in servers]), episodes, seed, zero_noise, options=options
+        )
     return reports
 
 
@@ -76,7 +83,9 @@ def test_three_sources_agree_on_half_cheetah(cheetah_run):
 
     with ExitStack() as stack:
         servers = serve_all(stack, export_dir)
-        grpc_report = run_eval("mamujoco:HalfCheetah-2x3", grpc_source([s.addr for s in servers]), 3, 7, options=HALF_CHEETAH)
+        grpc_report = run_eval(
+            "mamujoco:HalfCheetah-2x3", grpc_source([s.addr for s in servers]), 3, 7, options=HALF_CHEETAH
+        )
     onnx, reference = onnx_source(export_dir), torch_source(run_dir)
     onnx_act, worst = onnx.act, []
 
@@ -97,7 +106,9 @@ def test_different_seeds_give_different_returns(tiny_export_dir):
     assert a["returns"] != b["returns"]
 
 
-@pytest.mark.parametrize("env_id,which", [("mpe:simple_spread_v3", "mpe"), ("mamujoco:HalfCheetah-2x3", "cheetah")])
+@pytest.mark.parametrize(
+    ("env_id", "which"), [("mpe:simple_spread_v3", "mpe"), ("mamujoco:HalfCheetah-2x3", "cheetah")]
+)
 def test_recording_is_written_and_not_blank(env_id, which, tiny_export_dir, cheetah_run, tmp_path):
     from PIL import Image, ImageSequence
 
@@ -125,21 +136,23 @@ def test_mismatched_served_model_is_refused_before_the_first_step(tiny_export_di
         source = grpc_source([s.addr for s in servers])
         stepped = []
         source.act = lambda *a: stepped.append(1)  # would record any step
-        with pytest.raises(EvalError, match="agent_0 .*trained for env 'mpe:simple_spread_v3', not 'mamujoco:Hopper-3x1'"):
+        with pytest.raises(
+            EvalError, match=r"agent_0 .*trained for env 'mpe:simple_spread_v3', not 'mamujoco:Hopper-3x1'"
+        ):
             run_eval("mamujoco:Hopper-3x1", source, 1, seed=0)  # 3 agents too, other sizes and id
         assert not stepped
         source.close()
 
 
 def test_mismatched_sizes_or_agent_count_are_refused(tiny_export_dir):
-    from omad_train.envs import get_spec
+    from omad_core.envs import get_spec
 
     source = onnx_source(tiny_export_dir)
     with pytest.raises(EvalError, match="4 agents"):
         source.check_against(get_spec("mpe:simple_spread_v3", {"N": 4}))
     spec = get_spec("mpe:simple_spread_v3")
     source.agents[1] = AgentEndpoint("agent_1", 17, 5, 5, "", "x.onnx")
-    with pytest.raises(EvalError, match="agent_1 .*obs/act sizes 17/5, env wants 18/5"):
+    with pytest.raises(EvalError, match=r"agent_1 .*obs/act sizes 17/5, env wants 18/5"):
         source.check_against(spec)
 
 
@@ -165,13 +178,23 @@ def test_server_dying_mid_episode_fails_the_episode_without_hanging(tiny_export_
 
 
 def omad(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "omad_train.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "omad", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
 
 
 def test_cli_reports_and_writes_json(tiny_export_dir, tmp_path):
-    proc = omad("eval", "--env", "mpe:simple_spread_v3", "--export-dir", str(tiny_export_dir), "--episodes", "2",
-                "--json", str(tmp_path / "r.json"))
+    proc = omad(
+        "eval",
+        "--env",
+        "mpe:simple_spread_v3",
+        "--export-dir",
+        str(tiny_export_dir),
+        "--episodes",
+        "2",
+        "--json",
+        str(tmp_path / "r.json"),
+    )
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "return" in out and "p99" in out
@@ -182,8 +205,10 @@ def test_cli_reports_and_writes_json(tiny_export_dir, tmp_path):
 
 
 def test_cli_unreachable_server_exits_nonzero_with_one_line():
-    proc = omad("eval", "--env", "mpe:simple_spread_v3", "--servers", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "--timeout-s", "1")
-    out, err = proc.communicate(timeout=60)
+    proc = omad(
+        "eval", "--env", "mpe:simple_spread_v3", "--servers", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "--timeout-s", "1"
+    )
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "127.0.0.1:1" in err and "Traceback" not in err
 
 
@@ -191,5 +216,5 @@ def test_ctrl_c_stops_cleanly(tiny_export_dir):
     proc = omad("eval", "--env", "mpe:simple_spread_v3", "--export-dir", str(tiny_export_dir), "--episodes", "5000")
     time.sleep(6)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err

@@ -45,9 +45,19 @@ def test_only_ant_envs_record():
     assert not records_coverage("mamujoco:HalfCheetah-2x3") and not records_coverage("mpe:simple_spread_v3")
 
 
-ANT = dict(env="mamujoco:Ant-2x4", env_options={"max_episode_steps": 50}, learning_starts=150, batch_size=32,
-           eval_every=200, eval_episodes=1, checkpoint_every=100, denoising_steps=2, actor_hidden=[16, 16],
-           critic_hidden=[16, 16], num_atoms=11)
+ANT = dict(
+    env="mamujoco:Ant-2x4",
+    env_options={"max_episode_steps": 50},
+    learning_starts=150,
+    batch_size=32,
+    eval_every=200,
+    eval_episodes=1,
+    checkpoint_every=100,
+    denoising_steps=2,
+    actor_hidden=[16, 16],
+    critic_hidden=[16, 16],
+    num_atoms=11,
+)
 
 
 def test_ant_run_writes_coverage_that_survives_resume(tmp_path):
@@ -67,4 +77,3 @@ def test_ant_run_writes_coverage_that_survives_resume(tmp_path):
     after = json.loads((resumed / "coverage.json").read_text())
     assert after["steps"] == 200 and after["outside"] == cov["outside"]
     assert sorted(after["visited_cells"]) == sorted(cov["visited_cells"] + [[0, 0]])
-

@@ -53,7 +53,7 @@ def pip_install_args(dockerfile_text: str) -> list[str]:
 
 
 def test_dockerfile_invariants(dockerfile):
-    build, final = stages(dockerfile)[0], stages(dockerfile)[-1]
+    final = stages(dockerfile)[-1]
     assert len(stages(dockerfile)) >= 2, "multi-stage"
     final_keys = dict(final)
     assert "COPY" in final_keys and "--from=build" in final_keys["COPY"], "the final stage copies the built venv"
@@ -71,10 +71,55 @@ def test_dockerfile_invariants(dockerfile):
     assert args[args.index("-c") + 1] == "constraints.txt", "pinned versions"
     targets = [a for a in args if a.startswith(".")]
     assert targets == [".[cpu]"], "the package with the cpu extra only (no train extra: no torch)"
-    for keyword, args_text in build:
-        if keyword == "COPY":
-            for source in shlex.split(args_text)[:-1]:
-                assert (REPO / source).exists(), f"COPY source {source} is missing"
+    for source in copied_sources(dockerfile):
+        assert (REPO / source).exists(), f"COPY source {source} is missing"
+
+
+def copied_sources(dockerfile_text: str) -> list[str]:
+    """Every source path the build stage copies, as written in the Dockerfile."""
+    return [
+        source for keyword, args in stages(dockerfile_text)[0] if keyword == "COPY" for source in shlex.split(args)[:-1]
+    ]
+
+
+def image_python_files(dockerfile_text: str) -> set[str]:
+    files: set[str] = set()
+    for source in copied_sources(dockerfile_text):
+        path = REPO / source
+        found = path.rglob("*.py") if path.is_dir() else [path] if path.suffix == ".py" else []
+        files.update(p.relative_to(REPO).as_posix() for p in found if "__pycache__" not in p.parts)
+    return files
+
+
+# In the image but not imported by a server: the stub compiler (`python -m omad_serve.protogen`) and
+# the in-process server thread for tests and notebooks. Both are small and torch-free.
+NOT_IMPORTED_BY_THE_SERVER = {"omad_serve/protogen.py", "omad_serve/testing.py"}
+
+
+def test_image_holds_exactly_what_the_server_imports(dockerfile):
+    """The serving commands' first-party imports (`omad serve` one agent or an export dir, `omad
+    health`) are all in the image, and the image holds nothing else of the repository's packages."""
+    code = (
+        "import json, sys\n"
+        "import omad.cli\n"
+        "omad.cli.build_parser('serve'); omad.cli.build_parser('health')\n"
+        "import omad_serve.server, omad_serve.launcher, omad_serve.client\n"
+        "files = [m.__file__ for name, m in list(sys.modules.items()) if getattr(m, '__file__', None)]\n"
+        "print(json.dumps(files))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    imported = {Path(f).resolve() for f in json.loads(out.stdout)}
+    imported = {p.relative_to(REPO).as_posix() for p in imported if p.is_relative_to(REPO)}
+    from omad_serve.launcher import server_argv
+
+    assert server_argv(Path("a.onnx"), 1, {}, 0)[1:3] == ["-m", "omad"]  # the launcher runs omad/__main__.py
+    imported.add("omad/__main__.py")
+    image = image_python_files(dockerfile)
+    assert imported - image == set(), "imported by the server but missing from the image"
+    assert image - imported == NOT_IMPORTED_BY_THE_SERVER, "in the image but not imported by the server"
+    assert not any(f.startswith("omad_train/") or f.endswith("onnx_export.py") for f in image)
 
 
 def test_serving_dependencies_have_no_torch():
@@ -92,23 +137,26 @@ def test_image_install_step_in_a_fresh_venv(tmp_path, dockerfile, tiny_export_di
     """Replay the build stage: copy what it copies, run its pip install, then serve without torch."""
     src = tmp_path / "src"
     src.mkdir()
-    for keyword, args_text in stages(dockerfile)[0]:
-        if keyword == "COPY":
-            for source in shlex.split(args_text)[:-1]:
-                path = REPO / source
-                if path.is_dir():
-                    shutil.copytree(path, src / source, ignore=shutil.ignore_patterns("__pycache__"))
-                else:
-                    shutil.copy(path, src / source)
+    for source in copied_sources(dockerfile):
+        path = REPO / source
+        if path.is_dir():
+            shutil.copytree(path, src / source, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (src / source).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, src / source)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python, omad = venv / "bin" / "python", venv / "bin" / "omad"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *pip_install_args(dockerfile)], cwd=src, check=True, timeout=600)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", *pip_install_args(dockerfile)], cwd=src, check=True, timeout=600
+    )
 
     no_torch = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
     subprocess.run([str(python), "-c", no_torch], check=True, timeout=60)
     subprocess.run([str(omad), "health", "--help"], check=True, capture_output=True, timeout=60)
-    subprocess.run([str(python), "-c", "import omad_serve.server, omad_serve.client"], check=True, cwd=tmp_path, timeout=60)
+    subprocess.run(
+        [str(python), "-c", "import omad_serve.server, omad_serve.client"], check=True, cwd=tmp_path, timeout=60
+    )
 
     from exporters.runtime import OnnxPolicy, read_manifest
     from omad_serve.client import PolicyClient, wait_until_serving
@@ -116,8 +164,12 @@ def test_image_install_step_in_a_fresh_venv(tmp_path, dockerfile, tiny_export_di
 
     model = Path(tiny_export_dir) / read_manifest(tiny_export_dir)["agents"][0]["file"]
     port = pick_ports("127.0.0.1", 0, 1)[0]
-    server = subprocess.Popen([str(omad), "serve", "--model", str(model), "--port", str(port)], cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [str(omad), "serve", "--model", str(model), "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         addr = f"127.0.0.1:{port}"
         wait_until_serving(addr, timeout_s=60)
@@ -125,7 +177,7 @@ def test_image_install_step_in_a_fresh_venv(tmp_path, dockerfile, tiny_export_di
         policy = OnnxPolicy(model)
         obs = np.ones((2, policy.info.obs_dim), np.float32)
         with PolicyClient(addr) as client:
-            np.testing.assert_allclose(client.act(obs, seed=3)[0], policy.act(obs, seed=3), atol=1e-6)
+            np.testing.assert_allclose(client.act(obs, seed=3), policy.act(obs, seed=3), atol=1e-6)
         server.terminate()
         assert server.wait(timeout=30) == 0
     finally:

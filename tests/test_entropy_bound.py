@@ -111,7 +111,7 @@ def test_gaussian_log_prob_is_the_change_of_variables(bounds):
         actors.mu.weight.zero_()
         actors.log_std.weight.zero_()
         actors.mu.bias.copy_(torch.tensor(mu).view(1, 1, D_A))
-        assert LOG_STD_MIN < np.log(sigma).min() and np.log(sigma).max() < LOG_STD_MAX
+        assert np.log(sigma).min() > LOG_STD_MIN and np.log(sigma).max() < LOG_STD_MAX
         actors.log_std.bias.copy_(torch.tensor(np.log(sigma)).view(1, 1, D_A))
     noise = torch.randn(1, 1, 500, D_A, generator=torch.Generator().manual_seed(1)) * 1.5  # reaches the tails
     with torch.no_grad():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omad_train.envs import (
+from omad_core.envs import (
     ENV_IDS,
     EnvSpec,
     UnknownEnvError,
@@ -22,8 +22,8 @@ from omad_train.envs import (
     get_spec,
     make_env,
 )
-from omad_train.envs.adapter import episode_end_flags
-from omad_train.envs.scripted import adversary_to_landmark_nearest_good_agent
+from omad_core.envs.adapter import episode_end_flags
+from omad_core.envs.scripted import adversary_to_landmark_nearest_good_agent
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def run_episode(env_id, options, seed, num_steps, action_seed=0):
     return trace
 
 
-@pytest.mark.parametrize("env_id,options", ENV_CASES, ids=CASE_IDS)
+@pytest.mark.parametrize(("env_id", "options"), ENV_CASES, ids=CASE_IDS)
 def test_spec_matches_arrays_and_random_steps_work(env_id, options):
     env = make_env(env_id, options)
     spec = env.spec
@@ -112,7 +112,7 @@ def make_raw_mamujoco(scenario, partition):
 
 
 @pytest.mark.parametrize(
-    "env_id,make_raw",
+    ("env_id", "make_raw"),
     [
         ("mpe:simple_spread_v3", lambda: make_raw_mpe("simple_spread_v3", N=3)),
         ("mpe:simple_adversary_v3", lambda: make_raw_mpe("simple_adversary_v3")),
@@ -121,7 +121,7 @@ def make_raw_mamujoco(scenario, partition):
 )
 def test_team_reward_is_mean_of_team_agents_raw_rewards(env_id, make_raw):
     env, raw = make_env(env_id), make_raw()
-    obs, _ = env.reset(seed=3)
+    _obs, _ = env.reset(seed=3)
     raw_obs, _ = raw.reset(seed=3)
     rng = np.random.default_rng(0)
     for _ in range(10):
@@ -141,7 +141,7 @@ def test_team_reward_is_mean_of_team_agents_raw_rewards(env_id, make_raw):
     raw.close()
 
 
-@pytest.mark.parametrize("env_id,options", ENV_CASES, ids=CASE_IDS)
+@pytest.mark.parametrize(("env_id", "options"), ENV_CASES, ids=CASE_IDS)
 def test_same_seed_and_actions_reproduce_the_episode(env_id, options):
     first, second = run_episode(env_id, options, 7, 10), run_episode(env_id, options, 7, 10)
     assert len(first) == len(second)
@@ -159,7 +159,7 @@ def test_actions_are_clipped_before_reaching_the_env():
         env = make_env(env_id)
         sent = []
         raw_step = env._env.step
-        env._env.step = lambda actions: (sent.append(actions), raw_step(actions))[1]
+        env._env.step = lambda actions: (sent.append(actions), raw_step(actions))[1]  # noqa: B023 - this iteration's
         env.reset(seed=0)
         rng = np.random.default_rng(0)
         env.step([rng.uniform(-5.0, 5.0, a.act_dim) for a in env.spec.agents])
@@ -196,7 +196,7 @@ def test_mujoco_fall_is_termination_not_truncation():
     env = make_env("mamujoco:Hopper-3x1")
     env.reset(seed=0)
     rng = np.random.default_rng(0)
-    for step in range(1, 1001):
+    for step in range(1, 1001):  # noqa: B007 - read after the loop
         result = env.step([rng.uniform(-1, 1, a.act_dim) for a in env.spec.agents])
         if result.terminated or result.truncated:
             break
@@ -278,7 +278,7 @@ def test_vec_env_is_reproducible_across_auto_resets():
 
 def test_import_is_torch_free_and_lazy():
     code = (
-        "import sys, omad_train.envs\n"
+        "import sys, omad_core.envs\n"
         "heavy = ('torch', 'mujoco', 'mpe2', 'gymnasium_robotics')\n"
         "heavy = [m for m in heavy if m in sys.modules]\n"
         "assert not heavy, heavy\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -15,10 +16,9 @@ from exporters import onnx_export
 from exporters.onnx_export import ExportError, export_policy, export_run, forbidden_ops
 from exporters.runtime import load_export
 from exporters.schema import ACTION_OUTPUT, MANIFEST_NAME, NOISE_LAYOUT, metadata_key
-from omad_train.actors import AgentPolicy
+from omad.cli import main as omad_main
 from omad_train.checkpoint import latest_checkpoint, sha256_file
-from omad_train.cli import main as omad_main
-from omad_train.policies import load_policies, load_spec
+from omad_train.policies import AgentPolicy, load_policies, load_spec
 
 TOLERANCE = 1e-5
 
@@ -45,7 +45,7 @@ def test_manifest_lists_agents_in_env_order_with_file_hashes(tiny_run_dir, tiny_
     spec = load_spec(tiny_run_dir)
     manifest = json.loads((tiny_export_dir / MANIFEST_NAME).read_text())
     assert [entry["agent"] for entry in manifest["agents"]] == spec.agent_names
-    assert manifest["env_id"] == "mpe:simple_spread_v3" and manifest["format_version"] == 1
+    assert manifest["env_id"] == "mpe:simple_spread_v3" and manifest["format_version"] == 2
     for entry in manifest["agents"]:
         assert entry["file"] == entry["agent"] + ".onnx"
         assert entry["sha256"] == sha256_file(tiny_export_dir / entry["file"])
@@ -58,7 +58,7 @@ def test_metadata_holds_what_a_server_needs(tiny_run_dir, tiny_export_dir):
     for agent in spec.agents:
         model = onnx.load(tiny_export_dir / f"{agent.name}.onnx")
         props = {p.key: p.value for p in model.metadata_props}
-        assert props[metadata_key("format_version")] == "1"
+        assert props[metadata_key("format_version")] == "2"
         assert props[metadata_key("agent")] == agent.name
         assert json.loads(props[metadata_key("obs_dim")]) == agent.obs_dim
         assert json.loads(props[metadata_key("act_dim")]) == agent.act_dim
@@ -73,7 +73,47 @@ def test_metadata_holds_what_a_server_needs(tiny_run_dir, tiny_export_dir):
         assert props[metadata_key("source_run")] == str(tiny_run_dir.resolve())
         assert props[metadata_key("source_checkpoint")] == checkpoint.name
         weights = checkpoint / "actors" / f"{agent.name}.safetensors"
-        assert props[metadata_key("weights_sha256")] == sha256_file(weights)
+        assert props[metadata_key("checkpoint_sha256")] == sha256_file(weights)
+        del model.metadata_props[:]  # weights_sha256: the file without its metadata (tests/test_runtime.py)
+        assert props[metadata_key("weights_sha256")] == hashlib.sha256(model.SerializeToString()).hexdigest()
+
+
+def test_matmul_weights_are_2d_so_rows_do_not_depend_on_the_batch(tiny_export_dir):
+    """ONNX Runtime prepacks only 2-D constant MatMul weights; packed, every row is computed the same
+    way whatever the batch (README, "Merged batches")."""
+    for path in sorted(tiny_export_dir.glob("*.onnx")):
+        graph = onnx.load(path).graph
+        weights = {t.name: list(t.dims) for t in graph.initializer}
+        matmuls = [node for node in graph.node if node.op_type == "MatMul"]
+        assert matmuls
+        for node in matmuls:
+            assert len(weights[node.input[1]]) == 2, (path.name, node.input[1], weights[node.input[1]])
+
+
+def test_prepackable_rewrite_keeps_the_function():
+    """A 3-D [1, K, N] weight against a rank-3 input becomes [K, N]; a rank-2 input keeps it (shapes differ)."""
+    h, rng = onnx.helper, np.random.default_rng(0)
+    w3, w2 = rng.standard_normal((1, 4, 3), dtype=np.float32), rng.standard_normal((1, 3, 2), dtype=np.float32)
+    graph = h.make_graph(
+        [h.make_node("MatMul", ["a", "w3"], ["y"]), h.make_node("MatMul", ["b", "w2"], ["z"])],
+        "g",
+        [
+            h.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, "n", 4]),
+            h.make_tensor_value_info("b", onnx.TensorProto.FLOAT, ["n", 3]),
+        ],
+        [
+            h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None),
+            h.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None),
+        ],
+        [onnx.numpy_helper.from_array(w3, "w3"), onnx.numpy_helper.from_array(w2, "w2")],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+    assert onnx_export.prepackable_matmul_weights(model) == 1
+    assert {t.name: list(t.dims) for t in model.graph.initializer} == {"w3": [4, 3], "w2": [1, 3, 2]}
+    a, b = rng.standard_normal((1, 5, 4), dtype=np.float32), rng.standard_normal((5, 3), dtype=np.float32)
+    y, z = ReferenceEvaluator(model).run(None, {"a": a, "b": b})
+    np.testing.assert_allclose(y, a @ w3, rtol=1e-6)
+    assert z.shape == (1, 5, 2)
 
 
 def test_graph_signature_has_a_dynamic_batch(tiny_export_dir, torch_policies):
@@ -108,7 +148,9 @@ def test_forbidden_op_finder_sees_nested_graphs():
     body = h.make_graph([noise], "body", [], [h.make_tensor_value_info("r", onnx.TensorProto.FLOAT, [1])])
     branch = h.make_node("If", ["c"], ["y"], then_branch=body, else_branch=body)
     graph = h.make_graph(
-        [branch], "g", [h.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+        [branch],
+        "g",
+        [h.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
     )
     assert forbidden_ops(h.make_model(graph)) == ["If", "RandomNormal"]
@@ -165,14 +207,30 @@ def test_cli_export_with_triton_repository(tiny_run_dir, tmp_path, capsys):
     report = capsys.readouterr().out
     assert "max err B=1" in report and "max err B=64" in report and report.count(" ok ") == 3
 
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
     for entry in json.loads((out / MANIFEST_NAME).read_text())["agents"]:
         model_dir = out / "triton" / entry["agent"]
-        assert (model_dir / "1" / "model.onnx").read_bytes() == (out / entry["file"]).read_bytes()
         config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-        assert config.name == entry["agent"] and config.backend == "onnxruntime" and config.max_batch_size == 0
+        assert config.name == entry["agent"] and config.backend == "onnxruntime"
+        # Triton batches on axis 0: dims leave the batch out, and its dynamic batcher is on
+        assert config.max_batch_size > 0 and config.HasField("dynamic_batching")
         shapes = {t.name: list(t.dims) for t in [*config.input, *config.output]}
-        assert shapes == {"obs": [-1, entry["obs_dim"]], "noise": [5, -1, 5], "action": [-1, 5]}
+        assert shapes == {"obs": [entry["obs_dim"]], "noise": [5, 5], "action": [5]}
         assert all(t.data_type == model_config_pb2.TYPE_FP32 for t in [*config.input, *config.output])
+
+        # the batch-major graph computes the standard one's actions from the same (transposed) noise
+        batch_major = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+        inputs = {i.name: i.shape for i in batch_major.get_inputs()}
+        assert inputs["noise"][1:] == [5, 5] and isinstance(inputs["noise"][0], str)
+        standard = load_export(out)[entry["agent"]]
+        obs = rng.standard_normal((7, entry["obs_dim"]), dtype=np.float32)
+        noise = rng.standard_normal((5, 7, 5), dtype=np.float32)
+        (actions,) = batch_major.run(["action"], {"obs": obs, "noise": np.ascontiguousarray(noise.transpose(1, 0, 2))})
+        np.testing.assert_array_equal(actions, standard.act(obs, noise))
+        props = {p.key: p.value for p in onnx.load(model_dir / "1" / "model.onnx").metadata_props}
+        assert "[B, K+1, d_a]" in props[metadata_key("noise_layout")]
 
     # an existing export is kept unless --overwrite, and then replaced
     assert omad_main(["export", str(tiny_run_dir), "--out", str(out)]) == 2
@@ -227,13 +285,19 @@ def test_unsupported_opset_is_refused_not_silently_changed(tiny_run_dir, tmp_pat
 
 # -- the parity gate with non-finite errors -----------------------------------------------------
 def small_policy() -> AgentPolicy:
-    hparams = {"obs_dims": [3], "act_dims": [2], "action_low": [[0.0, -0.4]], "action_high": [[1.0, 0.4]],
-               "hidden": [8], "denoising_steps": 2}
+    hparams = {
+        "obs_dims": [3],
+        "act_dims": [2],
+        "action_low": [[0.0, -0.4]],
+        "action_high": [[1.0, 0.4]],
+        "hidden": [8],
+        "denoising_steps": 2,
+    }
     return AgentPolicy("agent_0", hparams, "diffusion").eval()
 
 
 def export_small(policy, path):
-    return export_policy(policy, path, env_id="test", algo="omad", source_run="test", weights_sha256="0" * 64)
+    return export_policy(policy, path, env_id="test", algo="omad", source_run="test", checkpoint_sha256="0" * 64)
 
 
 def test_export_refuses_a_policy_that_outputs_nan(tmp_path):

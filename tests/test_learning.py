@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import tiny_config
 
-from omad_train.evaluation import random_baseline
+from omad_core.rollout import random_baseline
 from omad_train.trainer import train
 
 
@@ -13,8 +13,17 @@ from omad_train.trainer import train
 @pytest.mark.parametrize("algo", ["omad", "hasac", "hatd3", "omad-gaussian"])
 def test_cooperative_navigation_beats_the_random_policy(tmp_path, algo):
     cfg = tiny_config(
-        algo=algo, total_steps=8000, learning_starts=1000, batch_size=128, eval_every=2000, eval_episodes=10,
-        checkpoint_every=8000, denoising_steps=4, actor_hidden=[128, 128], critic_hidden=[128, 128], num_atoms=51,
+        algo=algo,
+        total_steps=8000,
+        learning_starts=1000,
+        batch_size=128,
+        eval_every=2000,
+        eval_episodes=10,
+        checkpoint_every=8000,
+        denoising_steps=4,
+        actor_hidden=[128, 128],
+        critic_hidden=[128, 128],
+        num_atoms=51,
     )
     train(cfg, tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import time
+import types
 import warnings
 from collections import namedtuple
 
@@ -22,21 +23,33 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from test_batching import GatedModel, caller_job, callers_in, fake_model
-from test_update_math import ACT_DIMS, DONE, JOINT_HIGH, JOINT_LOW, LAYOUT, fix_noise, joint_of, make_algo, make_batch, perturb
+from test_update_math import (
+    ACT_DIMS,
+    DONE,
+    JOINT_HIGH,
+    JOINT_LOW,
+    LAYOUT,
+    fix_noise,
+    joint_of,
+    make_algo,
+    make_batch,
+    perturb,
+)
 
 from exporters.runtime import OnnxPolicy, RuntimeModelError
-from exporters.schema import EXPORT_FORMAT_VERSION, ModelInfo, encode_metadata
+from exporters.schema import EXPORT_FORMAT_VERSION, ModelInfo, encode_metadata, weights_sha256
+from omad_core.envs.base import AgentSpec, EnvSpec
 from omad_serve._generated import grpc_service_pb2, policy_pb2
 from omad_serve.batching import BatcherClosed, Job, MicroBatcher
 from omad_serve.security import UNAUTHENTICATED_MESSAGE, BearerTokenInterceptor
 from omad_serve.tensors import MAX_DIM, MAX_RANK, TensorError, decode_float32, from_tensor, to_tensor
-from omad_train.actors import LOG_STD_MAX, LOG_STD_MIN, AgentPolicy, GaussianActors, PerAgentActors
+from omad_train.actors import LOG_STD_MAX, LOG_STD_MIN, GaussianActors, PerAgentActors
 from omad_train.algos import make_algorithm
 from omad_train.algos.common import clip_grad_norm_per_agent
 from omad_train.config import build_config
 from omad_train.critic import CategoricalCritic, TwinQCritic, project_distribution
-from omad_train.envs.base import AgentSpec, EnvSpec
 from omad_train.layout import AgentLayout
+from omad_train.policies import AgentPolicy
 from omad_train.replay import ReplayBuffer, ReplaySample, Transition
 
 # ---- request validation: OnnxPolicy on a graph computing action = obs @ W + sum_k noise[k] ---------
@@ -67,9 +80,19 @@ def policy(tmp_path_factory) -> OnnxPolicy:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     info = ModelInfo(
-        agent="agent_0", obs_dim=D_O, act_dim=D_A, denoising_steps=K, noise_steps=K + 1, action_low=(0.0, -0.4),
-        action_high=(1.0, 0.4), env_id="hand-built", algo="omad", sha256="", weights_sha256="0" * 64,
-        format_version=EXPORT_FORMAT_VERSION, source_run="hand-built",
+        agent="agent_0",
+        obs_dim=D_O,
+        act_dim=D_A,
+        denoising_steps=K,
+        noise_steps=K + 1,
+        action_low=(0.0, -0.4),
+        action_high=(1.0, 0.4),
+        env_id="hand-built",
+        algo="omad",
+        sha256="",
+        weights_sha256=weights_sha256(model.SerializeToString()),  # every load checks the graph against it
+        format_version=EXPORT_FORMAT_VERSION,
+        source_run="hand-built",
     )
     helper.set_model_props(model, encode_metadata(info))
     path = tmp_path_factory.mktemp("hand_built") / "agent_0.onnx"
@@ -116,8 +139,12 @@ def test_one_observation_is_a_batch_of_one(policy):
 
 
 def test_validate_returns_contiguous_float32_of_any_real_dtype(policy):
-    for obs in (obs_batch(2).astype(np.float64).tolist(), np.arange(6, dtype=np.int64).reshape(2, 3),
-                np.arange(6, dtype=np.uint8).reshape(2, 3), np.asfortranarray(obs_batch(2).astype(np.float64))):
+    for obs in (
+        obs_batch(2).astype(np.float64).tolist(),
+        np.arange(6, dtype=np.int64).reshape(2, 3),
+        np.arange(6, dtype=np.uint8).reshape(2, 3),
+        np.asfortranarray(obs_batch(2).astype(np.float64)),
+    ):
         checked, noise = policy.validate(obs)
         assert checked.dtype == np.float32 and checked.flags.c_contiguous and noise is None
         np.testing.assert_array_equal(checked, np.asarray(obs, np.float32))
@@ -126,9 +153,12 @@ def test_validate_returns_contiguous_float32_of_any_real_dtype(policy):
 
 
 @pytest.mark.parametrize(
-    "obs, message",
+    ("obs", "message"),
     [
-        (np.zeros((2, D_O + 1)), rf"agent_0: obs must have shape \[B, {D_O}\] \(or \[{D_O}\] for one observation\), got \[2, {D_O + 1}\]"),
+        (
+            np.zeros((2, D_O + 1)),
+            rf"agent_0: obs must have shape \[B, {D_O}\] \(or \[{D_O}\] for one observation\), got \[2, {D_O + 1}\]",
+        ),
         (np.zeros((2, D_O - 1)), rf"got \[2, {D_O - 1}\]"),
         (np.zeros((1, 2, D_O)), rf"got \[1, 2, {D_O}\]"),
         (np.float32(1.0), r"got \[1, 1\]"),  # a scalar is one observation of one value
@@ -137,7 +167,10 @@ def test_validate_returns_contiguous_float32_of_any_real_dtype(policy):
         (np.array([[1j] * D_O]), "must be numeric, got dtype complex128"),
         (np.array([["a"] * D_O]), "must be numeric"),
         ([[0.0] * D_O, [0.0]], "agent_0: obs: not a numeric array"),
-        (np.full((1, D_O), 1e39), r"agent_0: obs: contains NaN or inf \(or values beyond float32\) at indices \[\[0, 0\], \[0, 1\], \[0, 2\]\]"),
+        (
+            np.full((1, D_O), 1e39),
+            r"agent_0: obs: contains NaN or inf \(or values beyond float32\) at indices \[\[0, 0\], \[0, 1\], \[0, 2\]\]",
+        ),
     ],
 )
 def test_bad_obs_is_refused_with_what_to_fix(policy, obs, message):
@@ -148,7 +181,9 @@ def test_bad_obs_is_refused_with_what_to_fix(policy, obs, message):
 def test_non_finite_values_are_located_by_their_first_three_indices(policy):
     obs = obs_batch(4)
     obs[0, 1], obs[2, 0], obs[2, 2], obs[3, 1] = np.nan, np.inf, -np.inf, np.nan
-    with pytest.raises(RuntimeModelError, match=r"obs: contains NaN or inf .* at indices \[\[0, 1\], \[2, 0\], \[2, 2\]\]$"):
+    with pytest.raises(
+        RuntimeModelError, match=r"obs: contains NaN or inf .* at indices \[\[0, 1\], \[2, 0\], \[2, 2\]\]$"
+    ):
         policy.validate(obs)
     noise = np.zeros((K + 1, 4, D_A), np.float32)
     noise[K, 3, 1] = np.nan
@@ -156,7 +191,9 @@ def test_non_finite_values_are_located_by_their_first_three_indices(policy):
         policy.validate(obs_batch(4), noise)
 
 
-@pytest.mark.parametrize("shape", [(K, 2, D_A), (K + 2, 2, D_A), (K + 1, 3, D_A), (K + 1, 1, D_A), (K + 1, 2, D_A + 1), (K + 1, 2 * D_A)])
+@pytest.mark.parametrize(
+    "shape", [(K, 2, D_A), (K + 2, 2, D_A), (K + 1, 3, D_A), (K + 1, 1, D_A), (K + 1, 2, D_A + 1), (K + 1, 2 * D_A)]
+)
 def test_noise_of_the_wrong_shape_is_refused(policy, shape):
     message = f"agent_0: noise must have shape [K+1, B, d_a] = [{K + 1}, 2, {D_A}], got {list(shape)}"
     with pytest.raises(RuntimeModelError, match=re.escape(message)):
@@ -168,9 +205,9 @@ def test_noise_of_the_wrong_shape_is_refused(policy, shape):
 def test_noise_options_exclude_each_other(policy):
     obs, noise = obs_batch(2), np.zeros((K + 1, 2, D_A), np.float32)
     for kwargs in (dict(seed=1), dict(zero_noise=True), dict(seed=0, zero_noise=True)):
-        with pytest.raises(RuntimeModelError, match="agent_0: give noise, or seed / zero_noise to make it, not both"):
+        with pytest.raises(RuntimeModelError, match="agent_0: give at most one of noise, seed and zero_noise"):
             policy.act(obs, noise, **kwargs)
-    with pytest.raises(RuntimeModelError, match="agent_0: seed and zero_noise exclude each other"):
+    with pytest.raises(RuntimeModelError, match="agent_0: give at most one of noise, seed and zero_noise"):
         policy.act(obs, seed=0, zero_noise=True)
     for seed in (-1, "x"):
         with pytest.raises(RuntimeModelError, match=rf"agent_0: bad seed {seed!r} \("):
@@ -197,12 +234,17 @@ def test_decode_checks_rank_dimensions_and_byte_length():
         decode_float32(b"", (0,) * (MAX_RANK + 1), "obs")
     assert decode_float32(b"", (0, MAX_DIM), "obs").shape == (0, MAX_DIM)
     for shape in ((0, MAX_DIM + 1), (-1, 2), (2, -1)):
-        with pytest.raises(TensorError, match=re.escape(f"noise: shape {list(shape)} has a dimension below 0 or above {MAX_DIM}")):
+        with pytest.raises(
+            TensorError, match=re.escape(f"noise: shape {list(shape)} has a dimension below 0 or above {MAX_DIM}")
+        ):
             decode_float32(b"", shape, "noise")
     data = np.array([1.5, -2.0, 3.0, 0.25, 8.0, -1.0], "<f4").tobytes()
     np.testing.assert_array_equal(decode_float32(data, (2, 3), "obs"), [[1.5, -2.0, 3.0], [0.25, 8.0, -1.0]])
     for shape, got in (((2, 2), 24), ((7,), 24)):
-        with pytest.raises(TensorError, match=rf"^obs: shape \[.*\] needs {4 * int(np.prod(shape))} bytes of little-endian float32, got {got} bytes$"):
+        with pytest.raises(
+            TensorError,
+            match=rf"^obs: shape \[.*\] needs {4 * int(np.prod(shape))} bytes of little-endian float32, got {got} bytes$",
+        ):
             decode_float32(data, shape, "obs")
     assert decode_float32(b"\x00\x00\x80\x3f", (), "obs") == 1.0  # rank 0: one value
 
@@ -221,7 +263,7 @@ def every_method() -> list[tuple[str, bool, bool]]:
         for service in module.DESCRIPTOR.services_by_name.values()
         for m in service.methods
     ]
-    return methods + [("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", True, True)]
+    return [*methods, ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", True, True)]
 
 
 def handler_for(request_streaming: bool, response_streaming: bool) -> grpc.RpcMethodHandler:
@@ -285,7 +327,7 @@ BAD_METADATA = [
 ]
 
 
-@pytest.mark.parametrize("method, request_streaming, response_streaming", every_method())
+@pytest.mark.parametrize(("method", "request_streaming", "response_streaming"), every_method())
 def test_every_rpc_but_health_needs_the_token(method, request_streaming, response_streaming):
     handler = handler_for(request_streaming, response_streaming)
     for metadata in BAD_METADATA:
@@ -294,7 +336,10 @@ def test_every_rpc_but_health_needs_the_token(method, request_streaming, respons
         assert denying is not handler and rejected == [method], (method, metadata)
         assert (denying.request_streaming, denying.response_streaming) == (request_streaming, response_streaming)
         assert refused(denying) == (grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
-    for metadata in ((("authorization", f"Bearer {TOKEN}"),), (("x-other", "1"), ("authorization", f"Bearer {TOKEN}".encode()))):
+    for metadata in (
+        (("authorization", f"Bearer {TOKEN}"),),
+        (("x-other", "1"), ("authorization", f"Bearer {TOKEN}".encode())),
+    ):
         rejected = []
         assert intercept(method, metadata, handler, rejected) is handler and rejected == []
 
@@ -348,7 +393,9 @@ def test_categorical_critic_is_a_layer_normed_relu_mlp_per_head_and_q_is_the_mea
         np.testing.assert_allclose(logits[head].detach().numpy(), by_hand, rtol=1e-4, atol=1e-4)
         probs = np.exp(by_hand - by_hand.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
-        np.testing.assert_allclose(critic.q_values(state, action)[head].detach().numpy(), probs @ atoms, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            critic.q_values(state, action)[head].detach().numpy(), probs @ atoms, rtol=1e-4, atol=1e-4
+        )
 
 
 def test_twin_q_critic_is_a_relu_mlp_per_head():
@@ -359,7 +406,9 @@ def test_twin_q_critic_is_a_relu_mlp_per_head():
     assert q.shape == (2, 6)
     x = torch.cat([state, action], -1).double().numpy()
     for head in range(2):
-        np.testing.assert_allclose(q[head].detach().numpy(), mlp_by_hand(x, params, head, 2, layer_norm=False)[:, 0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            q[head].detach().numpy(), mlp_by_hand(x, params, head, 2, layer_norm=False)[:, 0], rtol=1e-4, atol=1e-4
+        )
 
 
 def test_projection_onto_a_support_with_half_unit_spacing():
@@ -378,14 +427,31 @@ def test_projection_onto_a_support_with_half_unit_spacing():
 
 ALGOS = ("omad", "omad-gaussian", "hasac", "hatd3")
 # Agents of different sizes with asymmetric bounds, so padding and the bounds' affine map matter.
-TOY = EnvSpec("toy", (AgentSpec("left", 3, 2, (0.0, -0.4), (1.0, 0.4)), AgentSpec("right", 5, 1, (-2.0,), (1.0,))), 4, 1)
+TOY = EnvSpec(
+    "toy", (AgentSpec("left", 3, 2, (0.0, -0.4), (1.0, 0.4)), AgentSpec("right", 5, 1, (-2.0,), (1.0,))), 4, 1
+)
 
 
 def toy_algorithm(name: str, seed: int, perturbed: bool = True):
     torch.manual_seed(seed)
-    cfg = build_config(dict(env="mpe:simple_spread_v3", algo=name, actor_hidden=[16, 12, 8], critic_hidden=[16, 16],
-                            denoising_steps=3, num_atoms=11, batch_size=8, policy_delay=1, lr_actor=1e-2, lr_critic=1e-2,
-                            prior_std=1.7, time_features=8, dt_init=0.07, explore_std=0.3))  # not the defaults
+    cfg = build_config(
+        dict(
+            env="mpe:simple_spread_v3",
+            algo=name,
+            actor_hidden=[16, 12, 8],
+            critic_hidden=[16, 16],
+            denoising_steps=3,
+            num_atoms=11,
+            batch_size=8,
+            policy_delay=1,
+            lr_actor=1e-2,
+            lr_critic=1e-2,
+            prior_std=1.7,
+            time_features=8,
+            dt_init=0.07,
+            explore_std=0.3,
+        )
+    )  # not the defaults
     algo = make_algorithm(cfg, AgentLayout(TOY), TOY.state_dim, (-5.0, 5.0))
     with torch.no_grad():  # weights large enough that every layer shows in the actions
         for p in algo.actors.parameters() if perturbed else ():
@@ -416,13 +482,21 @@ def test_agent_policy_computes_what_the_trained_stack_computes_for_that_agent(na
         torch.manual_seed(11)
         policy = algo.agent_policy(i)
         torch.testing.assert_close(torch.rand(3), expected_rng)  # building a policy draws nothing from the caller's RNG
-        assert (policy.name, policy.kind, policy.obs_dim, policy.act_dim) == (agent.name, algo.actors.kind, agent.obs_dim, agent.act_dim)
-        assert policy.noise_shape_prefix == algo.actors.noise_steps
+        assert (policy.name, policy.kind, policy.obs_dim, policy.act_dim) == (
+            agent.name,
+            algo.actors.kind,
+            agent.obs_dim,
+            agent.act_dim,
+        )
+        assert policy.denoising_steps + 1 == algo.actors.noise_steps
         np.testing.assert_allclose(policy.action_low, agent.action_low)
         np.testing.assert_allclose(policy.action_high, agent.action_high)
         # the config reaches every network: prior std, time features, initial step size, exploration noise
-        expected = {"diffusion": dict(prior_std=1.7, time_features=8, denoising_steps=3, hidden=[16, 12, 8]),
-                    "gaussian": dict(hidden=[16, 12, 8]), "deterministic": dict(explore_std=0.3, hidden=[16, 12, 8])}[kind]
+        expected = {
+            "diffusion": dict(prior_std=1.7, time_features=8, denoising_steps=3, hidden=[16, 12, 8]),
+            "gaussian": dict(hidden=[16, 12, 8]),
+            "deterministic": dict(explore_std=0.3, hidden=[16, 12, 8]),
+        }[kind]
         assert {k: policy.hparams[k] for k in expected} == expected
         obs_i, noise_i = obs[i, :, : agent.obs_dim], noise[:, i, :, : agent.act_dim]
         action = policy(obs_i, noise_i)
@@ -435,15 +509,25 @@ def test_agent_policy_computes_what_the_trained_stack_computes_for_that_agent(na
             torch.testing.assert_close(sampled, action)
             torch.testing.assert_close(bound, -stacked.cost[i], rtol=1e-4, atol=1e-4)
     if kind == "diffusion":  # the first step size starts at dt_init
-        torch.testing.assert_close(toy_algorithm(name, 0, perturbed=False).actors.step_sizes()[:, 0], torch.tensor([0.07, 0.07]))
+        torch.testing.assert_close(
+            toy_algorithm(name, 0, perturbed=False).actors.step_sizes()[:, 0], torch.tensor([0.07, 0.07])
+        )
 
 
 def test_agent_policy_refuses_an_unknown_kind_and_a_stack_of_several_agents():
     hparams = toy_algorithm("omad", seed=0).actors.agent_hparams(0)
-    with pytest.raises(ValueError, match=r"unknown actor kind 'flow' \(known: \['deterministic', 'diffusion', 'gaussian'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"unknown actor kind 'flow' \(known: \['deterministic', 'diffusion', 'gaussian'\]\)"
+    ):
         AgentPolicy("left", hparams, kind="flow")
-    two = {**hparams, "obs_dims": [3, 3], "act_dims": [2, 2], "action_low": [[0.0, -0.4]] * 2, "action_high": [[1.0, 0.4]] * 2}
-    with pytest.raises(ValueError, match="AgentPolicy wraps a one-agent stack"):
+    two = {
+        **hparams,
+        "obs_dims": [3, 3],
+        "act_dims": [2, 2],
+        "action_low": [[0.0, -0.4]] * 2,
+        "action_high": [[1.0, 0.4]] * 2,
+    }
+    with pytest.raises(ValueError, match=r"^AgentPolicy wraps a one-agent stack$"):
         AgentPolicy("left", two, kind="diffusion")
 
 
@@ -455,7 +539,9 @@ def test_a_stack_split_into_per_agent_networks_computes_the_same(name):
     assert split.num_agents == 2 and split.kind == algo.actors.kind
     stacked, looped = algo.actors(obs, noise), split(obs, noise)
     for i, agent in enumerate(TOY.agents):
-        torch.testing.assert_close(looped.action[i, :, : agent.act_dim], stacked.action[i, :, : agent.act_dim], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            looped.action[i, :, : agent.act_dim], stacked.action[i, :, : agent.act_dim], rtol=1e-5, atol=1e-5
+        )
         assert split.agent_hparams(i) == algo.actors.agent_hparams(i)
     torch.testing.assert_close(looped.cost, stacked.cost, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(looped.running_cost, stacked.running_cost, rtol=1e-4, atol=1e-4)
@@ -465,9 +551,13 @@ def toy_batch(B: int = 8) -> ReplaySample[torch.Tensor]:
     g = torch.Generator().manual_seed(5)
     L = AgentLayout(TOY)
     return ReplaySample(
-        state=torch.randn(B, 4, generator=g), obs=torch.randn(B, L.n, L.obs_max, generator=g),
-        action=torch.rand(B, L.joint_dim, generator=g) * 2 - 1, reward=torch.randn(B, generator=g),
-        discount=torch.full((B,), 0.9), done=torch.zeros(B), next_state=torch.randn(B, 4, generator=g),
+        state=torch.randn(B, 4, generator=g),
+        obs=torch.randn(B, L.n, L.obs_max, generator=g),
+        action=torch.rand(B, L.joint_dim, generator=g) * 2 - 1,
+        reward=torch.randn(B, generator=g),
+        discount=torch.full((B,), 0.9),
+        done=torch.zeros(B),
+        next_state=torch.randn(B, 4, generator=g),
         next_obs=torch.randn(B, L.n, L.obs_max, generator=g),
     )
 
@@ -494,7 +584,13 @@ def test_the_state_an_algorithm_lists_is_all_it_needs_to_continue_exactly(name):
         results.append((algo.update(batch), {k: m.state_dict() for k, m in algo.modules().items()}))
     (metrics_a, state_a), (metrics_b, state_b) = results
     assert {k: float(v) for k, v in metrics_a.items()} == {k: float(v) for k, v in metrics_b.items()}
-    assert state_a.keys() == state_b.keys() == {"actors", "critic", "critic_target"} | ({"actor_target"} if name == "hatd3" else set())
+    assert (
+        state_a.keys()
+        == state_b.keys()
+        == {"actors", "critic", "critic_target"} | ({"actor_target"} if name == "hatd3" else set())
+    )
+    # the names checkpoints store them under
+    assert trained.extra_tensors().keys() == (set() if name == "hatd3" else {"log_alpha"})
     for key in state_a:
         for param, value in state_a[key].items():
             torch.testing.assert_close(state_b[key][param], value, rtol=0, atol=0)
@@ -507,7 +603,9 @@ def test_per_agent_clipping_scales_each_agents_gradient_to_max_norm_by_hand():
     a, b = torch.zeros(3, 2, requires_grad=True), torch.zeros(3, 1, 1, requires_grad=True)
     a.grad = torch.tensor([[3.0, -4.0], [0.3, 0.0], [3e-6, 0.0]])
     b.grad = torch.tensor([[[-12.0]], [[-0.4]], [[-4e-6]]])
-    clip_grad_norm_per_agent([a, b, torch.zeros(3, requires_grad=True)], max_norm=1.0)  # a parameter without grad is skipped
+    clip_grad_norm_per_agent(
+        [a, b, torch.zeros(3, requires_grad=True)], max_norm=1.0
+    )  # a parameter without grad is skipped
     scale = torch.tensor([1.0 / (13.0 + 1e-6), 1.0, 1.0])
     torch.testing.assert_close(a.grad, torch.tensor([[3.0, -4.0], [0.3, 0.0], [3e-6, 0.0]]) * scale[:, None])
     torch.testing.assert_close(b.grad, torch.tensor([[[-12.0]], [[-0.4]], [[-4e-6]]]) * scale[:, None, None])
@@ -520,8 +618,16 @@ def test_per_agent_clipping_scales_each_agents_gradient_to_max_norm_by_hand():
 def replay_step(t: int, terminated: bool = False) -> Transition:
     """Every field of step t distinct: state t, obs t + 0.25, action t + 0.5, next state t + 1, next obs t + 1.25."""
     f = np.float32
-    return Transition(np.array([t], f), np.array([[t + 0.25]], f), np.array([t + 0.5], f), float(t),
-                      np.array([t + 1], f), np.array([[t + 1.25]], f), terminated, False)
+    return Transition(
+        np.array([t], f),
+        np.array([[t + 0.25]], f),
+        np.array([t + 0.5], f),
+        float(t),
+        np.array([t + 1], f),
+        np.array([[t + 1.25]], f),
+        terminated,
+        False,
+    )
 
 
 def test_restored_pending_windows_write_every_field_as_if_never_checkpointed():
@@ -548,20 +654,32 @@ def test_restored_pending_windows_write_every_field_as_if_never_checkpointed():
 GUARD_S = 10.0  # a hang guard, never a timing assertion
 
 
-async def held_start(model: GatedModel, batcher: MicroBatcher, jobs: dict[int, Job]) -> dict[int, asyncio.Task]:
-    """Caller 0's call is held on the inference thread while callers 1.. queue behind it."""
+def plain(fn):
+    """A model for MicroBatcher (which calls `run`) from a function."""
+    return types.SimpleNamespace(run=fn)
+
+
+async def held_start(
+    model: GatedModel, batcher: MicroBatcher, jobs: dict[int, Job], companion: int
+) -> dict[int, asyncio.Task]:
+    """Caller 0's call is held on the inference thread while the other callers queue behind it. A lone
+    job would run on the event loop itself, so `companion` is submitted in the same loop iteration as
+    caller 0: with merging on (and room) it shares caller 0's call, otherwise it waits for the next."""
     batcher.start()
-    tasks = {0: asyncio.create_task(batcher.submit(jobs[0]))}
+    tasks = {caller: asyncio.create_task(batcher.submit(jobs[caller])) for caller in (0, companion)}
     assert await asyncio.to_thread(model.entered.wait, GUARD_S), "the first call never started"
-    for caller in sorted(jobs)[1:]:
-        tasks[caller] = asyncio.create_task(batcher.submit(jobs[caller]))
+    for caller in sorted(jobs):
+        if caller not in tasks:
+            tasks[caller] = asyncio.create_task(batcher.submit(jobs[caller]))
     await asyncio.sleep(0.05)  # every submit has queued its job
     return tasks
 
 
 def assert_own_rows(jobs: dict[int, Job], results: dict) -> None:
     for caller, result in results.items():
-        np.testing.assert_array_equal(result.action, fake_model(jobs[caller].obs, jobs[caller].noise), err_msg=f"caller {caller}")
+        np.testing.assert_array_equal(
+            result.action, fake_model(jobs[caller].obs, jobs[caller].noise), err_msg=f"caller {caller}"
+        )
 
 
 @pytest.mark.parametrize("merge", [True, False])
@@ -572,7 +690,7 @@ def test_calls_fill_up_to_max_batch_and_carry_the_job_that_does_not_fit(merge):
     async def scenario():
         batcher = MicroBatcher(model, max_batch=6, merge=merge)
         jobs = {caller: caller_job(caller, n) for caller, n in rows.items()}
-        tasks = await held_start(model, batcher, jobs)
+        tasks = await held_start(model, batcher, jobs, companion=1)
         model.release.set()
         done = await asyncio.wait_for(asyncio.gather(*tasks.values()), GUARD_S)
         await batcher.close()
@@ -583,13 +701,13 @@ def test_calls_fill_up_to_max_batch_and_carry_the_job_that_does_not_fit(merge):
     elapsed = time.perf_counter_ns() - started
     assert_own_rows(jobs, results)
     calls = [callers_in(call) for call in model.calls]
-    # 3 + 3 fills 6 exactly; 4 does not fit after them, so it opens the next call, which 2 fills again
-    assert calls == ([[0], [1, 2], [3, 4], [5]] if merge else [[c] for c in rows])
+    # 4 does not fit after 3 (7 > 6), so it opens the next call, which 2 fills to exactly 6
+    assert calls == ([[0, 1], [2], [3, 4], [5]] if merge else [[c] for c in rows])
     call_rows = {c: len(call_obs) for call_obs in model.calls for c in callers_in(call_obs)}
     for caller, result in results.items():
         assert result.batch_size == call_rows[caller] and 0 < result.inference_ns < elapsed
-        # callers 1.. were queued before the held call was released, which the test did 0.05 s later
-        assert (0.05e9 if caller else 0) <= result.queue_ns < elapsed
+        # callers after the held call were queued before it was released, which the test did 0.05 s later
+        assert (0 if caller in calls[0] else 0.05e9) <= result.queue_ns < elapsed
 
 
 def test_the_merge_delay_waits_for_a_second_caller_and_not_for_a_full_batch():
@@ -600,14 +718,16 @@ def test_the_merge_delay_waits_for_a_second_caller_and_not_for_a_full_batch():
         return fake_model(obs, noise)
 
     async def scenario():
-        batcher = MicroBatcher(model, max_batch=8, max_delay_us=500_000)  # 0.5 s
+        batcher = MicroBatcher(plain(model), max_batch=8, max_delay_us=500_000)  # 0.5 s
         batcher.start()
         jobs = {1: caller_job(1, 2), 2: caller_job(2, 3), 3: caller_job(3, 8)}
         first = asyncio.create_task(batcher.submit(jobs[1]))
         await asyncio.sleep(0.05)  # well inside the 0.5 s the first call waits for company
         second = asyncio.create_task(batcher.submit(jobs[2]))
         results = dict(zip((1, 2), await asyncio.wait_for(asyncio.gather(first, second), GUARD_S)))
-        slow = MicroBatcher(model, max_batch=8, max_delay_us=600_000_000)  # 10 minutes: only a full batch goes at once
+        slow = MicroBatcher(
+            plain(model), max_batch=8, max_delay_us=600_000_000
+        )  # 10 minutes: only a full batch goes at once
         slow.start()
         results[3] = await asyncio.wait_for(slow.submit(jobs[3]), GUARD_S)
         await batcher.close()
@@ -622,7 +742,7 @@ def test_the_merge_delay_waits_for_a_second_caller_and_not_for_a_full_batch():
 def test_a_failed_call_fails_each_of_its_callers_and_only_good_calls_are_metered():
     metered = []
     model = GatedModel()
-    wrapped = model.__call__
+    wrapped = model.run
 
     def failing_for_caller_2(obs, noise):
         actions = wrapped(obs, noise)
@@ -631,19 +751,21 @@ def test_a_failed_call_fails_each_of_its_callers_and_only_good_calls_are_metered
         return actions
 
     async def scenario():
-        batcher = MicroBatcher(failing_for_caller_2, max_batch=8, on_batch=lambda rows, seconds: metered.append((rows, seconds)))
-        jobs = {0: caller_job(0, 1), 1: caller_job(1, 2), 2: caller_job(2, 3)}
-        tasks = await held_start(model, batcher, jobs)
+        batcher = MicroBatcher(
+            plain(failing_for_caller_2), max_batch=8, on_batch=lambda rows, seconds: metered.append((rows, seconds))
+        )
+        jobs = {0: caller_job(0, 1), 3: caller_job(3, 1), 1: caller_job(1, 2), 2: caller_job(2, 3)}
+        tasks = await held_start(model, batcher, jobs, companion=3)
         model.release.set()
         done = await asyncio.wait_for(asyncio.gather(*tasks.values(), return_exceptions=True), GUARD_S)
         await batcher.close()
         return jobs, dict(zip(tasks, done))
 
     jobs, results = asyncio.run(scenario())
-    assert_own_rows(jobs, {0: results[0]})
+    assert_own_rows(jobs, {0: results[0], 3: results[3]})
     for caller in (1, 2):  # merged into the call that failed
         assert isinstance(results[caller], ValueError) and str(results[caller]) == "model failed"
-    assert [rows for rows, _ in metered] == [1] and metered[0][1] > 0
+    assert [rows for rows, _ in metered] == [2] and metered[0][1] > 0
 
 
 def test_close_finishes_the_queued_jobs_then_refuses_new_ones():
@@ -652,13 +774,13 @@ def test_close_finishes_the_queued_jobs_then_refuses_new_ones():
     async def scenario():
         batcher = MicroBatcher(model, max_batch=2)
         jobs = {0: caller_job(0, 1), 1: caller_job(1, 2), 2: caller_job(2, 1)}
-        tasks = await held_start(model, batcher, jobs)
+        tasks = await held_start(model, batcher, jobs, companion=1)  # 1 + 2 rows > 2: caller 0 alone
         closing = asyncio.create_task(batcher.close(timeout_s=GUARD_S))
         await asyncio.sleep(0.05)
         model.release.set()
         await asyncio.wait_for(closing, GUARD_S + 1)
         done = await asyncio.wait_for(asyncio.gather(*tasks.values()), GUARD_S)
-        with pytest.raises(BatcherClosed, match="^the server is shutting down$"):
+        with pytest.raises(BatcherClosed, match=r"^the server is shutting down$"):
             await batcher.submit(caller_job(3, 1))
         await batcher.close()  # a second close is a no-op
         return jobs, dict(zip(tasks, done)), batcher._thread.is_alive()
@@ -670,7 +792,7 @@ def test_close_finishes_the_queued_jobs_then_refuses_new_ones():
 
 def test_close_stops_a_thread_that_waits_to_merge():
     async def scenario():
-        batcher = MicroBatcher(fake_model, max_batch=8, max_delay_us=600_000_000)
+        batcher = MicroBatcher(plain(fake_model), max_batch=8, max_delay_us=600_000_000)
         batcher.start()
         job = caller_job(1, 2)
         task = asyncio.create_task(batcher.submit(job))
@@ -689,7 +811,7 @@ def test_close_gives_up_on_a_stuck_call_and_fails_the_jobs_still_queued():
     async def scenario():
         batcher = MicroBatcher(model, max_batch=1)
         jobs = {0: caller_job(0, 1), 1: caller_job(1, 1), 2: caller_job(2, 1)}
-        tasks = await held_start(model, batcher, jobs)
+        tasks = await held_start(model, batcher, jobs, companion=1)
         await asyncio.wait_for(batcher.close(timeout_s=0.2), GUARD_S)
         queued = await asyncio.wait_for(asyncio.gather(tasks[1], tasks[2], return_exceptions=True), GUARD_S)
         model.release.set()  # the stuck call still answers its caller
@@ -713,7 +835,9 @@ def test_an_unclosed_batcher_does_not_keep_the_process_alive():
 # ---- odds and ends of the serving edge -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("request_streaming, response_streaming", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize(
+    ("request_streaming", "response_streaming"), [(False, False), (True, False), (False, True), (True, True)]
+)
 def test_the_refusal_has_the_streaming_kind_of_the_refused_method(request_streaming, response_streaming):
     rejected = []
     denying = intercept("/omad.v1.Policy/Probe", (), handler_for(request_streaming, response_streaming), rejected)
@@ -740,7 +864,9 @@ def test_hatd3_actors_follow_the_first_critic_head():
     perturb(algo.actors, 0.3, 3)
     fix_noise(algo)
     param = next(algo.critic.parameters())  # keeps the critic step's backward valid
-    algo.critic.forward = lambda state, joint_action: torch.stack([joint_action @ w, -(joint_action @ w)]) + 0.0 * param.sum()
+    algo.critic.forward = lambda state, joint_action: (
+        torch.stack([joint_action @ w, -(joint_action @ w)]) + 0.0 * param.sum()
+    )
     batch = make_batch(DONE["none"])
     obs = batch.obs.transpose(0, 1)
     zero = torch.zeros(1, *obs.shape[:2], LAYOUT.act_max)
@@ -764,7 +890,7 @@ def test_one_shot_actors_against_a_forward_pass_by_hand():
             actor = algo.actors.singles[i] if name == "hatd3" else algo.actors
             row = 0 if name == "hatd3" else i
             params = randomized_params(actor)
-            trunk = {k[len("net."):]: v for k, v in params.items() if k.startswith("net.")}
+            trunk = {k[len("net.") :]: v for k, v in params.items() if k.startswith("net.")}
             x = obs[i, :, : trunk["net.0.weight"].shape[1]].double().numpy()  # a stack takes the padded obs
             last = mlp_by_hand(x, trunk, row, 2, layer_norm=False)
             h = np.maximum(last, 0.0) if name == "hatd3" else np.tanh(last)
@@ -774,11 +900,16 @@ def test_one_shot_actors_against_a_forward_pass_by_hand():
                 y = np.clip(np.tanh(mu) + actor.explore_std * eps, -1.0, 1.0)
                 action = actor(obs[i : i + 1, :, : agent.obs_dim], noise[:, i : i + 1, :, : agent.act_dim]).action[0]
             else:
-                raw = h @ params["log_std.weight"][row][:, : agent.act_dim] + params["log_std.bias"][row][:, : agent.act_dim]
+                raw = (
+                    h @ params["log_std.weight"][row][:, : agent.act_dim]
+                    + params["log_std.bias"][row][:, : agent.act_dim]
+                )
                 y = np.tanh(mu + np.exp(np.clip(raw, LOG_STD_MIN, LOG_STD_MAX)) * eps)
                 action = actor(obs, noise).action[i, :, : agent.act_dim]
             low, high = np.array(agent.action_low), np.array(agent.action_high)
-            np.testing.assert_allclose(action.detach().numpy(), low + (y + 1.0) * (high - low) / 2.0, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(
+                action.detach().numpy(), low + (y + 1.0) * (high - low) / 2.0, rtol=1e-4, atol=1e-5
+            )
 
 
 @pytest.mark.parametrize("name", ["omad", "hasac"])
@@ -817,7 +948,7 @@ def test_even_policy_delays_and_the_update_count(name):
         fix_noise(algo)
         actor_opt = algo.optimizers()["actor_opt" if name == "omad" else "actor_opt_0"]
         stepped = []
-        actor_opt.register_step_pre_hook(lambda *_: stepped.append(algo.num_updates))
+        actor_opt.register_step_pre_hook(lambda *_, s=stepped, a=algo: s.append(a.num_updates))
         for u in range(8):
             algo.update(make_batch(DONE["none"], seed=u))
         assert stepped == list(range(0, 8, delay)) and algo.num_updates == 8
@@ -861,3 +992,27 @@ def test_joint_cost_sums_or_averages_over_agents():
         torch.testing.assert_close(algo.joint(per_agent), torch.tensor(joint))
         # the budget is combined the same way: act dims 2 and 1 at -0.5 per dim
         torch.testing.assert_close(algo.cost_budget, torch.tensor(-1.5 if norm == "sum" else -0.75))
+
+
+def test_growing_storage_keeps_every_row_and_a_restore_allocates_what_it_needs():
+    """Storage starts small and grows as rows arrive (1024, then doubling): 1500 one-step rows must all
+    survive the growth, sample as float32, and load into a fresh buffer that never grew."""
+    buf = ReplayBuffer(5000, {"state": (1,), "obs": (1, 1), "action": (1,)}, 1, 1, 0.9)
+    for t in range(1500):
+        buf.add(0, replay_step(t))
+    np.testing.assert_array_equal(buf.data["state"][:1500, 0], np.arange(1500))
+    np.testing.assert_allclose(buf.data["action"][:1500, 0], np.arange(1500) + 0.5)
+    batch = buf.sample(np.random.default_rng(0), 64)
+    assert all(v.dtype == np.float32 for v in batch)
+    restored = ReplayBuffer(5000, {"state": (1,), "obs": (1, 1), "action": (1,)}, 1, 1, 0.9)
+    restored.load_state(buf.state_arrays(), buf.state_meta())
+    for key, values in buf.data.items():
+        np.testing.assert_array_equal(restored.data[key][:1500], values[:1500], err_msg=key)
+
+
+def test_policy_noise_is_made_on_the_algorithms_device():
+    """The meta device stands in for an accelerator: the noise must be created where the networks live."""
+    algo = make_algo("hasac")
+    algo.device = torch.device("meta")
+    noise = algo.noise(5)
+    assert noise.device.type == "meta" and noise.shape == (algo.actors.noise_steps, LAYOUT.n, 5, LAYOUT.act_max)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from omad_core.envs.base import AgentSpec, EnvSpec
 from omad_train.algos.omad import OMAD
 from omad_train.config import build_config
 from omad_train.diffusion import DiffusionActors
-from omad_train.envs.base import AgentSpec, EnvSpec
 from omad_train.layout import AgentLayout
 from omad_train.replay import ReplaySample
 
@@ -22,10 +22,14 @@ def toy_spec(obs_dims, act_dims, state_dim=4):
 
 def toy_batch(layout, state_dim, B, rng):
     return ReplaySample(
-        state=torch.randn(B, state_dim), obs=torch.randn(B, layout.n, layout.obs_max),
+        state=torch.randn(B, state_dim),
+        obs=torch.randn(B, layout.n, layout.obs_max),
         action=torch.from_numpy(rng.uniform(-1, 1, (B, layout.joint_dim)).astype(np.float32)),
-        reward=torch.randn(B), discount=torch.full((B,), 0.99), done=torch.zeros(B),
-        next_state=torch.randn(B, state_dim), next_obs=torch.randn(B, layout.n, layout.obs_max),
+        reward=torch.randn(B),
+        discount=torch.full((B,), 0.99),
+        done=torch.zeros(B),
+        next_state=torch.randn(B, state_dim),
+        next_obs=torch.randn(B, layout.n, layout.obs_max),
     )
 
 
@@ -55,8 +59,17 @@ def test_compiled_update_equals_the_eager_one():
     batches = [toy_batch(layout, spec.state_dim, 32, rng) for _ in range(3)]
     algos = []
     for compile_ in (False, True):
-        cfg = build_config(dict(env="mpe:simple_spread_v3", actor_hidden=[16, 16], critic_hidden=[16], denoising_steps=2,
-                                num_atoms=11, policy_delay=2, compile=compile_))
+        cfg = build_config(
+            dict(
+                env="mpe:simple_spread_v3",
+                actor_hidden=[16, 16],
+                critic_hidden=[16],
+                denoising_steps=2,
+                num_atoms=11,
+                policy_delay=2,
+                compile=compile_,
+            )
+        )
         torch.manual_seed(0)
         algo = OMAD(cfg, layout, spec.state_dim, (-10.0, 10.0))
         algo.metrics = [algo.update(b) for b in batches]
@@ -68,7 +81,9 @@ def test_compiled_update_equals_the_eager_one():
         for key in m_eager:
             torch.testing.assert_close(m_compiled[key], m_eager[key], rtol=1e-4, atol=1e-5, msg=key)
     for name in ("actors", "critic", "critic_target"):
-        torch.testing.assert_close(compiled.modules()[name].state_dict(), eager.modules()[name].state_dict(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            compiled.modules()[name].state_dict(), eager.modules()[name].state_dict(), rtol=1e-4, atol=1e-5
+        )
     torch.testing.assert_close(compiled.log_alpha, eager.log_alpha)
 
 
@@ -82,7 +97,7 @@ def test_stacked_agents_equal_a_per_agent_loop():
     B = 16
     obs = torch.randn(3, B, max(obs_dims))
     noise = torch.randn(6, 3, B, max(act_dims))
-    for i, (o, a) in enumerate(zip(obs_dims, act_dims)):
+    for i, o in enumerate(obs_dims):
         obs[i, :, o:] = 0.0
     out = stack(obs, noise)
     for i, (o, a) in enumerate(zip(obs_dims, act_dims)):
@@ -109,15 +124,36 @@ def test_diffusion_policy_keeps_both_modes_of_a_bimodal_reward():
     rng = np.random.default_rng(0)
     spec = toy_spec([1, 1], [1, 1], state_dim=1)
     layout = AgentLayout(spec)
-    cfg = build_config(dict(env="mpe:simple_spread_v3", actor_hidden=[64, 64], critic_hidden=[64, 64],
-                            denoising_steps=8, num_atoms=51, lr_actor=1e-3, lr_critic=1e-3, batch_size=256, policy_delay=1))
+    cfg = build_config(
+        dict(
+            env="mpe:simple_spread_v3",
+            actor_hidden=[64, 64],
+            critic_hidden=[64, 64],
+            denoising_steps=8,
+            num_atoms=51,
+            lr_actor=1e-3,
+            lr_critic=1e-3,
+            batch_size=256,
+            policy_delay=1,
+        )
+    )
     algo = OMAD(cfg, layout, spec.state_dim, (-1.0, 0.5))
     B = 256
     zeros = torch.zeros(B, 2, 1)
     for _ in range(1500):  # a one-step game: done = 1, so the critic target is the reward itself
         actions = torch.from_numpy(rng.uniform(-1, 1, (B, 2)).astype(np.float32))
-        algo.update(ReplaySample(state=torch.zeros(B, 1), obs=zeros, action=actions, reward=bimodal_reward(actions),
-                                 discount=torch.ones(B), done=torch.ones(B), next_state=torch.zeros(B, 1), next_obs=zeros))
+        algo.update(
+            ReplaySample(
+                state=torch.zeros(B, 1),
+                obs=zeros,
+                action=actions,
+                reward=bimodal_reward(actions),
+                discount=torch.ones(B),
+                done=torch.ones(B),
+                next_state=torch.zeros(B, 1),
+                next_obs=zeros,
+            )
+        )
     samples = algo.act(np.zeros((2, 4000, 1), np.float32))[:, :, 0]  # [agent, sample]
     for i in range(2):
         a = samples[i]

@@ -29,7 +29,7 @@ def _perf_analyzer_env() -> dict[str, str]:
     except ImportError:
         return env
     libs = [str(Path(p) / "lib") for p in nvidia.cuda_runtime.__path__]
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
     return env
 
 
@@ -62,7 +62,8 @@ def test_model_config_describes_the_graph(server):
     method = "/inference.GRPCInferenceService/ModelConfig"
     with grpc.insecure_channel(server.addr) as channel:
         call = channel.unary_unary(
-            method, request_serializer=kserve_pb2.ModelConfigRequest.SerializeToString,
+            method,
+            request_serializer=kserve_pb2.ModelConfigRequest.SerializeToString,
             response_deserializer=kserve_pb2.ModelConfigResponse.FromString,
         )
         config = call(kserve_pb2.ModelConfigRequest(name=info.agent), timeout=10).config
@@ -72,7 +73,9 @@ def test_model_config_describes_the_graph(server):
     assert (config.name, config.platform, config.max_batch_size) == (info.agent, "onnxruntime_onnx", 0)
     dims = {t.name: list(t.dims) for t in [*config.input, *config.output]}
     assert dims == {
-        "obs": [-1, info.obs_dim], "noise": [info.noise_steps, -1, info.act_dim], "action": [-1, info.act_dim]
+        "obs": [-1, info.obs_dim],
+        "noise": [info.noise_steps, -1, info.act_dim],
+        "action": [-1, info.act_dim],
     }
     assert {t.data_type for t in [*config.input, *config.output]} == {kserve_pb2.TYPE_FP32}
 
@@ -93,9 +96,27 @@ def test_perf_analyzer_runs_against_the_server(server):
     binary, env = _runnable_perf_analyzer()
     info = server.server.info
     command = [
-        binary, "-m", info.agent, "-u", server.addr, "-i", "grpc",
-        "--shape", f"obs:1,{info.obs_dim}", "--shape", f"noise:{info.noise_steps},1,{info.act_dim}",
-        "--input-data", "zero", "--measurement-interval", "500", "--concurrency-range", "1:2", "--max-trials", "10", "--stability-percentage", "100",
+        binary,
+        "-m",
+        info.agent,
+        "-u",
+        server.addr,
+        "-i",
+        "grpc",
+        "--shape",
+        f"obs:1,{info.obs_dim}",
+        "--shape",
+        f"noise:{info.noise_steps},1,{info.act_dim}",
+        "--input-data",
+        "zero",
+        "--measurement-interval",
+        "500",
+        "--concurrency-range",
+        "1:2",
+        "--max-trials",
+        "10",
+        "--stability-percentage",
+        "100",
     ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
     output = done.stdout + done.stderr

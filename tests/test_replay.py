@@ -14,13 +14,24 @@ def make_buffer(n_step, num_envs=1, capacity=100):
 
 def step(t, reward, terminated=False, truncated=False):
     f = np.float32
-    return Transition(np.array([t], f), np.array([[t]], f), np.array([t], f), reward,
-                      np.array([t + 1], f), np.array([[t + 1]], f), terminated, truncated)
+    return Transition(
+        np.array([t], f),
+        np.array([[t]], f),
+        np.array([t], f),
+        reward,
+        np.array([t + 1], f),
+        np.array([[t + 1]], f),
+        terminated,
+        truncated,
+    )
 
 
 def stored(buf):
     d = buf.data
-    return [(d["state"][i, 0], d["reward"][i], d["discount"][i], d["done"][i], d["next_state"][i, 0]) for i in range(len(buf))]
+    return [
+        (d["state"][i, 0], d["reward"][i], d["discount"][i], d["done"][i], d["next_state"][i, 0])
+        for i in range(len(buf))
+    ]
 
 
 def test_n_step_return_without_episode_end():

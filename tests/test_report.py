@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from omad_train.cli import main
+from omad.cli import main
 from omad_train import stats
 from omad_train.report import ReportError, first_reach, make_report
 
@@ -17,14 +17,14 @@ STEPS = [100, 200, 300, 400]
 # eval_return_mean per (env, algo, seed) at STEPS
 RETURNS = {
     (SPREAD, "omad", 0): [0, 10, 20, 30],
-    (SPREAD, "omad", 1): [0, 20, 40, 50],    # OMAD seed mean: 0, 15, 30, 40
+    (SPREAD, "omad", 1): [0, 20, 40, 50],  # OMAD seed mean: 0, 15, 30, 40
     (SPREAD, "hasac", 0): [0, 5, 10, 20],
-    (SPREAD, "hasac", 1): [0, 5, 15, 25],    # final 22.5 at budget 400
+    (SPREAD, "hasac", 1): [0, 5, 15, 25],  # final 22.5 at budget 400
     (SPREAD, "hatd3", 0): [0, 10, 30, 45],
-    (SPREAD, "hatd3", 1): [0, 10, 30, 45],   # final 45: above OMAD's best (40)
-    (ANT, "omad", 0): [-5, 1, 2, 3],         # mean -3, 1, 2, 3
+    (SPREAD, "hatd3", 1): [0, 10, 30, 45],  # final 45: above OMAD's best (40)
+    (ANT, "omad", 0): [-5, 1, 2, 3],  # mean -3, 1, 2, 3
     (ANT, "omad", 1): [-1, 1, 2, 3],
-    (ANT, "hatd3", 0): [-2, -1, 0, 0.5],     # final 0.5: OMAD crosses it between its first two evaluations
+    (ANT, "hatd3", 0): [-2, -1, 0, 0.5],  # final 0.5: OMAD crosses it between its first two evaluations
 }
 COVERAGE = {("omad", 0): 0.5, ("omad", 1): 0.7, ("hatd3", 0): 0.25}
 
@@ -35,16 +35,42 @@ def write_sweep(root):
         rel = f"{env.replace(':', '_')}/{algo}/seed-{seed}"
         run = root / rel
         run.mkdir(parents=True)
-        (run / "metrics.jsonl").write_text("".join(
-            json.dumps({"step": s, "eval_return_mean": v, "eval_return_std": 1.0, "updates_per_s": 1.0,
-                        "env_steps_per_s": 1.0}) + "\n" for s, v in zip(STEPS, values)))
+        (run / "metrics.jsonl").write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "step": s,
+                        "eval_return_mean": v,
+                        "eval_return_std": 1.0,
+                        "updates_per_s": 1.0,
+                        "env_steps_per_s": 1.0,
+                    }
+                )
+                + "\n"
+                for s, v in zip(STEPS, values)
+            )
+        )
         if env == ANT:
-            (run / "coverage.json").write_text(json.dumps({
-                "fraction": COVERAGE[algo, seed], "cells_visited": 0, "cells_total": 1600, "steps": 400,
-                "max_steps": 250000, "extent": 20.0, "cell_size": 1.0, "outside": 0, "visited_cells": []}))
+            (run / "coverage.json").write_text(
+                json.dumps(
+                    {
+                        "fraction": COVERAGE[algo, seed],
+                        "cells_visited": 0,
+                        "cells_total": 1600,
+                        "steps": 400,
+                        "max_steps": 250000,
+                        "extent": 20.0,
+                        "cell_size": 1.0,
+                        "outside": 0,
+                        "visited_cells": [],
+                    }
+                )
+            )
         jobs.append({"env": env, "algo": algo, "seed": seed, "dir": rel, "total_steps": 400})
     # A listed job that has not evaluated yet: counted, not averaged.
-    jobs.append({"env": SPREAD, "algo": "omad", "seed": 2, "dir": "mpe_simple_spread_v3/omad/seed-2", "total_steps": 400})
+    jobs.append(
+        {"env": SPREAD, "algo": "omad", "seed": 2, "dir": "mpe_simple_spread_v3/omad/seed-2", "total_steps": 400}
+    )
     (root / "sweep.json").write_text(json.dumps({"format_version": 1, "jobs": jobs}))
 
 
@@ -135,20 +161,28 @@ def test_iqm_is_the_mean_of_the_middle_half():
     assert stats.iqm(np.array([4.0, 1.0, 100.0, 3.0, 2.0])) == 3.0
     # 8 runs: two from each end: (3 + 4 + 5 + 6) / 4
     assert stats.iqm(np.arange(1.0, 9.0)) == 4.5
-    np.testing.assert_allclose(stats.iqm(np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [400.0, 40.0], [5.0, 50.0]]), axis=0),
-                               [(2 + 3 + 5) / 3, 30.0])
+    np.testing.assert_allclose(
+        stats.iqm(np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [400.0, 40.0], [5.0, 50.0]]), axis=0),
+        [(2 + 3 + 5) / 3, 30.0],
+    )
 
 
 def test_iqm_interval_of_identical_runs_is_a_point_and_otherwise_spans_the_runs():
-    (point, low, high), = stats.iqm_ci({"a": np.full(5, 7.0)}, reps=200).values()
+    ((point, low, high),) = stats.iqm_ci({"a": np.full(5, 7.0)}, reps=200).values()
     assert point == low == high == 7.0
     point, low, high = stats.iqm_ci({"b": np.array([1.0, 2.0, 3.0, 4.0, 100.0])}, reps=2000)["b"]
     assert point == 3.0 and 1.0 <= low < 3.0 < high <= 100.0
 
 
 def test_probability_of_improvement_counts_pairs_and_ties_half():
-    assert stats.probability_of_improvement(np.array([3.0, 4.0, 5.0]), np.array([0.0, 1.0, 2.0]), reps=200) == (1.0, 1.0, 1.0)
-    assert stats.probability_of_improvement(np.array([1.0, 3.0, 5.0]), np.array([2.0]), reps=200)[0] == pytest.approx(2 / 3)
+    assert stats.probability_of_improvement(np.array([3.0, 4.0, 5.0]), np.array([0.0, 1.0, 2.0]), reps=200) == (
+        1.0,
+        1.0,
+        1.0,
+    )
+    assert stats.probability_of_improvement(np.array([1.0, 3.0, 5.0]), np.array([2.0]), reps=200)[0] == pytest.approx(
+        2 / 3
+    )
     # 2 > 2 is a tie (1/2), 3 > 2 a win: (0.5 + 1) / 2
     assert stats.probability_of_improvement(np.array([2.0, 3.0]), np.array([2.0]), reps=200)[0] == 0.75
     x = np.array([1.0, 5.0, 6.0])

@@ -13,7 +13,8 @@ import onnxruntime as ort
 import pytest
 
 from exporters.runtime import ModelInfo, OnnxPolicy, RuntimeModelError, load_export
-from exporters.schema import ModelInfo as SchemaModelInfo, decode_metadata, encode_metadata
+from exporters.schema import ModelInfo as SchemaModelInfo
+from exporters.schema import decode_metadata, encode_metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +58,7 @@ def test_load_export_in_env_order_with_model_info(tiny_export_dir):
     assert isinstance(info, ModelInfo)
     assert (info.agent, info.obs_dim, info.act_dim, info.denoising_steps, info.noise_steps) == ("agent_1", 18, 5, 4, 5)
     assert info.action_low == (0.0,) * 5 and info.action_high == (1.0,) * 5
-    assert (info.env_id, info.algo, info.format_version) == ("mpe:simple_spread_v3", "omad", 1)
+    assert (info.env_id, info.algo, info.format_version) == ("mpe:simple_spread_v3", "omad", 2)
     manifest = json.loads((tiny_export_dir / "manifest.json").read_text())
     assert info.sha256 == manifest["agents"][1]["sha256"]
     assert len(info.weights_sha256) == 64 and info.source_run == manifest["source_run"]
@@ -68,7 +69,7 @@ def test_metadata_round_trips_through_its_encoding():
     assert decode_metadata(encode_metadata(info), "f" * 64) == info
     props = encode_metadata(info)
     del props["omad.act_dim"]
-    with pytest.raises(ValueError, match="omad.act_dim"):
+    with pytest.raises(ValueError, match=r"omad\.act_dim"):
         decode_metadata(props, "")
 
 
@@ -95,9 +96,9 @@ def test_metadata_disagreeing_with_manifest_is_refused(export_copy):
 def test_other_export_format_version_is_refused(export_copy):
     manifest_path = export_copy / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["format_version"] = 2
+    manifest["format_version"] = 1
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(RuntimeModelError, match="export format version 2"):
+    with pytest.raises(RuntimeModelError, match="export format version 1"):
         load_export(export_copy)
 
 
@@ -124,6 +125,50 @@ def test_a_lone_onnx_file_loads_without_manifest(tiny_export_dir, tmp_path):
     lone = tmp_path / "agent_2.onnx"
     shutil.copyfile(tiny_export_dir / "agent_2.onnx", lone)
     assert OnnxPolicy(lone).info.agent == "agent_2"
+
+
+def flip_a_weight_byte(path: Path) -> None:
+    """Flip one bit inside the raw bytes of the graph's largest weight (found with onnx, not our hash)."""
+    import onnx
+
+    weight = max(onnx.load(path).graph.initializer, key=lambda t: len(t.raw_data))
+    data = bytearray(path.read_bytes())
+    offset = bytes(data).index(weight.raw_data) + len(weight.raw_data) // 2
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_lone_file_with_a_tampered_weight_is_refused(tiny_export_dir, tmp_path):
+    lone = tmp_path / "agent_0.onnx"  # no manifest beside it: only its own metadata can tell
+    shutil.copyfile(tiny_export_dir / "agent_0.onnx", lone)
+    flip_a_weight_byte(lone)
+    with pytest.raises(
+        RuntimeModelError,
+        match=r"agent_0\.onnx: graph weights sha256 .* does not match the weights_sha256 in its own metadata",
+    ):
+        OnnxPolicy(lone)
+
+
+def test_weights_hash_leaves_out_only_the_metadata(tiny_export_dir):
+    """Against an independent computation: onnx's own serialization of the model without metadata."""
+    import hashlib
+
+    import onnx
+
+    from exporters.schema import weights_sha256
+
+    data = (tiny_export_dir / "agent_1.onnx").read_bytes()
+    model = onnx.load_from_string(data)
+    stored = {p.key: p.value for p in model.metadata_props}["omad.weights_sha256"]
+    del model.metadata_props[:]
+    assert weights_sha256(data) == stored == hashlib.sha256(model.SerializeToString()).hexdigest()
+    model.metadata_props.add(key="note", value="edited")  # metadata edits keep the hash ...
+    assert weights_sha256(model.SerializeToString()) == stored
+    model.graph.node[0].name = "renamed"  # ... any graph edit changes it
+    assert weights_sha256(model.SerializeToString()) != stored
+    for bad in (data[:-3] + b"\xff\xff", b"\x0f", b"\x08\x80"):  # truncated, wire type 7, unfinished varint
+        with pytest.raises(ValueError, match=r"protobuf|varint"):
+            weights_sha256(bad)
 
 
 def test_cuda_without_cuda_is_an_error_not_a_fallback(tiny_export_dir):
@@ -178,7 +223,7 @@ def test_validate_normalizes_to_contiguous_float32(policy):
 
 
 @pytest.mark.parametrize(
-    "obs, message",
+    ("obs", "message"),
     [
         (np.zeros((2, 17), np.float32), r"obs must have shape \[B, 18\] .* got \[2, 17\]"),
         (np.zeros((1, 2, 18), np.float32), r"obs must have shape \[B, 18\]"),
@@ -197,15 +242,17 @@ def test_bad_obs_is_rejected_with_a_message(policy, obs, message):
 
 def test_bad_noise_and_conflicting_options_are_rejected(policy):
     obs = obs_batch(2)
-    with pytest.raises(RuntimeModelError, match=r"noise must have shape \[K\+1, B, d_a\] = \[5, 2, 5\], got \[5, 3, 5\]"):
+    with pytest.raises(
+        RuntimeModelError, match=r"noise must have shape \[K\+1, B, d_a\] = \[5, 2, 5\], got \[5, 3, 5\]"
+    ):
         policy.act(obs, np.zeros((5, 3, 5), np.float32))
     bad = np.zeros((5, 2, 5), np.float32)
     bad[2, 1, 0] = np.nan
     with pytest.raises(RuntimeModelError, match=r"noise: contains NaN or inf .* \[\[2, 1, 0\]\]"):
         policy.act(obs, bad)
-    with pytest.raises(RuntimeModelError, match="not both"):
+    with pytest.raises(RuntimeModelError, match="at most one of noise, seed and zero_noise"):
         policy.act(obs, np.zeros((5, 2, 5), np.float32), seed=1)
-    with pytest.raises(RuntimeModelError, match="exclude each other"):
+    with pytest.raises(RuntimeModelError, match="at most one of noise, seed and zero_noise"):
         policy.act(obs, seed=1, zero_noise=True)
     with pytest.raises(RuntimeModelError, match="bad seed"):
         policy.act(obs, seed=-1)

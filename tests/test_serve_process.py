@@ -3,8 +3,8 @@ orphans), health exit codes, and 64 concurrent clients with every answer checked
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import queue
 import shutil
 import signal
@@ -25,14 +25,16 @@ from omad_serve.config import ServeConfig
 from omad_serve.testing import ServerThread
 
 REPO = Path(__file__).resolve().parent.parent
-OMAD = [sys.executable, "-m", "omad_train.cli"]
+OMAD = [sys.executable, "-m", "omad"]
 
 
 class Process:
     """A child process whose stdout lines and stderr JSON log events are collected by threads."""
 
     def __init__(self, *args: str):
-        self.proc = subprocess.Popen([*OMAD, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [*OMAD, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.events: queue.Queue[dict] = queue.Queue()
         self.stderr: list[str] = []
@@ -46,10 +48,8 @@ class Process:
     def _read_stderr(self) -> None:
         for line in self.proc.stderr:
             self.stderr.append(line)
-            try:
+            with contextlib.suppress(ValueError):
                 self.events.put(json.loads(line))
-            except ValueError:
-                pass
 
     def wait_for_event(self, name: str, timeout_s: float = 60) -> dict:
         deadline = time.monotonic() + timeout_s
@@ -120,8 +120,17 @@ def test_sigterm_drains_in_flight_calls_then_exits(model_path, policy):
     # A 1 s batching window (4 requests never fill --max-batch 64) holds unary calls in flight.
     grace_s = 10
     server = Process(
-        "serve", "--model", str(model_path), "--port", "0", "--max-delay-us", "1000000", "--grace-s", str(grace_s),
-        "--metrics-port", "0",
+        "serve",
+        "--model",
+        str(model_path),
+        "--port",
+        "0",
+        "--max-delay-us",
+        "1000000",
+        "--grace-s",
+        str(grace_s),
+        "--metrics-port",
+        "0",
     )
     try:
         metrics_port = server.wait_for_event("listening")["metrics_port"]
@@ -137,7 +146,7 @@ def test_sigterm_drains_in_flight_calls_then_exits(model_path, policy):
             obs_i, noise_i = random_inputs(policy, 2, seed=index)
             with PolicyClient(addr, retries=0) as c:
                 try:
-                    results[index] = (c.act(obs_i, noise=noise_i, timeout=10)[0], policy.act(obs_i, noise=noise_i))
+                    results[index] = (c.act(obs_i, noise=noise_i, timeout=10), policy.act(obs_i, noise=noise_i))
                 except PolicyCallError as err:
                     results[index] = err
 
@@ -160,8 +169,9 @@ def test_sigterm_drains_in_flight_calls_then_exits(model_path, policy):
                 late.act(obs)
             assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "draining" in caught.value.details
 
-        served, _ = session.act(obs, noise=noise)  # an open stream keeps working while draining
-        np.testing.assert_allclose(served, policy.act(obs, noise=noise), atol=1e-6)
+        with pytest.raises(PolicyCallError) as caught:  # an idle open stream is ended at once
+            session.act(obs, noise=noise)
+        assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "draining" in caught.value.details
         session.close()
         session_client.close()
 
@@ -179,19 +189,19 @@ def test_sigterm_drains_in_flight_calls_then_exits(model_path, policy):
         server.kill()
 
 
-def test_an_idle_open_stream_does_not_hold_the_server_past_its_grace(model_path, policy):
-    server = Process("serve", "--model", str(model_path), "--port", "0", "--grace-s", "1")
+def test_an_idle_open_stream_does_not_hold_the_server(model_path, policy):
+    """The idle stream is ended at once: the server exits without waiting out its 60 s grace."""
+    server = Process("serve", "--model", str(model_path), "--port", "0", "--grace-s", "60")
     try:
         addr = f"127.0.0.1:{server.wait_for_event('serving')['port']}"
         with PolicyClient(addr, retries=0) as client:
             session = client.stream()
             session.act(np.zeros((1, policy.info.obs_dim), np.float32))
             server.proc.send_signal(signal.SIGTERM)
-            signalled = time.monotonic()
-            assert server.proc.wait(timeout=5) == 0
-            assert time.monotonic() - signalled < 2.5
-            with pytest.raises(PolicyCallError):
+            assert server.proc.wait(timeout=30) == 0
+            with pytest.raises(PolicyCallError) as caught:
                 session.act(np.zeros((1, policy.info.obs_dim), np.float32))
+            assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "draining" in caught.value.details
     finally:
         server.kill()
 
@@ -209,7 +219,9 @@ def test_port_in_use_is_a_clear_error(model_path):
 def test_a_bad_model_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "agent.onnx"
     bad.write_bytes(b"not a graph")
-    result = subprocess.run([*OMAD, "serve", "--model", str(bad), "--port", "0"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [*OMAD, "serve", "--model", str(bad), "--port", "0"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "error:" in result.stderr and str(bad) in result.stderr
 
 
@@ -265,7 +277,9 @@ def test_launcher_stops_everything_when_one_agent_fails(tiny_export_dir, tmp_pat
 
 def test_omad_health_exit_codes(model_path):
     def health(addr: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*OMAD, "health", "--addr", addr, "--timeout", "2"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [*OMAD, "health", "--addr", addr, "--timeout", "2"], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
 
     with ServerThread(ServeConfig(model=model_path, port=0), load=False) as starting:
         result = health(starting.addr)
@@ -291,13 +305,15 @@ def test_64_concurrent_clients_get_every_answer_right(model_path, policy):
 
         def closed_loop_client(index: int) -> None:
             obs, noise = inputs[index]
-            expected = np.stack([policy.act(obs[i : i + 1], noise=noise[:, i : i + 1])[0] for i in range(requests_each)])
+            expected = np.stack(
+                [policy.act(obs[i : i + 1], noise=noise[:, i : i + 1])[0] for i in range(requests_each)]
+            )
             try:
                 with PolicyClient(addr, retries=0, timeout_s=30) as client:
                     start.wait(timeout=60)
                     for i in range(requests_each):
-                        action, timing = client.act(obs[i : i + 1], noise=noise[:, i : i + 1])
-                        served_batches.append(timing.batch_size)
+                        action = client.act(obs[i : i + 1], noise=noise[:, i : i + 1])
+                        served_batches.append(client.last_timing.batch_size)
                         if not np.allclose(action[0], expected[i], rtol=0, atol=1e-5):
                             mismatches.append((index, i))
             except BaseException as err:  # noqa: BLE001 - reported below

@@ -8,15 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from omad_train.cli import main
+from omad.cli import main
 from omad_train.config import build_config
 from omad_train.sweep import DONE_FILE, SWEEP_FILE, SweepError, job_dir, run_sweep, safe_name
 from omad_train.trainer import train
 
 ENV = "mpe:simple_spread_v3"
 # Jobs of a few seconds: tiny networks, K = 2, two evaluations and two checkpoints in 300 steps.
-TINY = dict(learning_starts=100, batch_size=32, eval_every=150, eval_episodes=1, checkpoint_every=150,
-            denoising_steps=2, actor_hidden=[16, 16], critic_hidden=[16, 16], num_atoms=11)
+TINY = dict(
+    learning_starts=100,
+    batch_size=32,
+    eval_every=150,
+    eval_episodes=1,
+    checkpoint_every=150,
+    denoising_steps=2,
+    actor_hidden=[16, 16],
+    critic_hidden=[16, 16],
+    num_atoms=11,
+)
 
 
 def metrics(run_dir):
@@ -52,7 +61,10 @@ def test_local_sweep_trains_resumes_and_skips(tmp_path):
     assert "resume from step 150" in (seed0.parent / "seed-0.log").read_text()
     sweep = json.loads((out / SWEEP_FILE).read_text())
     assert sweep["total_steps"] == 300 and sweep["config"] == TINY
-    assert sorted(j["dir"] for j in sweep["jobs"]) == ["mpe_simple_spread_v3/omad/seed-0", "mpe_simple_spread_v3/omad/seed-1"]
+    assert sorted(j["dir"] for j in sweep["jobs"]) == [
+        "mpe_simple_spread_v3/omad/seed-0",
+        "mpe_simple_spread_v3/omad/seed-1",
+    ]
 
     # A re-run trains nothing: both jobs are skipped and their files stay as they were.
     before = {p: (p / "metrics.jsonl").read_bytes() for p in (seed0, seed1)}
@@ -71,9 +83,26 @@ def test_failing_job_does_not_stop_the_others(tmp_path, capsys):
     # Hopper does not take MPE's option N: its job fails when it builds the env; spread's job trains.
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(TINY))
-    code = main(["sweep", "--envs", ENV, "mamujoco:Hopper-3x1", "--seeds", "0", "--total-steps", "150",
-                 "--out", str(tmp_path / "sweep"), "--config", str(cfg), "--set", "env_options={N: 2}",
-                 "--local-workers", "2"])
+    code = main(
+        [
+            "sweep",
+            "--envs",
+            ENV,
+            "mamujoco:Hopper-3x1",
+            "--seeds",
+            "0",
+            "--total-steps",
+            "150",
+            "--out",
+            str(tmp_path / "sweep"),
+            "--config",
+            str(cfg),
+            "--set",
+            "env_options={N: 2}",
+            "--local-workers",
+            "2",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 1, text
     assert f"done   {ENV} omad seed 0" in text
@@ -83,13 +112,16 @@ def test_failing_job_does_not_stop_the_others(tmp_path, capsys):
     assert "Traceback" in (tmp_path / "sweep" / "mamujoco_Hopper-3x1" / "omad" / "seed-0.log").read_text()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--envs", "mpe:nope"], "unknown env id 'mpe:nope'"),
-    (["--envs", ENV, "--algos", "omad", "sac"], "unknown algo 'sac'"),
-    (["--envs", ENV, "--set", "batch_size=0"], "invalid config field 'batch_size'"),
-    (["--envs", ENV, "--set", "seed=3"], "config field 'seed' is set per job"),
-    (["--envs", ENV, "--set", "batch_size"], "--set expects key=value"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--envs", "mpe:nope"], "unknown env id 'mpe:nope'"),
+        (["--envs", ENV, "--algos", "omad", "sac"], "unknown algo 'sac'"),
+        (["--envs", ENV, "--set", "batch_size=0"], "invalid config field 'batch_size'"),
+        (["--envs", ENV, "--set", "seed=3"], "config field 'seed' is set per job"),
+        (["--envs", ENV, "--set", "batch_size"], "--set expects key=value"),
+    ],
+)
 def test_bad_values_fail_before_any_job_starts(tmp_path, capsys, args, message):
     code = main(["sweep", *args, "--out", str(tmp_path / "sweep")])
     assert code == 2 and message in capsys.readouterr().err
@@ -102,8 +134,9 @@ def test_ray_sweep(tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         lines = []
-        summary = run_sweep(tmp_path, [ENV], ["omad", "hasac"], [0], total_steps=150, base=TINY,
-                            ray_address="local", log=lines.append)
+        summary = run_sweep(
+            tmp_path, [ENV], ["omad", "hasac"], [0], total_steps=150, base=TINY, ray_address="local", log=lines.append
+        )
     finally:
         ray.shutdown()
     assert summary["failed"] == [] and len(summary["done"]) == 2, lines
@@ -143,39 +176,104 @@ def test_sweep_on_a_two_node_ray_cluster_with_token_auth(tmp_path):
     base_env.pop("RAY_AUTH_TOKEN", None)
     base_env.pop("RAY_AUTH_TOKEN_PATH", None)
     head_env = {**base_env, "HOME": str(homes["head"])}
-    token = subprocess.run([ray_cli, "get-auth-token", "--generate"], env=head_env, capture_output=True, text=True,
-                           check=True, timeout=60).stdout.strip()
+    token = subprocess.run(
+        [ray_cli, "get-auth-token", "--generate"], env=head_env, capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
     assert token and (homes["head"] / ".ray" / "auth_token").read_text().strip() == token
     port = free_port()
     ray_temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
     nodes = []
     try:
-        nodes.append(subprocess.Popen(
-            [ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
-             "--dashboard-agent-listen-port", str(free_port()), "--temp-dir", ray_temp, *common],
-            env=head_env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "head.log", "w"), start_new_session=True))
+        nodes.append(
+            subprocess.Popen(
+                [
+                    ray_cli,
+                    "start",
+                    "--head",
+                    "--port",
+                    str(port),
+                    "--num-cpus",
+                    "0",
+                    "--include-dashboard",
+                    "false",
+                    "--dashboard-agent-listen-port",
+                    str(free_port()),
+                    "--temp-dir",
+                    ray_temp,
+                    *common,
+                ],
+                env=head_env,
+                stdout=subprocess.DEVNULL,
+                stderr=(tmp_path / "head.log").open("w"),
+                start_new_session=True,
+            )
+        )
         worker_env = {**base_env, "HOME": str(homes["worker"]), "RAY_AUTH_TOKEN": token}
-        nodes.append(subprocess.Popen(
-            [ray_cli, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1",
-             "--dashboard-agent-listen-port", str(free_port()), *common],
-            env=worker_env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"), start_new_session=True))
+        nodes.append(
+            subprocess.Popen(
+                [
+                    ray_cli,
+                    "start",
+                    "--address",
+                    f"127.0.0.1:{port}",
+                    "--num-cpus",
+                    "1",
+                    "--dashboard-agent-listen-port",
+                    str(free_port()),
+                    *common,
+                ],
+                env=worker_env,
+                stdout=subprocess.DEVNULL,
+                stderr=(tmp_path / "worker.log").open("w"),
+                start_new_session=True,
+            )
+        )
         driver_env = {**base_env, "HOME": str(homes["driver"]), "RAY_AUTH_TOKEN": token}
         deadline = time.monotonic() + 180
         while True:  # until the worker's CPU shows: a sweep on a cluster without it would wait for ever
-            status = subprocess.run([ray_cli, "status", "--address", f"127.0.0.1:{port}"], env=driver_env,
-                                    capture_output=True, text=True, timeout=60)
+            status = subprocess.run(
+                [ray_cli, "status", "--address", f"127.0.0.1:{port}"],
+                env=driver_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if "/1.0 CPU" in status.stdout:
                 break
-            logs = "".join(f"\n-- {name}:\n" + (tmp_path / name).read_text()[-3000:] for name in ("head.log", "worker.log"))
+            logs = "".join(
+                f"\n-- {name}:\n" + (tmp_path / name).read_text()[-3000:] for name in ("head.log", "worker.log")
+            )
             assert time.monotonic() < deadline, f"the worker node did not join: {status.stdout}{status.stderr}{logs}"
             time.sleep(3)
         tiny = [f"--set={key}={json.dumps(value)}" for key, value in TINY.items()]
         out = tmp_path / "sweep"
         sweep = subprocess.run(
-            [sys.executable, "-m", "omad_train.cli", "sweep", "--envs", ENV, "--algos", "omad", "--seeds", "0", "1",
-             "--total-steps", "150", "--out", str(out), "--ray-address", f"127.0.0.1:{port}", *tiny],
-            env=driver_env, capture_output=True, text=True, timeout=300)
+            [
+                sys.executable,
+                "-m",
+                "omad_train.cli",
+                "sweep",
+                "--envs",
+                ENV,
+                "--algos",
+                "omad",
+                "--seeds",
+                "0",
+                "1",
+                "--total-steps",
+                "150",
+                "--out",
+                str(out),
+                "--ray-address",
+                f"127.0.0.1:{port}",
+                *tiny,
+            ],
+            env=driver_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert sweep.returncode == 0, sweep.stdout + sweep.stderr + (tmp_path / "worker.log").read_text()[-2000:]
         assert f"ray (127.0.0.1:{port})" in sweep.stdout
         for seed in (0, 1):

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -10,12 +11,13 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 import omad_train
+from omad.cli import main
 from omad_train.checkpoint import CheckpointError, latest_checkpoint
 from omad_train.trainer import Trainer, train
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "omad_train.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "omad", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_run_dir_has_every_artifact(tiny_run_dir):
@@ -36,7 +38,7 @@ def test_checkpoint_round_trip_gives_the_trained_policies(tmp_path):
     assert list(policies) == ["agent_0", "agent_1", "agent_2"]
     obs = torch.randn(8, 18)
     noise = torch.randn(cfg.denoising_steps + 1, 8, 5)
-    for i, (name, policy) in enumerate(policies.items()):
+    for i, (_name, policy) in enumerate(policies.items()):
         assert (policy.obs_dim, policy.act_dim, policy.denoising_steps) == (18, 5, cfg.denoising_steps)
         expected = trainer.algo.agent_policy(i)(obs, noise)
         assert torch.equal(policy(obs, noise), expected)
@@ -51,38 +53,74 @@ def test_resume_is_exact(tmp_path, algo):
     train(tiny_config(algo=algo, total_steps=400, checkpoint_every=200), straight)
     train(tiny_config(algo=algo, total_steps=200, checkpoint_every=200), resumed)
     train(tiny_config(algo=algo, total_steps=400, checkpoint_every=200), resumed, resume=True)
-    a = load_file(latest_checkpoint(straight) / "train.safetensors")
-    b = load_file(latest_checkpoint(resumed) / "train.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    last = lambda run: json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    parts = sorted(
+        p.relative_to(latest_checkpoint(straight))
+        for p in (latest_checkpoint(straight) / "train").rglob("*.safetensors")
+    )
+    assert {p.parent.name for p in parts} == {"train", "modules", "optimizers"}
+    for part in parts:  # every network, optimizer moment, loose tensor and the RNG state
+        a = load_file(latest_checkpoint(straight) / part)
+        b = load_file(latest_checkpoint(resumed) / part)
+        assert a.keys() == b.keys(), part
+        for k in a:
+            assert torch.equal(a[k], b[k]), (part, k)
+
+    def last(run):
+        return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+
     assert last(straight)["eval_return_mean"] == last(resumed)["eval_return_mean"]
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
-    out = tmp_path / "run"
-    args = ["train", "--out", str(out), "--env", "mpe:simple_spread_v3", "--total-steps", "100000",
-            "--learning-starts", "100", "--batch-size", "32", "--checkpoint-every", "150", "--eval-every", "100000",
-            "--denoising-steps", "2", "--actor-hidden", "[16]", "--critic-hidden", "[16]", "--progress", "false"]
-    proc = subprocess.Popen([sys.executable, "-m", "omad_train.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = 120
-        import time
+def checkpoint_step(out):
+    return json.loads((latest_checkpoint(out) / "manifest.json").read_text())["step"]
 
+
+def run_until_checkpoint(args, out, min_step, deadline_s=180):
+    """Start `omad *args`, wait until it has checkpointed at least `min_step`, then kill it."""
+    proc = subprocess.Popen([sys.executable, "-m", "omad", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
         start = time.time()
-        while not (out / "checkpoints" / "LATEST").exists():
+        while not ((out / "checkpoints" / "LATEST").exists() and checkpoint_step(out) >= min_step):
             assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.time() - start < deadline
+            assert time.time() - start < deadline_s
             time.sleep(0.2)
     finally:
         proc.kill()
         proc.wait()
-    step = json.loads((latest_checkpoint(out) / "manifest.json").read_text())["step"]
-    assert step >= 150
-    result = run_cli("train", "--out", str(out), "--resume", "--total-steps", str(step + 150))
-    assert result.returncode == 0, result.stderr
-    assert json.loads((latest_checkpoint(out) / "manifest.json").read_text())["step"] == step + 150
+    return checkpoint_step(out)
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--out",
+        str(out),
+        "--env",
+        "mpe:simple_spread_v3",
+        "--total-steps",
+        "100000",
+        "--learning-starts",
+        "100",
+        "--batch-size",
+        "32",
+        "--checkpoint-every",
+        "150",
+        "--eval-every",
+        "100000",
+        "--denoising-steps",
+        "2",
+        "--actor-hidden",
+        "[16]",
+        "--critic-hidden",
+        "[16]",
+        "--progress",
+        "false",
+    ]
+    step = run_until_checkpoint(args, out, 150)
+    # Killed again after the resumed run (its saved config, budget included) checkpointed further on.
+    assert run_until_checkpoint(["train", "--out", str(out), "--resume"], out, step + 150) >= step + 150
+    assert json.loads((out / "config.json").read_text())["total_steps"] == 100000
 
 
 def test_unknown_env_lists_valid_ids(tmp_path):
@@ -134,7 +172,7 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
     data = bytearray(actor.read_bytes())
     data[-10] ^= 0xFF
     actor.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="agent_1.safetensors.*sha256"):
+    with pytest.raises(CheckpointError, match=r"agent_1\.safetensors.*sha256"):
         omad_train.load_policies(out)
     result = run_cli("train", "--out", str(out), "--resume", "--total-steps", "300")
     assert result.returncode == 2 and "agent_1.safetensors" in result.stderr
@@ -146,5 +184,53 @@ def test_mismatched_checkpoint_names_file_and_tensor(tmp_path):
     config = json.loads((out / "config.json").read_text())
     config["actor_hidden"] = [64, 64]  # the saved weights are 32-wide
     (out / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"train.safetensors: tensor 'actors\..*' has shape"):
+    with pytest.raises(CheckpointError, match=r"modules/actors\.safetensors: tensor '.*' has shape"):
         Trainer(tiny_config(**{k: v for k, v in config.items() if k != "total_steps"}, total_steps=300), out).restore()
+
+
+def test_resume_keeps_the_saved_config(tmp_path):
+    """`--resume` continues with the run's own config: without flags nothing changes (the budget stays
+    the saved one, not the code default), a larger --total-steps and the runtime knobs may change."""
+    out = tmp_path / "run"
+    train(tiny_config(total_steps=150, checkpoint_every=150, eval_every=150, lr_actor=1e-3), out)
+    saved = json.loads((out / "config.json").read_text())
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "config.json").read_text()) == saved  # total_steps 150, lr_actor 1e-3, 32-wide nets
+    assert json.loads((latest_checkpoint(out) / "manifest.json").read_text())["step"] == 150
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(out),
+                "--resume",
+                "--total-steps",
+                "300",
+                "--torch-threads",
+                "1",
+                "--progress",
+                "true",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((out / "config.json").read_text()) == {
+        **saved,
+        "total_steps": 300,
+        "torch_threads": 1,
+        "progress": True,
+    }
+    assert json.loads((latest_checkpoint(out) / "manifest.json").read_text())["step"] == 300
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [(["--lr-actor", "0.01"], "--lr-actor"), (["--total-steps", "100"], "--total-steps"),
+     (["--total-steps", "400", "--actor-hidden", "[64]"], "--actor-hidden"), (["--seed", "3"], "--seed")],
+)  # fmt: skip
+def test_resume_refuses_a_changed_config(tiny_run_dir, capsys, flags, named):
+    before = {p: p.stat().st_mtime_ns for p in tiny_run_dir.rglob("*")}
+    assert main(["train", "--out", str(tiny_run_dir), "--resume", *flags]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {named} ") and "saved" in lines[0], lines
+    assert {p: p.stat().st_mtime_ns for p in tiny_run_dir.rglob("*")} == before

@@ -17,19 +17,26 @@ import math
 import pytest
 import torch
 
+from omad_core.envs.base import AgentSpec, EnvSpec
 from omad_train.algos import make_algorithm
 from omad_train.config import TrainConfig
-from omad_train.envs.base import AgentSpec, EnvSpec
 from omad_train.layout import AgentLayout
 from omad_train.replay import ReplaySample
 
 OBS_DIMS, ACT_DIMS, STATE_DIM = [3, 5], [2, 1], 4
 LOW, HIGH = [[0.0, -2.0], [-0.4]], [[1.0, 0.5], [0.4]]
 JOINT_LOW, JOINT_HIGH = torch.tensor([0.0, -2.0, -0.4]), torch.tensor([1.0, 0.5, 0.4])  # the joint action's bounds
-LAYOUT = AgentLayout(EnvSpec("toy", tuple(
-    AgentSpec(f"agent_{i}", o, a, tuple(lo), tuple(hi))
-    for i, (o, a, lo, hi) in enumerate(zip(OBS_DIMS, ACT_DIMS, LOW, HIGH))
-), STATE_DIM, 1))
+LAYOUT = AgentLayout(
+    EnvSpec(
+        "toy",
+        tuple(
+            AgentSpec(f"agent_{i}", o, a, tuple(lo), tuple(hi))
+            for i, (o, a, lo, hi) in enumerate(zip(OBS_DIMS, ACT_DIMS, LOW, HIGH))
+        ),
+        STATE_DIM,
+        1,
+    )
+)
 V_MIN, V_MAX, M = -12.0, 8.0, 21  # atoms -12, -11, ..., 8
 GAMMA, REWARD_SCALE, TAU = 0.95, 2.5, 0.1
 REWARD = [0.5, -1.0, 2.0, 0.3, -2.5, 1.5]
@@ -49,9 +56,23 @@ def one_thread():
 
 def make_algo(name: str, **overrides):
     torch.manual_seed(0)
-    cfg = dict(algo=name, actor_hidden=[16, 16], critic_hidden=[16], denoising_steps=3, num_atoms=M, gamma=GAMMA,
-               n_step=3, reward_scale=REWARD_SCALE, tau=TAU, policy_delay=1, grad_clip=0.0, alpha_init=0.37,
-               lr_alpha=0.5, compile=False, progress=False)
+    cfg = dict(
+        algo=name,
+        actor_hidden=[16, 16],
+        critic_hidden=[16],
+        denoising_steps=3,
+        num_atoms=M,
+        gamma=GAMMA,
+        n_step=3,
+        reward_scale=REWARD_SCALE,
+        tau=TAU,
+        policy_delay=1,
+        grad_clip=0.0,
+        alpha_init=0.37,
+        lr_alpha=0.5,
+        compile=False,
+        progress=False,
+    )
     return make_algorithm(TrainConfig(**{**cfg, **overrides}), LAYOUT, STATE_DIM, (V_MIN, V_MAX))
 
 
@@ -83,10 +104,14 @@ def make_batch(done: list[float], seed: int = 0) -> ReplaySample[torch.Tensor]:
 
     low, high = JOINT_LOW, JOINT_HIGH
     return ReplaySample(
-        state=torch.randn(B, STATE_DIM, generator=gen), obs=obs(),
+        state=torch.randn(B, STATE_DIM, generator=gen),
+        obs=obs(),
         action=low + torch.rand(B, len(low), generator=gen) * (high - low),
-        reward=torch.tensor(REWARD), discount=torch.tensor([GAMMA**m for m in STEPS]),
-        done=torch.tensor(done), next_state=torch.randn(B, STATE_DIM, generator=gen), next_obs=obs(),
+        reward=torch.tensor(REWARD),
+        discount=torch.tensor([GAMMA**m for m in STEPS]),
+        done=torch.tensor(done),
+        next_state=torch.randn(B, STATE_DIM, generator=gen),
+        next_obs=obs(),
     )
 
 
@@ -122,7 +147,8 @@ def update_with_critic_grads(algo, batch):
     grads = []
     params = list(algo.critic.parameters())
     hook = algo.optimizers()["critic_opt"].register_step_pre_hook(
-        lambda *_: grads.append([p.grad.clone() for p in params]))
+        lambda *_: grads.append([p.grad.clone() for p in params])
+    )
     metrics = {k: float(v) for k, v in algo.update(batch).items()}  # 0-d tensors, read as the trainer logs them
     hook.remove()
     assert len(grads) == 1
@@ -221,7 +247,9 @@ def test_hasac_critic_target_is_min_twin_q_minus_summed_alpha_log_pi(done):
     with torch.no_grad():
         nxt = algo.actors(batch.next_obs.transpose(0, 1), noise)  # cost = log pi per agent
         q = algo.critic_target(batch.next_state, joint_of(nxt.action))
-    value = [min(q[0, b].item(), q[1, b].item()) - sum(alphas[i] * nxt.cost[i, b].item() for i in range(2)) for b in range(B)]
+    value = [
+        min(q[0, b].item(), q[1, b].item()) - sum(alphas[i] * nxt.cost[i, b].item() for i in range(2)) for b in range(B)
+    ]
     assert any(abs(q[0, b] - q[1, b]) > 0.1 for b in range(B))  # the twin heads disagree: min matters
     check_critic_step(algo, batch, twin_q_loss(batch, bootstrapped(batch, torch.tensor(value))))
 
@@ -291,12 +319,17 @@ def test_actor_and_temperature_step_once_every_policy_delay_updates(name):
         old = [p.clone() for p in algo.actor_target.parameters()] if name == "hatd3" else []
         algo.update(make_batch(DONE["none"], seed=u))
         if name == "hatd3":
-            actor_target_moved.append(int(any(not torch.equal(a, b) for a, b in zip(old, algo.actor_target.parameters()))))
+            actor_target_moved.append(
+                int(any(not torch.equal(a, b) for a, b in zip(old, algo.actor_target.parameters())))
+            )
     steps = {k: [s.count(k) for s in stepped] for k in algo.optimizers()}
 
     assert steps.pop("critic_opt") == [1] * updates
-    delayed = {"omad": ["actor_opt", "alpha_opt"], "hasac": ["actor_opt_0", "actor_opt_1", "alpha_opt"],
-               "hatd3": ["actor_opt_0", "actor_opt_1"]}[name]
+    delayed = {
+        "omad": ["actor_opt", "alpha_opt"],
+        "hasac": ["actor_opt_0", "actor_opt_1", "alpha_opt"],
+        "hatd3": ["actor_opt_0", "actor_opt_1"],
+    }[name]
     assert sorted(steps) == sorted(delayed)
     pattern = steps[delayed[0]]
     for k in delayed:  # actors and temperature step together, at most once per update
@@ -322,7 +355,9 @@ def actor_objective(name, algo, actors, critic, obs, state, noise, alphas) -> fl
         return (-q + cost).mean().item()
 
 
-@pytest.mark.parametrize("name, alpha", [("omad", 1e-6), ("omad", 0.5), ("hasac", 1e-6), ("hasac", 0.5), ("hatd3", 0.5)])
+@pytest.mark.parametrize(
+    ("name", "alpha"), [("omad", 1e-6), ("omad", 0.5), ("hasac", 1e-6), ("hasac", 0.5), ("hatd3", 0.5)]
+)
 def test_one_actor_step_lowers_the_actor_objective(name, alpha):
     """alpha ~ 0 checks the Q part alone; at 0.5 the cost part dominates the step (measured: a 50x larger change)."""
     algo = make_algo(name, auto_alpha=False, alpha_init=alpha, lr_actor=1e-3)
@@ -342,10 +377,12 @@ def install_linear_critic(name, algo, w: torch.Tensor) -> None:
     `0 * param` keeps the critic step's backward valid; the critic's own weights no longer matter."""
     param = next(algo.critic.parameters())
     if name == "omad":  # two-point distribution on V_MIN / V_MAX with P(V_MAX) = sigmoid(w . a)
+
         def logits(state, joint_action):
             n = len(joint_action)
             parts = [torch.zeros(n, 1), torch.full((n, M - 2), -50.0), (joint_action @ w).unsqueeze(-1)]
             return torch.cat(parts, -1).expand(2, n, M) + 0.0 * param.sum()
+
         algo.critic.logits = logits
     else:  # both twin heads: Q = w . a
         algo.critic.forward = lambda state, joint_action: (joint_action @ w).expand(2, -1) + 0.0 * param.sum()

@@ -1,21 +1,24 @@
-"""Algorithms share one interface (common.Algorithm): act(), update(), modules(), optimizers(),
-extra_tensors(), agent_policy()."""
+"""The algorithms, by the name `TrainConfig.algo` gives; each is an `common.Algorithm`."""
 
 from __future__ import annotations
 
 import torch
 
-from ..config import TrainConfig
-from ..layout import AgentLayout
+from omad_train.algos.common import Algorithm
+from omad_train.algos.omad import OMAD
+from omad_train.algos.sequential import HASAC, HATD3
+from omad_train.config import TrainConfig
+from omad_train.layout import AgentLayout
 
 
-def make_algorithm(cfg: TrainConfig, layout: AgentLayout, state_dim: int, value_range: tuple[float, float],
-                   device: torch.device | str = "cpu"):
+def make_algorithm(
+    cfg: TrainConfig,
+    layout: AgentLayout,
+    state_dim: int,
+    value_range: tuple[float, float],
+    device: torch.device | str = "cpu",
+) -> Algorithm:
     """The networks are initialised on the CPU (the same weights on every device), then moved to `device`."""
-    if cfg.algo in ("omad", "omad-gaussian"):
-        from .omad import OMAD
-
+    if cfg.algo in ("omad", "omad-gaussian"):  # the Gaussian ablation differs only in its actors
         return OMAD(cfg, layout, state_dim, value_range, device)
-    from .sequential import HASAC, HATD3
-
     return {"hasac": HASAC, "hatd3": HATD3}[cfg.algo](cfg, layout, state_dim, device)

@@ -3,21 +3,46 @@ update helpers."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 
-from ..actors import AgentPolicy
+from omad_train.actors import Actors, ChainOutput
+from omad_train.config import TrainConfig
+from omad_train.layout import AgentLayout
+from omad_train.policies import AgentPolicy
+from omad_train.replay import ReplaySample
 
 
-class Algorithm:
-    """Base of every algorithm. Subclasses set `cfg`, `layout`, `device`, `joint_index`, `actors` (a stack, or
-    per-agent actors with the same call), `chain` (the callable used to act; `actors` or a compiled
-    copy) and `num_updates`, and implement `update`, `modules`, `optimizers`, `extra_tensors`.
-    Networks, optimizer state and `update` live on `device`; `act` takes and returns numpy arrays."""
+class Algorithm(ABC):
+    """Base of every algorithm: the members the trainer, checkpoints and export rely on. Networks,
+    optimizer state and `update` live on `device`; `act` takes and returns numpy arrays."""
 
+    cfg: TrainConfig
+    layout: AgentLayout
+    actors: Actors  # one stack, or per-agent stacks with the same call
+    chain: Callable[..., ChainOutput]  # what acting calls: `actors`, or a compiled copy of it
+    num_updates: int
+    joint_index: torch.Tensor  # `layout.joint`'s column order, on the device
     device = torch.device("cpu")
+
+    @abstractmethod
+    def update(self, batch: ReplaySample) -> dict[str, torch.Tensor]:
+        """One gradient update from a replay sample; returns 0-d tensor metrics, read only when logged."""
+
+    @abstractmethod
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Every network whose weights a checkpoint holds, by name."""
+
+    @abstractmethod
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Every optimizer whose state a checkpoint holds, by name."""
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        """Loose tensors a checkpoint holds besides modules (e.g. log alpha)."""
+        return {}
 
     def noise(self, batch: int) -> torch.Tensor:
         """Standard-normal policy noise [S, n, batch, d_a_max]: every random draw of the policies."""
@@ -61,7 +86,7 @@ def clip_grad_norm_per_agent(params: Iterable[torch.Tensor], max_norm: float) ->
     so this is exactly what per-agent clipping of separate networks would do."""
     with torch.no_grad():
         grads = [p.grad for p in params if p.grad is not None]
-        sq = sum(g.pow(2).reshape(g.shape[0], -1).sum(1) for g in grads)
+        sq = torch.stack([g.pow(2).reshape(g.shape[0], -1).sum(1) for g in grads]).sum(0)
         scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
         for g in grads:
             g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))

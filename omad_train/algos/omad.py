@@ -16,13 +16,13 @@ import math
 
 import torch
 
-from ..config import TrainConfig
-from ..critic import CategoricalCritic, project_distribution
-from ..actors import GaussianActors, StackedActors
-from ..diffusion import DiffusionActors
-from ..layout import AgentLayout
-from ..replay import ReplaySample
-from .common import Algorithm, clip_grad_norm_per_agent, gradient_step, polyak_update
+from omad_train.actors import GaussianActors, StackedActors
+from omad_train.algos.common import Algorithm, clip_grad_norm_per_agent, gradient_step, polyak_update
+from omad_train.config import TrainConfig
+from omad_train.critic import CategoricalCritic, project_distribution
+from omad_train.diffusion import DiffusionActors
+from omad_train.layout import AgentLayout
+from omad_train.replay import ReplaySample
 
 
 def make_actors(cfg: TrainConfig, layout: AgentLayout) -> StackedActors:
@@ -30,18 +30,30 @@ def make_actors(cfg: TrainConfig, layout: AgentLayout) -> StackedActors:
     if cfg.algo == "omad-gaussian":
         return GaussianActors(*sizes, hidden=cfg.actor_hidden)
     return DiffusionActors(
-        *sizes, hidden=cfg.actor_hidden, denoising_steps=cfg.denoising_steps, prior_std=cfg.prior_std,
-        dt_init=cfg.dt_init, time_features=cfg.time_features,
+        *sizes,
+        hidden=cfg.actor_hidden,
+        denoising_steps=cfg.denoising_steps,
+        prior_std=cfg.prior_std,
+        dt_init=cfg.dt_init,
+        time_features=cfg.time_features,
     )
 
 
 class OMAD(Algorithm):
-    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, value_range: tuple[float, float],
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        layout: AgentLayout,
+        state_dim: int,
+        value_range: tuple[float, float],
+        device: torch.device | str = "cpu",
+    ):
         self.cfg, self.layout, self.device = cfg, layout, torch.device(device)
         self.actors = make_actors(cfg, layout)
         self.critic = CategoricalCritic(state_dim + layout.joint_dim, cfg.critic_hidden, cfg.num_atoms, *value_range)
-        self.critic_target = CategoricalCritic(state_dim + layout.joint_dim, cfg.critic_hidden, cfg.num_atoms, *value_range)
+        self.critic_target = CategoricalCritic(
+            state_dim + layout.joint_dim, cfg.critic_hidden, cfg.num_atoms, *value_range
+        )
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         for module in self.modules().values():

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import copy
 import math
+from abc import abstractmethod
 
 import torch
 
-from ..actors import ChainOutput, DeterministicActors, GaussianActors, PerAgentActors
-from ..config import TrainConfig
-from ..critic import TwinQCritic
-from ..layout import AgentLayout
-from ..replay import ReplaySample
-from .common import Algorithm, gradient_step, polyak_update
+from omad_train.actors import ChainOutput, DeterministicActors, GaussianActors, PerAgentActors, StackedActors
+from omad_train.algos.common import Algorithm, gradient_step, polyak_update
+from omad_train.config import TrainConfig
+from omad_train.critic import TwinQCritic
+from omad_train.layout import AgentLayout
+from omad_train.replay import ReplaySample
 
 
 class SequentialAlgorithm(Algorithm):
+    actors: PerAgentActors
+
     def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, device: torch.device | str = "cpu"):
         self.cfg, self.layout, self.device = cfg, layout, torch.device(device)
         self.actors = self.chain = PerAgentActors([self.make_actor(i) for i in range(layout.n)]).to(self.device)
@@ -33,8 +36,8 @@ class SequentialAlgorithm(Algorithm):
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_critic)
         self.num_updates = 0
 
-    def make_actor(self, i: int):
-        raise NotImplementedError
+    @abstractmethod
+    def make_actor(self, i: int) -> StackedActors: ...
 
     def agent_actor(self, i: int, obs: torch.Tensor, noise: torch.Tensor) -> ChainOutput:
         """Agent i's action (with gradient) for the actor update."""
@@ -46,7 +49,7 @@ class SequentialAlgorithm(Algorithm):
 
     def update(self, batch: ReplaySample) -> dict[str, torch.Tensor]:
         """Returns 0-d tensors, read only when logged (as OMAD's update)."""
-        cfg, L = self.cfg, self.layout
+        cfg = self.cfg
         obs, next_obs = batch.obs.transpose(0, 1), batch.next_obs.transpose(0, 1)
         B = obs.shape[1]
 
@@ -89,11 +92,11 @@ class SequentialAlgorithm(Algorithm):
         return {"actor_loss": torch.stack(losses).mean(), "q": torch.stack(q_values).mean()}
 
     # -- the pieces each baseline defines -----------------------------------------------------
-    def next_value(self, next_state: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def next_value(self, next_state: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor: ...
 
-    def actor_loss(self, i: int, q: torch.Tensor, out: ChainOutput) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def actor_loss(self, i: int, q: torch.Tensor, out: ChainOutput) -> torch.Tensor: ...
 
     def after_agent_step(self, i: int, out: ChainOutput) -> None:
         pass
@@ -108,9 +111,6 @@ class SequentialAlgorithm(Algorithm):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic_opt": self.critic_opt, **{f"actor_opt_{i}": opt for i, opt in enumerate(self.actor_opts)}}
 
-    def extra_tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
 
 class HASAC(SequentialAlgorithm):
     """Squashed-Gaussian actors, soft twin-Q target, one auto-tuned temperature per agent
@@ -118,14 +118,22 @@ class HASAC(SequentialAlgorithm):
 
     def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, device: torch.device | str = "cpu"):
         super().__init__(cfg, layout, state_dim, device)
-        self.log_alpha = torch.full((layout.n,), math.log(cfg.alpha_init), device=self.device, requires_grad=cfg.auto_alpha)
+        self.log_alpha = torch.full(
+            (layout.n,), math.log(cfg.alpha_init), device=self.device, requires_grad=cfg.auto_alpha
+        )
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
-        self.cost_budget = torch.tensor(layout.act_dims, dtype=torch.float32, device=self.device) * cfg.cost_budget_per_dim
-        self.pass_costs = [torch.zeros((), device=self.device)] * layout.n  # each agent's mean log pi in the current actor pass
+        self.cost_budget = (
+            torch.tensor(layout.act_dims, dtype=torch.float32, device=self.device) * cfg.cost_budget_per_dim
+        )
+        self.pass_costs = [
+            torch.zeros((), device=self.device)
+        ] * layout.n  # each agent's mean log pi in the current actor pass
 
     def make_actor(self, i: int) -> GaussianActors:
         L = self.layout
-        return GaussianActors([L.obs_dims[i]], [L.act_dims[i]], [L.action_low[i]], [L.action_high[i]], self.cfg.actor_hidden)
+        return GaussianActors(
+            [L.obs_dims[i]], [L.act_dims[i]], [L.action_low[i]], [L.action_high[i]], self.cfg.actor_hidden
+        )
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -161,7 +169,9 @@ class HASAC(SequentialAlgorithm):
         return {"log_alpha": self.log_alpha}
 
 
-def smoothed_target_noise(shape: tuple[int, ...], std: float, clip: float, device: torch.device | str = "cpu") -> torch.Tensor:
+def smoothed_target_noise(
+    shape: tuple[int, ...], std: float, clip: float, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """TD3 target policy smoothing: clip(N(0, std^2), -clip, clip), in [-1, 1] action units."""
     return (torch.randn(shape, device=device) * std).clamp(-clip, clip)
 
@@ -177,8 +187,14 @@ class HATD3(SequentialAlgorithm):
 
     def make_actor(self, i: int) -> DeterministicActors:
         L, cfg = self.layout, self.cfg
-        return DeterministicActors([L.obs_dims[i]], [L.act_dims[i]], [L.action_low[i]], [L.action_high[i]],
-                                   cfg.actor_hidden, explore_std=cfg.explore_std)
+        return DeterministicActors(
+            [L.obs_dims[i]],
+            [L.act_dims[i]],
+            [L.action_low[i]],
+            [L.action_high[i]],
+            cfg.actor_hidden,
+            explore_std=cfg.explore_std,
+        )
 
     def update_noise(self, batch):
         return torch.zeros(1, self.layout.n, batch, self.layout.act_max, device=self.device)

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import io
 import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from omad_train.envs.adapter import ParallelEnvAdapter
-from omad_train.errors import OmadError
-from omad_train.envs.base import EnvSpec, MultiAgentEnv
-from omad_train.envs.scripted import adversary_to_landmark_nearest_good_agent
+from omad_core.envs.adapter import ParallelEnvAdapter, ScriptedPolicy
+from omad_core.envs.base import EnvSpec, MultiAgentEnv
+from omad_core.envs.scripted import adversary_to_landmark_nearest_good_agent
+from omad_core.errors import OmadError
 
 # mpe2 task module -> default options (on top of max_cycles=25).
 _MPE_TASKS: dict[str, dict[str, Any]] = {
@@ -25,7 +27,9 @@ _MPE_TASKS: dict[str, dict[str, Any]] = {
     "simple_speaker_listener_v4": {},
 }
 _MPE_DEFAULTS: dict[str, Any] = {"max_cycles": 25}
-_MPE_SCRIPTED = {"simple_adversary_v3": {"adversary_0": adversary_to_landmark_nearest_good_agent}}
+_MPE_SCRIPTED: dict[str, dict[str, ScriptedPolicy]] = {
+    "simple_adversary_v3": {"adversary_0": adversary_to_landmark_nearest_good_agent}
+}
 
 # MaMuJoCo (scenario, partition); the id is "mamujoco:<scenario>-<partition>".
 _MAMUJOCO_TASKS: tuple[tuple[str, str], ...] = (
@@ -55,16 +59,49 @@ class UnknownEnvError(OmadError, ValueError):
         super().__init__(f"unknown env id {env_id!r}; valid ids: {', '.join(ENV_IDS)}")
 
 
+class EnvOptionsError(OmadError, ValueError):
+    """An env option the environment does not know, or a value it rejects."""
+
+
+# Options of our own (or that we rely on) must be integers at least this large.
+_MIN_INT_OPTIONS = {"N": 1, "max_cycles": 1, "max_episode_steps": 1, "agent_obsk": 0}
+# Constructor arguments the adapter sets itself.
+_SET_BY_ADAPTER = {"continuous_actions", "render_mode", "scenario", "agent_conf", "gym_env"}
+
+
+def _check_options(env_id: str, options: dict[str, Any], known: Iterable[str]) -> None:
+    known = sorted(set(known) - _SET_BY_ADAPTER)
+    for name, value in options.items():
+        if name not in known:
+            raise EnvOptionsError(f"unknown option {name!r} for {env_id}; known options: {', '.join(known)}")
+        if name in _MIN_INT_OPTIONS and (
+            not isinstance(value, int) or isinstance(value, bool) or value < _MIN_INT_OPTIONS[name]
+        ):
+            raise EnvOptionsError(
+                f"option {name} of {env_id} must be an integer >= {_MIN_INT_OPTIONS[name]}, got {value!r}"
+            )
+
+
+def _construct(env_id: str, options: dict[str, Any], make: Callable[[], Any]) -> Any:
+    """The library's env, with a value it rejects reported as one line naming the options."""
+    try:
+        return make()
+    except (TypeError, ValueError, AssertionError) as err:
+        raise EnvOptionsError(f"{env_id} rejects the options {options}: {err}") from None
+
+
+def _parameters(fn: Any) -> list[str]:
+    return [p.name for p in inspect.signature(fn).parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+
+
 def env_family(env_id: str) -> str:
-    """"mpe" or "mamujoco"."""
+    """ "mpe" or "mamujoco"."""
     if env_id not in ENV_IDS:
         raise UnknownEnvError(env_id)
     return env_id.split(":", 1)[0]
 
 
-def make_env(
-    env_id: str, options: dict[str, Any] | None = None, render_mode: str | None = None
-) -> MultiAgentEnv:
+def make_env(env_id: str, options: dict[str, Any] | None = None, render_mode: str | None = None) -> MultiAgentEnv:
     """Build one environment copy. `options` override the id's defaults and pass through to
     the underlying env constructor (e.g. `N`, `max_cycles`, `local_ratio` for MPE;
     `max_episode_steps`, `agent_obsk` or Gymnasium MuJoCo kwargs for MaMuJoCo)."""
@@ -85,13 +122,12 @@ def get_spec(env_id: str, options: dict[str, Any] | None = None) -> EnvSpec:
         env.close()
 
 
-def _make_mpe(
-    env_id: str, task: str, options: dict[str, Any], render_mode: str | None
-) -> MultiAgentEnv:
+def _make_mpe(env_id: str, task: str, options: dict[str, Any], render_mode: str | None) -> MultiAgentEnv:
     resolved = {**_MPE_DEFAULTS, **_MPE_TASKS[task], **options}
     task_module = importlib.import_module(f"mpe2.{task}")
-    parallel_env = task_module.parallel_env(
-        continuous_actions=True, render_mode=render_mode, **resolved
+    _check_options(env_id, resolved, _parameters(task_module.raw_env))
+    parallel_env = _construct(
+        env_id, options, lambda: task_module.parallel_env(continuous_actions=True, render_mode=render_mode, **resolved)
     )
     return ParallelEnvAdapter(
         env_id,
@@ -103,9 +139,7 @@ def _make_mpe(
     )
 
 
-def _make_mamujoco(
-    env_id: str, task: str, options: dict[str, Any], render_mode: str | None
-) -> MultiAgentEnv:
+def _make_mamujoco(env_id: str, task: str, options: dict[str, Any], render_mode: str | None) -> MultiAgentEnv:
     scenario, partition = task.split("-", 1)
     resolved = {**_MAMUJOCO_DEFAULTS, **options}
     if render_mode == "rgb_array":
@@ -124,8 +158,15 @@ def _make_mamujoco(
         # gymnasium_robotics prints an unrelated Adroit notice to stderr on import.
         with contextlib.redirect_stderr(io.StringIO()):
             from gymnasium_robotics import mamujoco_v1
-        parallel_env = mamujoco_v1.parallel_env(
-            scenario, partition, render_mode=render_mode, **resolved
+        import gymnasium
+
+        # The library's own arguments, gymnasium.make's time limit and the MuJoCo robot's arguments.
+        robot = gymnasium.spec(f"{scenario}-v5").entry_point
+        robot_class = gymnasium.envs.registration.load_env_creator(robot) if isinstance(robot, str) else robot
+        known = [*_parameters(mamujoco_v1.parallel_env), "max_episode_steps", *_parameters(robot_class)]
+        _check_options(env_id, resolved, known)
+        parallel_env = _construct(
+            env_id, options, lambda: mamujoco_v1.parallel_env(scenario, partition, render_mode=render_mode, **resolved)
         )
     finally:
         log_config.logto_console = True

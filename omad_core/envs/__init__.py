@@ -24,18 +24,19 @@ Conventions of every env:
 - `reset(seed=s)` makes the episode reproducible: same seed and actions give the same data.
 - Physical Deception (`mpe:simple_adversary_v3`): the team is agent_0 and agent_1; the
   adversary runs a fixed scripted policy inside the adapter: it heads for the landmark nearest
-  to any good agent (see `omad_train.envs.scripted`).
+  to any good agent (see `omad_core.envs.scripted`).
 - `render_mode="rgb_array"` makes `render()` return a uint8 [H, W, 3] frame. For MuJoCo it sets
   MUJOCO_GL=egl unless already set (headless software rendering through Mesa's EGL).
 """
 
-from omad_train.envs.base import AgentSpec, EnvSpec, MultiAgentEnv, StepResult
-from omad_train.envs.registry import ENV_IDS, UnknownEnvError, env_family, get_spec, make_env
-from omad_train.envs.vec_env import VecEnv, VecStep
+from omad_core.envs.base import AgentSpec, EnvSpec, MultiAgentEnv, StepResult
+from omad_core.envs.registry import ENV_IDS, EnvOptionsError, UnknownEnvError, env_family, get_spec, make_env
+from omad_core.envs.vec_env import VecEnv, VecStep
 
 __all__ = [
     "ENV_IDS",
     "AgentSpec",
+    "EnvOptionsError",
     "EnvSpec",
     "MultiAgentEnv",
     "StepResult",

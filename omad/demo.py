@@ -6,25 +6,40 @@ process with one server process per agent), and the evaluation talks to them ove
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import json
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from .config import build_config
+from omad_train.config import build_config
 
 # HalfCheetah 2x3: two agents (back and front leg) must coordinate to run forward. At 20k steps OMAD
 # runs (returns 1000-2200 over the sample-efficiency study's seeds; a random team scores about -300).
 DEMO_ENV = "mamujoco:HalfCheetah-2x3"
 # About 10 minutes of training on 2 idle cores (15k updates). The full defaults otherwise (K = 8, 3x256
 # actors, C51 critic).
-FULL = dict(total_steps=20_000, learning_starts=5_000, eval_every=5_000, eval_episodes=3, checkpoint_every=10_000)
+FULL: dict[str, Any] = dict(
+    total_steps=20_000, learning_starts=5_000, eval_every=5_000, eval_episodes=3, checkpoint_every=10_000
+)
 # ~1 minute: a smoke test of every stage, with tiny networks and short episodes.
-QUICK = dict(total_steps=1_200, learning_starts=400, eval_every=1_200, eval_episodes=2, checkpoint_every=1_200,
-             batch_size=64, denoising_steps=4, actor_hidden=[64, 64], critic_hidden=[64, 64], num_atoms=51,
-             env_options={"max_episode_steps": 200})
+QUICK: dict[str, Any] = dict(
+    total_steps=1_200,
+    learning_starts=400,
+    eval_every=1_200,
+    eval_episodes=2,
+    checkpoint_every=1_200,
+    batch_size=64,
+    denoising_steps=4,
+    actor_hidden=[64, 64],
+    critic_hidden=[64, 64],
+    num_atoms=51,
+    env_options={"max_episode_steps": 200},
+)
 
 
 def start_servers(export_dir: Path, count: int, timeout_s: float = 60.0) -> tuple[subprocess.Popen, list[str]]:
@@ -32,13 +47,15 @@ def start_servers(export_dir: Path, count: int, timeout_s: float = 60.0) -> tupl
     from omad_serve.client import wait_until_serving
 
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "omad_train.cli", "serve", "--export-dir", str(export_dir), "--base-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [sys.executable, "-m", "omad", "serve", "--export-dir", str(export_dir), "--base-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     addrs = []
     try:
         for _ in range(count):  # the launcher prints "<agent> <host:port>" per server it starts
-            line = launcher.stdout.readline()
+            line = launcher.stdout.readline() if launcher.stdout else ""
             if not line:
                 raise RuntimeError(f"the server launcher exited early (code {launcher.wait()})")
             addrs.append(line.split()[1])
@@ -60,13 +77,18 @@ def stop_servers(launcher: subprocess.Popen, timeout_s: float = 30.0) -> int:
     return launcher.wait()
 
 
-def run_demo(out: Path, quick: bool = False, env: str = DEMO_ENV, seed: int = 0, total_steps: int | None = None,
-             episodes: int = 3) -> dict:
+def run_demo(
+    out: Path,
+    quick: bool = False,
+    env: str = DEMO_ENV,
+    seed: int = 0,
+    total_steps: int | None = None,
+    episodes: int = 3,
+) -> dict:
     from exporters.onnx_export import export_run
-    from omad_serve.closed_loop import format_report, grpc_source, run_eval
-
-    from .evaluation import random_baseline
-    from .trainer import train
+    from omad.evaluation import format_report, grpc_source, run_eval
+    from omad_core.rollout import random_baseline
+    from omad_train.trainer import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,7 +106,9 @@ def run_demo(out: Path, quick: bool = False, env: str = DEMO_ENV, seed: int = 0,
     stage("export")
     export_run(out / "run", out / "export", overwrite=True)
     stage("serve")
-    launcher, addrs = start_servers(out / "export", count=len(json.loads((out / "run" / "spec.json").read_text())["agents"]))
+    launcher, addrs = start_servers(
+        out / "export", count=len(json.loads((out / "run" / "spec.json").read_text())["agents"])
+    )
     try:
         for addr in addrs:
             print(f"  serving at {addr}")
@@ -97,7 +121,7 @@ def run_demo(out: Path, quick: bool = False, env: str = DEMO_ENV, seed: int = 0,
     timings["end"] = time.perf_counter()
 
     names = list(timings)
-    report = {
+    report: dict[str, Any] = {
         "env": env,
         "mode": "quick" if quick else "full",
         "train_steps": cfg.total_steps,
@@ -105,10 +129,13 @@ def run_demo(out: Path, quick: bool = False, env: str = DEMO_ENV, seed: int = 0,
         "random_return_mean": random.mean,
         "random_return_std": random.std,
         "servers_exit_code": stopped,
-        "stage_seconds": {a: timings[b] - timings[a] for a, b in zip(names, names[1:])},
+        "stage_seconds": {a: timings[b] - timings[a] for a, b in itertools.pairwise(names)},
         "artifacts": {
-            "run_dir": str(out / "run"), "curves": str(out / "run" / "curves.png"), "export_dir": str(out / "export"),
-            "recording": str(out / "episode.gif"), "report": str(out / "report.json"),
+            "run_dir": str(out / "run"),
+            "curves": str(out / "run" / "curves.png"),
+            "export_dir": str(out / "export"),
+            "recording": str(out / "episode.gif"),
+            "report": str(out / "report.json"),
         },
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -123,12 +150,16 @@ def run_demo(out: Path, quick: bool = False, env: str = DEMO_ENV, seed: int = 0,
     return report
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="train, export, serve one gRPC server per agent, evaluate closed-loop, report")
+def configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a ~1 minute smoke test of every stage")
     p.add_argument("--out", default="runs/demo", help="where the run, export, GIF and report go")
     p.add_argument("--env", default=DEMO_ENV)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--total-steps", type=int, default=None, help="override the training budget")
     p.add_argument("--episodes", type=int, default=3)
-    p.set_defaults(func=lambda args: (run_demo(Path(args.out), args.quick, args.env, args.seed, args.total_steps, args.episodes), 0)[1])
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    run_demo(Path(args.out), args.quick, args.env, args.seed, args.total_steps, args.episodes)
+    return 0

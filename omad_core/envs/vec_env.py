@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from omad_train.envs.base import EnvSpec, MultiAgentEnv
-from omad_train.envs.registry import make_env
+from omad_core.envs.base import EnvSpec, MultiAgentEnv
+from omad_core.envs.registry import make_env
 
 
 @dataclass
@@ -45,9 +45,7 @@ class VecEnv:
         if num_envs < 1:
             raise ValueError("num_envs must be at least 1")
         self.num_envs = num_envs
-        self._envs: list[MultiAgentEnv] = [
-            make_env(env_id, options, render_mode) for _ in range(num_envs)
-        ]
+        self._envs: list[MultiAgentEnv] = [make_env(env_id, options, render_mode) for _ in range(num_envs)]
         self.spec: EnvSpec = self._envs[0].spec
         self._first_seed = seed
         self._reset_seeds = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""The one evaluation loop (torch-free), shared by training, `omad eval` and the demo.
+"""The one episode loop (torch-free), shared by training's evaluations, `omad eval` and the demo.
 
 All episodes run side by side as copies of one vectorised environment, so every policy call is a
 batch. The noise stream is drawn here, from a numpy generator seeded by `seed`, and handed to the
@@ -9,14 +9,15 @@ same function gives the same returns.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from .envs import VecEnv
+from omad_core.envs import VecEnv, get_spec
 
-# act(obs per agent [E, d_o_i], noise per agent [K_i + 1, E, d_a_i]) -> actions per agent [E, d_a_i]
+# The team's policy: act(obs per agent [E, d_o_i], noise per agent [K_i + 1, E, d_a_i]) -> actions per
+# agent [E, d_a_i]. Each agent's part is one `omad_core.policy.Policy.act` (or a stack of them).
 ActFn = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
 
 
@@ -96,8 +97,8 @@ def uniform_random_policy(low: list[np.ndarray], high: list[np.ndarray], seed: i
 
 
 def random_baseline(env_id: str, episodes: int, seed: int, options: dict | None = None) -> EvalResult:
-    from .envs import get_spec
-
     spec = get_spec(env_id, options)
-    act = uniform_random_policy([np.array(a.action_low) for a in spec.agents], [np.array(a.action_high) for a in spec.agents], seed)
+    act = uniform_random_policy(
+        [np.array(a.action_low) for a in spec.agents], [np.array(a.action_high) for a in spec.agents], seed
+    )
     return evaluate(env_id, act, [1] * len(spec.agents), episodes, seed, options)

@@ -38,7 +38,7 @@ class EnvSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EnvSpec":
+    def from_dict(cls, d: dict[str, Any]) -> EnvSpec:
         agents = tuple(
             AgentSpec(
                 name=a["name"],
@@ -87,6 +87,10 @@ class MultiAgentEnv:
 
     def render(self) -> np.ndarray:
         """An RGB frame, uint8 [H, W, 3]."""
+        raise NotImplementedError
+
+    def torso_xy(self) -> np.ndarray:
+        """The robot's torso (x, y) position, float64 [2] (MuJoCo robots only; for state coverage)."""
         raise NotImplementedError
 
     def close(self) -> None:

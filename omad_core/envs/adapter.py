@@ -1,7 +1,7 @@
 """One adapter from a PettingZoo parallel env (mpe2 or MaMuJoCo) to `MultiAgentEnv`.
 
 Both families speak the PettingZoo parallel API, so a single class applies the conventions
-(listed in `omad_train.envs`): fixed agent order, float32 observations and state, clipped
+(listed in `omad_core.envs`): fixed agent order, float32 observations and state, clipped
 actions, team reward = mean of the team agents' rewards, terminated kept apart from truncated.
 Agents driven by a scripted policy (the adversary of Physical Deception) are stepped here and
 are not part of the spec.
@@ -9,18 +9,17 @@ are not part of the spec.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
-from omad_train.envs.base import AgentSpec, EnvSpec, MultiAgentEnv, StepResult
+from omad_core.envs.base import AgentSpec, EnvSpec, MultiAgentEnv, StepResult
 
 ScriptedPolicy = Callable[[np.ndarray], np.ndarray]
 
 
-def episode_end_flags(
-    terminations: Mapping[str, bool], truncations: Mapping[str, bool]
-) -> tuple[bool, bool]:
+def episode_end_flags(terminations: Mapping[str, bool], truncations: Mapping[str, bool]) -> tuple[bool, bool]:
     """Map per-agent done flags to (terminated, truncated) of the team.
 
     A true terminal state wins over a time limit reached at the same step, so at most one
@@ -50,10 +49,7 @@ class ParallelEnvAdapter(MultiAgentEnv):
         self._env = parallel_env
         self._render_mode = render_mode
         self._scripted_policies = dict(scripted_policies or {})
-        self._bounds = {
-            name: _box_bounds(parallel_env.action_space(name))
-            for name in parallel_env.possible_agents
-        }
+        self._bounds = {name: _box_bounds(parallel_env.action_space(name)) for name in parallel_env.possible_agents}
         team = [n for n in parallel_env.possible_agents if n not in self._scripted_policies]
         self.spec = EnvSpec(
             env_id=env_id,
@@ -83,10 +79,12 @@ class ParallelEnvAdapter(MultiAgentEnv):
             action_high=tuple(float(x) for x in high),
         )
 
-    @property
-    def raw_env(self) -> Any:
-        """The wrapped PettingZoo parallel env (for read-only access to simulator state)."""
-        return self._env
+    def torso_xy(self) -> np.ndarray:
+        """MaMuJoCo: the robot's torso (x, y), `qpos[:2]` of the MuJoCo model under the env."""
+        single_agent_env = getattr(self._env, "single_agent_env", None)
+        if single_agent_env is None:
+            raise NotImplementedError(f"{self.spec.env_id} has no MuJoCo torso")
+        return np.array(single_agent_env.unwrapped.data.qpos[:2], dtype=np.float64)
 
     def reset(self, seed: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
         raw_obs, _ = self._env.reset(seed=seed)
@@ -99,10 +97,7 @@ class ParallelEnvAdapter(MultiAgentEnv):
             raise RuntimeError("the episode has ended (or never started): call reset() first")
         if len(actions) != len(self.spec.agents):
             raise ValueError(f"expected {len(self.spec.agents)} actions, got {len(actions)}")
-        env_actions = {
-            agent.name: self._clip(agent.name, action)
-            for agent, action in zip(self.spec.agents, actions)
-        }
+        env_actions = {agent.name: self._clip(agent.name, action) for agent, action in zip(self.spec.agents, actions)}
         for name, policy in self._scripted_policies.items():
             env_actions[name] = self._clip(name, policy(self._last_raw_obs[name]))
 

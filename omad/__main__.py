@@ -1,0 +1,5 @@
+import sys
+
+from omad.cli import main
+
+sys.exit(main())

@@ -1,0 +1,332 @@
+"""Closed-loop evaluation (`omad eval`): the environment steps here; each agent's policy comes from a
+torch run dir, an ONNX export or a gRPC server per agent. All three are `omad_core.policy.Policy`
+objects, run by one loop (omad_core.rollout.evaluate) that draws the noise, so the three give the
+same returns. Latency is measured here, around each call, not returned by the policies.
+
+Torch loads only for a run dir (`torch_source`), so evaluating an export or servers needs no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from omad_core.envs import get_spec
+from omad_core.envs.base import EnvSpec
+from omad_core.errors import OmadError
+from omad_core.policy import Policy
+from omad_core.rollout import EvalResult, evaluate
+
+
+class EvalError(OmadError):
+    pass
+
+
+@dataclass(frozen=True)
+class AgentEndpoint:
+    """What a policy source says about one agent, checked against the environment before stepping."""
+
+    name: str
+    obs_dim: int
+    act_dim: int
+    noise_steps: int
+    env_id: str  # "" when the source doesn't know
+    where: str  # file or address, for error messages
+
+
+@dataclass
+class PolicySource:
+    """One `Policy` per agent, in env order, stepped as a team."""
+
+    kind: str
+    agents: list[AgentEndpoint]
+    policies: list[Policy]
+    concurrent: bool = False  # issue the agents' calls for a step in parallel (gRPC)
+    step_timeout_s: float = 10.0  # a backstop: gRPC calls carry their own deadline
+    latency_us: dict[str, list[float]] = field(default_factory=dict)
+    _workers: list[_Worker] = field(default_factory=list)
+    _on_close: list[Callable[[], None]] = field(default_factory=list)
+
+    def act(self, obs: list[np.ndarray], noise: list[np.ndarray]) -> list[np.ndarray]:
+        if not self.concurrent:
+            return [self._timed(i, obs[i], noise[i]) for i in range(len(self.policies))]
+        if not self._workers:
+            self._workers = [_Worker(f"agent-{i}") for i in range(len(self.policies))]
+        futures = [w.submit(self._timed, i, obs[i], noise[i]) for i, w in enumerate(self._workers)]
+        results = []
+        for agent, fut in zip(self.agents, futures):
+            try:
+                results.append(fut.result(timeout=self.step_timeout_s))
+            except FutureTimeout:
+                raise EvalError(
+                    f"episode failed: agent {agent.name} at {agent.where} sent no action within {self.step_timeout_s} s"
+                ) from None
+            except OmadError as err:
+                raise EvalError(f"episode failed: agent {agent.name} at {agent.where}: {err}") from None
+        return results
+
+    def _timed(self, i: int, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        out = self.policies[i].act(obs, noise)
+        self.latency_us.setdefault(self.agents[i].name, []).append((time.perf_counter() - start) * 1e6)
+        return np.asarray(out, np.float32)
+
+    def check_against(self, spec: EnvSpec) -> None:
+        """Refuse a source whose agents don't fit the environment, before the first step."""
+        if len(self.agents) != len(spec.agents):
+            raise EvalError(
+                f"{spec.env_id} has {len(spec.agents)} agents, the {self.kind} source gives {len(self.agents)}"
+            )
+        for mine, theirs in zip(self.agents, spec.agents):
+            problems = []
+            if mine.env_id and mine.env_id != spec.env_id:
+                problems.append(f"trained for env {mine.env_id!r}, not {spec.env_id!r}")
+            if (mine.obs_dim, mine.act_dim) != (theirs.obs_dim, theirs.act_dim):
+                problems.append(
+                    f"obs/act sizes {mine.obs_dim}/{mine.act_dim}, env wants {theirs.obs_dim}/{theirs.act_dim}"
+                )
+            if problems:
+                raise EvalError(f"agent {theirs.name} ({mine.where}): " + "; ".join(problems))
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.stop()
+        for fn in self._on_close:
+            fn()
+
+
+class _Worker:
+    """One daemon thread per agent: a call stuck on a stalled server can never keep the process alive."""
+
+    def __init__(self, name: str):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as err:  # noqa: BLE001 - handed to the caller
+                    future.set_exception(err)
+
+
+# -- the three sources ---------------------------------------------------------------------------
+def torch_source(run_dir: str | Path) -> PolicySource:
+    """A training run dir's latest checkpoint, in-process (the only source that needs torch)."""
+    from omad_train.policies import load_policies, load_spec
+
+    spec = load_spec(run_dir)
+    policies = load_policies(run_dir)
+    agents = [
+        AgentEndpoint(name, p.obs_dim, p.act_dim, p.denoising_steps + 1, spec.env_id, str(run_dir))
+        for name, p in policies.items()
+    ]
+    return PolicySource("torch", agents, list(policies.values()))
+
+
+def onnx_source(export_dir: str | Path, threads: int = 1) -> PolicySource:
+    from exporters.runtime import load_export
+
+    policies = load_export(export_dir, threads=threads)
+    agents = [
+        AgentEndpoint(name, p.info.obs_dim, p.info.act_dim, p.info.noise_steps, p.info.env_id, str(export_dir))
+        for name, p in policies.items()
+    ]
+    return PolicySource("onnx", agents, list(policies.values()))
+
+
+def grpc_source(
+    addrs: list[str], token: str | None = None, timeout_s: float = 5.0, retries: int = 3, **tls: Any
+) -> PolicySource:
+    """One streaming session per agent server; an unreachable server fails here, naming the address."""
+    from omad_serve.client import PolicyCallError, PolicyClient, PolicyStream
+
+    clients: list[PolicyClient] = []
+    streams: list[PolicyStream] = []
+    agents = []
+    try:
+        for i, addr in enumerate(addrs):
+            client = PolicyClient(addr, token=token, timeout_s=timeout_s, retries=retries, **tls)
+            clients.append(client)
+            try:
+                spec = client.spec()
+            except PolicyCallError as err:
+                raise EvalError(f"agent {i} server at {addr} is not usable ({err.code.name}: {err.details})") from None
+            agents.append(AgentEndpoint(spec.agent, spec.obs_dim, spec.act_dim, spec.noise_steps, spec.env_id, addr))
+            streams.append(client.stream())
+    except BaseException:
+        for c in clients:
+            c.close()
+        raise
+
+    def close() -> None:
+        for s in streams:
+            s.close()
+        for c in clients:
+            c.close()
+
+    # Each stream splits a step's batch to its server's max_batch and fails with DEADLINE_EXCEEDED
+    # after timeout_s; the step timeout only backs that up.
+    return PolicySource(
+        "grpc", agents, list(streams), concurrent=True, step_timeout_s=timeout_s + 2.0, _on_close=[close]
+    )
+
+
+# -- running and reporting -----------------------------------------------------------------------
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
+
+
+def run_eval(
+    env_id: str,
+    source: PolicySource,
+    episodes: int,
+    seed: int,
+    zero_noise: bool = False,
+    record: str | Path | None = None,
+    options: dict | None = None,
+) -> dict:
+    spec = get_spec(env_id, options)
+    source.check_against(spec)
+    try:
+        result: EvalResult = evaluate(
+            env_id,
+            source.act,
+            [a.noise_steps for a in source.agents],
+            episodes,
+            seed,
+            options,
+            zero_noise=zero_noise,
+            record=record is not None,
+        )
+    finally:
+        source.close()
+    report = {
+        "env": env_id,
+        "source": source.kind,
+        "episodes": episodes,
+        "seed": seed,
+        "noise": "zero" if zero_noise else "stochastic",
+        "return_mean": result.mean,
+        "return_std": result.std,
+        "returns": result.returns,
+        "lengths": result.lengths,
+        "control_rate_hz": result.control_rate_hz,
+        "latency_us": {a.name: percentiles(source.latency_us.get(a.name, [])) for a in source.agents},
+    }
+    if record is not None:
+        report["recording"] = str(write_video(Path(record), result.frames))
+    return report
+
+
+def write_video(path: Path, frames: list[Any], fps: int = 30) -> Path:
+    if not frames:
+        raise EvalError("no frames were rendered; nothing to record")
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".gif":
+        imageio.mimsave(path, frames[::2], duration=2000 / fps, loop=0)  # every other frame keeps GIFs small
+    elif path.suffix.lower() == ".mp4":
+        try:
+            imageio.mimsave(path, frames, fps=fps)
+        except (ImportError, ValueError) as err:
+            raise EvalError(f"writing MP4 needs the imageio-ffmpeg package ({err}); use a .gif path instead") from None
+    else:
+        raise EvalError(f"--record {path}: use a .gif or .mp4 file name")
+    return path
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        f"env {report['env']}  source {report['source']}  noise {report['noise']}  episodes {report['episodes']}",
+        f"return      {report['return_mean']:10.2f} +- {report['return_std']:.2f}",
+        f"length      {np.mean(report['lengths']):10.1f}",
+        f"loop rate   {report['control_rate_hz']:10.1f} steps/s",
+    ]
+    if report["latency_us"]:
+        lines.append(f"{'agent':<12}{'p50 us':>10}{'p95 us':>10}{'p99 us':>10}")
+        for name, p in report["latency_us"].items():
+            lines.append(f"{name:<12}{p['p50']:>10.0f}{p['p95']:>10.0f}{p['p99']:>10.0f}")
+    if "recording" in report:
+        lines.append(f"recording   {report['recording']}")
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, report: dict) -> None:
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+# -- `omad eval` -----------------------------------------------------------------------------------
+def configure_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", required=True, help="environment id, e.g. mamujoco:HalfCheetah-2x3")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--servers", help="agent servers host:port,host:port,... in agent order")
+    source.add_argument("--export-dir", help="ONNX export dir, run in-process")
+    source.add_argument("--run-dir", help="training run dir, torch checkpoint in-process")
+    p.add_argument("--episodes", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--zero-noise", action="store_true", help="deterministic policy (all noise zero)")
+    p.add_argument("--record", help="write episode 0 as a .gif or .mp4")
+    p.add_argument("--json", help="write the report as JSON here")
+    p.add_argument("--env-options", default=None, help="adapter options as YAML, e.g. '{N: 4}'")
+    p.add_argument("--token-file", help="bearer token for the servers")
+    p.add_argument("--timeout-s", type=float, default=5.0, help="per-call deadline for servers")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (--export-dir)")
+    p.set_defaults(func=cmd_eval)
+
+
+def read_token_file(path: str) -> str:
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+    except OSError as err:
+        raise EvalError(f"cannot read --token-file: {err}") from None
+    if not token:
+        raise EvalError(f"--token-file {path} is empty")
+    return token
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import yaml
+
+    if args.episodes < 1:
+        raise EvalError("--episodes must be at least 1")
+    options = yaml.safe_load(args.env_options) if args.env_options else None
+    if args.servers:
+        token = read_token_file(args.token_file) if args.token_file else None
+        addrs = [a.strip() for a in args.servers.split(",") if a.strip()]
+        source = grpc_source(addrs, token=token, timeout_s=args.timeout_s)
+    elif args.export_dir:
+        source = onnx_source(args.export_dir, threads=args.threads)
+    else:
+        source = torch_source(args.run_dir)
+    report = run_eval(args.env, source, args.episodes, args.seed, args.zero_noise, args.record, options)
+    print(format_report(report))
+    if args.json:
+        write_json(args.json, report)
+    return 0
