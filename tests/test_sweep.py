@@ -252,7 +252,7 @@ def test_sweep_on_a_two_node_ray_cluster_with_token_auth(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "omad_train.cli",
+                "omad",
                 "sweep",
                 "--envs",
                 ENV,
