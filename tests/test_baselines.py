@@ -150,7 +150,7 @@ HARL_HALFCHEETAH_2X3_HASAC = {
 
 
 def test_halfcheetah_hasac_preset_is_harls_tuned_config():
-    from omad_train.envs import get_spec
+    from omad_core.envs import get_spec
 
     harl = HARL_HALFCHEETAH_2X3_HASAC
     cfg = build_config(dict(env="mamujoco:HalfCheetah-2x3", algo="hasac"))

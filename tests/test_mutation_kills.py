@@ -37,17 +37,18 @@ from test_update_math import (
 
 from exporters.runtime import OnnxPolicy, RuntimeModelError
 from exporters.schema import EXPORT_FORMAT_VERSION, ModelInfo, encode_metadata
+from omad_core.envs.base import AgentSpec, EnvSpec
 from omad_serve._generated import grpc_service_pb2, policy_pb2
 from omad_serve.batching import BatcherClosed, Job, MicroBatcher
 from omad_serve.security import UNAUTHENTICATED_MESSAGE, BearerTokenInterceptor
 from omad_serve.tensors import MAX_DIM, MAX_RANK, TensorError, decode_float32, from_tensor, to_tensor
-from omad_train.actors import LOG_STD_MAX, LOG_STD_MIN, AgentPolicy, GaussianActors, PerAgentActors
+from omad_train.actors import LOG_STD_MAX, LOG_STD_MIN, GaussianActors, PerAgentActors
 from omad_train.algos import make_algorithm
 from omad_train.algos.common import clip_grad_norm_per_agent
 from omad_train.config import build_config
 from omad_train.critic import CategoricalCritic, TwinQCritic, project_distribution
-from omad_train.envs.base import AgentSpec, EnvSpec
 from omad_train.layout import AgentLayout
+from omad_train.policies import AgentPolicy
 from omad_train.replay import ReplayBuffer, ReplaySample, Transition
 
 # ---- request validation: OnnxPolicy on a graph computing action = obs @ W + sum_k noise[k] ---------
@@ -428,7 +429,7 @@ def test_agent_policy_computes_what_the_trained_stack_computes_for_that_agent(na
         policy = algo.agent_policy(i)
         torch.testing.assert_close(torch.rand(3), expected_rng)  # building a policy draws nothing from the caller's RNG
         assert (policy.name, policy.kind, policy.obs_dim, policy.act_dim) == (agent.name, algo.actors.kind, agent.obs_dim, agent.act_dim)
-        assert policy.noise_shape_prefix == algo.actors.noise_steps
+        assert policy.denoising_steps + 1 == algo.actors.noise_steps
         np.testing.assert_allclose(policy.action_low, agent.action_low)
         np.testing.assert_allclose(policy.action_high, agent.action_high)
         # the config reaches every network: prior std, time features, initial step size, exploration noise

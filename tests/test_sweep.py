@@ -173,7 +173,7 @@ def test_sweep_on_a_two_node_ray_cluster_with_token_auth(tmp_path):
         tiny = [f"--set={key}={json.dumps(value)}" for key, value in TINY.items()]
         out = tmp_path / "sweep"
         sweep = subprocess.run(
-            [sys.executable, "-m", "omad_train.cli", "sweep", "--envs", ENV, "--algos", "omad", "--seeds", "0", "1",
+            [sys.executable, "-m", "omad", "sweep", "--envs", ENV, "--algos", "omad", "--seeds", "0", "1",
              "--total-steps", "150", "--out", str(out), "--ray-address", f"127.0.0.1:{port}", *tiny],
             env=driver_env, capture_output=True, text=True, timeout=300)
         assert sweep.returncode == 0, sweep.stdout + sweep.stderr + (tmp_path / "worker.log").read_text()[-2000:]
