@@ -3,6 +3,8 @@ once per session, so export/serve/eval tests work on a real run dir in seconds."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 TINY = dict(
@@ -45,3 +47,18 @@ def tiny_export_dir(tiny_run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("exports") / "tiny"
     export_run(tiny_run_dir, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def model_path(tiny_export_dir) -> Path:
+    """The first agent's graph of the tiny export (what the serving tests serve)."""
+    from exporters.runtime import read_manifest
+
+    return Path(tiny_export_dir) / read_manifest(tiny_export_dir)["agents"][0]["file"]
+
+
+@pytest.fixture(scope="module")
+def policy(model_path):
+    from exporters.runtime import OnnxPolicy
+
+    return OnnxPolicy(model_path)

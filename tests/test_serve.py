@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporters.runtime import OnnxPolicy, read_manifest
+from exporters.runtime import OnnxPolicy
 from omad_serve._generated import grpc_service_pb2 as kserve_pb2
 from omad_serve._generated import policy_pb2, policy_pb2_grpc
 from omad_serve.client import PolicyCallError, PolicyClient
@@ -26,16 +26,6 @@ from omad_serve.testing import ServerThread
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 MAX_BATCH = 16
-
-
-@pytest.fixture(scope="module")
-def model_path(tiny_export_dir) -> Path:
-    return Path(tiny_export_dir) / read_manifest(tiny_export_dir)["agents"][0]["file"]
-
-
-@pytest.fixture(scope="module")
-def policy(model_path) -> OnnxPolicy:
-    return OnnxPolicy(model_path)
 
 
 @pytest.fixture(scope="module")

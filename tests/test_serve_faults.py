@@ -35,16 +35,6 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 LONG_EPISODE = "{max_cycles: 100000}"  # an MPE episode that lasts until a fault ends it
 
 
-@pytest.fixture(scope="module")
-def model_path(tiny_export_dir) -> Path:
-    return Path(tiny_export_dir) / read_manifest(tiny_export_dir)["agents"][0]["file"]
-
-
-@pytest.fixture(scope="module")
-def policy(model_path) -> OnnxPolicy:
-    return OnnxPolicy(model_path)
-
-
 def random_inputs(policy: OnnxPolicy, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     info = policy.info

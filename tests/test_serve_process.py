@@ -73,16 +73,6 @@ class Process:
             self.proc.wait()
 
 
-@pytest.fixture(scope="module")
-def model_path(tiny_export_dir) -> Path:
-    return Path(tiny_export_dir) / read_manifest(tiny_export_dir)["agents"][0]["file"]
-
-
-@pytest.fixture(scope="module")
-def policy(model_path) -> OnnxPolicy:
-    return OnnxPolicy(model_path)
-
-
 def random_inputs(policy: OnnxPolicy, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     info = policy.info
