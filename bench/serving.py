@@ -301,6 +301,11 @@ def part_throughput(bench: Bench) -> list[dict]:
         "no-op gRPC": lambda: noop_server(bench),
         "no batching": lambda: omad_server(bench, "--no-batching"),
         "batching": lambda: omad_server(bench, "--batching", "--max-batch", "64"),
+        # the default (--inference-thread auto) runs merged batches inline on a 2-core machine: this row
+        # measures the alternative, merged batches on the inference thread
+        "batching, inference thread": lambda: omad_server(
+            bench, "--batching", "--max-batch", "64", "--inference-thread", "on"
+        ),
     }
     rows = []
     for mode, make_server in servers.items():

@@ -6,9 +6,12 @@ at the end of the loop iteration (or after max_delay_us), so every request that 
 iteration joins it. The flush then runs the batch:
   - a lone request while nothing else runs goes straight through ONNX Runtime on the loop thread:
     no hand-off at all (the loop is blocked for one inference, which the request waits for anyway);
-  - a merged batch goes to the inference thread, so the loop keeps reading and answering requests
-    meanwhile; the thread hands the result back in one loop callback, and requests that arrived
-    during the inference form the next batch.
+  - a merged batch goes to the inference thread (`offload`), so the loop keeps reading and
+    answering requests meanwhile; the thread hands the result back in one loop callback, and
+    requests that arrived during the inference form the next batch. That pays only when the loop
+    has a core of its own while ONNX Runtime computes: without one, the hand-off adds thread
+    wake-ups and GIL contention, and merged batches run inline like lone ones (`offload=False`;
+    requests that arrive meanwhile wait in gRPC's buffers and form the next batch all the same).
 
 Every job carries its own noise (explicit, drawn from its seed, zeros, or drawn by the server)
 before it is queued, so a merged call computes what the separate calls would have: observations
@@ -101,6 +104,7 @@ class MicroBatcher:
         max_batch: int,
         max_delay_us: int = 0,
         merge: bool = True,
+        offload: bool = True,
         on_batch: Callable[[int, float], None] | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
     ):
@@ -108,6 +112,7 @@ class MicroBatcher:
         self._max_batch = max_batch
         self._max_delay_s = max_delay_us / 1e6
         self._merge = merge
+        self._offload = offload
         self._on_batch = on_batch  # (rows, inference seconds), for metrics
         self._on_failure = on_failure
         self._pending: collections.deque[Job] = collections.deque()
@@ -124,7 +129,8 @@ class MicroBatcher:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._thread.start()
+        if self._offload:
+            self._thread.start()
 
     @property
     def queued(self) -> int:
@@ -204,10 +210,10 @@ class MicroBatcher:
             if not jobs:
                 return
             batch = self._running = _Batch(self.model, jobs)
-            if len(jobs) > 1 or self._pending:
+            if self._offload and (len(jobs) > 1 or self._pending):
                 self._work.put(batch)  # merged: compute off the loop, keep serving meanwhile
                 return
-            self._compute(batch)  # a lone request: the shortest path
+            self._compute(batch)  # a lone request (or no core to spare for the loop): the shortest path
             self._deliver(batch)
         except BaseException as err:  # noqa: BLE001 - never leave a caller waiting
             self._fail(err)

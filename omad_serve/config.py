@@ -37,6 +37,11 @@ class ServeConfig(BaseModel):
         "(requests that arrive while an inference runs are still merged into the next one)",
     )
     batching: bool = Field(True, description="merge concurrent requests into one inference call")
+    inference_thread: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="run merged batches on their own thread, so the event loop keeps reading requests meanwhile; "
+        "it pays only when the loop has a core to spare: auto = on when this process may use more than threads + 1 cores",
+    )
     token_file: Path | None = Field(
         None, description=f"file holding the bearer token clients must send (or env {TOKEN_ENV})"
     )
@@ -66,6 +71,13 @@ class ServeConfig(BaseModel):
     @property
     def max_message_bytes(self) -> int:
         return int(self.max_message_mb * 1024 * 1024)
+
+    @property
+    def offload_inference(self) -> bool:
+        """Whether merged batches run on the inference thread (see --inference-thread)."""
+        if self.inference_thread == "auto":
+            return len(os.sched_getaffinity(0)) > self.threads + 1
+        return self.inference_thread == "on"
 
 
 def build_serve_config(**fields) -> ServeConfig:

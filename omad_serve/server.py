@@ -239,6 +239,7 @@ class PolicyServer:
             cfg.max_batch,
             cfg.max_delay_us,
             merge=cfg.batching,
+            offload=cfg.offload_inference,
             on_batch=self.metrics.observe_batch,
             on_failure=self._inference_failed,
         )
@@ -253,6 +254,7 @@ class PolicyServer:
             act_dim=info.act_dim,
             denoising_steps=info.denoising_steps,
             provider=cfg.provider,
+            inference_thread=cfg.offload_inference,
             seconds=round(time.perf_counter() - started, 3),
         )
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)

@@ -106,3 +106,31 @@ def test_each_caller_gets_its_own_rows_when_batch_mates_give_up(merge):
     assert len(calls_with_3) == 1
     if merge:
         assert calls_with_3[0][-1] != 3, calls_with_3
+
+
+def test_without_offload_merged_batches_run_inline_and_split_at_max_batch():
+    """offload=False (--inference-thread off): concurrent callers still merge, up to max_batch rows per
+    call, but every call runs on the event loop's thread, and each caller gets exactly its own rows."""
+    calls: list[tuple[threading.Thread, int]] = []
+
+    class RecordingModel:
+        def run(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+            calls.append((threading.current_thread(), obs.shape[0]))
+            return fake_model(obs, noise)
+
+    rows = {1: 2, 2: 1, 3: 3, 4: 1}
+
+    async def scenario():
+        batcher = MicroBatcher(RecordingModel(), max_batch=5, offload=False)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(caller_job(c, n)) for c, n in rows.items()))
+        await batcher.close(WAIT_S)
+        return results
+
+    results = asyncio.run(scenario())
+    for (caller, n), result in zip(rows.items(), results):
+        job = caller_job(caller, n)
+        np.testing.assert_array_equal(result.action, fake_model(job.obs, job.noise))
+    assert [n for _, n in calls] == [3, 4]  # callers 1 + 2 (3 rows), then 3 + 4 (3 + 3 would pass 5)
+    assert all(thread is threading.main_thread() for thread, _ in calls)
+    assert [r.batch_size for r in results] == [3, 3, 4, 4]

@@ -3,6 +3,7 @@ through our RPCs and through tritonclient, validation codes, fuzzing, auth, TLS,
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -370,8 +371,11 @@ def test_server_is_healthy_after_fuzzing(server, client, policy):
 # ---- micro-batching and deadlines -------------------------------------------------------------
 
 
-def test_concurrent_requests_merge_into_one_call_with_unchanged_answers(model_path, policy):
-    config = ServeConfig(model=model_path, port=0, max_batch=64, max_delay_us=300_000)
+@pytest.mark.parametrize("inference_thread", ["on", "off"])
+def test_concurrent_requests_merge_into_one_call_with_unchanged_answers(model_path, policy, inference_thread):
+    config = ServeConfig(
+        model=model_path, port=0, max_batch=64, max_delay_us=300_000, inference_thread=inference_thread
+    )
     with ServerThread(config) as batching_server:
         results: dict[int, tuple] = {}
         start_together = threading.Barrier(12)
@@ -400,6 +404,14 @@ def test_concurrent_requests_merge_into_one_call_with_unchanged_answers(model_pa
         assert max(timing.batch_size for (_, timing), _ in results.values()) > 3  # some calls shared a batch
         batches = batching_server.server.metrics.registry.get_sample_value("omad_batch_size_count")
         assert batches < 12 + 2  # 2 warm-up calls do not go through the batcher; merged calls are fewer
+
+
+@pytest.mark.parametrize(("cores", "threads", "offload"), [(2, 1, False), (3, 1, True), (4, 2, True), (4, 3, False)])
+def test_inference_thread_auto_needs_a_core_to_spare_for_the_loop(monkeypatch, model_path, cores, threads, offload):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert ServeConfig(model=model_path, threads=threads).offload_inference is offload
+    for forced, expected in (("on", True), ("off", False)):
+        assert ServeConfig(model=model_path, threads=threads, inference_thread=forced).offload_inference is expected
 
 
 def test_expired_deadline_is_reported_and_its_work_skipped(model_path, policy):
