@@ -43,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from omad_core.envs import env_family, get_spec
 from omad_train.actors import PerAgentActors
 from omad_train.algos import make_algorithm
-from omad_train.config import build_config
+from omad_train.config import build_config, compile_enabled
 from omad_train.layout import AgentLayout
 from omad_train.replay import ReplaySample
 from omad_train.trainer import resolve_device
@@ -106,6 +106,7 @@ def timed(fn, device: torch.device) -> tuple[float, float]:
 
 def build(env_id: str, device: torch.device, looped: bool = False, **overrides):
     cfg = build_config({"env": env_id, **overrides})
+    cfg = cfg.model_copy(update={"compile": compile_enabled(cfg, device.type)})  # as the Trainer resolves `auto`
     spec = get_spec(env_id)
     layout = AgentLayout(spec)
     torch.manual_seed(0)
@@ -168,6 +169,7 @@ def measure(env_id: str, device: torch.device, windows: int, cycles: int, looped
     flops, shape = count_flops(env_id, device, looped, **overrides)
     cfg, algo, batch = build(env_id, device, looped, **overrides)
     per_window = cycles * cfg.policy_delay  # whole policy-delay cycles: every window does the same work
+    compiled = cfg.compile  # `auto` resolved for the default 100k-step budget
 
     def timed_updates(count: int) -> tuple[float, float]:
         return timed(lambda: [algo.update(batch) for _ in range(count)], device)
@@ -187,7 +189,7 @@ def measure(env_id: str, device: torch.device, windows: int, cycles: int, looped
     achieved = flops * updates_per_s / 1e9
     return {
         "updates_per_s": updates_per_s,
-        "compile_s": max(0.0, first - cfg.policy_delay / updates_per_s) if cfg.compile else 0.0,
+        "compile_s": max(0.0, first - cfg.policy_delay / updates_per_s) if compiled else 0.0,
         "gflop_per_update": flops / 1e9,
         "achieved_gflops": achieved,
         "matmul_shape": list(shape),
@@ -198,7 +200,7 @@ def measure(env_id: str, device: torch.device, windows: int, cycles: int, looped
         "limit_gflops_per_cpu_s": med["limit_cpu"],
         "fraction_of_limit_cpu_time": flops * med["cpu"] / 1e9 / med["limit_cpu"],
         "onednn_gflops": limit.onednn(),
-        "compile": cfg.compile,
+        "compile": compiled,
     }
 
 
@@ -215,7 +217,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     windows, cycles = (3, 2) if args.quick else (7, 5)
-    compile_default = build_config({}).compile
+    compile_default = compile_enabled(build_config({}), device.type)
     variants = [("omad", f"K={K}", dict(denoising_steps=K)) for K in (2, 4, 8, 16)]
     variants += [
         ("omad", "K=8 policy_delay=1", dict(policy_delay=1)),

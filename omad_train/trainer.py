@@ -30,7 +30,14 @@ from omad_train.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from omad_train.config import ConfigError, TrainConfig, check_resume, load_run_config, save_config
+from omad_train.config import (
+    ConfigError,
+    TrainConfig,
+    check_resume,
+    compile_enabled,
+    load_run_config,
+    save_config,
+)
 from omad_train.coverage import Coverage
 from omad_train.layout import AgentLayout
 from omad_train.logger import RunLogger
@@ -104,7 +111,10 @@ class Trainer:
         value_range = cfg.value_range(env_family(cfg.env))
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        self.algo = make_algorithm(cfg, self.layout, self.spec.state_dim, value_range, self.device)
+        # `compile: auto` is this run's decision (its budget, this machine's compiler); config.json keeps "auto"
+        self.compiled = compile_enabled(cfg, self.device.type)
+        algo_cfg = cfg.model_copy(update={"compile": self.compiled})
+        self.algo = make_algorithm(algo_cfg, self.layout, self.spec.state_dim, value_range, self.device)
         self.envs = VecEnv(cfg.env, cfg.num_envs, cfg.seed, cfg.env_options)
         L = self.layout
         shapes = {"state": (self.spec.state_dim,), "obs": (L.n, L.obs_max), "action": (L.joint_dim,)}

@@ -2,7 +2,6 @@
 diffusion policy keeps both modes of a bimodal reward (the paper's expressiveness claim in miniature)."""
 
 import numpy as np
-import pytest
 import torch
 
 from omad_core.envs.base import AgentSpec, EnvSpec
@@ -46,7 +45,7 @@ def test_actor_loss_sends_gradient_to_every_agent():
             assert not torch.equal(before[key][i], after[key][i]), f"{key} of agent {i} did not change"
 
 
-@pytest.mark.slow  # compiling takes about a minute even at these sizes (several on a loaded machine)
+# compiling takes about a minute at these sizes (several on a loaded machine); compile is a default path (auto)
 def test_compiled_update_equals_the_eager_one():
     """cfg.compile compiles the losses (chain, bound, critic, target, temperature inputs); with the same
     noise they must compute the eager update, step after step: updates 0 and 2 step the actors and the

@@ -234,3 +234,38 @@ def test_resume_refuses_a_changed_config(tiny_run_dir, capsys, flags, named):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {named} ") and "saved" in lines[0], lines
     assert {p: p.stat().st_mtime_ns for p in tiny_run_dir.rglob("*")} == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cxx", "expected"),
+    [
+        (dict(total_steps=15_000, learning_starts=5_000), "g++", True),  # 10k updates: pays
+        (dict(total_steps=14_999, learning_starts=5_000), "g++", False),  # one update short
+        (dict(total_steps=10_000, learning_starts=5_000, updates_per_step=2.0), "g++", True),  # UTD 2: 10k updates
+        (dict(total_steps=15_000, learning_starts=5_000), None, False),  # no C++ compiler: inductor cannot run
+        (dict(total_steps=100_000, algo="hasac"), "g++", False),  # only OMAD's update compiles
+        (dict(total_steps=1_000, learning_starts=500, compile=True), None, True),  # asked for: as asked
+        (dict(total_steps=100_000, compile=False), "g++", False),
+    ],
+)
+def test_compile_auto_turns_on_where_it_pays(monkeypatch, overrides, cxx, expected):
+    from omad_train import config as config_module
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(config_module.shutil, "which", lambda name: f"/usr/bin/{name}" if name == cxx else None)
+    cfg = config_module.build_config({"env": "mpe:simple_spread_v3", **overrides})
+    assert config_module.compile_enabled(cfg, "cpu") is expected
+
+
+def test_trainer_resolves_compile_auto_and_keeps_auto_in_the_config(tmp_path, monkeypatch):
+    """A small budget under `auto` runs eager (nothing compiled), and config.json keeps the user's "auto"."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    cfg = tiny_config(total_steps=300, learning_starts=100, compile="auto")
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert trainer.compiled is False and trainer.algo.cfg.compile is False
+    trainer.train()
+    assert counters["stats"]["unique_graphs"] == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["compile"] == "auto"

@@ -5,7 +5,7 @@ step, target update (ALGORITHM.md sections 2-5). The OMAD-Gaussian ablation is t
 the diffusion actors swapped for squashed Gaussians (`make_actors`); nothing else changes.
 
 The two losses are pure tensor functions (`critic_loss`, `actor_loss`), compiled with torch.compile
-when `cfg.compile` is set. All randomness is drawn outside them (`self.noise`), so the compiled update
+when `cfg.compile` is True (the Trainer resolves `auto`: config.compile_enabled). All randomness is drawn outside them (`self.noise`), so the compiled update
 computes the eager one's function, and the update never reads a value back to the host: metrics are
 returned as tensors.
 """
@@ -66,7 +66,7 @@ class OMAD(Algorithm):
         act_dims = torch.tensor(layout.act_dims, dtype=torch.float32, device=self.device)
         self.cost_budget = self.joint(act_dims * cfg.temperature_budget_per_dim())
         self.joint_index = torch.as_tensor(layout.joint_index, device=self.device)
-        compile_ = torch.compile if cfg.compile else (lambda fn: fn)
+        compile_ = torch.compile if cfg.compile is True else (lambda fn: fn)  # `auto`: the Trainer resolves it
         self.chain = compile_(self.actors)
         self.critic_loss_fn, self.actor_loss_fn = compile_(self.critic_loss), compile_(self.actor_loss)
         self.num_updates = 0
