@@ -40,7 +40,7 @@ class ServeConfig(BaseModel):
     inference_thread: Literal["auto", "on", "off"] = Field(
         "auto",
         description="run merged batches on their own thread, so the event loop keeps reading requests meanwhile; "
-        "it pays only when the loop has a core to spare: auto = on when this process may use more than threads + 1 cores",
+        "it needs a core beside ONNX Runtime's: auto = on when this process may use at least threads + 1 cores",
     )
     token_file: Path | None = Field(
         None, description=f"file holding the bearer token clients must send (or env {TOKEN_ENV})"
@@ -76,7 +76,7 @@ class ServeConfig(BaseModel):
     def offload_inference(self) -> bool:
         """Whether merged batches run on the inference thread (see --inference-thread)."""
         if self.inference_thread == "auto":
-            return len(os.sched_getaffinity(0)) > self.threads + 1
+            return len(os.sched_getaffinity(0)) >= self.threads + 1
         return self.inference_thread == "on"
 
 

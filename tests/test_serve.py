@@ -406,8 +406,8 @@ def test_concurrent_requests_merge_into_one_call_with_unchanged_answers(model_pa
         assert batches < 12 + 2  # 2 warm-up calls do not go through the batcher; merged calls are fewer
 
 
-@pytest.mark.parametrize(("cores", "threads", "offload"), [(2, 1, False), (3, 1, True), (4, 2, True), (4, 3, False)])
-def test_inference_thread_auto_needs_a_core_to_spare_for_the_loop(monkeypatch, model_path, cores, threads, offload):
+@pytest.mark.parametrize(("cores", "threads", "offload"), [(2, 1, True), (1, 1, False), (4, 3, True), (4, 4, False)])
+def test_inference_thread_auto_needs_a_core_beside_onnx_runtimes(monkeypatch, model_path, cores, threads, offload):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
     assert ServeConfig(model=model_path, threads=threads).offload_inference is offload
     for forced, expected in (("on", True), ("off", False)):
