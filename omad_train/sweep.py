@@ -111,10 +111,10 @@ def plan_jobs(
         if key in base:
             raise SweepError(f"config field '{key}' is set per job by --{key}s; remove it from --config/--set")
     out = Path(out).resolve()
-    jobs = []
+    jobs = []  # seed-major: a sweep cut off midway holds every algorithm at the same seeds
     for env in envs:
-        for algo in algos:
-            for seed in seeds:
+        for seed in seeds:
+            for algo in algos:
                 cfg = build_config(base, env=env, algo=algo, seed=seed)
                 jobs.append(Job(env, algo, seed, str(job_dir(out, env, algo, seed)), cfg.model_dump()))
     return jobs

@@ -10,7 +10,7 @@ import pytest
 
 from omad.cli import main
 from omad_train.config import build_config
-from omad_train.sweep import DONE_FILE, SWEEP_FILE, SweepError, job_dir, run_sweep, safe_name
+from omad_train.sweep import DONE_FILE, SWEEP_FILE, SweepError, job_dir, plan_jobs, run_sweep, safe_name
 from omad_train.trainer import train
 
 ENV = "mpe:simple_spread_v3"
@@ -288,3 +288,15 @@ def test_sweep_on_a_two_node_ray_cluster_with_token_auth(tmp_path):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.pid, signal.SIGKILL)  # whatever is left of that node's own session
         shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+def test_jobs_are_seed_major_so_a_cut_off_sweep_compares_every_algo(tmp_path):
+    jobs = plan_jobs(tmp_path, ["mpe:simple_spread_v3"], ["omad", "hasac", "hatd3"], [0, 1], {"total_steps": 5000})
+    assert [(job.algo, job.seed) for job in jobs] == [
+        ("omad", 0),
+        ("hasac", 0),
+        ("hatd3", 0),
+        ("omad", 1),
+        ("hasac", 1),
+        ("hatd3", 1),
+    ]
