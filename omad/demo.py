@@ -18,13 +18,13 @@ from typing import Any
 
 from omad_train.config import build_config
 
-# HalfCheetah 2x3: two agents (back and front leg) must coordinate to run forward. At 20k steps OMAD
-# runs (returns 1000-2200 over the sample-efficiency study's seeds; a random team scores about -300).
+# HalfCheetah 2x3: two agents (back and front leg) must coordinate to run forward. At 15k steps OMAD
+# runs forward (seed 0: training eval 735 at 15k, 1360 at 20k; a random team scores about -270).
 DEMO_ENV = "mamujoco:HalfCheetah-2x3"
-# About 10 minutes of training on 2 idle cores (15k updates). The full defaults otherwise (K = 8, 3x256
-# actors, C51 critic).
+# At most about 10 minutes of training on 2 idle cores (10k updates, torch.compile on: `compile: auto`),
+# the full defaults otherwise (K = 8, 3x256 actors, C51 critic). README, "Demo", has the measured times.
 FULL: dict[str, Any] = dict(
-    total_steps=20_000, learning_starts=5_000, eval_every=5_000, eval_episodes=3, checkpoint_every=10_000
+    total_steps=15_000, learning_starts=5_000, eval_every=5_000, eval_episodes=3, checkpoint_every=5_000
 )
 # ~1 minute: a smoke test of every stage, with tiny networks and short episodes.
 QUICK: dict[str, Any] = dict(
