@@ -304,10 +304,23 @@ def test_render_mpe():
     ctypes.util.find_library("EGL") is None,
     reason="no EGL library for headless MuJoCo rendering (apt: libegl1 libgl1 libgl1-mesa-dri)",
 )
-def test_render_mamujoco():
+def test_render_mamujoco_follows_the_robot():
+    """Recordings track the robot: moved 30 m forward, the cheetah is still in the frame (the renderer's
+    default free camera stays at the origin and would show an empty floor)."""
+    import mujoco
+
+    def robot_pixels(frame: np.ndarray) -> int:  # the cheetah's orange-brown body; the floor is black and pale green
+        r, g, b = (frame[..., c].astype(int) for c in range(3))
+        return int(((r > 150) & (g > 90) & (g < 200) & (b < 140)).sum())
+
     env = make_env("mamujoco:HalfCheetah-2x3", render_mode="rgb_array")
     env.reset(seed=0)
-    assert_non_blank_rgb(env.render())
+    start = env.render()
+    assert_non_blank_rgb(start)
+    robot = env._env.single_agent_env.unwrapped  # the MuJoCo env under the multi-agent wrapper
+    robot.data.qpos[0] += 30.0
+    mujoco.mj_forward(robot.model, robot.data)
+    assert robot_pixels(env.render()) > 0.5 * robot_pixels(start) > 500
     env.close()
 
 

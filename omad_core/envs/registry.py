@@ -165,6 +165,10 @@ def _make_mamujoco(env_id: str, task: str, options: dict[str, Any], render_mode:
         robot_class = gymnasium.envs.registration.load_env_creator(robot) if isinstance(robot, str) else robot
         known = [*_parameters(mamujoco_v1.parallel_env), "max_episode_steps", *_parameters(robot_class)]
         _check_options(env_id, resolved, known)
+        if render_mode == "rgb_array" and "camera_id" not in resolved:
+            # Recordings follow the robot through its model's "track" camera: the renderer's default free
+            # camera stays put and loses a runner within seconds.
+            resolved.setdefault("camera_name", "track")
         parallel_env = _construct(
             env_id, options, lambda: mamujoco_v1.parallel_env(scenario, partition, render_mode=render_mode, **resolved)
         )
