@@ -1016,3 +1016,24 @@ def test_policy_noise_is_made_on_the_algorithms_device():
     algo.device = torch.device("meta")
     noise = algo.noise(5)
     assert noise.device.type == "meta" and noise.shape == (algo.actors.noise_steps, LAYOUT.n, 5, LAYOUT.act_max)
+
+
+def test_a_bad_wire_tensor_is_named_in_its_error():
+    """The error names the field the caller decodes (here `noise`), so the client knows which tensor to fix."""
+    from omad_serve._generated import policy_pb2
+
+    bad = policy_pb2.Tensor(shape=[2, 3], data=b"\0" * 20)  # 6 float32 need 24 bytes
+    with pytest.raises(TensorError, match=r"^noise: shape \[2, 3\] needs 24 bytes .* got 20 bytes"):
+        from_tensor(bad, "noise")
+
+
+def test_float64_beyond_float32_is_refused_without_a_numpy_warning():
+    """1e300 becomes inf in float32 and is refused as non-finite, quietly: a server must not turn every such
+    request into a RuntimeWarning on its log (or an exception under -W error)."""
+    from exporters.runtime import as_float32, check_finite
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        array = as_float32(np.full((1, 3), 1e300), "obs")
+        with pytest.raises(RuntimeModelError, match="obs: contains NaN or inf"):
+            check_finite(array, "obs")
