@@ -1037,3 +1037,41 @@ def test_float64_beyond_float32_is_refused_without_a_numpy_warning():
         array = as_float32(np.full((1, 3), 1e300), "obs")
         with pytest.raises(RuntimeModelError, match="obs: contains NaN or inf"):
             check_finite(array, "obs")
+
+
+@pytest.mark.parametrize(
+    "make_handler",
+    [
+        grpc.unary_unary_rpc_method_handler,
+        grpc.unary_stream_rpc_method_handler,
+        grpc.stream_unary_rpc_method_handler,
+        grpc.stream_stream_rpc_method_handler,
+    ],
+)
+def test_a_refused_call_gets_a_handler_of_its_own_streaming_kind_that_aborts(make_handler):
+    """Without the token every kind of RPC is refused by a handler of the same kind (a streaming client
+    would otherwise hang or get a protocol error) whose one act is UNAUTHENTICATED."""
+    from omad_serve.security import UNAUTHENTICATED_MESSAGE, _denying_handler_like
+
+    original = make_handler(lambda request, context: None)
+    denying = _denying_handler_like(original)
+    assert (denying.request_streaming, denying.response_streaming) == (
+        original.request_streaming,
+        original.response_streaming,
+    )
+    kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+    behaviours = {kind: getattr(denying, kind) for kind in kinds}
+    kind = (
+        f"{'stream' if original.request_streaming else 'unary'}_{'stream' if original.response_streaming else 'unary'}"
+    )
+    assert [k for k, b in behaviours.items() if b is not None] == [kind]
+
+    class Context:
+        async def abort(self, code, details):
+            self.aborted = (code, details)
+            raise grpc.aio.AbortError()
+
+    context = Context()
+    with pytest.raises(grpc.aio.AbortError):
+        asyncio.run(behaviours[kind](None, context))
+    assert context.aborted == (grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
