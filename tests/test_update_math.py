@@ -406,3 +406,40 @@ def test_actors_follow_a_hand_built_critic_gradient(name):
         after = joint_of(algo.actors(obs, act_noise, with_cost=False).action).mean(0)
     moved = (after - before) / (JOINT_HIGH - JOINT_LOW)
     assert torch.all(moved * w.sign() > 0.05), moved
+
+
+def test_hasac_temperature_step_follows_each_agents_cost_minus_its_budget():
+    """HASAC's temperature loss is -sum_i log alpha_i (c_i - b_i), b_i = d_a_i * cost_budget_per_dim: with
+    plain SGD at lr 1, one step moves log alpha_i by exactly c_i - b_i (alpha rises while the policy's
+    cost, its mean log pi, is above the budget). Costs on both sides of the budget, a budget per dim != 1."""
+    algo = make_algo("hasac", cost_budget_per_dim=-0.7)
+    budget = torch.tensor(LAYOUT.act_dims, dtype=torch.float32) * -0.7
+    torch.testing.assert_close(algo.cost_budget, budget)
+    algo.alpha_opt = torch.optim.SGD([algo.log_alpha], lr=1.0)
+    costs = budget + torch.tensor([0.9, -1.3][: LAYOUT.n])
+    algo.pass_costs = list(costs)
+    before = algo.log_alpha.detach().clone()
+    algo.after_actor_pass()
+    torch.testing.assert_close(algo.log_alpha.detach() - before, costs - budget)
+
+
+def test_hatd3_actors_follow_the_first_twin_head_only():
+    """TD3's actor ascends Q1 alone: with Q1 = w . a and Q2 = -w . a, the actions still follow w."""
+    w = torch.tensor([2.0, -1.0, -1.5])
+    algo = make_algo("hatd3", lr_actor=1e-2)
+    perturb(algo.actors, 0.3, 3)
+    param = next(algo.critic.parameters())
+    algo.critic.forward = lambda state, joint_action: (
+        torch.stack([joint_action @ w, -(joint_action @ w)]) + (0.0 * param.sum())
+    )
+    batch = make_batch(DONE["none"])
+    obs = batch.obs.transpose(0, 1)
+    zero = torch.zeros_like(fix_noise(algo))
+    with torch.no_grad():
+        before = joint_of(algo.actors(obs, zero, with_cost=False).action).mean(0)
+    for _ in range(20):
+        algo.update(batch)
+    with torch.no_grad():
+        after = joint_of(algo.actors(obs, zero, with_cost=False).action).mean(0)
+    moved = (after - before) / (JOINT_HIGH - JOINT_LOW)
+    assert torch.all(moved * w.sign() > 0.05), moved
