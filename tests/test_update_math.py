@@ -336,8 +336,11 @@ def test_actor_and_temperature_step_once_every_policy_delay_updates(name):
         assert steps[k] == pattern, (k, steps)
     if name == "hatd3":  # the actor target follows the actor steps
         assert actor_target_moved == pattern
-    # exactly one step in every `delay` consecutive updates
+    # exactly one step in every `delay` consecutive updates, the first at the first update (a run's phase,
+    # which a resumed run must keep), and the counter a checkpoint stores counts every update once
     assert all(sum(pattern[u : u + delay]) == 1 for u in range(updates - delay + 1)), pattern
+    assert pattern[0] == 1
+    assert algo.num_updates == updates
 
 
 def actor_objective(name, algo, actors, critic, obs, state, noise, alphas) -> float:
