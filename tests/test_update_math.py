@@ -446,3 +446,35 @@ def test_hatd3_actors_follow_the_first_twin_head_only():
         after = joint_of(algo.actors(obs, zero, with_cost=False).action).mean(0)
     moved = (after - before) / (JOINT_HIGH - JOINT_LOW)
     assert torch.all(moved * w.sign() > 0.05), moved
+
+
+def test_per_agent_gradient_clipping_by_hand():
+    """Agent 0's gradient (norm 5 over two parameters) is scaled to max_norm 1; agent 1's (norm 0.5) is
+    left alone: each agent is clipped on its own, over all of its parameters together."""
+    from omad_train.algos.common import clip_grad_norm_per_agent
+
+    p1, p2 = torch.zeros(2, 3, requires_grad=True), torch.zeros(2, 2, requires_grad=True)
+    p1.grad = torch.tensor([[3.0, 0.0, 0.0], [0.3, 0.0, 0.0]])
+    p2.grad = torch.tensor([[0.0, 4.0], [0.0, 0.4]])
+    clip_grad_norm_per_agent([p1, p2], max_norm=1.0)
+    torch.testing.assert_close(p1.grad, torch.tensor([[0.6, 0.0, 0.0], [0.3, 0.0, 0.0]]))
+    torch.testing.assert_close(p2.grad, torch.tensor([[0.0, 0.8], [0.0, 0.4]]))
+
+
+@pytest.mark.parametrize(("norm", "expected"), [("sum", (2 + 1) * -0.7), ("mean", (2 + 1) * -0.7 / 2)])
+def test_omad_joint_cost_budget_scales_with_each_agents_action_dims(norm, expected):
+    algo = make_algo("omad", cost_budget_per_dim=-0.7, entropy_norm=norm)
+    assert algo.cost_budget.item() == pytest.approx(expected)
+
+
+def test_actors_are_built_from_the_config():
+    """OMAD-Gaussian gets Gaussian actors of the configured widths; OMAD's diffusion actors take the
+    configured width, step-size init and time features."""
+    from omad_train.actors import GaussianActors
+
+    gaussian = make_algo("omad-gaussian", actor_hidden=[24, 12])
+    assert isinstance(gaussian.actors, GaussianActors) and gaussian.actors.hidden == [24, 12]
+    diffusion = make_algo("omad", actor_hidden=[24, 12], dt_init=0.3, time_features=5)
+    actors = diffusion.actors
+    assert actors.hidden == [24, 12] and actors.time_features == 5 and actors.time_phase.shape[-1] == 5
+    torch.testing.assert_close(torch.nn.functional.softplus(actors.dt_raw), torch.full_like(actors.dt_raw, 0.3))
