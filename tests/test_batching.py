@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -127,10 +128,14 @@ def test_without_offload_merged_batches_run_inline_and_split_at_max_batch():
         await batcher.close(WAIT_S)
         return results
 
+    started = time.perf_counter_ns()
     results = asyncio.run(scenario())
+    wall_ns = time.perf_counter_ns() - started
     for (caller, n), result in zip(rows.items(), results):
         job = caller_job(caller, n)
         np.testing.assert_array_equal(result.action, fake_model(job.obs, job.noise))
+        # the reply's timing: time queued before its call, and the call's own time, both within the run
+        assert 0 <= result.queue_ns <= wall_ns and 0 < result.inference_ns <= wall_ns
     assert [n for _, n in calls] == [3, 4]  # callers 1 + 2 (3 rows), then 3 + 4 (3 + 3 would pass 5)
     assert all(thread is threading.main_thread() for thread, _ in calls)
     assert [r.batch_size for r in results] == [3, 3, 4, 4]
