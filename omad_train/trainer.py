@@ -113,6 +113,10 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         # `compile: auto` is this run's decision (its budget, this machine's compiler); config.json keeps "auto"
         self.compiled = compile_enabled(cfg, self.device.type)
+        if self.compiled and cfg.compile == "auto":
+            # `auto` means "where it works": a toolchain inductor cannot use falls back to eager (with
+            # torch's warning) instead of failing the run; `--compile true` keeps such errors fatal.
+            torch._dynamo.config.suppress_errors = True
         algo_cfg = cfg.model_copy(update={"compile": self.compiled})
         self.algo = make_algorithm(algo_cfg, self.layout, self.spec.state_dim, value_range, self.device)
         self.envs = VecEnv(cfg.env, cfg.num_envs, cfg.seed, cfg.env_options)
