@@ -253,8 +253,9 @@ def main() -> None:
             rate(env_id, "omad", "K=8 agents looped"),
             rate(env_id, "hasac", "defaults"),
         )
-        if omad and looped:
-            ratios[f"{env_id} stacked/looped (K=8)"] = omad / looped
+        eager = rate(env_id, "omad", "K=8 compile=off") if compile_default else omad
+        if eager and looped:  # both eager: the looped actors are not compiled
+            ratios[f"{env_id} stacked/looped (K=8, eager)"] = eager / looped
         if omad and hasac:
             ratios[f"{env_id} OMAD K=8 update cost / HASAC update cost"] = hasac / omad
             ratios[f"{env_id} same, per sample (batch 256 vs 1000)"] = hasac / omad * 1000 / 256

@@ -76,7 +76,9 @@ class ServeConfig(BaseModel):
     def offload_inference(self) -> bool:
         """Whether merged batches run on the inference thread (see --inference-thread)."""
         if self.inference_thread == "auto":
-            return len(os.sched_getaffinity(0)) >= self.threads + 1
+            affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every CPU counts
+            cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+            return cores >= self.threads + 1
         return self.inference_thread == "on"
 
 

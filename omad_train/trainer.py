@@ -113,10 +113,11 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         # `compile: auto` is this run's decision (its budget, this machine's compiler); config.json keeps "auto"
         self.compiled = compile_enabled(cfg, self.device.type)
-        if self.compiled and cfg.compile == "auto":
+        if self.compiled:
             # `auto` means "where it works": a toolchain inductor cannot use falls back to eager (with
             # torch's warning) instead of failing the run; `--compile true` keeps such errors fatal.
-            torch._dynamo.config.suppress_errors = True
+            # (Set either way: the flag is process-wide and an earlier run may have set it.)
+            torch._dynamo.config.suppress_errors = cfg.compile == "auto"
         algo_cfg = cfg.model_copy(update={"compile": self.compiled})
         self.algo = make_algorithm(algo_cfg, self.layout, self.spec.state_dim, value_range, self.device)
         self.envs = VecEnv(cfg.env, cfg.num_envs, cfg.seed, cfg.env_options)
@@ -314,6 +315,7 @@ class Trainer:
                     record = {
                         "step": self.step,
                         "updates": self.algo.num_updates,
+                        "compiled": self.compiled,  # what `compile` (perhaps `auto`) resolved to in this process
                         "episodes": self.episodes_done,
                         "train_return_last": self.last_train_return,
                         **{k: float(v) for k, v in last.items()},

@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -111,9 +112,12 @@ def test_image_holds_exactly_what_the_server_imports(dockerfile):
         [sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True, timeout=120
     )
     imported = {Path(f).resolve() for f in json.loads(out.stdout)}
-    venv = Path(sys.prefix).resolve()  # the project's venv lives inside the checkout: third-party, not ours
+    # the project's venv lives inside the checkout: its site-packages are third-party, not ours
+    third_party = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")}
     imported = {
-        p.relative_to(REPO).as_posix() for p in imported if p.is_relative_to(REPO) and not p.is_relative_to(venv)
+        p.relative_to(REPO).as_posix()
+        for p in imported
+        if p.is_relative_to(REPO) and not any(p.is_relative_to(lib) for lib in third_party)
     }
     from omad_serve.launcher import server_argv
 

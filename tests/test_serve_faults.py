@@ -220,7 +220,9 @@ def test_inference_failure_turns_the_server_not_serving(model_path, policy, path
     """Anything but the model failing where batches run (here the metrics callback): the waiting calls
     and every later one get UNAVAILABLE, health says NOT_SERVING; nothing waits for a dead thread."""
     merged = path == "inference thread"  # two requests within 0.3 s merge, and a merged batch runs on the thread
-    config = ServeConfig(model=model_path, port=0, max_delay_us=300_000 if merged else 0, metrics_port=0)
+    config = ServeConfig(
+        model=model_path, port=0, max_delay_us=300_000 if merged else 0, metrics_port=0, inference_thread="on"
+    )
     with ServerThread(config, load=False) as broken:
 
         def failing_metrics(rows: int, seconds: float) -> None:
@@ -293,11 +295,14 @@ def test_a_tampered_lone_model_file_is_refused_with_one_line(model_path, tmp_pat
 # ---- merged batches ------------------------------------------------------------------------------
 
 
-def test_merged_rows_equal_separate_calls_exactly(model_path, policy):
+@pytest.mark.parametrize("inference_thread", ["on", "off"])
+def test_merged_rows_equal_separate_calls_exactly(model_path, policy, inference_thread):
     """12 concurrent single-row requests merged by a 0.3 s window: each action equals, bit for bit, the
     same request served alone and in-process ONNX Runtime at batch 1 (README, "Merged batches")."""
     requests = [random_inputs(policy, 1, seed=300 + i) for i in range(12)]
-    config = ServeConfig(model=model_path, port=0, max_batch=64, max_delay_us=300_000)
+    config = ServeConfig(
+        model=model_path, port=0, max_batch=64, max_delay_us=300_000, inference_thread=inference_thread
+    )
     with ServerThread(config) as running:
         merged: dict[int, tuple] = {}
         start = threading.Barrier(len(requests))

@@ -116,6 +116,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
         "[16]",
         "--progress",
         "false",
+        "--compile",
+        "false",  # 100k steps would compile (auto) before the first checkpoint: not what this tests
     ]
     step = run_until_checkpoint(args, out, 150)
     # Killed again after the resumed run (its saved config, budget included) checkpointed further on.
@@ -243,7 +245,10 @@ def test_resume_refuses_a_changed_config(tiny_run_dir, capsys, flags, named):
         (dict(total_steps=14_999, learning_starts=5_000), "g++", False),  # one update short
         (dict(total_steps=10_000, learning_starts=5_000, updates_per_step=2.0), "g++", True),  # UTD 2: 10k updates
         (dict(total_steps=15_000, learning_starts=5_000), None, False),  # no C++ compiler: inductor cannot run
-        (dict(total_steps=100_000, algo="hasac"), "g++", False),  # only OMAD's update compiles
+        (dict(total_steps=100_000, algo="hasac"), "g++", False),  # auto compiles OMAD only
+        (dict(total_steps=100_000, algo="omad-gaussian"), "g++", False),
+        (dict(total_steps=100_000, algo="omad-gaussian", compile=True), "g++", True),  # the OMAD class compiles
+        (dict(total_steps=100_000, algo="hatd3", compile=True), "g++", False),  # nothing of HATD3's compiles
         (dict(total_steps=1_000, learning_starts=500, compile=True), None, True),  # asked for: as asked
         (dict(total_steps=100_000, compile=False), "g++", False),
     ],
@@ -269,3 +274,5 @@ def test_trainer_resolves_compile_auto_and_keeps_auto_in_the_config(tmp_path, mo
     trainer.train()
     assert counters["stats"]["unique_graphs"] == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["compile"] == "auto"
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(r["compiled"] is False for r in records)  # the decision is on record
