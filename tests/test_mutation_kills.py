@@ -1075,3 +1075,28 @@ def test_a_refused_call_gets_a_handler_of_its_own_streaming_kind_that_aborts(mak
     with pytest.raises(grpc.aio.AbortError):
         asyncio.run(behaviours[kind](None, context))
     assert context.aborted == (grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+
+
+def test_gaussian_actor_cost_is_the_exact_log_density_per_agent_with_padded_dims():
+    """cost = log pi of each agent's own action dims only, by hand: a Gaussian log-density in u minus
+    log |d tanh(u)/du| (the squashed space of ALGORITHM.md section 5: the affine map to [lo, hi] is not
+    counted), with a = lo + (hi - lo) (tanh u + 1) / 2. Agent 1 has 1 action dim padded to 2: its padded
+    dim must count nowhere (not in the density, its normaliser or the Jacobian)."""
+    from omad_train.actors import GaussianActors
+
+    low, high = [[0.0, -2.0], [-0.4]], [[1.0, 0.5], [0.4]]
+    torch.manual_seed(0)
+    actors = GaussianActors([3, 4], [2, 1], low, high, hidden=[8, 6])
+    obs, noise = torch.randn(2, 5, 4), torch.randn(1, 2, 5, 2)
+    with torch.no_grad():
+        out = actors(obs, noise)
+        h = torch.tanh(actors.net(obs))
+        mu, log_std = actors.mu(h), actors.log_std(h).clamp(-20, 2)
+    for i, d in enumerate([2, 1]):
+        u = mu[i, :, :d] + log_std[i, :, :d].exp() * noise[0, i, :, :d]
+        density = torch.distributions.Normal(mu[i, :, :d], log_std[i, :, :d].exp()).log_prob(u).sum(-1)
+        half_range = (torch.tensor(high[i]) - torch.tensor(low[i])) / 2
+        log_jacobian = torch.log(1 - torch.tanh(u) ** 2).sum(-1)
+        torch.testing.assert_close(out.cost[i], density - log_jacobian, rtol=1e-5, atol=1e-5)
+        action = torch.tensor(low[i]) + half_range * (torch.tanh(u) + 1)
+        torch.testing.assert_close(out.action[i, :, :d], action, rtol=1e-5, atol=1e-5)
