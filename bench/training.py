@@ -119,6 +119,23 @@ def build(env_id: str, device: torch.device, looped: bool = False, **overrides):
     return cfg, algo, synthetic_batch(layout, spec.state_dim, cfg.batch_size, device)
 
 
+def updates_per_second(
+    env_id: str, windows: int, cycles: int, device: torch.device | None = None, **overrides
+) -> float:
+    """The median update rate over `windows` timed windows of `cycles` policy-delay cycles, after two
+    cycles of warm-up (and compiling, when the resolved config compiles). For budget planning
+    (bench/sample_efficiency.py --plan) and the K table (bench/k_cost.py); no FLOPs, no limit."""
+    device = device or torch.device("cpu")
+    cfg, algo, batch = build(env_id, device, **overrides)
+    per_window = cycles * cfg.policy_delay
+
+    def window(count: int) -> float:
+        return timed(lambda: [algo.update(batch) for _ in range(count)], device)[0]
+
+    window(2 * cfg.policy_delay)
+    return statistics.median(per_window / window(per_window) for _ in range(windows))
+
+
 def count_flops(
     env_id: str, device: torch.device, looped: bool, **overrides
 ) -> tuple[float, tuple[int, int, int, int]]:
