@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import tiny_config
 from test_closed_loop import three_way
-from test_omad import bimodal_reward, toy_spec
+from test_omad import bimodal_reward, toy_spec, train_on_the_bimodal_game
 
 from omad_train.algos import make_algorithm
 from omad_train.algos.sequential import HASAC, smoothed_target_noise
@@ -125,22 +125,7 @@ def test_baseline_learns_the_one_step_bimodal_game(algo_name):
         )
     )
     algo = make_algorithm(cfg, layout, 1, (-1.0, 0.5))
-    B = 256
-    zeros = torch.zeros(B, 2, 1)
-    for _ in range(600):
-        actions = torch.from_numpy(rng.uniform(-1, 1, (B, 2)).astype(np.float32))
-        algo.update(
-            ReplaySample(
-                state=torch.zeros(B, 1),
-                obs=zeros,
-                action=actions,
-                reward=bimodal_reward(actions),
-                discount=torch.ones(B),
-                done=torch.ones(B),
-                next_state=torch.zeros(B, 1),
-                next_obs=zeros,
-            )
-        )
+    train_on_the_bimodal_game(algo, 600, rng)
     samples = algo.act(np.zeros((2, 4000, 1), np.float32), zero_noise=algo_name == "hatd3")[:, :, 0]
     learned = bimodal_reward(torch.from_numpy(samples.T)).mean().item()
     print(f"{algo_name}: mean reward {learned:.4f}")

@@ -122,6 +122,26 @@ def bimodal_reward(actions: torch.Tensor) -> torch.Tensor:
     return per_agent.mean(-1)
 
 
+def train_on_the_bimodal_game(algo, updates: int, rng: np.random.Generator, batch: int = 256) -> None:
+    """`updates` updates on fresh uniform-random joint actions of the two-agent one-step game: done = 1,
+    so the critic target is the reward itself."""
+    zeros = torch.zeros(batch, 2, 1)
+    for _ in range(updates):
+        actions = torch.from_numpy(rng.uniform(-1, 1, (batch, 2)).astype(np.float32))
+        algo.update(
+            ReplaySample(
+                state=torch.zeros(batch, 1),
+                obs=zeros,
+                action=actions,
+                reward=bimodal_reward(actions),
+                discount=torch.ones(batch),
+                done=torch.ones(batch),
+                next_state=torch.zeros(batch, 1),
+                next_obs=zeros,
+            )
+        )
+
+
 def test_diffusion_policy_keeps_both_modes_of_a_bimodal_reward():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -141,22 +161,7 @@ def test_diffusion_policy_keeps_both_modes_of_a_bimodal_reward():
         )
     )
     algo = OMAD(cfg, layout, spec.state_dim, (-1.0, 0.5))
-    B = 256
-    zeros = torch.zeros(B, 2, 1)
-    for _ in range(1500):  # a one-step game: done = 1, so the critic target is the reward itself
-        actions = torch.from_numpy(rng.uniform(-1, 1, (B, 2)).astype(np.float32))
-        algo.update(
-            ReplaySample(
-                state=torch.zeros(B, 1),
-                obs=zeros,
-                action=actions,
-                reward=bimodal_reward(actions),
-                discount=torch.ones(B),
-                done=torch.ones(B),
-                next_state=torch.zeros(B, 1),
-                next_obs=zeros,
-            )
-        )
+    train_on_the_bimodal_game(algo, 1500, rng)
     samples = algo.act(np.zeros((2, 4000, 1), np.float32))[:, :, 0]  # [agent, sample]
     for i in range(2):
         a = samples[i]
