@@ -119,6 +119,11 @@ def build(env_id: str, device: torch.device, looped: bool = False, **overrides):
     return cfg, algo, synthetic_batch(layout, spec.state_dim, cfg.batch_size, device)
 
 
+def time_updates(algo, batch: ReplaySample, count: int, device: torch.device) -> tuple[float, float]:
+    """Wall and CPU seconds of `count` updates on one batch."""
+    return timed(lambda: [algo.update(batch) for _ in range(count)], device)
+
+
 def updates_per_second(
     env_id: str, windows: int, cycles: int, device: torch.device | None = None, **overrides
 ) -> float:
@@ -128,12 +133,8 @@ def updates_per_second(
     device = device or torch.device("cpu")
     cfg, algo, batch = build(env_id, device, **overrides)
     per_window = cycles * cfg.policy_delay
-
-    def window(count: int) -> float:
-        return timed(lambda: [algo.update(batch) for _ in range(count)], device)[0]
-
-    window(2 * cfg.policy_delay)
-    return statistics.median(per_window / window(per_window) for _ in range(windows))
+    time_updates(algo, batch, 2 * cfg.policy_delay, device)
+    return statistics.median(per_window / time_updates(algo, batch, per_window, device)[0] for _ in range(windows))
 
 
 def count_flops(
@@ -187,16 +188,12 @@ def measure(env_id: str, device: torch.device, windows: int, cycles: int, looped
     cfg, algo, batch = build(env_id, device, looped, **overrides)
     per_window = cycles * cfg.policy_delay  # whole policy-delay cycles: every window does the same work
     compiled = cfg.compile  # `auto` resolved for the default 100k-step budget
-
-    def timed_updates(count: int) -> tuple[float, float]:
-        return timed(lambda: [algo.update(batch) for _ in range(count)], device)
-
-    first, _ = timed_updates(cfg.policy_delay)  # compiles, when compile is on
-    timed_updates(cfg.policy_delay)
+    first, _ = time_updates(algo, batch, cfg.policy_delay, device)  # compiles, when compile is on
+    time_updates(algo, batch, cfg.policy_delay, device)
     limit = MatmulLimit(shape, device)
     rates: dict[str, list[float]] = {"wall": [], "cpu": [], "limit_wall": [], "limit_cpu": []}
     for _ in range(windows):
-        wall, cpu = timed_updates(per_window)
+        wall, cpu = time_updates(algo, batch, per_window, device)
         rates["wall"].append(per_window / wall)
         rates["cpu"].append(per_window / cpu)
         for key, value in zip(("limit_wall", "limit_cpu"), limit.window(wall)):
