@@ -1,8 +1,10 @@
 """Shared fixtures. `tiny_run_dir` trains a few hundred steps of a tiny OMAD on Cooperative Navigation
-once per session, so export/serve/eval tests work on a real run dir in seconds."""
+once per session, so export/serve/eval tests work on a real run dir in seconds. `certs` makes a
+throwaway CA with server and client certificates for the TLS tests."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,40 @@ def policy(model_path):
     from exporters.runtime import OnnxPolicy
 
     return OnnxPolicy(model_path)
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory) -> Path:
+    """A throwaway CA, a server certificate for localhost / 127.0.0.1 and a client certificate."""
+    d = tmp_path_factory.mktemp("certs")
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl(
+        "req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=omad test CA", cwd=d
+    )
+    (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name in ("server", "client"):
+        openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=omad test {name}", cwd=d)
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=d,
+        )
+    return d

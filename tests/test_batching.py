@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from omad_serve.batching import Job, MicroBatcher
+from omad_serve.batching import BatcherFailed, Job, MicroBatcher
 
 OBS_DIM, ACT_DIM, NOISE_STEPS = 3, 2, 2
 WAIT_S = 10.0
@@ -139,3 +139,36 @@ def test_without_offload_merged_batches_run_inline_and_split_at_max_batch():
     assert [n for _, n in calls] == [3, 4]  # callers 1 + 2 (3 rows), then 3 + 4 (3 + 3 would pass 5)
     assert all(thread is threading.main_thread() for thread, _ in calls)
     assert [r.batch_size for r in results] == [3, 3, 4, 4]
+
+
+class Crash(BaseException):
+    """Not an Exception, so the model call's `except Exception` lets it through: the machinery itself broke."""
+
+
+@pytest.mark.parametrize("offload", [True, False])
+def test_a_broken_inference_call_fails_every_caller_once_and_refuses_later_jobs(offload):
+    """Three callers, max_batch 2: the first call (on the thread, or inline without offload) crashes.
+    The callers in it and the one still queued all get BatcherFailed, on_failure hears the crash
+    exactly once, and a later job is refused at once."""
+    crash = Crash("the inference thread broke")
+    failures: list[BaseException] = []
+
+    class CrashingModel:
+        def run(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+            raise crash
+
+    async def scenario():
+        batcher = MicroBatcher(CrashingModel(), max_batch=2, offload=offload, on_failure=failures.append)
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(caller_job(caller, 1))) for caller in range(3)]
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), WAIT_S)
+        with pytest.raises(BatcherFailed, match="inference failed earlier"):
+            await batcher.submit(caller_job(9, 1))
+        await batcher.close(timeout_s=1.0)
+        return outcomes, batcher.failure
+
+    outcomes, failure = asyncio.run(scenario())
+    assert [type(o) for o in outcomes] == [BatcherFailed] * 3
+    assert all("must be restarted" in str(o) and "the inference thread broke" in str(o) for o in outcomes)
+    assert failure is crash
+    assert failures == [crash]

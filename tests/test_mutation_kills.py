@@ -6,6 +6,7 @@ interceptor with fake gRPC calls, and the critics against a forward pass written
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import re
 import struct
@@ -41,12 +42,12 @@ from exporters.schema import EXPORT_FORMAT_VERSION, ModelInfo, encode_metadata, 
 from omad_core.envs.base import AgentSpec, EnvSpec
 from omad_serve._generated import grpc_service_pb2, policy_pb2
 from omad_serve.batching import BatcherClosed, Job, MicroBatcher
-from omad_serve.security import UNAUTHENTICATED_MESSAGE, BearerTokenInterceptor
+from omad_serve.security import UNAUTHENTICATED_MESSAGE, BearerTokenInterceptor, server_credentials
 from omad_serve.tensors import MAX_DIM, MAX_RANK, TensorError, decode_float32, from_tensor, to_tensor
 from omad_train.actors import LOG_STD_MAX, LOG_STD_MIN, GaussianActors, PerAgentActors
 from omad_train.algos import make_algorithm
 from omad_train.algos.common import clip_grad_norm_per_agent
-from omad_train.config import build_config
+from omad_train.config import TrainConfig, build_config
 from omad_train.critic import CategoricalCritic, TwinQCritic, project_distribution
 from omad_train.layout import AgentLayout
 from omad_train.policies import AgentPolicy
@@ -353,6 +354,41 @@ def test_health_is_open_and_unknown_methods_are_left_to_grpc():
     assert rejected == []
 
 
+def health_status_over_tls(certs, client_ca: bytes | None, client_cert: bool) -> str:
+    """Serve gRPC health with server_credentials (TLS, and mTLS with a client CA) and call it once as
+    a client that trusts the test CA and (with client_cert) presents the client certificate."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    credentials = server_credentials(
+        (certs / "server.pem").read_bytes(), (certs / "server.key").read_bytes(), client_ca
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        client = grpc.ssl_channel_credentials(
+            root_certificates=(certs / "ca.pem").read_bytes(),
+            private_key=(certs / "client.key").read_bytes() if client_cert else None,
+            certificate_chain=(certs / "client.pem").read_bytes() if client_cert else None,
+        )
+        with grpc.secure_channel(f"localhost:{port}", client) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            except grpc.RpcError as err:
+                return err.code().name
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    finally:
+        server.stop(None)
+
+
+def test_server_credentials_serve_tls_and_with_a_client_ca_demand_a_client_certificate(certs):
+    ca = (certs / "ca.pem").read_bytes()
+    assert health_status_over_tls(certs, client_ca=None, client_cert=False) == "SERVING"  # TLS: no client cert needed
+    assert health_status_over_tls(certs, client_ca=ca, client_cert=True) == "SERVING"
+    assert health_status_over_tls(certs, client_ca=ca, client_cert=False) == "UNAVAILABLE"  # mTLS: refused
+
+
 # ---- the critics against an independent forward pass ------------------------------------------------
 
 
@@ -514,8 +550,9 @@ def test_agent_policy_computes_what_the_trained_stack_computes_for_that_agent(na
         )
 
 
-def test_agent_policy_refuses_an_unknown_kind_and_a_stack_of_several_agents():
+def test_agent_policy_is_a_diffusion_policy_by_default_and_refuses_an_unknown_kind_or_several_agents():
     hparams = toy_algorithm("omad", seed=0).actors.agent_hparams(0)
+    assert AgentPolicy("left", hparams).kind == "diffusion"
     with pytest.raises(
         ValueError, match=r"unknown actor kind 'flow' \(known: \['deterministic', 'diffusion', 'gaussian'\]\)"
     ):
@@ -995,19 +1032,59 @@ def test_joint_cost_sums_or_averages_over_agents():
 
 
 def test_growing_storage_keeps_every_row_and_a_restore_allocates_what_it_needs():
-    """Storage starts small and grows as rows arrive (1024, then doubling): 1500 one-step rows must all
+    """Storage starts empty and grows only when a row does not fit: to 1024 rows, then doubling, capped at
+    the capacity (amortised O(1) per row, at most twice the memory in use). 4200 one-step rows must all
     survive the growth, sample as float32, and load into a fresh buffer that never grew."""
     buf = ReplayBuffer(5000, {"state": (1,), "obs": (1, 1), "action": (1,)}, 1, 1, 0.9)
-    for t in range(1500):
+    growth = {}  # rows stored when the storage grew -> its new size
+    for t in range(4200):
+        allocated = len(buf.data["reward"])
         buf.add(0, replay_step(t))
-    np.testing.assert_array_equal(buf.data["state"][:1500, 0], np.arange(1500))
-    np.testing.assert_allclose(buf.data["action"][:1500, 0], np.arange(1500) + 0.5)
+        if len(buf.data["reward"]) != allocated:
+            growth[len(buf)] = len(buf.data["reward"])
+    assert growth == {1: 1024, 1025: 2048, 2049: 4096, 4097: 5000}
+    np.testing.assert_array_equal(buf.data["state"][:4200, 0], np.arange(4200))
+    np.testing.assert_allclose(buf.data["action"][:4200, 0], np.arange(4200) + 0.5)
     batch = buf.sample(np.random.default_rng(0), 64)
     assert all(v.dtype == np.float32 for v in batch)
     restored = ReplayBuffer(5000, {"state": (1,), "obs": (1, 1), "action": (1,)}, 1, 1, 0.9)
     restored.load_state(buf.state_arrays(), buf.state_meta())
     for key, values in buf.data.items():
-        np.testing.assert_array_equal(restored.data[key][:1500], values[:1500], err_msg=key)
+        np.testing.assert_array_equal(restored.data[key][:4200], values[:4200], err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["omad", "omad-gaussian", "hasac", "hatd3"])
+def test_every_tensor_an_algorithm_holds_lives_on_its_device(name):
+    """The meta device stands in for an accelerator: networks, temperatures and budgets all move there."""
+    algo = make_algorithm(
+        TrainConfig(algo=name, actor_hidden=[8], critic_hidden=[8], compile=False, progress=False),
+        LAYOUT,
+        3,
+        (-5.0, 5.0),
+        device="meta",
+    )
+
+    def tensors(value):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, torch.nn.Module):
+            yield from value.parameters()
+            yield from value.buffers()
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                yield from tensors(item)
+
+    held = [(key, t.device.type) for key, value in vars(algo).items() for t in tensors(value)]
+    assert {key for key, _ in held} >= {"actors", "critic", "critic_target"}
+    assert [key for key, device in held if device != "meta"] == []
+
+
+def test_hasac_actor_loss_is_alpha_times_log_pi_minus_the_twin_minimum():
+    algo = make_algo("hasac")  # alpha_init 0.37
+    q = torch.tensor([[1.0, -2.0, 0.5], [0.25, -1.0, 3.0]])  # [twin, B]
+    out = types.SimpleNamespace(cost=torch.tensor([[0.5, -1.5, 2.0]]))  # [1, B]: this agent's log pi
+    expected = np.mean([0.37 * 0.5 - 0.25, 0.37 * -1.5 + 2.0, 0.37 * 2.0 - 0.5])
+    assert algo.actor_loss(1, q, out).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_policy_noise_is_made_on_the_algorithms_device():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from omad_train.replay import ReplayBuffer, Transition
+from omad_train.replay import ReplayBuffer, ReplaySample, Transition
 
 GAMMA = 0.9
 
@@ -152,3 +152,10 @@ def test_wrapped_ring_round_trips_through_a_checkpoint():
         b.add(0, step(30, 1.0, terminated=True))
         assert {int(r[0]) for r in sampled_rows(b)[1]} == set(WRAPPED_ROWS) - {10} | {30}
     assert_same_rows(buf, copy)
+
+
+def test_map_applies_the_function_to_every_field_in_storage_order():
+    fields = ReplaySample(*(np.full(2, float(i)) for i in range(len(ReplaySample._fields))))
+    mapped = fields.map(lambda v: v * 10 + 1)
+    assert isinstance(mapped, ReplaySample)
+    assert [m.tolist() for m in mapped] == [[10.0 * i + 1] * 2 for i in range(len(ReplaySample._fields))]

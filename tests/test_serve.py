@@ -4,11 +4,9 @@ through our RPCs and through tritonclient, validation codes, fuzzing, auth, TLS,
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -563,43 +561,6 @@ def test_token_guards_every_rpc_and_reflection_but_not_health(model_path, policy
         }
         assert grpc.StatusCode.UNAUTHENTICATED not in open_codes.values(), open_codes  # (List is not implemented)
         assert open_codes["Check"] == open_codes["Watch"] == grpc.StatusCode.OK
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory) -> Path:
-    """A throwaway CA, a server certificate for localhost / 127.0.0.1 and a client certificate."""
-    d = tmp_path_factory.mktemp("certs")
-    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl(
-        "req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=omad test CA", cwd=d
-    )
-    (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    for name in ("server", "client"):
-        openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=omad test {name}", cwd=d)
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.pem",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-            cwd=d,
-        )
-    return d
 
 
 def test_tls(model_path, policy, certs):
