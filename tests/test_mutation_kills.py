@@ -47,6 +47,7 @@ from omad_serve.tensors import MAX_DIM, MAX_RANK, TensorError, decode_float32, f
 from omad_train.actors import LOG_STD_MAX, LOG_STD_MIN, GaussianActors, PerAgentActors
 from omad_train.algos import make_algorithm
 from omad_train.algos.common import clip_grad_norm_per_agent
+from omad_train.algos.sequential import HASAC, HATD3
 from omad_train.config import TrainConfig, build_config
 from omad_train.critic import CategoricalCritic, TwinQCritic, project_distribution
 from omad_train.layout import AgentLayout
@@ -949,6 +950,20 @@ def test_one_shot_actors_against_a_forward_pass_by_hand():
             )
 
 
+def test_gaussian_log_std_is_clamped_on_both_sides():
+    """With zero noise the action is tanh(mu) = 0 here, log|d tanh| = 0, and log pi = -sum(log_std) -
+    d/2 log(2 pi): a log-std head asking for 5 and -25 must be held at LOG_STD_MAX and LOG_STD_MIN."""
+    actors = GaussianActors([3], [2], [[0.0, -0.4]], [[1.0, 0.4]], hidden=[8])
+    with torch.no_grad():
+        for p in (actors.mu.weight, actors.mu.bias, actors.log_std.weight):
+            p.zero_()
+        actors.log_std.bias.copy_(torch.tensor([5.0, -25.0]).view_as(actors.log_std.bias))
+    out = actors(torch.randn(1, 4, 3), torch.zeros(1, 1, 4, 2))
+    expected = -(LOG_STD_MAX + LOG_STD_MIN) - np.log(2 * np.pi)
+    np.testing.assert_allclose(out.cost.detach().numpy(), np.full((1, 4), expected), rtol=1e-6)
+    np.testing.assert_allclose(out.action.detach().numpy(), np.tile([0.5, 0.0], (1, 4, 1)), atol=1e-7)
+
+
 @pytest.mark.parametrize("name", ["omad", "hasac"])
 def test_temperature_gradient_and_first_step_by_hand(name):
     """d loss / d log alpha = -(cost - budget): OMAD's cost is the batch mean of the joint running cost
@@ -1077,6 +1092,29 @@ def test_every_tensor_an_algorithm_holds_lives_on_its_device(name):
     held = [(key, t.device.type) for key, value in vars(algo).items() for t in tensors(value)]
     assert {key for key, _ in held} >= {"actors", "critic", "critic_target"}
     assert [key for key, device in held if device != "meta"] == []
+    # and the noise it draws during an update (HATD3: the zero update noise and the smoothed target)
+    next_obs = torch.zeros(LAYOUT.n, 4, LAYOUT.obs_max, device="meta")
+    drawn = [algo.noise(4), *((algo.update_noise(4), algo.target_actions(next_obs)) if name == "hatd3" else ())]
+    assert [t.device.type for t in drawn] == ["meta"] * len(drawn)
+
+
+@pytest.mark.parametrize("cls", [HASAC, HATD3])
+def test_a_baseline_built_without_a_device_is_on_the_cpu(cls):
+    algo = cls(TrainConfig(algo=cls.__name__.lower(), actor_hidden=[8], critic_hidden=[8]), LAYOUT, 3)
+    assert algo.device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", ["hasac", "hatd3"])
+def test_baseline_gradients_are_clipped_to_grad_clip(name):
+    """After an update each agent's actor and the critic hold the gradient of their last step, clipped
+    to a global norm of grad_clip (far below what this batch gives)."""
+    max_norm = 1e-3
+    algo = make_algo(name, grad_clip=max_norm)
+    perturb(algo.actors, 0.3, 3)
+    algo.update(make_batch(DONE["none"]))
+    nets = [algo.critic, *algo.actors.singles]
+    norms = [torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in net.parameters()])).item() for net in nets]
+    assert norms == pytest.approx([max_norm] * len(nets), rel=1e-3)
 
 
 def test_hasac_actor_loss_is_alpha_times_log_pi_minus_the_twin_minimum():
