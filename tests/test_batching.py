@@ -145,20 +145,29 @@ class Crash(BaseException):
     """Not an Exception, so the model call's `except Exception` lets it through: the machinery itself broke."""
 
 
-@pytest.mark.parametrize("offload", [True, False])
-def test_a_broken_inference_call_fails_every_caller_once_and_refuses_later_jobs(offload):
-    """Three callers, max_batch 2: the first call (on the thread, or inline without offload) crashes.
-    The callers in it and the one still queued all get BatcherFailed, on_failure hears the crash
-    exactly once, and a later job is refused at once."""
+@pytest.mark.parametrize(
+    ("offload", "breaks"), [(True, "inference"), (False, "inference"), (True, "delivery"), (False, "delivery")]
+)
+def test_a_broken_inference_call_fails_every_caller_once_and_refuses_later_jobs(offload, breaks):
+    """Three callers, max_batch 2: the first call (on the thread, or inline without offload) crashes, or
+    handing out its results does. The callers in it and the one still queued all get BatcherFailed,
+    on_failure hears the crash exactly once, and a later job is refused at once."""
     crash = Crash("the inference thread broke")
     failures: list[BaseException] = []
 
     class CrashingModel:
         def run(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
-            raise crash
+            if breaks == "inference":
+                raise crash
+            return fake_model(obs, noise)
+
+    def broken_delivery(batch):
+        raise crash
 
     async def scenario():
         batcher = MicroBatcher(CrashingModel(), max_batch=2, offload=offload, on_failure=failures.append)
+        if breaks == "delivery":
+            batcher._deliver = broken_delivery
         batcher.start()
         tasks = [asyncio.create_task(batcher.submit(caller_job(caller, 1))) for caller in range(3)]
         outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), WAIT_S)

@@ -1098,6 +1098,20 @@ def test_every_tensor_an_algorithm_holds_lives_on_its_device(name):
     assert [t.device.type for t in drawn] == ["meta"] * len(drawn)
 
 
+@pytest.mark.parametrize(
+    ("name", "logged"),
+    [
+        ("omad", ["actor_loss", "alpha", "critic_loss", "entropy_bound", "q", "running_cost"]),
+        ("hasac", ["actor_loss", "alpha", "critic_loss", "q"]),
+        ("hatd3", ["actor_loss", "critic_loss", "q"]),
+    ],
+)
+def test_an_update_reports_the_metrics_the_logs_and_reports_read(name, logged):
+    metrics = make_algo(name).update(make_batch(DONE["none"]))
+    assert sorted(metrics) == logged
+    assert all(torch.isfinite(value) and value.dim() == 0 for value in metrics.values())
+
+
 @pytest.mark.parametrize("cls", [HASAC, HATD3])
 def test_a_baseline_built_without_a_device_is_on_the_cpu(cls):
     algo = cls(TrainConfig(algo=cls.__name__.lower(), actor_hidden=[8], critic_hidden=[8]), LAYOUT, 3)
