@@ -120,9 +120,10 @@ def test_without_offload_merged_batches_run_inline_and_split_at_max_batch():
             return fake_model(obs, noise)
 
     rows = {1: 2, 2: 1, 3: 3, 4: 1}
+    model = RecordingModel()
 
     async def scenario():
-        batcher = MicroBatcher(RecordingModel(), max_batch=5, offload=False)
+        batcher = MicroBatcher(model, max_batch=5, offload=False)
         batcher.start()
         results = await asyncio.gather(*(batcher.submit(caller_job(c, n)) for c, n in rows.items()))
         await batcher.close(WAIT_S)
@@ -139,6 +140,7 @@ def test_without_offload_merged_batches_run_inline_and_split_at_max_batch():
     assert [n for _, n in calls] == [3, 4]  # callers 1 + 2 (3 rows), then 3 + 4 (3 + 3 would pass 5)
     assert all(thread is threading.main_thread() for thread, _ in calls)
     assert [r.batch_size for r in results] == [3, 3, 4, 4]
+    assert all(r.model is model for r in results)  # the model that computed the reply (a reload swaps it)
 
 
 class Crash(BaseException):

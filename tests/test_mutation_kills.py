@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import copy
+import os
 import re
 import struct
 import subprocess
@@ -862,12 +863,17 @@ def test_close_gives_up_on_a_stuck_call_and_fails_the_jobs_still_queued():
 
 
 def test_an_unclosed_batcher_does_not_keep_the_process_alive():
+    """Its inference thread is a daemon named omad-infer (so a py-spy dump shows it). The child process
+    gets this process's sys.path, so under `make mutation` it imports the mutated code too."""
     code = (
-        "import asyncio\nfrom omad_serve.batching import MicroBatcher\n"
+        "import asyncio, threading\nfrom omad_serve.batching import MicroBatcher\n"
         "async def main():\n    MicroBatcher(lambda obs, noise: obs, 4).start()\n"
+        "    print([(t.name, t.daemon) for t in threading.enumerate() if t is not threading.main_thread()])\n"
         "asyncio.run(main())\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run([sys.executable, "-c", code], check=True, timeout=30, capture_output=True, text=True, env=env)
+    assert done.stdout.strip() == "[('omad-infer', True)]"
 
 
 # ---- odds and ends of the serving edge -------------------------------------------------------------
