@@ -991,6 +991,9 @@ def test_temperature_gradient_and_first_step_by_hand(name):
             target = torch.tensor(ACT_DIMS, dtype=torch.float32) * budget
     before = algo.log_alpha.detach().clone()
     metrics = algo.update(batch)
+    if name == "omad":  # the logged entropy bound: minus the joint cost of this actor step's samples
+        with torch.no_grad():
+            torch.testing.assert_close(metrics["entropy_bound"], -actors(obs, noise).cost.sum(0).mean())
     grad = -(cost - target)
     torch.testing.assert_close(algo.log_alpha.grad.view(-1), grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(algo.log_alpha.detach().view(-1), before.view(-1) - lr * grad.sign(), rtol=0, atol=1e-6)
@@ -1124,17 +1127,36 @@ def test_a_baseline_built_without_a_device_is_on_the_cpu(cls):
     assert algo.device == torch.device("cpu")
 
 
-@pytest.mark.parametrize("name", ["hasac", "hatd3"])
-def test_baseline_gradients_are_clipped_to_grad_clip(name):
-    """After an update each agent's actor and the critic hold the gradient of their last step, clipped
-    to a global norm of grad_clip (far below what this batch gives)."""
+@pytest.mark.parametrize("name", ["omad", "hasac", "hatd3"])
+def test_gradients_are_clipped_to_grad_clip_per_agent(name):
+    """After an update the critic and each agent's actor hold the gradient of their last step, clipped
+    to a norm of grad_clip (far below what this batch gives): one norm over the critic, one per agent
+    (OMAD's actors are one stack with the agent on axis 0 of every parameter)."""
     max_norm = 1e-3
     algo = make_algo(name, grad_clip=max_norm)
     perturb(algo.actors, 0.3, 3)
     algo.update(make_batch(DONE["none"]))
-    nets = [algo.critic, *algo.actors.singles]
-    norms = [torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in net.parameters()])).item() for net in nets]
-    assert norms == pytest.approx([max_norm] * len(nets), rel=1e-3)
+
+    def norm(grads):
+        return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
+
+    if name == "omad":
+        agents = [[p.grad[i] for p in algo.actors.parameters()] for i in range(LAYOUT.n)]
+    else:
+        agents = [[p.grad for p in single.parameters()] for single in algo.actors.singles]
+    norms = [norm(p.grad for p in algo.critic.parameters()), *(norm(grads) for grads in agents)]
+    assert norms == pytest.approx([max_norm] * (1 + LAYOUT.n), rel=1e-3)
+
+
+@pytest.mark.parametrize("compile_", [True, False])
+def test_omad_compiles_the_chain_and_both_losses_only_when_asked(compile_):
+    """Building is enough to see it: torch.compile wraps at once and compiles at the first call."""
+    algo = make_algo("omad", compile=compile_)
+    wrapped = [algo.chain, algo.critic_loss_fn, algo.actor_loss_fn]
+    plain = [algo.actors, algo.critic_loss, algo.actor_loss]
+    assert [w is not p and w != p for w, p in zip(wrapped, plain)] == [compile_] * 3
+    if compile_:
+        assert isinstance(algo.chain, torch._dynamo.eval_frame.OptimizedModule) and algo.chain._orig_mod is algo.actors
 
 
 def test_hasac_actor_loss_is_alpha_times_log_pi_minus_the_twin_minimum():
