@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from omad_serve.batching import BatcherFailed, Job, MicroBatcher
+from omad_serve.batching import BatcherFailed, Job, MicroBatcher, NonFiniteActions
 
 OBS_DIM, ACT_DIM, NOISE_STEPS = 3, 2, 2
 WAIT_S = 10.0
@@ -183,3 +183,31 @@ def test_a_broken_inference_call_fails_every_caller_once_and_refuses_later_jobs(
     assert all("must be restarted" in str(o) and "the inference thread broke" in str(o) for o in outcomes)
     assert failure is crash
     assert failures == [crash]
+
+
+def test_non_finite_rows_fail_only_their_caller_and_name_its_own_rows():
+    """One merged call; the model returns NaN for rows 1-6 of caller 2 (7 rows). Caller 2 alone gets
+    NonFiniteActions naming the first five bad rows by its own row index; callers 1 and 3, before and
+    after it in the batch, get their actions."""
+    bad = {201.0, 202.0, 203.0, 204.0, 205.0, 206.0}  # obs[:, 0] of caller 2's rows 1-6
+
+    class PartlyNaNModel:
+        def run(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+            actions = fake_model(obs, noise)
+            actions[np.isin(obs[:, 0], list(bad)), 1] = np.nan
+            return actions
+
+    rows = {1: 2, 2: 7, 3: 1}
+
+    async def scenario():
+        batcher = MicroBatcher(PartlyNaNModel(), max_batch=16, offload=False)
+        batcher.start()
+        tasks = [batcher.submit(caller_job(caller, n)) for caller, n in rows.items()]
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    first, second, third = asyncio.run(scenario())
+    assert isinstance(second, NonFiniteActions) and str(second) == "rows [1, 2, 3, 4, 5]"
+    for caller, result in ((1, first), (3, third)):
+        job = caller_job(caller, rows[caller])
+        np.testing.assert_array_equal(result.action, fake_model(job.obs, job.noise))
+        assert result.batch_size == 10  # all three shared one call

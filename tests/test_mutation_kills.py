@@ -13,6 +13,7 @@ import re
 import struct
 import subprocess
 import sys
+import threading
 import time
 import types
 import warnings
@@ -871,6 +872,16 @@ def test_an_unclosed_batcher_does_not_keep_the_process_alive():
         "    print([(t.name, t.daemon) for t in threading.enumerate() if t is not threading.main_thread()])\n"
         "asyncio.run(main())\n"
     )
+
+    async def new_threads():  # in this process too: mutmut maps a test to the code it calls in-process
+        before = set(threading.enumerate())
+        batcher = MicroBatcher(lambda obs, noise: obs, 4)
+        batcher.start()
+        started = [(t.name, t.daemon) for t in set(threading.enumerate()) - before]
+        await batcher.close(timeout_s=5.0)
+        return started
+
+    assert asyncio.run(new_threads()) == [("omad-infer", True)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     done = subprocess.run([sys.executable, "-c", code], check=True, timeout=30, capture_output=True, text=True, env=env)
     assert done.stdout.strip() == "[('omad-infer', True)]"
