@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -27,6 +28,11 @@ def caller_job(caller: int, rows: int) -> Job:
     obs = np.repeat(ids[:, None], OBS_DIM, axis=1).astype(np.float32)
     noise = np.repeat(-ids[None, :, None], ACT_DIM, axis=2).repeat(NOISE_STEPS, axis=0).astype(np.float32)
     return Job(obs, noise)
+
+
+def plain(fn):
+    """A model for MicroBatcher (which calls `run`) from a function."""
+    return types.SimpleNamespace(run=fn)
 
 
 class GatedModel:
@@ -211,3 +217,72 @@ def test_non_finite_rows_fail_only_their_caller_and_name_its_own_rows():
         job = caller_job(caller, rows[caller])
         np.testing.assert_array_equal(result.action, fake_model(job.obs, job.noise))
         assert result.batch_size == 10  # all three shared one call
+
+
+def test_a_caller_that_gave_up_at_the_head_of_the_queue_does_not_stall_the_callers_behind_it():
+    """Callers 1 and 2 queue behind a held call; caller 1, first in line, gives up. When the held call
+    ends, the next flush must skip caller 1 and run caller 2."""
+    model = GatedModel()
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch=16)
+        batcher.start()
+        held = [asyncio.create_task(batcher.submit(caller_job(c, 1))) for c in (0, 7)]  # merged: on the thread
+        assert await asyncio.to_thread(model.entered.wait, WAIT_S), "the first call never started"
+        quitter = asyncio.create_task(batcher.submit(caller_job(1, 1)))
+        stayer = asyncio.create_task(batcher.submit(caller_job(2, 1)))
+        await asyncio.sleep(0.05)  # both queued behind the held call
+        quitter.cancel()
+        model.release.set()
+        results = await asyncio.wait_for(asyncio.gather(*held, stayer), WAIT_S)
+        await batcher.close(WAIT_S)
+        return results
+
+    results = asyncio.run(scenario())
+    for caller, result in zip((0, 7, 2), results):
+        job = caller_job(caller, 1)
+        np.testing.assert_array_equal(result.action, fake_model(job.obs, job.noise))
+    assert [callers_in(obs) for obs in model.calls] == [[0, 7], [2]]
+
+
+def test_a_lone_request_runs_on_the_loop_and_a_merged_batch_on_the_inference_thread():
+    """With offload on, a request that arrives alone skips the hand-off (inline on the event loop's
+    thread); two that arrive together go to the omad-infer thread. Every call is metered with its rows
+    and its seconds."""
+    threads: list[str] = []
+    metered: list[tuple[int, float]] = []
+
+    class RecordingModel:
+        def run(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+            threads.append(threading.current_thread().name)
+            return fake_model(obs, noise)
+
+    async def scenario():
+        batcher = MicroBatcher(RecordingModel(), max_batch=16, on_batch=lambda rows, s: metered.append((rows, s)))
+        batcher.start()
+        await batcher.submit(caller_job(1, 2))
+        await asyncio.gather(batcher.submit(caller_job(2, 1)), batcher.submit(caller_job(3, 3)))
+        await batcher.close(WAIT_S)
+
+    started = time.perf_counter()
+    asyncio.run(scenario())
+    wall_s = time.perf_counter() - started
+    assert threads == [threading.main_thread().name, "omad-infer"]
+    assert [rows for rows, _ in metered] == [2, 4]
+    assert all(0 < seconds < wall_s for _, seconds in metered), (metered, wall_s)
+
+
+def test_a_lone_caller_goes_once_the_merge_window_has_passed():
+    """max_delay_us = 0.1 s: a caller that nobody joins waits out the window, then goes alone (the
+    upper bound is loose: it only tells a 0.1 s window from a much longer one)."""
+
+    async def scenario():
+        batcher = MicroBatcher(plain(fake_model), max_batch=16, max_delay_us=100_000)
+        batcher.start()
+        started = time.perf_counter()
+        await asyncio.wait_for(batcher.submit(caller_job(1, 1)), WAIT_S)
+        waited = time.perf_counter() - started
+        await batcher.close(WAIT_S)
+        return waited
+
+    assert 0.1 <= asyncio.run(scenario()) < 0.8

@@ -25,7 +25,7 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from test_batching import GatedModel, caller_job, callers_in, fake_model
+from test_batching import GatedModel, caller_job, callers_in, fake_model, plain
 from test_update_math import (
     ACT_DIMS,
     DONE,
@@ -692,11 +692,6 @@ def test_restored_pending_windows_write_every_field_as_if_never_checkpointed():
 # (the fake model and callers of test_batching.py: every action value names its caller and row)
 
 GUARD_S = 10.0  # a hang guard, never a timing assertion
-
-
-def plain(fn):
-    """A model for MicroBatcher (which calls `run`) from a function."""
-    return types.SimpleNamespace(run=fn)
 
 
 async def held_start(
