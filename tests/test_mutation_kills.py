@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import copy
+import math
 import os
 import re
 import struct
@@ -927,6 +928,72 @@ def test_hatd3_actors_follow_the_first_critic_head():
     with torch.no_grad():
         moved = (joint_of(algo.actors(obs, zero, with_cost=False).action).mean(0) - before) / (JOINT_HIGH - JOINT_LOW)
     assert torch.all(moved * w.sign() > 0.05), moved
+
+
+def gelu_by_hand(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def diffusion_chain_by_hand(params, i, obs, noise, K, s0, low, high):
+    """One agent's chain (ALGORITHM.md), in float64 numpy from its real slices of the stacked parameters.
+    obs [B, d_o], noise [K+1, B, d_a] -> (action, cost, running cost)."""
+    d_o, d_a = obs.shape[1], noise.shape[2]
+    F = params["time_phase"].shape[2]
+
+    def linear(x, name, rows=None, cols=None):
+        w, b = params[f"{name}.weight"][i], params[f"{name}.bias"][i][0]
+        return x @ w[rows or slice(None), cols or slice(None)] + b[cols or slice(None)]
+
+    obs_proj = linear(obs, "obs_in", rows=slice(0, d_o))
+    eta = np.log1p(np.exp(params["dt_raw"][i].item())) * 0.5 * (1.0 + np.cos(np.pi * np.arange(K) / K))
+    x = s0 * noise[0]
+    running = np.zeros(obs.shape[0])
+    for k in range(K):
+        angle = k / K * np.linspace(1.0, 30.0, F) + params["time_phase"][i][0]
+        time_proj = linear(
+            gelu_by_hand(linear(np.concatenate([np.sin(angle), np.cos(angle)]), "time_mlp.0")), "time_mlp.2"
+        )
+        h = gelu_by_hand(x @ params["x_in"][i][:d_a] + obs_proj + time_proj)
+        for j in range(len([key for key in params if key.startswith("hidden_layers.") and key.endswith(".weight")])):
+            h = gelu_by_hand(linear(h, f"hidden_layers.{j}"))
+        drift = -x / s0**2 + linear(h, "out", cols=slice(0, d_a))
+        x_next = x + eta[k] * drift + np.sqrt(2.0 * eta[k]) * noise[k + 1]
+        back = x - x_next * (1.0 - eta[k] / s0**2)  # the reverse kernel's mean residual
+        running += (-0.5 * noise[k + 1] ** 2 + back**2 / (4.0 * eta[k])).sum(-1)
+        x = x_next
+    y = np.tanh(x)
+    running -= np.log1p(-(y**2)).sum(-1)  # log |d tanh / dx|, in the squashed space
+    log_prior = (-0.5 * noise[0] ** 2).sum(-1) - 0.5 * d_a * np.log(2 * np.pi * s0**2)
+    return low + (y + 1.0) * (high - low) / 2.0, log_prior + running, running
+
+
+def test_the_diffusion_chain_against_a_numpy_forward_pass_by_hand():
+    """Every parameter drawn anew (the time phase and the step size too), two agents of different
+    sizes with asymmetric bounds, K = 3, prior std 1.7: actions, costs and running costs match an
+    independent float64 implementation; the chain also runs on the device of its inputs."""
+    algo = toy_algorithm("omad", seed=0)
+    actors = algo.actors.double()
+    params = randomized_params(actors)
+    obs, noise = toy_inputs(algo)
+    out = actors(obs.double(), noise.double())
+    for i, agent in enumerate(TOY.agents):
+        o, a = agent.obs_dim, agent.act_dim
+        action, cost, running = diffusion_chain_by_hand(
+            params,
+            i,
+            obs[i, :, :o].double().numpy(),
+            noise[:, i, :, :a].double().numpy(),
+            K=3,
+            s0=1.7,
+            low=np.array(agent.action_low),
+            high=np.array(agent.action_high),
+        )
+        # float64 throughout, but the module's time frequencies and step schedule are float32 buffers
+        np.testing.assert_allclose(out.action[i, :, :a].detach().numpy(), action, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out.cost[i].detach().numpy(), cost, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out.running_cost[i].detach().numpy(), running, rtol=1e-5, atol=1e-5)
+    on_meta = actors.to("meta")(obs.double().to("meta"), noise.double().to("meta"))
+    assert {t.device.type for t in (on_meta.action, on_meta.cost, on_meta.running_cost)} == {"meta"}
 
 
 def test_one_shot_actors_against_a_forward_pass_by_hand():
