@@ -42,7 +42,14 @@ def to_bounds(x: np.ndarray, low, high) -> np.ndarray:
 def constant_score_chain(shift: float, lows, highs) -> DiffusionActors:
     """A chain per agent whose score network outputs the constant `shift` (zero weights)."""
     actors = DiffusionActors(
-        [3] * len(lows), [D_A] * len(lows), list(lows), list(highs), hidden=[16, 16], denoising_steps=K, prior_std=S0
+        [3] * len(lows),
+        [D_A] * len(lows),
+        list(lows),
+        list(highs),
+        hidden=[16, 16],
+        denoising_steps=K,
+        prior_std=S0,
+        time_features=16,
     )
     with torch.no_grad():
         actors.out.weight.zero_()

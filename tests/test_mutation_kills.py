@@ -996,6 +996,19 @@ def test_the_diffusion_chain_against_a_numpy_forward_pass_by_hand():
     assert {t.device.type for t in (on_meta.action, on_meta.cost, on_meta.running_cost)} == {"meta"}
 
 
+def test_an_untrained_diffusion_chain_is_the_prior_ou_process():
+    """The score network's output layer starts near zero: a fresh chain's actions are, to within 1e-3,
+    those of the same chain with that layer at zero (pure Ornstein-Uhlenbeck drift toward the prior)."""
+    algo = toy_algorithm("omad", seed=0, perturbed=False)
+    obs, noise = toy_inputs(algo, B=64)
+    fresh = algo.actors(obs, noise, with_cost=False).action
+    with torch.no_grad():
+        algo.actors.out.weight.zero_()
+        algo.actors.out.bias.zero_()
+    prior = algo.actors(obs, noise, with_cost=False).action
+    assert (fresh - prior).abs().max().item() < 1e-3
+
+
 def test_one_shot_actors_against_a_forward_pass_by_hand():
     """HARL's actors on a ReLU trunk. Gaussian: tanh on the last hidden layer, a = bounds(tanh(mu +
     exp(log_std) * noise[0])) with log_std clamped to [LOG_STD_MIN, LOG_STD_MAX]; deterministic:

@@ -94,7 +94,9 @@ def test_stacked_agents_equal_a_per_agent_loop():
     obs_dims, act_dims = [6, 9, 4], [2, 3, 1]
     low = [[-1.0] * d for d in act_dims]
     high = [[2.0] * d for d in act_dims]
-    stack = DiffusionActors(obs_dims, act_dims, low, high, hidden=[32, 32, 32], denoising_steps=5)
+    stack = DiffusionActors(
+        obs_dims, act_dims, low, high, hidden=[32, 32, 32], denoising_steps=5, prior_std=2.5, time_features=16
+    )
     with torch.no_grad():  # make the score network matter
         stack.out.weight.normal_(0, 0.3)
     B = 16
