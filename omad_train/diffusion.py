@@ -44,9 +44,9 @@ class DiffusionActors(StackedActors):
         action_high: list[list[float]],
         hidden: list[int],
         denoising_steps: int,
-        prior_std: float = 2.5,
-        dt_init: float = 0.1,
-        time_features: int = 16,
+        prior_std: float,
+        time_features: int,
+        dt_init: float = 0.1,  # the config's value when training; a loaded policy's step sizes come from its weights
     ):
         super().__init__(obs_dims, act_dims, action_low, action_high)
         n, d_o, d_a = len(obs_dims), max(obs_dims), max(act_dims)

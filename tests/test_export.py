@@ -292,6 +292,8 @@ def small_policy() -> AgentPolicy:
         "action_high": [[1.0, 0.4]],
         "hidden": [8],
         "denoising_steps": 2,
+        "prior_std": 2.5,
+        "time_features": 16,
     }
     return AgentPolicy("agent_0", hparams, "diffusion").eval()
 
