@@ -859,7 +859,7 @@ def test_close_gives_up_on_a_stuck_call_and_fails_the_jobs_still_queued():
     assert_own_rows(jobs, {0: first})
 
 
-def test_an_unclosed_batcher_does_not_keep_the_process_alive():
+def test_the_inference_thread_is_a_daemon_named_omad_infer_so_an_unclosed_batcher_lets_the_process_exit():
     """Its inference thread is a daemon named omad-infer (so a py-spy dump shows it). The child process
     gets this process's sys.path, so under `make mutation` it imports the mutated code too."""
     code = (
