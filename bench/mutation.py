@@ -199,7 +199,7 @@ def build_report(run: dict) -> dict:
 
 def format_summary(report: dict) -> str:
     return (
-        f"mutation score {report['score']:.1%}: {report['detected']} of {report['non_equivalent']} non-equivalent "
+        f"mutation score {report['score']:.2%}: {report['detected']} of {report['non_equivalent']} non-equivalent "
         f"mutants killed ({report['totals'].get('equivalent', 0)} equivalent, {len(report['survivors'])} survivors)"
     )
 
