@@ -1240,7 +1240,7 @@ def test_omad_compiles_the_chain_and_both_losses_only_when_asked(compile_):
     algo = make_algo("omad", compile=compile_)
     wrapped = [algo.chain, algo.critic_loss_fn, algo.actor_loss_fn]
     plain = [algo.actors, algo.critic_loss, algo.actor_loss]
-    assert [w is not p and w != p for w, p in zip(wrapped, plain)] == [compile_] * 3
+    assert [w != p for w, p in zip(wrapped, plain)] == [compile_] * 3  # equal bound methods compare equal
     if compile_:
         assert isinstance(algo.chain, torch._dynamo.eval_frame.OptimizedModule) and algo.chain._orig_mod is algo.actors
 
