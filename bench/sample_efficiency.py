@@ -82,6 +82,20 @@ def parse_steps(items: list[str]) -> dict[str, int]:
     return out
 
 
+def job_hours(task_dir: Path) -> float:
+    """The training time of every run of a task, summed, from the runs' evaluation records. Each
+    process's clock starts at 0, so a resumed run's total drops: that starts a new segment."""
+    total = 0.0
+    for metrics in task_dir.glob("*/*/seed-*/metrics.jsonl"):
+        last = 0.0
+        for line in metrics.read_text().splitlines():
+            now = sum(v for k, v in json.loads(line).items() if k.startswith("seconds_"))
+            total += last if now < last else 0.0
+            last = now
+        total += last
+    return total / 3600
+
+
 def plan(tasks: list[str], steps: dict[str, int], seeds: int, workers: int, hours: float) -> None:
     """Learner speed of every (task, algo) at one thread -> the budget that fits `hours`."""
     import torch
@@ -153,6 +167,7 @@ def main() -> None:
             "seeds": args.seeds,
             "protocol": task_config(task, args.quick),
             "sweep_seconds_this_invocation": trained,
+            "job_hours": job_hours(root / name),
             "failed": summary["failed"],
             "report": f"{name}/report/report.md",
             "summary": report,
@@ -162,7 +177,8 @@ def main() -> None:
     for name, entry in combined.items():
         lines.append(
             f"- {name}: {entry['env']}, {entry['budget']} env steps, seeds {entry['seeds']}, protocol "
-            f"{entry['protocol']}; this invocation took {entry['sweep_seconds_this_invocation'] / 60:.1f} min: "
+            f"{entry['protocol']}; its runs trained for {entry['job_hours']:.2f} job-hours in all, this "
+            f"invocation took {entry['sweep_seconds_this_invocation'] / 60:.1f} min: "
             f"{entry['report']}"
         )
     for name in combined:  # each task's report, its headings one level down, its images linked from here

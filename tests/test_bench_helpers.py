@@ -3,9 +3,12 @@ exist and run: a refactor of bench/training.py once removed one and broke both s
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -35,3 +38,22 @@ def test_study_scripts_import():
             [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120
         )
         assert out.returncode == 0, out.stderr
+
+
+def test_job_hours_sums_every_run_and_every_resumed_segment(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        from sample_efficiency import job_hours
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def write(algo: str, seed: int, totals: list[tuple[float, float]]) -> None:
+        run = tmp_path / "env" / algo / f"seed-{seed}"
+        run.mkdir(parents=True)
+        lines = [json.dumps({"step": i, "seconds_update": u, "seconds_env": e}) for i, (u, e) in enumerate(totals)]
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+    write("omad", 0, [(100.0, 20.0), (1000.0, 80.0)])  # one process: its last total, 1080 s
+    write("omad", 1, [(500.0, 40.0), (1400.0, 100.0), (300.0, 60.0), (900.0, 120.0)])  # resumed: 1500 + 1020 s
+    write("hasac", 0, [(0.0, 0.0)])
+    assert job_hours(tmp_path) == pytest.approx((1080 + 1500 + 1020) / 3600)
