@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 import onnx
 import pytest
-from test_serve_process import OMAD, REPO, Process, wait_gone
+from test_serve_process import OMAD, REPO, Process, random_inputs, wait_gone
 
 from exporters.runtime import OnnxPolicy, read_manifest
 from omad.evaluation import grpc_source, onnx_source, run_eval
@@ -33,15 +33,6 @@ from omad_serve.testing import ServerThread
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 LONG_EPISODE = "{max_cycles: 100000}"  # an MPE episode that lasts until a fault ends it
-
-
-def random_inputs(policy: OnnxPolicy, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    info = policy.info
-    return (
-        rng.standard_normal((batch, info.obs_dim), dtype=np.float32),
-        rng.standard_normal((info.noise_steps, batch, info.act_dim), dtype=np.float32),
-    )
 
 
 def metric(port: int, name: str) -> float:
