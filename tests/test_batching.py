@@ -272,6 +272,32 @@ def test_a_lone_request_runs_on_the_loop_and_a_merged_batch_on_the_inference_thr
     assert all(0 < seconds < wall_s for _, seconds in metered), (metered, wall_s)
 
 
+def test_a_caller_queued_behind_a_running_call_counts_that_wait_in_its_window():
+    """max_delay_us = 0.6 s. Caller 1 queues while a full batch (callers 0 and 7) is held for 0.4 s, so
+    once that call ends it has 0.2 s of its window left: it goes about 0.6 s after it came, not 0.6 s
+    after the call ended (1.0 s) or later."""
+    model = GatedModel()
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch=2, max_delay_us=600_000)
+        batcher.start()
+        held = [asyncio.create_task(batcher.submit(caller_job(caller, 1))) for caller in (0, 7)]
+        await asyncio.to_thread(model.entered.wait, WAIT_S)
+        started = time.perf_counter()
+        queued = asyncio.create_task(batcher.submit(caller_job(1, 1)))
+        await asyncio.sleep(0.4)
+        model.release.set()
+        await asyncio.wait_for(asyncio.gather(*held), WAIT_S)
+        await asyncio.wait_for(queued, WAIT_S)
+        waited = time.perf_counter() - started
+        await batcher.close(WAIT_S)
+        return waited
+
+    waited = asyncio.run(scenario())
+    assert [callers_in(call) for call in model.calls] == [[0, 7], [1]]
+    assert 0.6 <= waited < 0.9, waited
+
+
 def test_a_lone_caller_goes_once_the_merge_window_has_passed():
     """max_delay_us = 0.1 s: a caller that nobody joins waits out the window, then goes alone (the
     upper bound is loose: it only tells a 0.1 s window from a much longer one)."""
