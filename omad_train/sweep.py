@@ -21,10 +21,11 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -181,10 +182,18 @@ def _job_process(job: dict, threads: int, conn) -> None:
 Outcome = tuple[Job, dict]
 
 
-def run_local(jobs: list[Job], workers: int) -> Iterator[Outcome]:
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_local(jobs: list[Job], workers: int) -> Generator[Outcome]:
     """Each job in its own spawned process, at most `workers` at a time: a crashing job cannot take
-    the others down. Yields (job, result) as jobs finish."""
+    the others down. Yields (job, result) as jobs finish. SIGTERM stops the sweep as Ctrl-C does:
+    the running jobs' processes are terminated, not left behind training (each resumes from its
+    last checkpoint on the next run)."""
     ctx = multiprocessing.get_context("spawn")
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     stopping = threading.Event()
     live: set = set()
 
@@ -218,9 +227,11 @@ def run_local(jobs: list[Job], workers: int) -> Iterator[Outcome]:
         for proc in list(live):
             proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def run_ray(jobs: list[Job], address: str, cpus_per_job: int) -> Iterator[Outcome]:
+def run_ray(jobs: list[Job], address: str, cpus_per_job: int) -> Generator[Outcome]:
     """Each job as a Ray task with `cpus_per_job` CPUs. `address`: "local" starts a local Ray instance,
     "auto" joins the cluster this machine belongs to, anything else is passed to ray.init(address=...).
     An already initialised Ray (e.g. by a test) is used as it is. Run dirs must be on storage that every
@@ -333,21 +344,26 @@ def run_sweep(
     )
 
     outcomes = run_ray(todo, ray_address, cpus_per_job) if ray_address else run_local(todo, local_workers)
-    for count, (job, result) in enumerate(outcomes, start=1):
-        prefix = f"[{count}/{len(todo)}]"
-        if result["status"] == "done":
-            summary["done"].append(job.name)
-            rec = result.get("record") or {}
-            how = f"resumed from step {result['resumed_from']}" if result.get("resumed_from") is not None else "trained"
-            ret = (
-                f", return {rec['eval_return_mean']:.2f} +- {rec['eval_return_std']:.2f} at step {rec['step']}"
-                if "eval_return_mean" in rec
-                else ""
-            )
-            log(f"{prefix} done   {job.name}: {how} in {result['seconds']:.1f} s{ret}")
-        else:
-            summary["failed"].append(f"{job.name}: {result['error']}")
-            log(f"{prefix} FAILED {job.name}: {result['error']} (log: {job.dir}.log)")
+    with contextlib.closing(outcomes):  # an interrupt stops the backend's jobs, wherever it lands
+        for count, (job, result) in enumerate(outcomes, start=1):
+            prefix = f"[{count}/{len(todo)}]"
+            if result["status"] == "done":
+                summary["done"].append(job.name)
+                rec = result.get("record") or {}
+                how = (
+                    f"resumed from step {result['resumed_from']}"
+                    if result.get("resumed_from") is not None
+                    else "trained"
+                )
+                ret = (
+                    f", return {rec['eval_return_mean']:.2f} +- {rec['eval_return_std']:.2f} at step {rec['step']}"
+                    if "eval_return_mean" in rec
+                    else ""
+                )
+                log(f"{prefix} done   {job.name}: {how} in {result['seconds']:.1f} s{ret}")
+            else:
+                summary["failed"].append(f"{job.name}: {result['error']}")
+                log(f"{prefix} FAILED {job.name}: {result['error']} (log: {job.dir}.log)")
 
     log(
         f"sweep {out}: {len(summary['done'])} trained, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed"

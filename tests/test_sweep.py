@@ -3,10 +3,14 @@ collected, clear errors before anything runs, and the same sweep as Ray tasks.""
 
 import contextlib
 import json
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from test_serve_process import OMAD, wait_gone
 
 from omad.cli import main
 from omad_train.config import build_config
@@ -300,3 +304,40 @@ def test_jobs_are_seed_major_so_a_cut_off_sweep_compares_every_algo(tmp_path):
         ("hasac", 1),
         ("hatd3", 1),
     ]
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def test_sigterm_stops_the_sweep_and_its_running_jobs(tmp_path):
+    """`kill <sweep>` must not leave its jobs training on, unseen, into the run dirs."""
+    out = tmp_path / "sweep"
+    args = ["sweep", "--envs", ENV, "--seeds", "0", "1", "--total-steps", "1000000", "--out", str(out)]
+    tiny = [f"--set={key}={json.dumps(value)}" for key, value in TINY.items()]
+    sweep = subprocess.Popen([*OMAD, *args, *tiny, "--local-workers", "2"], stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        logs = [out / "mpe_simple_spread_v3" / "omad" / f"seed-{seed}.log" for seed in (0, 1)]
+        deadline = time.monotonic() + 120
+        while not all(log.is_file() and "== " in log.read_text() for log in logs):
+            assert time.monotonic() < deadline and sweep.poll() is None, "the jobs never started"
+            time.sleep(0.2)
+        workers = children_of(sweep.pid)
+        assert len(workers) >= 2, workers  # the two jobs (and multiprocessing's resource tracker)
+        sweep.send_signal(signal.SIGTERM)
+        assert sweep.wait(timeout=60) == 130
+        assert "interrupted" in sweep.stderr.read()
+        assert wait_gone(workers, timeout_s=30) == []
+        assert not any((out / "mpe_simple_spread_v3" / "omad" / f"seed-{seed}" / DONE_FILE).exists() for seed in (0, 1))
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        for pid in workers:  # left behind if the test failed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
