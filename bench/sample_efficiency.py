@@ -83,16 +83,18 @@ def parse_steps(items: list[str]) -> dict[str, int]:
 
 
 def job_hours(task_dir: Path) -> float:
-    """The training time of every run of a task, summed, from the runs' evaluation records. Each
-    process's clock starts at 0, so a resumed run's total drops: that starts a new segment."""
+    """The training time of every run of a task, summed, from the runs' evaluation records (the time
+    of the kept work: what a killed run did after its last checkpoint is not counted). Each process's
+    clocks start at 0, so a resumed run's clocks drop: that starts a new segment."""
     total = 0.0
     for metrics in task_dir.glob("*/*/seed-*/metrics.jsonl"):
-        last = 0.0
-        for line in metrics.read_text().splitlines():
-            now = sum(v for k, v in json.loads(line).items() if k.startswith("seconds_"))
-            total += last if now < last else 0.0
+        last: dict[str, float] = {}
+        for line in filter(str.strip, metrics.read_text().splitlines()):
+            now = {k: v for k, v in json.loads(line).items() if k.startswith("seconds_")}
+            if any(v < last.get(k, 0.0) for k, v in now.items()):
+                total += sum(last.values())
             last = now
-        total += last
+        total += sum(last.values())
     return total / 3600
 
 

@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -186,24 +186,41 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Inside: SIGTERM raises KeyboardInterrupt, as Ctrl-C does (Python runs signal handlers on the
+    main thread only; elsewhere this does nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: a handler installed from C, which Python cannot restore
+            signal.signal(signal.SIGTERM, previous)
+
+
 def run_local(jobs: list[Job], workers: int) -> Generator[Outcome]:
     """Each job in its own spawned process, at most `workers` at a time: a crashing job cannot take
     the others down. Yields (job, result) as jobs finish. SIGTERM stops the sweep as Ctrl-C does:
     the running jobs' processes are terminated, not left behind training (each resumes from its
     last checkpoint on the next run)."""
     ctx = multiprocessing.get_context("spawn")
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     stopping = threading.Event()
+    starting = threading.Lock()  # a job's process starts, or the sweep stops: never both at once
     live: set = set()
 
     def one(job: Job) -> dict:
-        if stopping.is_set():
-            return {"status": "failed", "error": "sweep interrupted before the job started", "seconds": 0.0}
-        receiver, sender = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_job_process, args=(asdict(job), job.config["torch_threads"], sender), daemon=True)
-        proc.start()
-        live.add(proc)
+        with starting:
+            if stopping.is_set():
+                return {"status": "failed", "error": "sweep interrupted before the job started", "seconds": 0.0}
+            receiver, sender = ctx.Pipe(duplex=False)
+            args = (asdict(job), job.config["torch_threads"], sender)
+            proc = ctx.Process(target=_job_process, args=args, daemon=True)
+            proc.start()
+            live.add(proc)
         sender.close()
         try:
             result = receiver.recv()
@@ -217,18 +234,18 @@ def run_local(jobs: list[Job], workers: int) -> Generator[Outcome]:
             "seconds": 0.0,
         }
 
-    pool = ThreadPoolExecutor(max_workers=workers)
-    try:
-        futures = {pool.submit(one, job): job for job in jobs}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
-    finally:
-        stopping.set()
-        for proc in list(live):
-            proc.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    with _sigterm_interrupts():
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
+            futures = {pool.submit(one, job): job for job in jobs}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:
+            with starting:
+                stopping.set()
+                for proc in list(live):
+                    proc.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_ray(jobs: list[Job], address: str, cpus_per_job: int) -> Generator[Outcome]:

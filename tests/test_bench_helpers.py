@@ -51,9 +51,11 @@ def test_job_hours_sums_every_run_and_every_resumed_segment(tmp_path):
         run = tmp_path / "env" / algo / f"seed-{seed}"
         run.mkdir(parents=True)
         lines = [json.dumps({"step": i, "seconds_update": u, "seconds_env": e}) for i, (u, e) in enumerate(totals)]
-        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n\n")  # a trailing blank line is skipped
 
     write("omad", 0, [(100.0, 20.0), (1000.0, 80.0)])  # one process: its last total, 1080 s
     write("omad", 1, [(500.0, 40.0), (1400.0, 100.0), (300.0, 60.0), (900.0, 120.0)])  # resumed: 1500 + 1020 s
     write("hasac", 0, [(0.0, 0.0)])
-    assert job_hours(tmp_path) == pytest.approx((1080 + 1500 + 1020) / 3600)
+    # killed in warm-up (env time only), resumed into updates: the total rises, one clock drops
+    write("hatd3", 0, [(0.0, 30.0), (0.0, 60.0), (200.0, 10.0)])
+    assert job_hours(tmp_path) == pytest.approx((1080 + 1500 + 1020 + 60 + 210) / 3600)

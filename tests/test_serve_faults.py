@@ -22,7 +22,8 @@ import grpc
 import numpy as np
 import onnx
 import pytest
-from test_serve_process import OMAD, REPO, Process, random_inputs, wait_gone
+from conftest import OMAD, wait_gone
+from test_serve_process import REPO, Process, random_inputs
 
 from exporters.runtime import OnnxPolicy, read_manifest
 from omad.evaluation import grpc_source, onnx_source, run_eval

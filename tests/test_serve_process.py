@@ -9,7 +9,6 @@ import queue
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -18,6 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from conftest import OMAD, wait_gone
 
 from exporters.runtime import OnnxPolicy, read_manifest
 from omad_serve.client import PolicyCallError, PolicyClient, check_health, wait_until_serving
@@ -25,7 +25,6 @@ from omad_serve.config import ServeConfig
 from omad_serve.testing import ServerThread
 
 REPO = Path(__file__).resolve().parent.parent
-OMAD = [sys.executable, "-m", "omad"]
 
 
 class Process:
@@ -80,22 +79,6 @@ def random_inputs(policy: OnnxPolicy, batch: int, seed: int) -> tuple[np.ndarray
         rng.standard_normal((batch, info.obs_dim), dtype=np.float32),
         rng.standard_normal((info.noise_steps, batch, info.act_dim), dtype=np.float32),
     )
-
-
-def is_gone(pid: int) -> bool:
-    """Exited (reaped, or a zombie waiting for a reaper)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
-
-
-def wait_gone(pids: list[int], timeout_s: float) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not all(map(is_gone, pids)):
-        time.sleep(0.05)
-    return [pid for pid in pids if not is_gone(pid)]
 
 
 def in_flight_calls(metrics_port: int) -> float:

@@ -6,11 +6,12 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from test_serve_process import OMAD, wait_gone
+from conftest import OMAD, wait_gone
 
 from omad.cli import main
 from omad_train.config import build_config
@@ -341,3 +342,30 @@ def test_sigterm_stops_the_sweep_and_its_running_jobs(tmp_path):
         for pid in workers:  # left behind if the test failed
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_an_interrupt_while_a_job_process_starts_still_stops_that_job(tmp_path, monkeypatch):
+    """SIGTERM lands while a job's process is starting (held 1 s here): the sweep must wait for the start
+    and terminate it, not miss it and then wait for the job to train its whole budget."""
+    import multiprocessing.context
+
+    from omad_train.sweep import run_local
+
+    start = multiprocessing.context.SpawnProcess.start
+
+    def slow_start(self):
+        time.sleep(1.0)
+        start(self)
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", slow_start)
+    base = {**TINY, "total_steps": 20_000, "progress": False, "torch_threads": 1}  # a minute or more of training
+    handler = signal.getsignal(signal.SIGTERM)
+    [job] = plan_jobs(tmp_path, [ENV], ["omad"], [0], base)
+    outcomes = run_local([job], workers=1)
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        next(outcomes)
+    assert time.monotonic() - t0 < 30  # the start, then its termination: not the job's training
+    assert not (Path(job.dir) / DONE_FILE).exists()
+    assert signal.getsignal(signal.SIGTERM) is handler  # the sweep's handler is gone again
