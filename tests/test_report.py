@@ -24,7 +24,7 @@ RETURNS = {
     (SPREAD, "hatd3", 1): [0, 10, 30, 45],  # final 45: above OMAD's best (40)
     (ANT, "omad", 0): [-5, 1, 2, 3],  # mean -3, 1, 2, 3
     (ANT, "omad", 1): [-1, 1, 2, 3],
-    (ANT, "hatd3", 0): [-2, -1, 0, 0.5],  # final 0.5: OMAD crosses it between its first two evaluations
+    (ANT, "hatd3", 0): [-2, 1, 0, 0.5],  # final 0.5: OMAD crosses it between its first two evaluations
 }
 COVERAGE = {("omad", 0): 0.5, ("omad", 1): 0.7, ("hatd3", 0): 0.25}
 
@@ -122,6 +122,11 @@ def test_report_numbers_are_exact(tmp_path):
     ant = report["envs"][ANT]
     assert ant["sample_efficiency"]["hatd3"]["omad_step"] == 187.5
     assert ant["sample_efficiency"]["hatd3"]["ratio"] == pytest.approx(400 / 187.5)
+    # HATD3's own curve peaks at 1 (step 200) before ending at 0.5: it first reached 0.5 at
+    # 100 + (0.5 - (-2)) / (1 - (-2)) * 100 = 183.3 steps, not at its budget.
+    assert ant["sample_efficiency"]["hatd3"]["baseline_step"] == pytest.approx(100 + 2.5 / 3 * 100)
+    # monotone baselines first reach their final return at their budget
+    assert hasac["baseline_step"] == hatd3["baseline_step"] == 400
     assert ant["algos"]["omad"]["coverage"]["mean"] == pytest.approx(0.6)
     assert ant["algos"]["omad"]["coverage"]["std"] == pytest.approx(0.1)
     assert ant["algos"]["hatd3"]["coverage"]["mean"] == 0.25
@@ -135,9 +140,10 @@ def test_report_numbers_are_exact(tmp_path):
     md = (out / "report.md").read_text()
     assert "| mpe:simple_spread_v3 | omad | 2 of 3 | 400 | 40.00 [30.00, 50.00] | 40.00 ± 10.00 |" in md
     assert "| mpe:simple_spread_v3 | hasac | 2 | 400 | 22.50 [20.00, 25.00] | 22.50 ± 2.50 |" in md
-    assert "| mpe:simple_spread_v3 | hasac | 1.00 [1.00, 1.00] | 400 | 22.50 | 250 | 1.60x |" in md
+    assert "| mpe:simple_spread_v3 | hasac | 1.00 [1.00, 1.00] | 400 | 22.50 | 400 | 250 | 1.60x |" in md
     assert "| mpe:simple_spread_v3 | hatd3 | 0.50 [" in md
-    assert "| 400 | 45.00 | not reached in 400 | not reached (< 1.00x) | [1.00x, 1.14x] (" in md
+    assert "| 400 | 45.00 | 400 | not reached in 400 | not reached (< 1.00x) | [1.00x, 1.14x] (" in md
+    assert "| mamujoco:Ant-2x4 | hatd3 | " in md and "| 400 | 0.50 | 183 | 188 | 2.13x |" in md
     assert "| mamujoco:Ant-2x4 | omad | 2 | 400 | 1600 cells of 1 m over +-20 m | 60.0% ± 10.0% |" in md
     assert "linearly interpolated" in md and "![mpe:simple_spread_v3](curves_mpe_simple_spread_v3.png)" in md
     assert "![mpe:simple_spread_v3](profile_mpe_simple_spread_v3.png)" in md
