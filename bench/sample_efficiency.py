@@ -121,6 +121,23 @@ def plan(tasks: list[str], steps: dict[str, int], seeds: int, workers: int, hour
         )
 
 
+# What makes two invocations' entries one study: their wall times add up only then.
+SAME_STUDY = ("env", "budget", "seeds", "protocol")
+
+
+def merge_study(earlier: dict, now: dict) -> dict:
+    """study.json after an invocation: the tasks it ran (`now`) replace the earlier file's, whose other
+    tasks stay. A task's `wall_seconds` adds this invocation's sweep time to the earlier invocations' of
+    the same study (SAME_STUDY), so a study run in sittings, or re-run only to rewrite its reports, keeps
+    its wall time; a changed budget, seed list or protocol starts the count again."""
+    merged = dict(earlier)
+    for name, entry in now.items():
+        before = earlier.get(name, {})
+        kept = before.get("wall_seconds", 0.0) if all(before.get(k) == entry[k] for k in SAME_STUDY) else 0.0
+        merged[name] = entry | {"wall_seconds": kept + entry["wall_seconds_this_invocation"]}
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -146,7 +163,7 @@ def main() -> None:
         return
 
     root = args.out or RESULTS / ("study_quick" if args.quick else "study")
-    combined = {}
+    now = {}
     for name in args.tasks:
         task = TASKS[name]
         budget = QUICK_STEPS if args.quick else steps[name]
@@ -163,25 +180,27 @@ def main() -> None:
         )
         trained = time.perf_counter() - t0
         report = make_report(root / name, reps=args.reps or REPS)
-        combined[name] = {
+        now[name] = {
             "env": task.env,
             "budget": budget,
             "seeds": args.seeds,
             "protocol": task_config(task, args.quick),
-            "sweep_seconds_this_invocation": trained,
+            "wall_seconds_this_invocation": trained,
             "job_hours": job_hours(root / name),
             "failed": summary["failed"],
             "report": f"{name}/report/report.md",
             "summary": report,
         }
-    (root / "study.json").write_text(json.dumps(combined, indent=2) + "\n")
+    study_json = root / "study.json"
+    combined = merge_study(json.loads(study_json.read_text()) if study_json.exists() else {}, now)
+    study_json.write_text(json.dumps(combined, indent=2) + "\n")
     lines = ["# Sample-efficiency study (bench/sample_efficiency.py)", ""]
     for name, entry in combined.items():
         lines.append(
             f"- {name}: {entry['env']}, {entry['budget']} env steps, seeds {entry['seeds']}, protocol "
-            f"{entry['protocol']}; its runs trained for {entry['job_hours']:.2f} job-hours in all, this "
-            f"invocation took {entry['sweep_seconds_this_invocation'] / 60:.1f} min: "
-            f"{entry['report']}"
+            f"{entry['protocol']}; its runs trained for {entry['job_hours']:.2f} job-hours in all, and its "
+            f"invocations that finished took {entry['wall_seconds'] / 60:.1f} min of wall time (the last "
+            f"{entry['wall_seconds_this_invocation'] / 60:.1f} min): {entry['report']}"
         )
     for name in combined:  # each task's report, its headings one level down, its images linked from here
         lines += ["", f"# {name}", ""]
