@@ -1,4 +1,4 @@
-"""Sample efficiency (BENCHMARKS.md, "Sample efficiency"): OMAD vs HASAC vs HATD3 vs the matched
+"""Sample efficiency: OMAD vs HASAC vs HATD3 vs the matched
 OMAD-Gaussian ablation, on HalfCheetah 2x3 and Cooperative Navigation N = 3.
 
 Every algorithm runs at its own defaults: OMAD's, the HARL presets for HASAC and HATD3 (README,
@@ -21,39 +21,57 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omad_train.config import ALGOS
-from omad_train.report import make_report
 from omad_train.stats import REPS
-from omad_train.sweep import run_sweep
+from omad_train.sweep import default_cpus_per_job, plan_jobs, run_jobs, write_sweep_file
 
 RESULTS = Path(__file__).parent / "results"
 
 
 @dataclass(frozen=True)
+class Arm:
+    """One sweep dir of a task: each algo's budget (env steps per run) and the settings every algo of
+    the arm shares on top of the task's protocol (an algo's own defaults and presets lie beneath)."""
+
+    budgets: dict[str, int]
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Task:
     env: str
-    steps: int  # env steps per run (the budget): placeholders until the faster trainer sets them (--plan)
     shared: dict  # the protocol every algorithm shares on this task
+    arms: dict[str, Arm]
 
+
+# The control arm runs the baselines at OMAD's shared settings instead of their presets, so the gap
+# between the arms is what the presets cost at this study's update-to-data ratio.
+CONTROL = {"n_step": 1, "batch_size": 256, "grad_clip": 1.0}
 
 # The warm-up (uniform-random steps) is one value for every algorithm: DIME's 5k on HalfCheetah
 # (HARL's 10k would be a fifth of a 50k budget), 2.5k (100 episodes) on Cooperative Navigation.
-# 20 evaluations per run; 10 episodes of 1000 steps on HalfCheetah, 40 of 25 steps on Coop Nav (HARL's 40).
+# Evaluations every 2.5k steps, 10 episodes of 1000 steps, on HalfCheetah; every 1.25k, 40 of 25 steps
+# (HARL's 40), on Coop Nav. HASAC's presets arm stays at 15k on HalfCheetah: it is the most expensive
+# algorithm per update; a larger budget here continues it.
 TASKS = {
     "halfcheetah_2x3": Task(
         "mamujoco:HalfCheetah-2x3",
-        50_000,
         {"learning_starts": 5_000, "eval_every": 2_500, "eval_episodes": 10, "checkpoint_every": 5_000},
+        {
+            "presets": Arm({"omad": 50_000, "omad-gaussian": 50_000, "hatd3": 50_000, "hasac": 15_000}),
+            "control": Arm({"hasac": 15_000, "hatd3": 15_000}, CONTROL),
+        },
     ),
     "coop_nav_n3": Task(
         "mpe:simple_spread_v3",
-        25_000,
         {"learning_starts": 2_500, "eval_every": 1_250, "eval_episodes": 40, "checkpoint_every": 5_000},
+        {
+            "presets": Arm(dict.fromkeys(ALGOS, 10_000)),
+            "control": Arm({"hasac": 10_000, "hatd3": 10_000}, CONTROL),
+        },
     ),
 }
 QUICK = {
@@ -72,14 +90,25 @@ def task_config(task: Task, quick: bool) -> dict:
     return {**task.shared, **(QUICK if quick else {})}
 
 
-def parse_steps(items: list[str]) -> dict[str, int]:
+def parse_steps(items: list[str]) -> dict[tuple[str, str, str], int]:
+    """`--steps TASK:ARM:ALGO=N` -> {(task, arm, algo): N}: a budget other than the study's."""
     out = {}
     for item in items:
-        name, _, value = item.partition("=")
-        if name not in TASKS or not value.isdigit():
-            raise SystemExit(f"--steps expects TASK=N with TASK in {', '.join(TASKS)}, got {item!r}")
-        out[name] = int(value)
+        key, _, value = item.partition("=")
+        parts = tuple(key.split(":"))
+        if len(parts) != 3 or parts[0] not in TASKS or parts[1] not in TASKS[parts[0]].arms or not value.isdigit():
+            raise SystemExit(
+                f"--steps expects TASK:ARM:ALGO=N (e.g. halfcheetah_2x3:presets:hasac=50000), got {item!r}"
+            )
+        if parts[2] not in TASKS[parts[0]].arms[parts[1]].budgets:
+            raise SystemExit(f"--steps: arm {parts[0]}:{parts[1]} has no algo {parts[2]!r}")
+        out[parts] = int(value)
     return out
+
+
+def budgets(name: str, arm: str, steps: dict, quick: bool) -> dict[str, int]:
+    base = TASKS[name].arms[arm].budgets
+    return {algo: QUICK_STEPS if quick else steps.get((name, arm, algo), n) for algo, n in base.items()}
 
 
 def job_hours(task_dir: Path) -> float:
@@ -98,54 +127,62 @@ def job_hours(task_dir: Path) -> float:
     return total / 3600
 
 
-def plan(tasks: list[str], steps: dict[str, int], seeds: int, workers: int, hours: float) -> None:
-    """Learner speed of every (task, algo) at one thread -> the budget that fits `hours`."""
+def plan(tasks: list[str], steps: dict, seeds: int, workers: int, hours: float) -> None:
+    """Learner speed of every (task, arm, algo) at one thread -> the job-hours of the study's updates."""
     import torch
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from training import updates_per_second
+    from bench.training import updates_per_second
 
     torch.set_num_threads(1)
+    total = 0.0
     for name in tasks:
         task = TASKS[name]
-        seconds_per_step = 0.0  # summed over algos: one env step of every algo, at one update per step
-        for algo in ALGOS:
-            rate = updates_per_second(task.env, 3, 5, algo=algo)
-            seconds_per_step += 1.0 / rate
-            print(f"{name} {algo}: {rate:.1f} updates/s at 1 thread", flush=True)
-        per_job_hours = steps[name] * seconds_per_step * seeds / workers / 3600
-        fit = int(hours * 3600 * workers / (seeds * seconds_per_step))
-        print(
-            f"{name}: {steps[name]} steps x {seeds} seeds x {len(ALGOS)} algos on {workers} workers ~ "
-            f"{per_job_hours:.2f} h of updates; {hours:g} h alone would fit {fit} steps per run"
-        )
+        for arm_name, arm in task.arms.items():
+            for algo, budget in budgets(name, arm_name, steps, False).items():
+                rate = updates_per_second(task.env, 3, 5, algo=algo, **arm.overrides)
+                updates = budget - task.shared["learning_starts"]
+                job_h = updates / rate / 3600
+                total += job_h * seeds
+                print(f"{name} {arm_name} {algo}: {rate:.1f} updates/s at 1 thread, {job_h:.2f} h per seed", flush=True)
+    print(
+        f"{seeds} seeds: {total:.1f} job-hours of updates, {total / workers:.1f} h on {workers} workers "
+        f"(plan: {hours:g} h)"
+    )
 
 
-# What makes two invocations' entries one study: their wall times add up only then.
-SAME_STUDY = ("env", "budget", "seeds", "protocol")
-
-
-def merge_study(earlier: dict, now: dict) -> dict:
-    """study.json after an invocation: the tasks it ran (`now`) replace the earlier file's, whose other
-    tasks stay. A task's `wall_seconds` adds this invocation's sweep time to the earlier invocations' of
-    the same study (SAME_STUDY), so a study run in sittings, or re-run only to rewrite its reports, keeps
-    its wall time; a changed budget, seed list or protocol starts the count again."""
-    merged = dict(earlier)
-    for name, entry in now.items():
-        before = earlier.get(name, {})
-        kept = before.get("wall_seconds", 0.0) if all(before.get(k) == entry[k] for k in SAME_STUDY) else 0.0
-        merged[name] = entry | {"wall_seconds": kept + entry["wall_seconds_this_invocation"]}
-    return merged
+def sweep_jobs(root: Path, name: str, steps: dict, seeds: list[int], quick: bool, cpus: int, backend: str) -> list:
+    """Every job of a task's arms, recorded in each arm's sweep.json, in seed-major order (a study cut
+    off midway holds every arm and algo at the same seeds), in each arm's algo order within a seed."""
+    task = TASKS[name]
+    per_arm = {}
+    for arm_name, arm in task.arms.items():
+        out = root / name / arm_name
+        per_budget: dict[int, list[str]] = {}
+        for algo, budget in budgets(name, arm_name, steps, quick).items():
+            per_budget.setdefault(budget, []).append(algo)
+        jobs = []
+        for budget, algos in per_budget.items():
+            base = {"progress": False, "torch_threads": cpus, **task_config(task, quick), **arm.overrides}
+            base["total_steps"] = budget
+            planned = plan_jobs(out, [task.env], algos, seeds, base)
+            write_sweep_file(out, planned, base, backend)
+            jobs += planned
+        per_arm[arm_name] = jobs
+    order = {(arm, algo): i for i, (arm, algo) in enumerate((a, g) for a in task.arms for g in task.arms[a].budgets)}
+    everything = [(arm, job) for arm, jobs in per_arm.items() for job in jobs]
+    everything.sort(key=lambda aj: (aj[1].seed, order[aj[0], aj[1].algo]))
+    return [job for _, job in everything]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--workers", type=int, default=2, help="local worker processes")
-    parser.add_argument("--ray-address", default=None, help="run every job as a Ray task instead (see README, Ray)")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--steps", nargs="+", default=[], metavar="TASK=N", help="a task's budget (env steps per run)")
-    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
+    parser.add_argument("--ray-address", default=None, help="run every job as a Ray task instead (docs: Ray clusters)")
+    parser.add_argument("--tasks", nargs="+", default=["halfcheetah_2x3"], choices=list(TASKS))
+    parser.add_argument(
+        "--steps", nargs="+", default=[], metavar="TASK:ARM:ALGO=N", help="a budget other than the study's"
+    )
     parser.add_argument("--out", type=Path, default=None, help="results dir (default bench/results/study[_quick])")
     parser.add_argument(
         "--reps", type=int, default=None, help="bootstrap resamples of the report (default omad report's)"
@@ -154,62 +191,33 @@ def main() -> None:
         "--quick", action="store_true", help="tiny networks and budgets: checks the pipeline, measures nothing"
     )
     parser.add_argument(
-        "--plan", type=float, default=None, metavar="HOURS", help="time the updates and size the budgets; train nothing"
+        "--plan", type=float, default=None, metavar="HOURS", help="time the updates and size the study; train nothing"
     )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--train-only", action="store_true", help="train (or continue) the runs, write no report")
+    what.add_argument("--report-only", action="store_true", help="write the reports from the runs there are")
     args = parser.parse_args()
-    steps = {name: task.steps for name, task in TASKS.items()} | parse_steps(args.steps)
+    steps = parse_steps(args.steps)
     if args.plan is not None:
         plan(args.tasks, steps, len(args.seeds), args.workers, args.plan)
         return
 
-    root = args.out or RESULTS / ("study_quick" if args.quick else "study")
-    now = {}
-    for name in args.tasks:
-        task = TASKS[name]
-        budget = QUICK_STEPS if args.quick else steps[name]
-        t0 = time.perf_counter()
-        summary = run_sweep(
-            root / name,
-            [task.env],
-            args.algos,
-            args.seeds,
-            budget,
-            task_config(task, args.quick),
-            local_workers=args.workers,
-            ray_address=args.ray_address,
-        )
-        trained = time.perf_counter() - t0
-        report = make_report(root / name, reps=args.reps or REPS)
-        now[name] = {
-            "env": task.env,
-            "budget": budget,
-            "seeds": args.seeds,
-            "protocol": task_config(task, args.quick),
-            "wall_seconds_this_invocation": trained,
-            "job_hours": job_hours(root / name),
-            "failed": summary["failed"],
-            "report": f"{name}/report/report.md",
-            "summary": report,
-        }
-    study_json = root / "study.json"
-    combined = merge_study(json.loads(study_json.read_text()) if study_json.exists() else {}, now)
-    study_json.write_text(json.dumps(combined, indent=2) + "\n")
-    lines = ["# Sample-efficiency study (bench/sample_efficiency.py)", ""]
-    for name, entry in combined.items():
-        lines.append(
-            f"- {name}: {entry['env']}, {entry['budget']} env steps, seeds {entry['seeds']}, protocol "
-            f"{entry['protocol']}; its runs trained for {entry['job_hours']:.2f} job-hours in all, and its "
-            f"invocations that finished took {entry['wall_seconds'] / 60:.1f} min of wall time (the last "
-            f"{entry['wall_seconds_this_invocation'] / 60:.1f} min): {entry['report']}"
-        )
-    for name in combined:  # each task's report, its headings one level down, its images linked from here
-        lines += ["", f"# {name}", ""]
-        report_md = (root / name / "report" / "report.md").read_text()
-        for line in report_md.splitlines():
-            line = f"#{line}" if line.startswith("#") else line
-            lines.append(line.replace("](", f"]({name}/report/") if line.startswith("![") else line)
-    (root / "study.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    root = (args.out or RESULTS / ("study_quick" if args.quick else "study")).resolve()
+    cpus = default_cpus_per_job(args.workers, args.ray_address)
+    backend = f"ray ({args.ray_address})" if args.ray_address else f"local ({args.workers} workers)"
+    if not args.report_only:
+        jobs = [
+            job for name in args.tasks for job in sweep_jobs(root, name, steps, args.seeds, args.quick, cpus, backend)
+        ]
+        run_jobs(jobs, args.workers, args.ray_address, cpus, log=lambda line: print(line, flush=True))
+    if not args.train_only:
+        write_study(root, args.tasks, args.reps or REPS)
+
+
+def write_study(root: Path, tasks: list[str], reps: int) -> None:
+    from bench.study_report import write_study_report
+
+    write_study_report(root, {name: TASKS[name] for name in tasks}, reps)
 
 
 if __name__ == "__main__":

@@ -319,6 +319,18 @@ def write_sweep_file(out: Path, jobs: list[Job], base: dict[str, Any], backend: 
     os.replace(tmp, path)
 
 
+def default_cpus_per_job(local_workers: int, ray_address: str | None) -> int:
+    """Locally the workers share the machine's cores; on Ray each task gets one core."""
+    return 1 if ray_address else max(1, (os.cpu_count() or 1) // local_workers)
+
+
+def check_backend(local_workers: int, cpus_per_job: int | None) -> None:
+    if local_workers < 1:
+        raise SweepError("--local-workers must be at least 1")
+    if cpus_per_job is not None and cpus_per_job < 1:
+        raise SweepError("--cpus-per-job must be at least 1")
+
+
 def run_sweep(
     out: str | Path,
     envs: list[str],
@@ -333,19 +345,29 @@ def run_sweep(
 ) -> dict:
     """Run (or continue) a sweep; returns {"done": [...], "skipped": [...], "failed": [...]} of job names."""
     out = Path(out)
-    if local_workers < 1:
-        raise SweepError("--local-workers must be at least 1")
-    if cpus_per_job is not None and cpus_per_job < 1:
-        raise SweepError("--cpus-per-job must be at least 1")
-    if cpus_per_job is None:  # local: share the cores among the workers; Ray: one core per task
-        cpus_per_job = 1 if ray_address else max(1, (os.cpu_count() or 1) // local_workers)
+    check_backend(local_workers, cpus_per_job)
+    if cpus_per_job is None:
+        cpus_per_job = default_cpus_per_job(local_workers, ray_address)
     base = {"progress": False, "torch_threads": cpus_per_job, **(base or {})}
     if total_steps is not None:
         base["total_steps"] = total_steps
     jobs = plan_jobs(out, envs, algos, seeds, base)
     backend = f"ray ({ray_address})" if ray_address else f"local ({local_workers} workers)"
     write_sweep_file(out, jobs, base, backend)
+    return run_jobs(jobs, local_workers, ray_address, cpus_per_job, log, title=f"sweep {out}: ")
 
+
+def run_jobs(
+    jobs: list[Job],
+    local_workers: int = 1,
+    ray_address: str | None = None,
+    cpus_per_job: int = 1,
+    log: Callable[[str], None] = print,
+    title: str = "",
+) -> dict:
+    """Run the jobs not finished yet, in order, resuming those with a checkpoint. The jobs may come from
+    several sweep dirs (each planned and recorded with `plan_jobs` and `write_sweep_file`)."""
+    backend = f"ray ({ray_address})" if ray_address else f"local ({local_workers} workers)"
     summary: dict[str, list] = {"done": [], "skipped": [], "failed": []}
     todo = []
     for job in jobs:
@@ -356,7 +378,7 @@ def run_sweep(
             todo.append(job)
     resuming = sum(has_checkpoint(Path(j.dir)) for j in todo)
     log(
-        f"sweep {out}: {len(jobs)} jobs, {len(summary['skipped'])} finished, {resuming} to resume, "
+        f"{title}{len(jobs)} jobs, {len(summary['skipped'])} finished, {resuming} to resume, "
         f"{len(todo) - resuming} to start; {backend}, {cpus_per_job} CPU(s) per job"
     )
 
@@ -382,9 +404,7 @@ def run_sweep(
                 summary["failed"].append(f"{job.name}: {result['error']}")
                 log(f"{prefix} FAILED {job.name}: {result['error']} (log: {job.dir}.log)")
 
-    log(
-        f"sweep {out}: {len(summary['done'])} trained, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed"
-    )
+    log(f"{title}{len(summary['done'])} trained, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed")
     for line in summary["failed"]:
         log(f"  failed: {line}")
     return summary

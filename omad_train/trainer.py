@@ -43,6 +43,9 @@ from omad_train.layout import AgentLayout
 from omad_train.logger import RunLogger
 from omad_train.replay import ReplayBuffer, ReplaySample, Transition
 
+# Every evaluation runs both modes: with the policy's noise, and with zero noise.
+EVAL_MODES = {"stochastic": False, "deterministic": True}
+
 # Version of the resumable training state (train/, replay, envs, train_state.json); 2 = one file per part.
 TRAIN_STATE_VERSION = 2
 
@@ -154,22 +157,29 @@ class Trainer:
         return L.split_actions(out.action.cpu().numpy())
 
     def run_evaluation(self) -> dict:
+        """Both evaluation modes on the same episodes (same seeds): `eval_stochastic_*` with the policy's
+        noise, `eval_deterministic_*` with zero noise (for OMAD, the chain run with zero noise). The plain
+        `eval_return_*` keys repeat the mode the config asks for (`eval_zero_noise`)."""
         cfg = self.cfg
         seed = cfg.seed + 1_000_003 + self.step  # fresh seeds, apart from training's, same on resume
-        result = evaluate(
-            cfg.env,
-            self.eval_policy,
-            [self.algo.actors.noise_steps] * self.layout.n,
-            cfg.eval_episodes,
-            seed,
-            cfg.env_options,
-            zero_noise=cfg.eval_zero_noise,
-        )
-        return {
-            "eval_return_mean": result.mean,
-            "eval_return_std": result.std,
-            "eval_length_mean": float(np.mean(result.lengths)),
-        }
+        record: dict[str, float] = {}
+        for mode, zero_noise in EVAL_MODES.items():
+            result = evaluate(
+                cfg.env,
+                self.eval_policy,
+                [self.algo.actors.noise_steps] * self.layout.n,
+                cfg.eval_episodes,
+                seed,
+                cfg.env_options,
+                zero_noise=zero_noise,
+            )
+            record[f"eval_{mode}_return_mean"] = result.mean
+            record[f"eval_{mode}_return_std"] = result.std
+            if zero_noise == cfg.eval_zero_noise:
+                record["eval_return_mean"] = result.mean
+                record["eval_return_std"] = result.std
+                record["eval_length_mean"] = float(np.mean(result.lengths))
+        return record
 
     def sample(self) -> ReplaySample[torch.Tensor]:
         return self.buffer.sample(self.rng, self.cfg.batch_size).map(lambda v: torch.from_numpy(v).to(self.device))

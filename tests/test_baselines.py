@@ -280,3 +280,31 @@ def test_critic_support_covers_the_papers_returns():
     scaled = build_config(dict(env="mamujoco:HalfCheetah-2x3", reward_scale=0.1, gamma=0.995))
     assert scaled.value_range("mamujoco") == pytest.approx((0.1 * -10 / 0.005, 0.1 * 20 / 0.005))
     assert build_config(dict(env="mpe:simple_spread_v3", v_max=50.0)).value_range("mpe") == (-500.0, 50.0)
+
+
+@pytest.mark.parametrize("algo_name", ["hatd3", "hasac"])
+def test_critic_target_moves_only_on_actor_updates(algo_name):
+    """With policy_delay 2 the critic target moves on updates 0, 2, 4, ... (TD3, HARL): after update 1
+    it still holds its value after update 0, and update 2 moves it by tau towards the online critic."""
+    torch.manual_seed(0)
+    layout = AgentLayout(toy_spec([3, 5], [2, 1]))
+    cfg = build_config(
+        dict(env="mpe:simple_spread_v3", algo=algo_name, actor_hidden=[8], critic_hidden=[8], policy_delay=2, tau=0.3)
+    )
+    algo = make_algorithm(cfg, layout, 4, (-10.0, 10.0))
+    batch = toy_batch(layout, 8, np.random.default_rng(0))
+
+    def target():
+        return [p.detach().clone() for p in algo.critic_target.parameters()]
+
+    initial = target()
+    algo.update(batch)
+    after_0 = target()
+    assert any(not torch.equal(a, b) for a, b in zip(after_0, initial))
+    algo.update(batch)
+    for a, b in zip(target(), after_0):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    algo.update(batch)  # update 2: polyak after the critic step, which changes `online` first
+    online = [p.detach().clone() for p in algo.critic.parameters()]
+    for new, old, w in zip(target(), after_0, online):
+        torch.testing.assert_close(new, 0.7 * old + 0.3 * w)

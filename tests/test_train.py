@@ -30,6 +30,26 @@ def test_run_dir_has_every_artifact(tiny_run_dir):
     assert sorted(p.name for p in (ckpt / "actors").iterdir()) == [f"agent_{i}.safetensors" for i in range(3)]
 
 
+@pytest.mark.parametrize("mode", ["stochastic", "deterministic"])
+def test_every_evaluation_records_both_modes(tiny_run_dir, mode):
+    """Each mode's return equals an independent evaluation of the checkpointed policies (the run ends
+    on a checkpoint) with that mode's noise, on the same episode seeds; the plain key repeats the
+    config's mode (stochastic for OMAD)."""
+    from omad.evaluation import torch_source
+    from omad_core.rollout import evaluate
+
+    cfg = tiny_config()
+    record = json.loads((tiny_run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    source = torch_source(tiny_run_dir)
+    seed = cfg.seed + 1_000_003 + record["step"]
+    noise_steps = [a.noise_steps for a in source.agents]
+    result = evaluate(cfg.env, source.act, noise_steps, cfg.eval_episodes, seed, zero_noise=mode == "deterministic")
+    assert record[f"eval_{mode}_return_mean"] == pytest.approx(result.mean, abs=1e-4)
+    assert record[f"eval_{mode}_return_std"] == pytest.approx(result.std, abs=1e-4)
+    assert record["eval_return_mean"] == record["eval_stochastic_return_mean"]
+    assert record["eval_stochastic_return_mean"] != record["eval_deterministic_return_mean"]
+
+
 def test_checkpoint_round_trip_gives_the_trained_policies(tmp_path):
     cfg = tiny_config(total_steps=200, checkpoint_every=200, eval_every=200)
     trainer = Trainer(cfg, tmp_path)

@@ -62,7 +62,8 @@ class SequentialAlgorithm(Algorithm):
 
         if self.num_updates % cfg.policy_delay == 0:
             metrics.update(self.sequential_actor_update(batch.state, obs, B))
-        polyak_update(self.critic_target, self.critic, cfg.tau)
+            # The critic target moves with the actors, as in TD3 and HARL: every `policy_delay` updates.
+            polyak_update(self.critic_target, self.critic, cfg.tau)
         self.num_updates += 1
         return metrics
 
