@@ -16,14 +16,14 @@ COPY pyproject.toml constraints.txt README.md ./
 # Only what `omad serve` and `omad health` import: the command table, the core's errors, the ONNX
 # runtime and the server (tests/test_docker.py checks this list against the server's imports).
 COPY omad/__init__.py omad/__main__.py omad/cli.py omad/
-COPY omad_core/__init__.py omad_core/errors.py omad_core/
-COPY exporters/__init__.py exporters/schema.py exporters/runtime.py exporters/
-COPY omad_serve/ omad_serve/
+COPY omad/core/__init__.py omad/core/errors.py omad/core/
+COPY omad/runtime/ omad/runtime/
+COPY omad/serve/ omad/serve/
 RUN /opt/omad/bin/pip install -c constraints.txt ".[cpu]"
 # Fail the build if torch slipped in, or if the serving commands cannot start.
 RUN /opt/omad/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)" \
  && /opt/omad/bin/omad health --help > /dev/null \
- && /opt/omad/bin/python -c "import omad_serve.server"
+ && /opt/omad/bin/python -c "import omad.serve.server"
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin omad

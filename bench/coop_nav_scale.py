@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from omad_core.envs import get_spec
-from omad_core.rollout import evaluate, uniform_random_policy
+from omad.core.envs import get_spec
+from omad.core.rollout import evaluate, uniform_random_policy
 
 ENV = "mpe:simple_spread_v3"
 RESULTS = Path(__file__).parent / "results"

@@ -35,13 +35,15 @@ from sample_efficiency import QUICK, QUICK_STEPS, RESULTS, TASKS, task_config
 from serving import Bench, closed_loop, omad_server
 from training import updates_per_second
 
-from exporters.onnx_export import export_run
-from omad_serve.client import act_request
-from omad_train import stats
-from omad_train.report import aggregate, read_metrics
-from omad_train.sweep import job_dir, run_sweep
+from omad.experiments import stats
+from omad.experiments.layout import job_dir
+from omad.experiments.report import aggregate, read_metrics
+from omad.experiments.sweep import run_sweep
+from omad.export.onnx import export_run
+from omad.serve.client import act_request
 
 TASK = TASKS["halfcheetah_2x3"]
+STEPS = TASK.arms["presets"].budgets["omad"]  # env steps per run: the study's OMAD budget
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_K = 8  # OMAD's default: the study's runs
 SERVE_SECONDS = 3.0
@@ -165,9 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument(
-        "--steps", type=int, default=None, help=f"env steps per run (default: the study's, {TASK.steps})"
-    )
+    parser.add_argument("--steps", type=int, default=None, help=f"env steps per run (default: the study's, {STEPS})")
     parser.add_argument("--workers", type=int, default=2, help="local worker processes")
     parser.add_argument("--ray-address", default=None, help="train as Ray tasks instead")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results/k_cost[_quick]")
@@ -185,7 +185,7 @@ def main() -> None:
     suffix = "_quick" if args.quick else ""
     out = args.out or RESULTS / f"k_cost{suffix}"
     study_dir = args.study_dir or RESULTS / f"study{suffix}" / "halfcheetah_2x3"
-    steps = QUICK_STEPS if args.quick else (args.steps or TASK.steps)
+    steps = QUICK_STEPS if args.quick else (args.steps or STEPS)
     train(out, study_dir, args.ks, args.seeds, steps, args.quick, args.workers, args.ray_address)
     t0 = time.perf_counter()
     rows = measure(out, study_dir, args.ks, args.seeds, args.quick, args.reps)

@@ -1,7 +1,7 @@
 """Mutation testing (mutmut) of the modules that carry the math and the serving edge.
 
     make mutation                                  # = .venv/bin/python bench/mutation.py
-    .venv/bin/python bench/mutation.py --only 'omad_train.critic.*'   # re-test some mutants, keep the rest
+    .venv/bin/python bench/mutation.py --only 'omad.train.critic.*'   # re-test some mutants, keep the rest
     .venv/bin/python bench/mutation.py --report-only                  # rewrite the report from mutants/
 
 mutmut 3 copies the code into mutants/, mutates every function of the files under [tool.mutmut]
@@ -43,20 +43,20 @@ RUNTIME_VALIDATION = (
     "x_check_finite",
 )
 SCOPE = {
-    "omad_train/critic.py": ["omad_train.critic.*"],
-    "omad_train/replay.py": ["omad_train.replay.*"],
-    "omad_train/algos/omad.py": ["omad_train.algos.omad.*"],
-    "omad_train/algos/sequential.py": ["omad_train.algos.sequential.*"],
-    "omad_train/algos/common.py": ["omad_train.algos.common.*"],
-    "omad_train/diffusion.py": ["omad_train.diffusion.*"],
-    "omad_train/actors.py": ["omad_train.actors.*"],
+    "omad/train/critic.py": ["omad.train.critic.*"],
+    "omad/train/replay.py": ["omad.train.replay.*"],
+    "omad/train/algos/omad.py": ["omad.train.algos.omad.*"],
+    "omad/train/algos/sequential.py": ["omad.train.algos.sequential.*"],
+    "omad/train/algos/common.py": ["omad.train.algos.common.*"],
+    "omad/train/diffusion.py": ["omad.train.diffusion.*"],
+    "omad/train/actors.py": ["omad.train.actors.*"],
     # the deployable cut of one agent's actor (loading a run dir is tested against real runs elsewhere)
-    "omad_train/policies.py": ["omad_train.policies.xǁAgentPolicyǁ*"],
-    "omad_serve/batching.py": ["omad_serve.batching.*"],
-    "omad_serve/security.py": ["omad_serve.security.*"],
-    "omad_serve/tensors.py": ["omad_serve.tensors.*"],
+    "omad/train/policies.py": ["omad.train.policies.xǁAgentPolicyǁ*"],
+    "omad/serve/batching.py": ["omad.serve.batching.*"],
+    "omad/serve/security.py": ["omad.serve.security.*"],
+    "omad/serve/tensors.py": ["omad.serve.tensors.*"],
     # the request validation only; loading and its checks are tested against a real export in test_runtime.py
-    "exporters/runtime.py": [f"exporters.runtime.{name}__mutmut_*" for name in RUNTIME_VALIDATION],
+    "omad/runtime/onnx_policy.py": [f"omad.runtime.onnx_policy.{name}__mutmut_*" for name in RUNTIME_VALIDATION],
 }
 DETECTED = ("killed", "timeout")
 
@@ -111,7 +111,7 @@ def main() -> None:
 
 
 def function_of(mutant: str) -> str:
-    """omad_train.critic.xǁCategoricalCriticǁlogits__mutmut_6 -> omad_train.critic.CategoricalCritic.logits"""
+    """omad.train.critic.xǁCategoricalCriticǁlogits__mutmut_6 -> omad.train.critic.CategoricalCritic.logits"""
     module, _, mangled = mutant.rpartition("__mutmut_")[0].rpartition(".")
     return f"{module}.{mangled[2:].replace('ǁ', '.') if mangled.startswith('xǁ') else mangled[2:]}"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from omad_serve._generated import policy_pb2, policy_pb2_grpc
-from omad_serve.tensors import from_tensor, to_tensor
+from omad.serve._generated import policy_pb2, policy_pb2_grpc
+from omad.serve.tensors import from_tensor, to_tensor
 
 
 class NoopPolicy(policy_pb2_grpc.PolicyServicer):
@@ -30,7 +30,7 @@ class NoopPolicy(policy_pb2_grpc.PolicyServicer):
         self.reply = policy_pb2.ActReply(action=action, timing=policy_pb2.Timing(batch_size=1), model_sha256="0" * 64)
         self.policy = None
         if model is not None:
-            from exporters.runtime import OnnxPolicy
+            from omad.runtime.onnx_policy import OnnxPolicy
 
             self.policy = OnnxPolicy(model, threads=1)
 

@@ -6,7 +6,7 @@
 Policy: K = 8, a 3x256 score net, HalfCheetah 2x3 sizes, random weights (cost does not depend on them).
 Parts, numbered as in BENCHMARKS.md:
   1. torch eager, in-process, batch 1 and 64
-  2. ONNX Runtime (exporters.runtime.OnnxPolicy.act, validation included), in-process, batch 1 and 64
+  2. ONNX Runtime (omad.runtime.onnx_policy.OnnxPolicy.act, validation included), in-process, batch 1 and 64
   3. a no-op gRPC server process (bench/noop_grpc_server.py): unary and streaming round trip, batch 1
   4. `omad serve` round trip through PolicyClient: unary and streaming, batch 1, interleaved with
      the no-op server's and in-process ORT's (the streaming target is taken from these)
@@ -40,13 +40,13 @@ import numpy as np
 import onnxruntime
 import torch
 
-from exporters.onnx_export import export_policy
-from exporters.runtime import OnnxPolicy
-from omad_core.envs import get_spec
-from omad_serve._generated import policy_pb2, policy_pb2_grpc
-from omad_serve.client import PolicyClient, act_request, wait_until_serving
-from omad_serve.launcher import pick_ports
-from omad_train.policies import AgentPolicy
+from omad.core.envs import get_spec
+from omad.export.onnx import export_policy
+from omad.runtime.onnx_policy import OnnxPolicy
+from omad.serve._generated import policy_pb2, policy_pb2_grpc
+from omad.serve.client import PolicyClient, act_request, wait_until_serving
+from omad.serve.launcher import pick_ports
+from omad.train.policies import AgentPolicy
 
 ENV_ID = "mamujoco:HalfCheetah-2x3"
 DENOISING_STEPS = 8

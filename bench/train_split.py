@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from omad_train.config import build_config
-from omad_train.trainer import Trainer
+from omad.train.config import build_config
+from omad.train.trainer import Trainer
 
 RESULTS = Path(__file__).parent / "results"
 PARTS = {  # part -> the trainer attributes (object path, method) whose calls it sums

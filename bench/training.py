@@ -40,13 +40,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from omad_core.envs import env_family, get_spec
-from omad_train.actors import PerAgentActors
-from omad_train.algos import make_algorithm
-from omad_train.config import build_config, compile_enabled
-from omad_train.layout import AgentLayout
-from omad_train.replay import ReplaySample
-from omad_train.trainer import resolve_device
+from omad.core.envs import env_family, get_spec
+from omad.train.actors import PerAgentActors
+from omad.train.algos import make_algorithm
+from omad.train.config import build_config, compile_enabled
+from omad.train.layout import AgentLayout
+from omad.train.replay import ReplaySample
+from omad.train.trainer import resolve_device
 
 RESULTS = Path(__file__).parent / "results"
 ENVS = ("mamujoco:HalfCheetah-2x3", "mpe:simple_spread_v3")

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from omad_core.errors import OmadError
+from omad.core.errors import OmadError
 
 
 @dataclass(frozen=True)
@@ -34,16 +34,16 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("omad_train.cli:configure_train", "train a multi-agent policy into a run dir"),
+    "train": Command("omad.train.cli:configure_train", "train a multi-agent policy into a run dir"),
     "envs": Command("omad.cli:configure_envs", "list the environment ids"),
     "export": Command(
-        "exporters.cli:configure_export", "export a run dir's per-agent policies to ONNX, verified against torch"
+        "omad.export.cli:configure_export", "export a run dir's per-agent policies to ONNX, verified against torch"
     ),
     "serve": Command(
-        "omad_serve.cli:configure_serve", "serve an exported agent over gRPC (or every agent of an export dir)"
+        "omad.serve.cli:configure_serve", "serve an exported agent over gRPC (or every agent of an export dir)"
     ),
     "health": Command(
-        "omad_serve.cli:configure_health", "exit 0 if a policy server reports SERVING (for HEALTHCHECK and scripts)"
+        "omad.serve.cli:configure_health", "exit 0 if a policy server reports SERVING (for HEALTHCHECK and scripts)"
     ),
     "eval": Command(
         "omad.evaluation:configure_eval", "evaluate policies closed-loop (gRPC servers, ONNX export or torch run dir)"
@@ -52,17 +52,19 @@ COMMANDS: dict[str, Command] = {
         "omad.demo:configure_demo", "train, export, serve one gRPC server per agent, evaluate closed-loop, report"
     ),
     "sweep": Command(
-        "omad_train.sweep:configure_sweep", "train every (env, algo, seed) combination, locally or on Ray; resumable"
+        "omad.experiments.sweep:configure_sweep",
+        "train every (env, algo, seed) combination, locally or on Ray; resumable",
     ),
     "report": Command(
-        "omad_train.report:configure_report", "curves, final returns, sample-efficiency ratios and coverage of a sweep"
+        "omad.experiments.report:configure_report",
+        "curves, final returns, sample-efficiency ratios and coverage of a sweep",
     ),
 }
 
 
 def configure_envs(parser: argparse.ArgumentParser) -> None:
     def cmd_envs(args: argparse.Namespace) -> int:
-        from omad_core.envs import ENV_IDS
+        from omad.core.envs import ENV_IDS
 
         print("\n".join(ENV_IDS))
         return 0

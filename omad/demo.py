@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omad_train.config import build_config
+from omad.train.config import build_config
 
 # HalfCheetah 2x3: two agents (back and front leg) must coordinate to run forward. At 15k steps OMAD
 # runs forward (seed 0: training eval 735 at 15k, 1360 at 20k; a random team scores about -270).
@@ -44,7 +44,7 @@ QUICK: dict[str, Any] = dict(
 
 def start_servers(export_dir: Path, count: int, timeout_s: float = 60.0) -> tuple[subprocess.Popen, list[str]]:
     """`omad serve --export-dir`, on free ports; returns the launcher and the agents' addresses once SERVING."""
-    from omad_serve.client import wait_until_serving
+    from omad.serve.client import wait_until_serving
 
     launcher = subprocess.Popen(
         [sys.executable, "-m", "omad", "serve", "--export-dir", str(export_dir), "--base-port", "0"],
@@ -85,10 +85,10 @@ def run_demo(
     total_steps: int | None = None,
     episodes: int = 3,
 ) -> dict:
-    from exporters.onnx_export import export_run
+    from omad.core.rollout import random_baseline
     from omad.evaluation import format_report, grpc_source, run_eval
-    from omad_core.rollout import random_baseline
-    from omad_train.trainer import train
+    from omad.export.onnx import export_run
+    from omad.train.trainer import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Closed-loop evaluation (`omad eval`): the environment steps here; each agent's policy comes from a
-torch run dir, an ONNX export or a gRPC server per agent. All three are `omad_core.policy.Policy`
-objects, run by one loop (omad_core.rollout.evaluate) that draws the noise, so the three give the
+torch run dir, an ONNX export or a gRPC server per agent. All three are `omad.core.policy.Policy`
+objects, run by one loop (omad.core.rollout.evaluate) that draws the noise, so the three give the
 same returns. Latency is measured here, around each call, not returned by the policies.
 
 Torch loads only for a run dir (`torch_source`), so evaluating an export or servers needs no torch.
@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from omad_core.envs import get_spec
-from omad_core.envs.base import EnvSpec
-from omad_core.errors import OmadError
-from omad_core.policy import Policy
-from omad_core.rollout import EvalResult, evaluate
+from omad.core.envs import get_spec
+from omad.core.envs.base import EnvSpec
+from omad.core.errors import OmadError
+from omad.core.policy import Policy
+from omad.core.rollout import EvalResult, evaluate
 
 
 class EvalError(OmadError):
@@ -134,7 +134,7 @@ class _Worker:
 # -- the three sources ---------------------------------------------------------------------------
 def torch_source(run_dir: str | Path) -> PolicySource:
     """A training run dir's latest checkpoint, in-process (the only source that needs torch)."""
-    from omad_train.policies import load_policies, load_spec
+    from omad.train.policies import load_policies, load_spec
 
     spec = load_spec(run_dir)
     policies = load_policies(run_dir)
@@ -146,7 +146,7 @@ def torch_source(run_dir: str | Path) -> PolicySource:
 
 
 def onnx_source(export_dir: str | Path, threads: int = 1) -> PolicySource:
-    from exporters.runtime import load_export
+    from omad.runtime.onnx_policy import load_export
 
     policies = load_export(export_dir, threads=threads)
     agents = [
@@ -160,7 +160,7 @@ def grpc_source(
     addrs: list[str], token: str | None = None, timeout_s: float = 5.0, retries: int = 3, **tls: Any
 ) -> PolicySource:
     """One streaming session per agent server; an unreachable server fails here, naming the address."""
-    from omad_serve.client import PolicyCallError, PolicyClient, PolicyStream
+    from omad.serve.client import PolicyCallError, PolicyClient, PolicyStream
 
     clients: list[PolicyClient] = []
     streams: list[PolicyStream] = []

@@ -31,14 +31,14 @@ TINY = dict(
 
 
 def tiny_config(**overrides):
-    from omad_train.config import build_config
+    from omad.train.config import build_config
 
     return build_config(TINY, **overrides)
 
 
 @pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory):
-    from omad_train.trainer import train
+    from omad.train.trainer import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config(), out)
@@ -48,7 +48,7 @@ def tiny_run_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_export_dir(tiny_run_dir, tmp_path_factory):
     """`omad export` of the tiny run (3 agents, K = 4): an export dir for runtime, serving and eval tests."""
-    from exporters.onnx_export import export_run
+    from omad.export.onnx import export_run
 
     out = tmp_path_factory.mktemp("exports") / "tiny"
     export_run(tiny_run_dir, out)
@@ -58,14 +58,14 @@ def tiny_export_dir(tiny_run_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_path(tiny_export_dir) -> Path:
     """The first agent's graph of the tiny export (what the serving tests serve)."""
-    from exporters.runtime import read_manifest
+    from omad.runtime.onnx_policy import read_manifest
 
     return Path(tiny_export_dir) / read_manifest(tiny_export_dir)["agents"][0]["file"]
 
 
 @pytest.fixture(scope="module")
 def policy(model_path):
-    from exporters.runtime import OnnxPolicy
+    from omad.runtime.onnx_policy import OnnxPolicy
 
     return OnnxPolicy(model_path)
 

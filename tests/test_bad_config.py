@@ -94,7 +94,7 @@ def test_equal_weights_give_equal_actor_files(tmp_path):
     """The library writes safetensors metadata in hash-map order; the checkpoint writer sorts it."""
     from safetensors import safe_open
 
-    from omad_train.checkpoint import save_with_metadata
+    from omad.train.checkpoint import save_with_metadata
 
     tensors = {"w": torch.arange(6.0).view(2, 3), "b": torch.ones(3)}
     meta = {"format_version": "1", "agent": "agent_0", "actor": "diffusion", "hparams": '{"hidden": [4]}'}

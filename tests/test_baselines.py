@@ -12,11 +12,11 @@ from conftest import tiny_config
 from test_closed_loop import three_way
 from test_omad import bimodal_reward, toy_spec, train_on_the_bimodal_game
 
-from omad_train.algos import make_algorithm
-from omad_train.algos.sequential import HASAC, smoothed_target_noise
-from omad_train.config import build_config
-from omad_train.layout import AgentLayout
-from omad_train.replay import ReplaySample
+from omad.train.algos import make_algorithm
+from omad.train.algos.sequential import HASAC, smoothed_target_noise
+from omad.train.config import build_config
+from omad.train.layout import AgentLayout
+from omad.train.replay import ReplaySample
 
 BASELINES = ("hasac", "hatd3", "omad-gaussian")
 
@@ -134,8 +134,8 @@ def test_baseline_learns_the_one_step_bimodal_game(algo_name):
 
 @pytest.fixture(scope="module", params=BASELINES)
 def baseline_export(request, tmp_path_factory):
-    from exporters.onnx_export import export_run
-    from omad_train.trainer import train
+    from omad.export.onnx import export_run
+    from omad.train.trainer import train
 
     root = tmp_path_factory.mktemp(request.param)
     train(tiny_config(algo=request.param, batch_size=32), root / "run")
@@ -145,8 +145,8 @@ def baseline_export(request, tmp_path_factory):
 
 def test_baseline_exports_and_serves_the_trained_policy(baseline_export):
     algo, run_dir, export_dir = baseline_export
-    from exporters.runtime import read_manifest
-    from omad_train.policies import load_policies
+    from omad.runtime.onnx_policy import read_manifest
+    from omad.train.policies import load_policies
 
     policies = load_policies(run_dir)
     kind = {"hasac": "gaussian", "omad-gaussian": "gaussian", "hatd3": "deterministic"}[algo]
@@ -178,7 +178,7 @@ HARL_HALFCHEETAH_2X3_HASAC = {
 
 
 def test_halfcheetah_hasac_preset_is_harls_tuned_config():
-    from omad_core.envs import get_spec
+    from omad.core.envs import get_spec
 
     harl = HARL_HALFCHEETAH_2X3_HASAC
     cfg = build_config(dict(env="mamujoco:HalfCheetah-2x3", algo="hasac"))
@@ -195,7 +195,7 @@ def test_halfcheetah_hasac_preset_is_harls_tuned_config():
     assert cfg.eval_zero_noise == harl["deterministic_eval"]
     assert get_spec(cfg.env, cfg.env_options).options["agent_obsk"] == harl["agent_obsk"]
     # HARL's off-policy networks ignore the file's feature normalization and orthogonal init
-    # (omad_train/config.py, PRESETS): the preset follows HARL's code and has neither.
+    # (omad/train/config.py, PRESETS): the preset follows HARL's code and has neither.
     assert not {"feature_norm", "orthogonal_init", "use_feature_normalization"} & set(cfg.model_dump())
     # HARL does not clip gradients; its actor updates every critic update (no policy_freq key).
     assert (cfg.grad_clip, cfg.policy_delay) == (0.0, 1)
@@ -221,7 +221,7 @@ def test_presets_apply_beneath_user_values_and_fall_back_to_the_family():
 def test_readme_baseline_table_is_generated_from_the_presets():
     from pathlib import Path
 
-    from omad_train.config import presets_markdown
+    from omad.train.config import presets_markdown
 
     table = presets_markdown()
     assert "| `mamujoco:HalfCheetah-2x3` | `hasac` |" in table and "1e-3" in table
@@ -233,7 +233,7 @@ def test_omad_gaussian_targets_the_entropy_level_of_omads_running_cost_budget():
     prior's entropy 0.5 log(2 pi e s0^2) per dim; the ablation's Gaussian holds its exact cost there."""
     import math
 
-    from omad_train.algos.omad import OMAD
+    from omad.train.algos.omad import OMAD
 
     layout = AgentLayout(toy_spec([3, 5], [2, 3]))
     small = dict(env="mpe:simple_spread_v3", actor_hidden=[8, 8], critic_hidden=[8], denoising_steps=2)
@@ -257,7 +257,7 @@ def test_omad_gaussian_targets_the_entropy_level_of_omads_running_cost_budget():
 
 
 def test_gaussian_zero_noise_is_the_squashed_mean_and_hasac_evaluates_it():
-    from omad_train.actors import GaussianActors
+    from omad.train.actors import GaussianActors
 
     torch.manual_seed(0)
     actors = GaussianActors([3], [2], [[0.0, -0.4]], [[1.0, 0.4]], hidden=[8, 8])

@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 
-from omad_serve.batching import BatcherFailed, Job, MicroBatcher, NonFiniteActions
+from omad.serve.batching import BatcherFailed, Job, MicroBatcher, NonFiniteActions
 
 OBS_DIM, ACT_DIM, NOISE_STEPS = 3, 2, 2
 WAIT_S = 10.0

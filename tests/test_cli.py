@@ -18,7 +18,7 @@ def test_help_lists_every_command_and_imports_none():
         "from omad.cli import COMMANDS, build_parser\n"
         "text = build_parser().format_help()\n"
         "assert all(name in text for name in COMMANDS), text\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('omad_train', 'omad_serve', 'exporters'))\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('omad.train', 'omad.serve', 'omad.export')))\n"
         "assert not loaded and 'omad.evaluation' not in sys.modules, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -33,11 +33,11 @@ def test_every_command_adds_its_flags_and_handler(name):
 
 def test_a_command_whose_package_is_not_installed_is_one_line(monkeypatch, capsys):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "omad_train" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "omad.train" else real(name, *a))
     assert cli.main(["train", "--out", "x"]) == 2
     assert (
         capsys.readouterr().err.strip()
-        == "error: `omad train` is not part of this installation (no omad_train package)"
+        == "error: `omad train` is not part of this installation (no omad.train package)"
     )
 
 

@@ -11,10 +11,10 @@ import grpc
 import numpy as np
 import pytest
 
-from omad_core.errors import OmadError
-from omad_serve._generated import policy_pb2, policy_pb2_grpc
-from omad_serve.client import PolicyCallError, PolicyClient, check_health, wait_until_serving
-from omad_serve.tensors import from_tensor, to_tensor
+from omad.core.errors import OmadError
+from omad.serve._generated import policy_pb2, policy_pb2_grpc
+from omad.serve.client import PolicyCallError, PolicyClient, check_health, wait_until_serving
+from omad.serve.tensors import from_tensor, to_tensor
 
 
 class ScriptedPolicy(policy_pb2_grpc.PolicyServicer):

@@ -13,18 +13,18 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from exporters.runtime import read_manifest
 from omad.evaluation import AgentEndpoint, EvalError, grpc_source, onnx_source, run_eval, torch_source
-from omad_serve.config import ServeConfig
-from omad_serve.testing import ServerThread
+from omad.runtime.onnx_policy import read_manifest
+from omad.serve.config import ServeConfig
+from omad.serve.testing import ServerThread
 
 HALF_CHEETAH = {"max_episode_steps": 60}  # short episodes keep the test fast
 
 
 @pytest.fixture(scope="module")
 def cheetah_run(tmp_path_factory):
-    from exporters.onnx_export import export_run
-    from omad_train.trainer import train
+    from omad.export.onnx import export_run
+    from omad.train.trainer import train
 
     root = tmp_path_factory.mktemp("cheetah")
     cfg = tiny_config(
@@ -145,7 +145,7 @@ def test_mismatched_served_model_is_refused_before_the_first_step(tiny_export_di
 
 
 def test_mismatched_sizes_or_agent_count_are_refused(tiny_export_dir):
-    from omad_core.envs import get_spec
+    from omad.core.envs import get_spec
 
     source = onnx_source(tiny_export_dir)
     with pytest.raises(EvalError, match="4 agents"):

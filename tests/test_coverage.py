@@ -6,8 +6,8 @@ import json
 import numpy as np
 from conftest import tiny_config
 
-from omad_train.coverage import Coverage, records_coverage
-from omad_train.trainer import train
+from omad.train.coverage import Coverage, records_coverage
+from omad.train.trainer import train
 
 
 def test_cells_are_counted_for_known_positions():

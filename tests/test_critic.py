@@ -2,7 +2,7 @@
 
 import torch
 
-from omad_train.critic import CategoricalCritic, project_distribution
+from omad.train.critic import CategoricalCritic, project_distribution
 
 V_MIN, V_MAX, M = -10.0, 10.0, 21  # atoms at -10, -9, ..., 10
 ATOMS = torch.linspace(V_MIN, V_MAX, M)

@@ -92,9 +92,9 @@ def image_python_files(dockerfile_text: str) -> set[str]:
     return files
 
 
-# In the image but not imported by a server: the stub compiler (`python -m omad_serve.protogen`) and
+# In the image but not imported by a server: the stub compiler (`python -m omad.serve.protogen`) and
 # the in-process server thread for tests and notebooks. Both are small and torch-free.
-NOT_IMPORTED_BY_THE_SERVER = {"omad_serve/protogen.py", "omad_serve/testing.py"}
+NOT_IMPORTED_BY_THE_SERVER = {"omad/serve/protogen.py", "omad/serve/testing.py"}
 
 
 def test_image_holds_exactly_what_the_server_imports(dockerfile):
@@ -104,7 +104,7 @@ def test_image_holds_exactly_what_the_server_imports(dockerfile):
         "import json, sys\n"
         "import omad.cli\n"
         "omad.cli.build_parser('serve'); omad.cli.build_parser('health')\n"
-        "import omad_serve.server, omad_serve.launcher, omad_serve.client\n"
+        "import omad.serve.server, omad.serve.launcher, omad.serve.client\n"
         "files = [m.__file__ for name, m in list(sys.modules.items()) if getattr(m, '__file__', None)]\n"
         "print(json.dumps(files))\n"
     )
@@ -119,14 +119,14 @@ def test_image_holds_exactly_what_the_server_imports(dockerfile):
         for p in imported
         if p.is_relative_to(REPO) and not any(p.is_relative_to(lib) for lib in third_party)
     }
-    from omad_serve.launcher import server_argv
+    from omad.serve.launcher import server_argv
 
     assert server_argv(Path("a.onnx"), 1, {}, 0)[1:3] == ["-m", "omad"]  # the launcher runs omad/__main__.py
     imported.add("omad/__main__.py")
     image = image_python_files(dockerfile)
     assert imported - image == set(), "imported by the server but missing from the image"
     assert image - imported == NOT_IMPORTED_BY_THE_SERVER, "in the image but not imported by the server"
-    assert not any(f.startswith("omad_train/") or f.endswith("onnx_export.py") for f in image)
+    assert not any(f.startswith("omad/train/") or f.endswith("onnx_export.py") for f in image)
 
 
 def test_serving_dependencies_have_no_torch():
@@ -162,12 +162,12 @@ def test_image_install_step_in_a_fresh_venv(tmp_path, dockerfile, tiny_export_di
     subprocess.run([str(python), "-c", no_torch], check=True, timeout=60)
     subprocess.run([str(omad), "health", "--help"], check=True, capture_output=True, timeout=60)
     subprocess.run(
-        [str(python), "-c", "import omad_serve.server, omad_serve.client"], check=True, cwd=tmp_path, timeout=60
+        [str(python), "-c", "import omad.serve.server, omad.serve.client"], check=True, cwd=tmp_path, timeout=60
     )
 
-    from exporters.runtime import OnnxPolicy, read_manifest
-    from omad_serve.client import PolicyClient, wait_until_serving
-    from omad_serve.launcher import pick_ports
+    from omad.runtime.onnx_policy import OnnxPolicy, read_manifest
+    from omad.serve.client import PolicyClient, wait_until_serving
+    from omad.serve.launcher import pick_ports
 
     model = Path(tiny_export_dir) / read_manifest(tiny_export_dir)["agents"][0]["file"]
     port = pick_ports("127.0.0.1", 0, 1)[0]

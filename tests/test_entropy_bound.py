@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from omad_train.actors import LOG_STD_MAX, LOG_STD_MIN, GaussianActors
-from omad_train.diffusion import DiffusionActors
+from omad.train.actors import LOG_STD_MAX, LOG_STD_MIN, GaussianActors
+from omad.train.diffusion import DiffusionActors
 
 # The space the code counts entropy in. True: the action space [low, high], so log pi includes the
 # affine log(half-range) of [-1, 1] -> [low, high]. False: the squashed space [-1, 1]^d, as ALGORITHM.md

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omad_core.envs import (
+from omad.core.envs import (
     ENV_IDS,
     EnvSpec,
     UnknownEnvError,
@@ -22,8 +22,8 @@ from omad_core.envs import (
     get_spec,
     make_env,
 )
-from omad_core.envs.adapter import episode_end_flags
-from omad_core.envs.scripted import adversary_to_landmark_nearest_good_agent
+from omad.core.envs.adapter import episode_end_flags
+from omad.core.envs.scripted import adversary_to_landmark_nearest_good_agent
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -278,7 +278,7 @@ def test_vec_env_is_reproducible_across_auto_resets():
 
 def test_import_is_torch_free_and_lazy():
     code = (
-        "import sys, omad_core.envs\n"
+        "import sys, omad.core.envs\n"
         "heavy = ('torch', 'mujoco', 'mpe2', 'gymnasium_robotics')\n"
         "heavy = [m for m in heavy if m in sys.modules]\n"
         "assert not heavy, heavy\n"

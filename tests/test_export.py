@@ -12,13 +12,13 @@ import pytest
 import torch
 from onnx.reference import ReferenceEvaluator
 
-from exporters import onnx_export
-from exporters.onnx_export import ExportError, export_policy, export_run, forbidden_ops
-from exporters.runtime import load_export
-from exporters.schema import ACTION_OUTPUT, MANIFEST_NAME, NOISE_LAYOUT, metadata_key
 from omad.cli import main as omad_main
-from omad_train.checkpoint import latest_checkpoint, sha256_file
-from omad_train.policies import AgentPolicy, load_policies, load_spec
+from omad.export import onnx as onnx_export
+from omad.export.onnx import ExportError, export_policy, export_run, forbidden_ops
+from omad.runtime.onnx_policy import load_export
+from omad.runtime.schema import ACTION_OUTPUT, MANIFEST_NAME, NOISE_LAYOUT, metadata_key
+from omad.train.checkpoint import latest_checkpoint, sha256_file
+from omad.train.policies import AgentPolicy, load_policies, load_spec
 
 TOLERANCE = 1e-5
 

@@ -5,8 +5,8 @@ import json
 import pytest
 from conftest import tiny_config
 
-from omad_core.rollout import random_baseline
-from omad_train.trainer import train
+from omad.core.rollout import random_baseline
+from omad.train.trainer import train
 
 
 @pytest.mark.slow

@@ -40,22 +40,22 @@ from test_update_math import (
     perturb,
 )
 
-from exporters.runtime import OnnxPolicy, RuntimeModelError
-from exporters.schema import EXPORT_FORMAT_VERSION, ModelInfo, encode_metadata, weights_sha256
-from omad_core.envs.base import AgentSpec, EnvSpec
-from omad_serve._generated import grpc_service_pb2, policy_pb2
-from omad_serve.batching import BatcherClosed, Job, MicroBatcher
-from omad_serve.security import UNAUTHENTICATED_MESSAGE, BearerTokenInterceptor, server_credentials
-from omad_serve.tensors import MAX_DIM, MAX_RANK, TensorError, decode_float32, from_tensor, to_tensor
-from omad_train.actors import LOG_STD_MAX, LOG_STD_MIN, GaussianActors, PerAgentActors
-from omad_train.algos import make_algorithm
-from omad_train.algos.common import clip_grad_norm_per_agent
-from omad_train.algos.sequential import HASAC, HATD3
-from omad_train.config import TrainConfig, build_config
-from omad_train.critic import CategoricalCritic, TwinQCritic, project_distribution
-from omad_train.layout import AgentLayout
-from omad_train.policies import AgentPolicy
-from omad_train.replay import ReplayBuffer, ReplaySample, Transition
+from omad.core.envs.base import AgentSpec, EnvSpec
+from omad.runtime.onnx_policy import OnnxPolicy, RuntimeModelError
+from omad.runtime.schema import EXPORT_FORMAT_VERSION, ModelInfo, encode_metadata, weights_sha256
+from omad.serve._generated import grpc_service_pb2, policy_pb2
+from omad.serve.batching import BatcherClosed, Job, MicroBatcher
+from omad.serve.security import UNAUTHENTICATED_MESSAGE, BearerTokenInterceptor, server_credentials
+from omad.serve.tensors import MAX_DIM, MAX_RANK, TensorError, decode_float32, from_tensor, to_tensor
+from omad.train.actors import LOG_STD_MAX, LOG_STD_MIN, GaussianActors, PerAgentActors
+from omad.train.algos import make_algorithm
+from omad.train.algos.common import clip_grad_norm_per_agent
+from omad.train.algos.sequential import HASAC, HATD3
+from omad.train.config import TrainConfig, build_config
+from omad.train.critic import CategoricalCritic, TwinQCritic, project_distribution
+from omad.train.layout import AgentLayout
+from omad.train.policies import AgentPolicy
+from omad.train.replay import ReplayBuffer, ReplaySample, Transition
 
 # ---- request validation: OnnxPolicy on a graph computing action = obs @ W + sum_k noise[k] ---------
 
@@ -863,7 +863,7 @@ def test_the_inference_thread_is_a_daemon_named_omad_infer_so_an_unclosed_batche
     """Its inference thread is a daemon named omad-infer (so a py-spy dump shows it). The child process
     gets this process's sys.path, so under `make mutation` it imports the mutated code too."""
     code = (
-        "import asyncio, threading\nfrom omad_serve.batching import MicroBatcher\n"
+        "import asyncio, threading\nfrom omad.serve.batching import MicroBatcher\n"
         "async def main():\n    MicroBatcher(lambda obs, noise: obs, 4).start()\n"
         "    print([(t.name, t.daemon) for t in threading.enumerate() if t is not threading.main_thread()])\n"
         "asyncio.run(main())\n"
@@ -1263,7 +1263,7 @@ def test_policy_noise_is_made_on_the_algorithms_device():
 
 def test_a_bad_wire_tensor_is_named_in_its_error():
     """The error names the field the caller decodes (here `noise`), so the client knows which tensor to fix."""
-    from omad_serve._generated import policy_pb2
+    from omad.serve._generated import policy_pb2
 
     bad = policy_pb2.Tensor(shape=[2, 3], data=b"\0" * 20)  # 6 float32 need 24 bytes
     with pytest.raises(TensorError, match=r"^noise: shape \[2, 3\] needs 24 bytes .* got 20 bytes"):
@@ -1273,7 +1273,7 @@ def test_a_bad_wire_tensor_is_named_in_its_error():
 def test_float64_beyond_float32_is_refused_without_a_numpy_warning():
     """1e300 becomes inf in float32 and is refused as non-finite, quietly: a server must not turn every such
     request into a RuntimeWarning on its log (or an exception under -W error)."""
-    from exporters.runtime import as_float32, check_finite
+    from omad.runtime.onnx_policy import as_float32, check_finite
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -1294,7 +1294,7 @@ def test_float64_beyond_float32_is_refused_without_a_numpy_warning():
 def test_a_refused_call_gets_a_handler_of_its_own_streaming_kind_that_aborts(make_handler):
     """Without the token every kind of RPC is refused by a handler of the same kind (a streaming client
     would otherwise hang or get a protocol error) whose one act is UNAUTHENTICATED."""
-    from omad_serve.security import UNAUTHENTICATED_MESSAGE, _denying_handler_like
+    from omad.serve.security import UNAUTHENTICATED_MESSAGE, _denying_handler_like
 
     original = make_handler(lambda request, context: None)
     denying = _denying_handler_like(original)
@@ -1325,7 +1325,7 @@ def test_gaussian_actor_cost_is_the_exact_log_density_per_agent_with_padded_dims
     log |d tanh(u)/du| (the squashed space of ALGORITHM.md section 5: the affine map to [lo, hi] is not
     counted), with a = lo + (hi - lo) (tanh u + 1) / 2. Agent 1 has 1 action dim padded to 2: its padded
     dim must count nowhere (not in the density, its normaliser or the Jacobian)."""
-    from omad_train.actors import GaussianActors
+    from omad.train.actors import GaussianActors
 
     low, high = [[0.0, -2.0], [-0.4]], [[1.0, 0.5], [0.4]]
     torch.manual_seed(0)

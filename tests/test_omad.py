@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from omad_core.envs.base import AgentSpec, EnvSpec
-from omad_train.algos.omad import OMAD
-from omad_train.config import build_config
-from omad_train.diffusion import DiffusionActors
-from omad_train.layout import AgentLayout
-from omad_train.replay import ReplaySample
+from omad.core.envs.base import AgentSpec, EnvSpec
+from omad.train.algos.omad import OMAD
+from omad.train.config import build_config
+from omad.train.diffusion import DiffusionActors
+from omad.train.layout import AgentLayout
+from omad.train.replay import ReplaySample
 
 
 def toy_spec(obs_dims, act_dims, state_dim=4):

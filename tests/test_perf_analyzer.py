@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from exporters.runtime import read_manifest
-from omad_serve.config import ServeConfig
-from omad_serve.testing import ServerThread
+from omad.runtime.onnx_policy import read_manifest
+from omad.serve.config import ServeConfig
+from omad.serve.testing import ServerThread
 
 PERF_ANALYZER = Path(sys.executable).parent / "perf_analyzer"
 
@@ -56,7 +56,7 @@ def server(tiny_export_dir):
 
 
 def test_model_config_describes_the_graph(server):
-    from omad_serve._generated import grpc_service_pb2 as kserve_pb2
+    from omad.serve._generated import grpc_service_pb2 as kserve_pb2
 
     info = server.server.info
     method = "/inference.GRPCInferenceService/ModelConfig"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from omad_train.replay import ReplayBuffer, ReplaySample, Transition
+from omad.train.replay import ReplayBuffer, ReplaySample, Transition
 
 GAMMA = 0.9
 

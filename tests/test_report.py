@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from omad.cli import main
-from omad_train import stats
-from omad_train.report import ReportError, first_reach, make_report
+from omad.experiments import stats
+from omad.experiments.report import ReportError, first_reach, make_report
 
 SPREAD, ANT = "mpe:simple_spread_v3", "mamujoco:Ant-2x4"
 STEPS = [100, 200, 300, 400]

@@ -12,9 +12,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from exporters.runtime import ModelInfo, OnnxPolicy, RuntimeModelError, load_export
-from exporters.schema import ModelInfo as SchemaModelInfo
-from exporters.schema import decode_metadata, encode_metadata
+from omad.runtime.onnx_policy import ModelInfo, OnnxPolicy, RuntimeModelError, load_export
+from omad.runtime.schema import ModelInfo as SchemaModelInfo
+from omad.runtime.schema import decode_metadata, encode_metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +38,8 @@ def obs_batch(batch: int, seed: int = 0) -> np.ndarray:
 def test_runtime_never_imports_torch(tiny_export_dir):
     code = (
         "import sys, numpy as np\n"
-        "import exporters, exporters.schema, exporters.triton, exporters.cli\n"
-        "from exporters.runtime import load_export\n"
+        "import omad.runtime, omad.runtime.schema, omad.export, omad.export.triton, omad.export.cli\n"
+        "from omad.runtime.onnx_policy import load_export\n"
         f"policies = load_export({str(tiny_export_dir)!r})\n"
         "action = policies['agent_0'].act(np.zeros((2, 18), np.float32), seed=0)\n"
         "assert action.shape == (2, 5), action.shape\n"
@@ -155,7 +155,7 @@ def test_weights_hash_leaves_out_only_the_metadata(tiny_export_dir):
 
     import onnx
 
-    from exporters.schema import weights_sha256
+    from omad.runtime.schema import weights_sha256
 
     data = (tiny_export_dir / "agent_1.onnx").read_bytes()
     model = onnx.load_from_string(data)

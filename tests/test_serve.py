@@ -16,12 +16,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporters.runtime import OnnxPolicy
-from omad_serve._generated import grpc_service_pb2 as kserve_pb2
-from omad_serve._generated import policy_pb2, policy_pb2_grpc
-from omad_serve.client import PolicyCallError, PolicyClient
-from omad_serve.config import ServeConfig
-from omad_serve.testing import ServerThread
+from omad.runtime.onnx_policy import OnnxPolicy
+from omad.serve._generated import grpc_service_pb2 as kserve_pb2
+from omad.serve._generated import policy_pb2, policy_pb2_grpc
+from omad.serve.client import PolicyCallError, PolicyClient
+from omad.serve.config import ServeConfig
+from omad.serve.testing import ServerThread
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 MAX_BATCH = 16
@@ -444,7 +444,7 @@ def test_bearer_token(model_path, policy, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")
     config = ServeConfig(model=model_path, port=0, token_file=token_file)
-    from omad_serve.config import read_token
+    from omad.serve.config import read_token
 
     with ServerThread(config, token=read_token(config)) as guarded:
         obs = np.zeros((1, policy.info.obs_dim), np.float32)
@@ -564,7 +564,7 @@ def test_token_guards_every_rpc_and_reflection_but_not_health(model_path, policy
 
 
 def test_tls(model_path, policy, certs):
-    from omad_serve.config import read_tls_files
+    from omad.serve.config import read_tls_files
 
     config = ServeConfig(model=model_path, port=0, tls_cert=certs / "server.pem", tls_key=certs / "server.key")
     with ServerThread(config, tls=read_tls_files(config)) as secure:
@@ -578,7 +578,7 @@ def test_tls(model_path, policy, certs):
 
 
 def test_mtls_requires_a_client_certificate(model_path, policy, certs):
-    from omad_serve.config import read_tls_files
+    from omad.serve.config import read_tls_files
 
     config = ServeConfig(
         model=model_path,
@@ -598,7 +598,7 @@ def test_mtls_requires_a_client_certificate(model_path, policy, certs):
             assert caught.value.code == grpc.StatusCode.UNAVAILABLE
         import argparse
 
-        from omad_serve.cli import cmd_health
+        from omad.serve.cli import cmd_health
 
         args = dict(addr=secure.addr, timeout=3.0, service="", tls_ca=str(certs / "ca.pem"), tls_server_name=None)
         assert (

@@ -25,12 +25,12 @@ import pytest
 from conftest import OMAD, wait_gone
 from test_serve_process import REPO, Process, random_inputs
 
-from exporters.runtime import OnnxPolicy, read_manifest
 from omad.evaluation import grpc_source, onnx_source, run_eval
-from omad_serve._generated import policy_pb2, policy_pb2_grpc
-from omad_serve.client import PolicyCallError, PolicyClient, check_health
-from omad_serve.config import ServeConfig
-from omad_serve.testing import ServerThread
+from omad.runtime.onnx_policy import OnnxPolicy, read_manifest
+from omad.serve._generated import policy_pb2, policy_pb2_grpc
+from omad.serve.client import PolicyCallError, PolicyClient, check_health
+from omad.serve.config import ServeConfig
+from omad.serve.testing import ServerThread
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 LONG_EPISODE = "{max_cycles: 100000}"  # an MPE episode that lasts until a fault ends it
@@ -499,7 +499,7 @@ def test_a_swapped_model_takes_over_between_batches():
     the next batch runs on the new one, and every result names the model that computed it."""
     import asyncio
 
-    from omad_serve.batching import Job, MicroBatcher
+    from omad.serve.batching import Job, MicroBatcher
 
     class Scaled:
         def __init__(self, scale: float, gate: threading.Event | None = None):

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from conftest import OMAD, wait_gone
 
-from exporters.runtime import OnnxPolicy, read_manifest
-from omad_serve.client import PolicyCallError, PolicyClient, check_health, wait_until_serving
-from omad_serve.config import ServeConfig
-from omad_serve.testing import ServerThread
+from omad.runtime.onnx_policy import OnnxPolicy, read_manifest
+from omad.serve.client import PolicyCallError, PolicyClient, check_health, wait_until_serving
+from omad.serve.config import ServeConfig
+from omad.serve.testing import ServerThread
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,5 @@
 """The wire schema: committed stubs match protos/, our KServe proto matches tritonclient's on the
-wire, both can live in one process, and omad_serve never imports torch."""
+wire, both can live in one process, and omad.serve never imports torch."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_committed_stubs_match_the_protos():
     pytest.importorskip("grpc_tools")
-    from omad_serve import protogen
+    from omad.serve import protogen
 
     fresh = protogen.generate()
     committed = {p.name for p in protogen.GENERATED_DIR.iterdir() if p.is_file() and p.name != "__init__.py"}
-    assert committed == set(fresh), "run: python -m omad_serve.protogen"
+    assert committed == set(fresh), "run: python -m omad.serve.protogen"
     for name, text in fresh.items():
         assert (protogen.GENERATED_DIR / name).read_text() == text, (
-            f"{name} is stale; run: python -m omad_serve.protogen"
+            f"{name} is stale; run: python -m omad.serve.protogen"
         )
 
 
@@ -45,7 +45,7 @@ def test_kserve_proto_is_wire_compatible_with_tritonclient():
     from tritonclient.grpc import model_config_pb2 as triton_config_pb2
     from tritonclient.grpc import service_pb2 as triton_pb2
 
-    from omad_serve._generated import grpc_service_pb2 as ours
+    from omad.serve._generated import grpc_service_pb2 as ours
 
     our_file, triton_file = ours.DESCRIPTOR, triton_pb2.DESCRIPTOR
     assert our_file.package == triton_file.package == "inference"
@@ -82,26 +82,26 @@ def test_kserve_proto_is_wire_compatible_with_tritonclient():
 
 def test_kserve_stubs_and_tritonclient_share_a_process():
     # tritonclient registers `inference.*` in the default descriptor pool; ours must not clash with it
-    code = "import tritonclient.grpc; import omad_serve.server; import omad_serve._generated.grpc_service_pb2 as k; k.ServerLiveRequest()"
+    code = "import tritonclient.grpc; import omad.serve.server; import omad.serve._generated.grpc_service_pb2 as k; k.ServerLiveRequest()"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
-    code = "import omad_serve.server; import tritonclient.grpc"
+    code = "import omad.serve.server; import tritonclient.grpc"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
 
 
 def test_serving_never_imports_torch():
-    # statically: no omad_serve source mentions an import of torch, even a lazy one
-    for path in (REPO / "omad_serve").rglob("*.py"):
+    # statically: no omad.serve source mentions an import of torch, even a lazy one
+    for path in (REPO / "omad.serve").rglob("*.py"):
         for line in path.read_text().splitlines():
             assert not re.match(r"\s*(import torch|from torch)\b", line), f"{path}: {line.strip()}"
     # and at run time: every module of the package imports without pulling torch in
     code = (
         "import importlib, pkgutil, sys\n"
-        "import omad_serve\n"
-        "for m in pkgutil.walk_packages(omad_serve.__path__, 'omad_serve.'): importlib.import_module(m.name)\n"
-        "from omad_serve import PolicyClient\n"
+        "import omad.serve\n"
+        "for m in pkgutil.walk_packages(omad.serve.__path__, 'omad.serve.'): importlib.import_module(m.name)\n"
+        "from omad.serve import PolicyClient\n"
         "import omad.cli\n"
         "for command in omad.cli.COMMANDS: omad.cli.build_parser(command)  # every command's flags\n"
-        "assert 'torch' not in sys.modules, 'omad_serve imported torch'\n"
+        "assert 'torch' not in sys.modules, 'omad.serve imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
 
@@ -109,8 +109,8 @@ def test_serving_never_imports_torch():
 def test_cli_import_is_light():
     # `omad --help` and `omad health` must not pay for the server, ONNX Runtime or gRPC at import
     code = (
-        "import sys, omad_serve.cli\n"
-        "heavy = [m for m in ('grpc', 'onnxruntime', 'omad_serve.server') if m in sys.modules]\n"
+        "import sys, omad.serve.cli\n"
+        "heavy = [m for m in ('grpc', 'onnxruntime', 'omad.serve.server') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)

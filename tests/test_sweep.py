@@ -14,9 +14,10 @@ import pytest
 from conftest import OMAD, wait_gone
 
 from omad.cli import main
-from omad_train.config import build_config
-from omad_train.sweep import DONE_FILE, SWEEP_FILE, SweepError, job_dir, plan_jobs, run_sweep, safe_name
-from omad_train.trainer import train
+from omad.experiments.layout import DONE_FILE, SWEEP_FILE, job_dir, safe_name
+from omad.experiments.sweep import SweepError, plan_jobs, run_sweep
+from omad.train.config import build_config
+from omad.train.trainer import train
 
 ENV = "mpe:simple_spread_v3"
 # Jobs of a few seconds: tiny networks, K = 2, two evaluations and two checkpoints in 300 steps.
@@ -349,7 +350,7 @@ def test_an_interrupt_while_a_job_process_starts_still_stops_that_job(tmp_path, 
     and terminate it, not miss it and then wait for the job to train its whole budget."""
     import multiprocessing.context
 
-    from omad_train.sweep import run_local
+    from omad.experiments.sweep import run_local
 
     start = multiprocessing.context.SpawnProcess.start
 

@@ -10,10 +10,10 @@ import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
 
-import omad_train
+import omad.train
 from omad.cli import main
-from omad_train.checkpoint import CheckpointError, latest_checkpoint
-from omad_train.trainer import Trainer, train
+from omad.train.checkpoint import CheckpointError, latest_checkpoint
+from omad.train.trainer import Trainer, train
 
 
 def run_cli(*args):
@@ -35,8 +35,8 @@ def test_every_evaluation_records_both_modes(tiny_run_dir, mode):
     """Each mode's return equals an independent evaluation of the checkpointed policies (the run ends
     on a checkpoint) with that mode's noise, on the same episode seeds; the plain key repeats the
     config's mode (stochastic for OMAD)."""
+    from omad.core.rollout import evaluate
     from omad.evaluation import torch_source
-    from omad_core.rollout import evaluate
 
     cfg = tiny_config()
     record = json.loads((tiny_run_dir / "metrics.jsonl").read_text().splitlines()[-1])
@@ -54,7 +54,7 @@ def test_checkpoint_round_trip_gives_the_trained_policies(tmp_path):
     cfg = tiny_config(total_steps=200, checkpoint_every=200, eval_every=200)
     trainer = Trainer(cfg, tmp_path)
     trainer.train()
-    policies = omad_train.load_policies(tmp_path)
+    policies = omad.train.load_policies(tmp_path)
     assert list(policies) == ["agent_0", "agent_1", "agent_2"]
     obs = torch.randn(8, 18)
     noise = torch.randn(cfg.denoising_steps + 1, 8, 5)
@@ -169,8 +169,8 @@ def test_cuda_without_cuda_is_one_clear_line_and_no_run_dir(tmp_path):
 
 
 def test_auto_device_picks_cuda_only_when_present(monkeypatch):
-    from omad_train.config import ConfigError
-    from omad_train.trainer import resolve_device
+    from omad.train.config import ConfigError
+    from omad.train.trainer import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
@@ -195,7 +195,7 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
     data[-10] ^= 0xFF
     actor.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"agent_1\.safetensors.*sha256"):
-        omad_train.load_policies(out)
+        omad.train.load_policies(out)
     result = run_cli("train", "--out", str(out), "--resume", "--total-steps", "300")
     assert result.returncode == 2 and "agent_1.safetensors" in result.stderr
 
@@ -274,7 +274,7 @@ def test_resume_refuses_a_changed_config(tiny_run_dir, capsys, flags, named):
     ],
 )
 def test_compile_auto_turns_on_where_it_pays(monkeypatch, overrides, cxx, expected):
-    from omad_train import config as config_module
+    from omad.train import config as config_module
 
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(config_module.shutil, "which", lambda name: f"/usr/bin/{name}" if name == cxx else None)

@@ -17,11 +17,11 @@ import math
 import pytest
 import torch
 
-from omad_core.envs.base import AgentSpec, EnvSpec
-from omad_train.algos import make_algorithm
-from omad_train.config import TrainConfig
-from omad_train.layout import AgentLayout
-from omad_train.replay import ReplaySample
+from omad.core.envs.base import AgentSpec, EnvSpec
+from omad.train.algos import make_algorithm
+from omad.train.config import TrainConfig
+from omad.train.layout import AgentLayout
+from omad.train.replay import ReplaySample
 
 OBS_DIMS, ACT_DIMS, STATE_DIM = [3, 5], [2, 1], 4
 LOW, HIGH = [[0.0, -2.0], [-0.4]], [[1.0, 0.5], [0.4]]
@@ -436,7 +436,7 @@ def test_hasac_temperature_step_follows_each_agents_cost_minus_its_budget():
 def test_per_agent_gradient_clipping_by_hand():
     """Agent 0's gradient (norm 5 over two parameters) is scaled to max_norm 1; agent 1's (norm 0.5) is
     left alone: each agent is clipped on its own, over all of its parameters together."""
-    from omad_train.algos.common import clip_grad_norm_per_agent
+    from omad.train.algos.common import clip_grad_norm_per_agent
 
     p1, p2 = torch.zeros(2, 3, requires_grad=True), torch.zeros(2, 2, requires_grad=True)
     p1.grad = torch.tensor([[3.0, 0.0, 0.0], [0.3, 0.0, 0.0]])
@@ -455,7 +455,7 @@ def test_omad_joint_cost_budget_scales_with_each_agents_action_dims(norm, expect
 def test_actors_are_built_from_the_config():
     """OMAD-Gaussian gets Gaussian actors of the configured widths; OMAD's diffusion actors take the
     configured width, step-size init and time features."""
-    from omad_train.actors import GaussianActors
+    from omad.train.actors import GaussianActors
 
     gaussian = make_algo("omad-gaussian", actor_hidden=[24, 12])
     assert isinstance(gaussian.actors, GaussianActors) and gaussian.actors.hidden == [24, 12]

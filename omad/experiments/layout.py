@@ -1,0 +1,32 @@
+"""The sweep dir's names, read by the sweep runner and the torch-free reports.
+
+sweep.json                                  the envs, algos, seeds, budget, shared config, jobs
+<env>/<algo>/seed-<S>/                      one ordinary run dir per job
+<env>/<algo>/seed-<S>/DONE.json             written when the job's training returned
+<env>/<algo>/seed-<S>.log                   the job's own output
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+SWEEP_FILE = "sweep.json"
+DONE_FILE = "DONE.json"
+
+
+def safe_name(env_id: str) -> str:
+    """A directory name for an env id: every character other than letters, digits, '.', '_', '-' becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", env_id)
+
+
+def job_dir(out: Path, env: str, algo: str, seed: int) -> Path:
+    return Path(out) / safe_name(env) / algo / f"seed-{seed}"
+
+
+def read_done(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / DONE_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None

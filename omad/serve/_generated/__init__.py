@@ -1,0 +1,1 @@
+"""Stubs compiled from protos/ by `python -m omad.serve.protogen`. Do not edit by hand."""

@@ -1,0 +1,24 @@
+"""The algorithms, by the name `TrainConfig.algo` gives; each is an `common.Algorithm`."""
+
+from __future__ import annotations
+
+import torch
+
+from omad.train.algos.common import Algorithm
+from omad.train.algos.omad import OMAD
+from omad.train.algos.sequential import HASAC, HATD3
+from omad.train.config import TrainConfig
+from omad.train.layout import AgentLayout
+
+
+def make_algorithm(
+    cfg: TrainConfig,
+    layout: AgentLayout,
+    state_dim: int,
+    value_range: tuple[float, float],
+    device: torch.device | str = "cpu",
+) -> Algorithm:
+    """The networks are initialised on the CPU (the same weights on every device), then moved to `device`."""
+    if cfg.algo in ("omad", "omad-gaussian"):  # the Gaussian ablation differs only in its actors
+        return OMAD(cfg, layout, state_dim, value_range, device)
+    return {"hasac": HASAC, "hatd3": HATD3}[cfg.algo](cfg, layout, state_dim, device)
