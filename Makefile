@@ -1,9 +1,9 @@
-# The two entry points of the README: `make demo` and `make test` (`make check`: the static checks CI
-# runs first). All set up .venv first.
+# Entry points: `make demo` and `make test` (README); `make check`, the static checks CI runs first;
+# `make docs`, the documentation site. All set up .venv first.
 PY := .venv/bin/python
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo check test bench mutation clean
+.PHONY: setup demo check docs test bench mutation clean
 
 setup: .venv/.installed
 
@@ -21,6 +21,14 @@ check: setup
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
+# The site (mkdocs.yml), built with warnings as errors; the `docs` extra is installed on first use.
+docs: .venv/.docs-installed
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
+
+.venv/.docs-installed: .venv/.installed pyproject.toml constraints.txt
+	.venv/bin/pip install -q -c constraints.txt -e ".[docs]"
+	touch $@
+
 test: setup
 	$(PY) -m pytest
 
@@ -32,4 +40,4 @@ mutation: setup
 	$(PY) bench/mutation.py
 
 clean:
-	rm -rf .venv runs exports
+	rm -rf .venv runs exports site
