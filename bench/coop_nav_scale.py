@@ -29,7 +29,7 @@ from omad.core.rollout import evaluate, uniform_random_policy
 
 ENV = "mpe:simple_spread_v3"
 RESULTS = Path(__file__).parent / "results"
-PAPER = {3: -23.9, 4: -57.9}  # OMAD, ALGORITHM.md section 9
+PAPER = {3: -23.9, 4: -57.9}  # the paper's OMAD on Cooperative Navigation N = 3 and 4 (arXiv 2602.18291)
 KP, KD = (
     5.0,
     1.5,

@@ -1,4 +1,4 @@
-"""The cost of K, for deployment (BENCHMARKS.md, "Sample efficiency"): OMAD trained at K = 1, 2, 4, 8
+"""The cost of K, for deployment (docs/results/cost-of-k.md): OMAD trained at K = 1, 2, 4, 8
 denoising steps on HalfCheetah 2x3 at the study's budget and protocol, every run exported and served.
 One table: the final return (IQM, 95% CI over seeds), the learner's updates/s, and the served policy's
 round trip (p50/p99 at 1 closed-loop client) and actions/s at 16 clients. It is the table to read to

@@ -1,10 +1,10 @@
-"""Serving benchmark (BENCHMARKS.md, "Serving"): what one action costs, from in-process to over gRPC.
+"""Serving benchmark (docs/results/performance.md): what one action costs, from in-process to over gRPC.
 
     .venv/bin/python bench/serving.py                          # every implemented part
     .venv/bin/python bench/serving.py --parts 1,2 --repeats 3000
 
 Policy: K = 8, a 3x256 score net, HalfCheetah 2x3 sizes, random weights (cost does not depend on them).
-Parts, numbered as in BENCHMARKS.md:
+Parts, numbered as in the results table:
   1. torch eager, in-process, batch 1 and 64
   2. ONNX Runtime (omad.runtime.onnx_policy.OnnxPolicy.act, validation included), in-process, batch 1 and 64
   3. a no-op gRPC server process (bench/noop_grpc_server.py): unary and streaming round trip, batch 1
@@ -161,7 +161,7 @@ def part_onnxruntime(bench: Bench) -> list[dict]:
 REPO_DIR = Path(__file__).resolve().parent.parent
 THROUGHPUT_CLIENTS = (1, 4, 16, 64)
 THROUGHPUT_SECONDS = 3.0  # measured, after a quarter of that as warm-up
-P99_LIMIT_MS = {16: 5, 64: 10}  # BENCHMARKS.md
+P99_LIMIT_MS = {16: 5, 64: 10}  # the p99 targets at 16 and 64 clients
 
 
 @contextlib.contextmanager
@@ -412,7 +412,7 @@ def part_reload(bench: Bench) -> list[dict]:
 
 
 def grpc_targets(rows: list[dict]) -> list[dict]:
-    """BENCHMARKS.md's serving targets for parts 3-6, from rows of this run (skipped if a part is missing)."""
+    """The serving targets for parts 3-6, from rows of this run (skipped if a part is missing)."""
     single = {r["name"]: r for r in rows if r["batch"] == 1 and r["threads"] == 1 and "clients" not in r}
     ort = single.get(f"ONNX Runtime {INTERLEAVED}")
     targets = []
@@ -488,7 +488,7 @@ def grpc_markdown(result: dict) -> list[str]:
             for r in load
         ]
     if result.get("targets"):
-        lines += ["", "| target (BENCHMARKS.md) | measured | met |", "|---|---|---|"]
+        lines += ["", "| target | measured | met |", "|---|---|---|"]
         met = {True: "yes", False: "**no**", None: "-"}
         lines += [f"| {t['target']} | {t['measured']} | {met[t['met']]} |" for t in result["targets"]]
     return lines

@@ -1,4 +1,4 @@
-"""End-to-end split of `omad train` (BENCHMARKS.md, "Training throughput").
+"""End-to-end split of `omad train` (docs/results/performance.md).
 
 Runs what `omad train --env mamujoco:HalfCheetah-2x3 --total-steps 20000` runs (the same Trainer and
 config defaults) and splits its wall time into environment stepping, updates, evaluation,

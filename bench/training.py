@@ -1,4 +1,4 @@
-"""Training throughput (BENCHMARKS.md, "Training throughput").
+"""Training throughput (docs/results/performance.md).
 
 Measures gradient updates/s of full algorithm updates on synthetic batches with the real
 environment sizes, so the numbers isolate the learner from environment stepping:
@@ -8,7 +8,7 @@ environment sizes, so the numbers isolate the learner from environment stepping:
   * OMAD with all agents stacked into one batched call vs a Python loop over per-agent networks;
   * the baselines OMAD-Gaussian, HASAC and HATD3 at their own defaults (HASAC/HATD3: batch 1000,
     256x256 networks, sequential per-agent actor updates), and OMAD's update cost relative to HASAC's
-    (BENCHMARKS.md target: at most 3x). HASAC/HATD3 train on batches of 1000, OMAD on 256, so the
+    (target: at most 3x). HASAC/HATD3 train on batches of 1000, OMAD on 256, so the
     per-sample cost ratio is reported too.
 Every row also reports how close the update comes to the machine's compute limit:
   * FLOPs per update: torch.utils.flop_counter.FlopCounterMode around `policy_delay` updates of an

@@ -1,5 +1,5 @@
 """The chain's entropy lower bound and the squashed Gaussian's log-probability against closed forms
-(ALGORITHM.md sections 1 and 5), with symmetric and asymmetric action bounds."""
+(docs/algorithm.md, "The entropy lower bound"), with symmetric and asymmetric action bounds."""
 
 import math
 
@@ -11,8 +11,8 @@ from omad.train.actors import LOG_STD_MAX, LOG_STD_MIN, GaussianActors
 from omad.train.diffusion import DiffusionActors
 
 # The space the code counts entropy in. True: the action space [low, high], so log pi includes the
-# affine log(half-range) of [-1, 1] -> [low, high]. False: the squashed space [-1, 1]^d, as ALGORITHM.md
-# s5 asks (and DIME, HARL and SB3 do): the code follows it.
+# affine log(half-range) of [-1, 1] -> [low, high]. False: the squashed space [-1, 1]^d, as
+# docs/algorithm.md states (and DIME, HARL and SB3 do): the code follows it.
 COUNTS_AFFINE_TERM = False
 
 D_A, K, S0 = 2, 8, 2.5

@@ -80,7 +80,7 @@ def test_metadata_holds_what_a_server_needs(tiny_run_dir, tiny_export_dir):
 
 def test_matmul_weights_are_2d_so_rows_do_not_depend_on_the_batch(tiny_export_dir):
     """ONNX Runtime prepacks only 2-D constant MatMul weights; packed, every row is computed the same
-    way whatever the batch (README, "Merged batches")."""
+    way whatever the batch (docs/guides/serving.md, "Merged batches are exact")."""
     for path in sorted(tiny_export_dir.glob("*.onnx")):
         graph = onnx.load(path).graph
         weights = {t.name: list(t.dims) for t in graph.initializer}

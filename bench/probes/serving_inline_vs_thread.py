@@ -1,6 +1,6 @@
 """Merged batches inline on the event loop vs on the inference thread: two `omad serve` processes
 (--inference-thread off / on), C closed-loop streaming clients, interleaved 4-second windows.
-Produced the README's A/B (16 and 64 clients, 4 windows each: 4059 vs 3440, 5919 vs 5230 actions/s).
+Produced the A/B (16 and 64 clients, 4 windows each: 4059 vs 3440, 5919 vs 5230 actions/s).
 
     .venv/bin/python bench/probes/serving_inline_vs_thread.py 16,64 4     # client counts, windows each
 """

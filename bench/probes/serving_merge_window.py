@@ -1,5 +1,5 @@
 """`omad serve --max-delay-us D` at C clients: actions/s, p50/p99, and the mean batch and ORT time per
-call from the server's own metrics. Produced the README's merge-window numbers (D = 0: mean batch 4.9,
+call from the server's own metrics. Produced the merge-window numbers (D = 0: mean batch 4.9,
 456 us per call; D = 500: 9.3, and 4384 vs 4429 actions/s at 16 clients). Those ran with merged
 batches inline (the default before --inference-thread auto); pass flags to the server to match.
 

@@ -1,5 +1,5 @@
 """py-spy (200 Hz, --idle, raw) on an `omad serve --batching` process while C closed-loop clients load it;
-writes the raw stacks to /tmp/prof/server16.txt. Produced the README's 16-client profile (ORT 40% of the
+writes the raw stacks to /tmp/prof/server16.txt. Produced the 16-client profile (ORT 40% of the
 event loop, gRPC's reply write 30%, the handler's Python about 20%; merged batches inline then).
 
     .venv/bin/python bench/probes/serving_profile.py 16

@@ -1,5 +1,5 @@
 """Adam vs Adam(fused=True) on the compiled OMAD K = 8 update, HalfCheetah 2x3, 6 interleaved windows of
-10 updates each. Produced the README's "fused Adam: 22.0 vs 22.3 updates/s".
+10 updates each. Produced the "fused Adam: 22.0 vs 22.3 updates/s".
 
     .venv/bin/python bench/probes/training_fused_adam.py
 """

@@ -1,5 +1,5 @@
 """torch.profiler over 10 compiled OMAD K = 8 updates on HalfCheetah 2x3 (bench/training.py's synthetic
-batch). Produced the README's profile of the compiled update (baddbmm + bmm 65%, inductor's fused
+batch). Produced the profile of the compiled update (baddbmm + bmm 65%, inductor's fused
 kernels about 20%, Adam 6%).
 
     .venv/bin/python bench/probes/training_profile.py

@@ -1,4 +1,4 @@
-"""The one policy signature, from training to serving (ARCHITECTURE.md, "The policy function").
+"""The one policy signature, from training to serving (docs/architecture.md, "The policy function").
 
 A torch run dir (`omad.train.policies.AgentPolicy`), an ONNX export (`omad.runtime.onnx_policy.OnnxPolicy`)
 and a gRPC server (`omad.serve.client.PolicyClient` and its streams) all answer `Policy.act`. Timing

@@ -100,7 +100,7 @@ class StackedActors(Actors):
 
     def squash(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """a = low + (tanh(x) + 1) (high - low) / 2, and log|d tanh(x)/dx| summed over real dims: [n, B].
-        Entropies, costs and budgets live in the squashed space [-1, 1]^d (ALGORITHM.md section 5, as in
+        Entropies, costs and budgets live in the squashed space [-1, 1]^d (docs/algorithm.md; as in
         DIME, HARL and SB3): the affine map's constant log((high - low) / 2) per dim is not counted, so
         every target means the same on MPE's [0, 1] as on MuJoCo's [-1, 1]."""
         log_jac = (2.0 * (LOG2 - x - F.softplus(-2.0 * x)) * self.mask).sum(-1)

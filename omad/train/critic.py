@@ -24,7 +24,7 @@ class CategoricalCritic(nn.Module):
         Near-uniform initial logits would mean a return spread over all of [V_min, V_max]; with
         target networks that spread shrinks only by gamma per target turnover (about 1/tau updates),
         so it takes on the order of 1e5 updates to forget, and until then Q is a small deviation
-        of a near-uniform distribution (measured on HalfCheetah 2x3: README, "Why the critic starts near 0")."""
+        of a near-uniform distribution (docs/algorithm.md, "Why the critic starts near 0")."""
         out = self.net.net[-1]
         assert isinstance(out, StackedLinear)
         delta = (self.v_max - self.v_min) / (len(self.atoms) - 1)
