@@ -1,8 +1,8 @@
 """Sample efficiency: OMAD vs HASAC vs HATD3 vs the matched
 OMAD-Gaussian ablation, on HalfCheetah 2x3 and Cooperative Navigation N = 3.
 
-Every algorithm runs at its own defaults: OMAD's, the HARL presets for HASAC and HATD3 (README,
-"Baselines"), OMAD's for OMAD-Gaussian at OMAD's entropy level. The protocol is shared within a task:
+Every algorithm runs at its own defaults: OMAD's, the HARL presets for HASAC and HATD3
+(docs/guides/baselines.md), OMAD's for OMAD-Gaussian at OMAD's entropy level. The protocol is shared within a task:
 the budget, the warm-up, the evaluation schedule and episode count, and one update per env step.
 Each task is one `omad sweep` (resumable: re-running the same command continues it, and a larger
 budget extends finished runs) followed by `omad report` (IQM with 95% CIs, P(OMAD > B), performance

@@ -22,7 +22,7 @@ from omad.train.config import build_config
 # runs forward (seed 0: training eval 735 at 15k, 1360 at 20k; a random team scores about -270).
 DEMO_ENV = "mamujoco:HalfCheetah-2x3"
 # At most about 10 minutes of training on 2 idle cores (10k updates, torch.compile on: `compile: auto`),
-# the full defaults otherwise (K = 8, 3x256 actors, C51 critic). README, "Demo", has the measured times.
+# the full defaults otherwise (K = 8, 3x256 actors, C51 critic).
 FULL: dict[str, Any] = dict(
     total_steps=15_000, learning_starts=5_000, eval_every=5_000, eval_episodes=3, checkpoint_every=5_000
 )

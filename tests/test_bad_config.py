@@ -1,6 +1,6 @@
 """Bad configuration gets one line and exit status 2, never a traceback, and nothing is written.
 
-One table of what a new user tried (issue 13): each row is the `omad` arguments, how the run dir
+One table of what a new user tried: each row is the `omad` arguments, how the run dir
 is prepared, and a word the error line must contain.
 """
 

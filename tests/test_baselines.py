@@ -158,7 +158,8 @@ def test_baseline_exports_and_serves_the_trained_policy(baseline_export):
         np.testing.assert_array_equal(reports["grpc"]["returns"], reports["onnx"]["returns"])
 
 
-# shared/reference/harl_tuned.md, column "HalfCheetah-2x3 HASAC", transcribed by hand in HARL's names.
+# HARL's tuned HalfCheetah 2x3 HASAC config (tuned_configs/<env>/<task>/<algo>/config.json in PKU-MARL/HARL),
+# transcribed by hand in HARL's names.
 HARL_HALFCHEETAH_2X3_HASAC = {
     "lr": 1e-3,
     "critic_lr": 1e-3,
@@ -199,7 +200,7 @@ def test_halfcheetah_hasac_preset_is_harls_tuned_config():
     assert not {"feature_norm", "orthogonal_init", "use_feature_normalization"} & set(cfg.model_dump())
     # HARL does not clip gradients; its actor updates every critic update (no policy_freq key).
     assert (cfg.grad_clip, cfg.policy_delay) == (0.0, 1)
-    # The rest of harl_tuned.md, per column.
+    # HARL's other tuned configs, per (task, algo).
     hatd3 = build_config(dict(env="mamujoco:HalfCheetah-2x3", algo="hatd3"))
     assert (hatd3.lr_actor, hatd3.lr_critic, hatd3.n_step, hatd3.policy_delay) == (5e-4, 1e-3, 10, 2)
     assert (hatd3.explore_std, hatd3.target_noise, hatd3.target_noise_clip) == (0.1, 0.2, 0.5)
@@ -218,14 +219,14 @@ def test_presets_apply_beneath_user_values_and_fall_back_to_the_family():
     assert (omad.lr_actor, omad.batch_size, omad.n_step, omad.alpha_init) == (3e-4, 256, 1, 0.1)
 
 
-def test_readme_baseline_table_is_generated_from_the_presets():
+def test_docs_baseline_table_is_generated_from_the_presets():
     from pathlib import Path
 
     from omad.train.config import presets_markdown
 
     table = presets_markdown()
     assert "| `mamujoco:HalfCheetah-2x3` | `hasac` |" in table and "1e-3" in table
-    assert table in (Path(__file__).parents[1] / "README.md").read_text()
+    assert table in (Path(__file__).parents[1] / "docs" / "guides" / "baselines.md").read_text()
 
 
 def test_omad_gaussian_targets_the_entropy_level_of_omads_running_cost_budget():

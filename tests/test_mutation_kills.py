@@ -935,7 +935,7 @@ def gelu_by_hand(x: np.ndarray) -> np.ndarray:
 
 
 def diffusion_chain_by_hand(params, i, obs, noise, K, s0, low, high):
-    """One agent's chain (ALGORITHM.md), in float64 numpy from its real slices of the stacked parameters.
+    """One agent's chain (docs/algorithm.md), in float64 numpy from its real slices of the stacked parameters.
     obs [B, d_o], noise [K+1, B, d_a] -> (action, cost, running cost)."""
     d_o, d_a = obs.shape[1], noise.shape[2]
     F = params["time_phase"].shape[2]
@@ -1322,7 +1322,7 @@ def test_a_refused_call_gets_a_handler_of_its_own_streaming_kind_that_aborts(mak
 
 def test_gaussian_actor_cost_is_the_exact_log_density_per_agent_with_padded_dims():
     """cost = log pi of each agent's own action dims only, by hand: a Gaussian log-density in u minus
-    log |d tanh(u)/du| (the squashed space of ALGORITHM.md section 5: the affine map to [lo, hi] is not
+    log |d tanh(u)/du| (the squashed space of docs/algorithm.md: the affine map to [lo, hi] is not
     counted), with a = lo + (hi - lo) (tanh u + 1) / 2. Agent 1 has 1 action dim padded to 2: its padded
     dim must count nowhere (not in the density, its normaliser or the Jacobian)."""
     from omad.train.actors import GaussianActors

@@ -532,7 +532,7 @@ def valid_requests(policy: OnnxPolicy) -> dict[str, bytes]:
 
 def test_token_guards_every_rpc_and_reflection_but_not_health(model_path, policy):
     """Every method of every service on the port, enumerated from the descriptors: refused without the
-    right token, answered with it. Only grpc.health.v1 stays open, for probes (README, security.py)."""
+    right token, answered with it. Only grpc.health.v1 stays open, for probes (docs/guides/serving.md, security.py)."""
     with (
         ServerThread(ServeConfig(model=model_path, port=0), token="s3cret") as guarded,
         grpc.insecure_channel(guarded.addr) as channel,

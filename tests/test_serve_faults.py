@@ -102,7 +102,7 @@ def omad_eval(addrs: list[str], *extra: str) -> subprocess.Popen:
 def test_a_stalled_agent_fails_the_episode_within_the_timeout(tiny_export_dir):
     """SIGSTOP (a stalled, not dead, server) mid-episode: the step's deadline passes, the episode fails
     with one line naming the agent and address, and the process exits non-zero: no thread or stream
-    keeps it alive (the 116 s hang of issue 14)."""
+    keeps it alive."""
     timeout_s = 2.0
     with ExitStack() as stack:
         agents = Agents(stack, tiny_export_dir)
@@ -290,7 +290,7 @@ def test_a_tampered_lone_model_file_is_refused_with_one_line(model_path, tmp_pat
 @pytest.mark.parametrize("inference_thread", ["on", "off"])
 def test_merged_rows_equal_separate_calls_exactly(model_path, policy, inference_thread):
     """12 concurrent single-row requests merged by a 0.3 s window: each action equals, bit for bit, the
-    same request served alone and in-process ONNX Runtime at batch 1 (README, "Merged batches")."""
+    same request served alone and in-process ONNX Runtime at batch 1 (docs/guides/serving.md, "Merged batches are exact")."""
     requests = [random_inputs(policy, 1, seed=300 + i) for i in range(12)]
     config = ServeConfig(
         model=model_path, port=0, max_batch=64, max_delay_us=300_000, inference_thread=inference_thread

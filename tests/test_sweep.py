@@ -163,7 +163,7 @@ def free_port() -> int:
 
 @pytest.mark.slow  # about 80 s on the shared 2-core machine: two Ray nodes start and stop
 def test_sweep_on_a_two_node_ray_cluster_with_token_auth(tmp_path):
-    """The README's Ray recipe on loopback: a head node started with RAY_AUTH_MODE=token and a token from
+    """The Ray recipe of docs/guides/ray.md on loopback: a head node started with RAY_AUTH_MODE=token and a token from
     `ray get-auth-token --generate`, one worker node that gets the token through RAY_AUTH_TOKEN (its HOME
     holds no token file), and `omad sweep --ray-address` from a third environment. The head has no CPUs,
     so every job can only run on the worker: a finished sweep proves the worker joined and trained."""

@@ -16,7 +16,7 @@ iteration joins it. The flush then runs the batch:
 Every job carries its own noise (explicit, drawn from its seed, zeros, or drawn by the server)
 before it is queued, so a merged call computes what the separate calls would have: observations
 concatenate along axis 0, noise [K+1, B, d_a] along axis 1. (Whether the rows are bit-identical
-also depends on the kernels; see the README, "Merged batches".)
+also depends on the kernels; see docs/guides/serving.md, "Merged batches are exact".)
 
 Nothing waits forever: if the inference thread dies, or anything but the model fails while running
 a batch, the batcher fails every waiting job with BatcherFailed, refuses new ones, and reports it

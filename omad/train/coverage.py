@@ -1,4 +1,4 @@
-"""State coverage on multi-agent Ant (ALGORITHM.md section 8, the paper's exploration measure).
+"""State coverage on multi-agent Ant (docs/algorithm.md, "State coverage": the paper's exploration measure).
 
 The fraction of the cells of a 2-D grid over the torso's (x, y) that training visits in its first
 `max_steps` env steps (250k in the paper, on Ant 2x4). The paper does not give its grid; ours is a

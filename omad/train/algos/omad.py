@@ -1,7 +1,7 @@
 """OMAD: per-agent diffusion actors, one joint distributional critic, simultaneous actor update.
 
 Reads top to bottom: networks in __init__, then `update()` = critic step, actor step, temperature
-step, target update (ALGORITHM.md sections 2-5). The OMAD-Gaussian ablation is this same class with
+step, target update (docs/algorithm.md). The OMAD-Gaussian ablation is this same class with
 the diffusion actors swapped for squashed Gaussians (`make_actors`); nothing else changes.
 
 The two losses are pure tensor functions (`critic_loss`, `actor_loss`), compiled with torch.compile

@@ -1,4 +1,4 @@
-"""The heterogeneous-agent baselines HASAC and HATD3 (ALGORITHM.md section 7).
+"""The heterogeneous-agent baselines HASAC and HATD3 (docs/guides/baselines.md).
 
 Both have per-agent actors with one optimizer each, a twin scalar Q critic on (global state, joint
 action) with a target copy, and a *sequential* actor update: agents are updated one at a time in a
