@@ -117,11 +117,11 @@ def budgets(name: str, arm: str, steps: dict, quick: bool) -> dict[str, int]:
 
 
 def job_hours(task_dir: Path) -> float:
-    """The training time of every run of a task, summed, from the runs' evaluation records (the time
+    """The training time of every run under a dir (a task, or one of its arms), summed, from the runs' evaluation records (the time
     of the kept work: what a killed run did after its last checkpoint is not counted). Each process's
     clocks start at 0, so a resumed run's clocks drop: that starts a new segment."""
     total = 0.0
-    for metrics in task_dir.glob("*/*/seed-*/metrics.jsonl"):
+    for metrics in sorted(task_dir.rglob("seed-*/metrics.jsonl")):
         last: dict[str, float] = {}
         for line in filter(str.strip, metrics.read_text().splitlines()):
             now = {k: v for k, v in json.loads(line).items() if k.startswith("seconds_")}

@@ -59,30 +59,3 @@ def test_job_hours_sums_every_run_and_every_resumed_segment(tmp_path):
     # killed in warm-up (env time only), resumed into updates: the total rises, one clock drops
     write("hatd3", 0, [(0.0, 30.0), (0.0, 60.0), (200.0, 10.0)])
     assert job_hours(tmp_path) == pytest.approx((1080 + 1500 + 1020 + 60 + 210) / 3600)
-
-
-def test_a_study_keeps_its_other_tasks_and_adds_up_the_wall_time_of_its_sittings():
-    sys.path.insert(0, str(BENCH))
-    try:
-        from sample_efficiency import merge_study
-    finally:
-        sys.path.remove(str(BENCH))
-
-    def entry(budget: int, seconds: float) -> dict:
-        return {
-            "env": "e",
-            "budget": budget,
-            "seeds": [0, 1],
-            "protocol": {"eval_every": 10},
-            "job_hours": 1.0,
-            "wall_seconds_this_invocation": seconds,
-        }
-
-    first = merge_study({}, {"a": entry(100, 600.0), "b": entry(50, 30.0)})
-    assert first["a"]["wall_seconds"] == 600.0 and first["b"]["wall_seconds"] == 30.0
-    # a second sitting of task a only: b is kept as it was, a's sittings add up
-    second = merge_study(json.loads(json.dumps(first)), {"a": entry(100, 900.0)})
-    assert second["b"] == first["b"]
-    assert second["a"]["wall_seconds"] == 1500.0 and second["a"]["wall_seconds_this_invocation"] == 900.0
-    # a larger budget is another study: its count starts again
-    assert merge_study(second, {"a": entry(200, 60.0)})["a"]["wall_seconds"] == 60.0

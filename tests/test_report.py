@@ -14,7 +14,7 @@ from omad.experiments.report import ReportError, first_reach, make_report
 
 SPREAD, ANT = "mpe:simple_spread_v3", "mamujoco:Ant-2x4"
 STEPS = [100, 200, 300, 400]
-# eval_return_mean per (env, algo, seed) at STEPS
+# the deterministic evaluation return per (env, algo, seed) at STEPS (the stochastic one is 100 lower)
 RETURNS = {
     (SPREAD, "omad", 0): [0, 10, 20, 30],
     (SPREAD, "omad", 1): [0, 20, 40, 50],  # OMAD seed mean: 0, 15, 30, 40
@@ -40,7 +40,9 @@ def write_sweep(root):
                 json.dumps(
                     {
                         "step": s,
-                        "eval_return_mean": v,
+                        "eval_deterministic_return_mean": v,
+                        "eval_stochastic_return_mean": v - 100,  # the other mode: every return 100 lower
+                        "eval_return_mean": v - 100,
                         "eval_return_std": 1.0,
                         "updates_per_s": 1.0,
                         "env_steps_per_s": 1.0,
@@ -138,7 +140,7 @@ def test_report_numbers_are_exact(tmp_path):
             png = out / report["envs"][env][key]
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
-    assert "| mpe:simple_spread_v3 | omad | 2 of 3 | 400 | 40.00 [30.00, 50.00] | 40.00 ± 10.00 |" in md
+    assert "| mpe:simple_spread_v3 | omad | 2 of 3 | 400 | 40.00 [30.00, 50.00] | 40.00 ± 10.00 | -60.00 [-70.00, -50.00] |" in md
     assert "| mpe:simple_spread_v3 | hasac | 2 | 400 | 22.50 [20.00, 25.00] | 22.50 ± 2.50 |" in md
     assert "| mpe:simple_spread_v3 | hasac | 1.00 [1.00, 1.00] | 400 | 22.50 | 400 | 250 | 1.60x |" in md
     assert "| mpe:simple_spread_v3 | hatd3 | 0.50 [" in md
@@ -147,6 +149,43 @@ def test_report_numbers_are_exact(tmp_path):
     assert "| mamujoco:Ant-2x4 | omad | 2 | 400 | 1600 cells of 1 m over +-20 m | 60.0% ± 10.0% |" in md
     assert "linearly interpolated" in md and "![mpe:simple_spread_v3](curves_mpe_simple_spread_v3.png)" in md
     assert "![mpe:simple_spread_v3](profile_mpe_simple_spread_v3.png)" in md
+
+
+def test_the_other_mode_stands_beside_and_a_run_in_progress_does_not_cut_curves(tmp_path):
+    """Stochastic returns are the deterministic ones less 100: the ratio (a difference of steps) is the
+    same in both modes, the IQMs shift by 100. A seed still training (last step 200 of 400) is listed
+    among the jobs but leaves the finished seeds' curves whole."""
+    write_sweep(tmp_path)
+    running = tmp_path / "mpe_simple_spread_v3/omad/seed-2"
+    running.mkdir(parents=True)
+    (running / "metrics.jsonl").write_text(
+        json.dumps({"step": 100, "eval_deterministic_return_mean": 99.0, "eval_stochastic_return_mean": 99.0}) + "\n"
+    )
+    report = make_report(tmp_path, reps=200, mode="stochastic", at=(200, 400))
+    spread = report["envs"][SPREAD]
+    assert report["mode"] == "stochastic" and report["other_mode"]["mode"] == "deterministic"
+    assert spread["algos"]["omad"]["final_return_iqm"] == [-60, -70, -50]
+    assert spread["algos"]["omad"]["seeds"] == [0, 1] and spread["algos"]["omad"]["budget"] == 400
+    assert report["other_mode"]["envs"][SPREAD]["algos"]["omad"]["final_return_iqm"] == [40, 30, 50]
+    assert spread["sample_efficiency"]["hasac"]["ratio"] == 1.6
+    # OMAD at step 200: seeds 10 and 20 (deterministic), IQM 15; resamples give 10, 15 or 20
+    assert report["at"][SPREAD]["omad"]["deterministic"]["200"] == [15, 10, 20]
+    assert report["at"][SPREAD]["omad"]["stochastic"]["400"] == [-60, -70, -50]
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| mpe:simple_spread_v3 | omad | deterministic | 15.00 [10.00, 20.00] | 40.00 [30.00, 50.00] |" in md
+
+
+def test_a_run_recording_one_mode_counts_for_its_configured_mode(tmp_path):
+    """Runs that record only `eval_return_mean` count in the mode their config evaluated in."""
+    write_sweep(tmp_path)
+    for run in tmp_path.glob("mpe_simple_spread_v3/hatd3/seed-*"):
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        plain = [{"step": r["step"], "eval_return_mean": r["eval_deterministic_return_mean"]} for r in lines]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in plain))
+        (run / "config.json").write_text(json.dumps({"eval_zero_noise": True}))
+    report = make_report(tmp_path, reps=200)
+    assert report["envs"][SPREAD]["algos"]["hatd3"]["final_return_iqm"] == [45, 45, 45]
+    assert "final_return_iqm" not in report["other_mode"]["envs"][SPREAD]["algos"]["hatd3"]
 
 
 def test_report_cli(tmp_path, capsys):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from omad.core.errors import OmadError
-from omad.core.rundir import COVERAGE_FILE
+from omad.core.rundir import CONFIG_FILE, COVERAGE_FILE, METRICS_FILE
 from omad.experiments import stats
 from omad.experiments.layout import SWEEP_FILE, safe_name
 from omad.experiments.stats import first_reach
@@ -85,13 +85,31 @@ class Curve:
         return float(self.std[-1])
 
 
-def read_metrics(run_dir: Path) -> dict[int, float]:
-    """{env step: eval_return_mean} of one run (a later line for the same step wins)."""
-    path = run_dir / "metrics.jsonl"
+MODES = ("deterministic", "stochastic")  # evaluation with zero noise, and with the policy's noise
+
+
+def configured_mode(run_dir: Path) -> str:
+    """The mode a run's plain `eval_return_mean` was evaluated in (its config's `eval_zero_noise`)."""
+    path = run_dir / CONFIG_FILE
+    zero = json.loads(path.read_text()).get("eval_zero_noise", False) if path.is_file() else False
+    return "deterministic" if zero else "stochastic"
+
+
+def read_metrics(run_dir: Path, mode: str) -> dict[int, float]:
+    """{env step: evaluation return in `mode`} of one run (a later line for the same step wins). Runs
+    record both modes (`eval_<mode>_return_mean`); a record with only `eval_return_mean` counts for the
+    mode its run's config evaluated in."""
+    path = run_dir / METRICS_FILE
     if not path.is_file():
         return {}
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {int(r["step"]): float(r["eval_return_mean"]) for r in records}
+    plain = configured_mode(run_dir) == mode
+    out = {}
+    for r in records:
+        value = r.get(f"eval_{mode}_return_mean", r.get("eval_return_mean") if plain else None)
+        if value is not None:
+            out[int(r["step"])] = float(value)
+    return out
 
 
 def aggregate(per_seed: dict[int, dict[int, float]]) -> Curve | None:
@@ -141,17 +159,24 @@ def load_sweep(sweep_dir: Path) -> dict:
         raise ReportError(f"{path}: not valid JSON ({err})") from None
 
 
-def collect(sweep_dir: Path) -> dict:
-    """{env: {algo: {"curve": Curve | None, "jobs": n, "coverage": [fractions], "coverage_steps": [...]}}}."""
+def collect(sweep_dir: Path, label: str = "{algo}") -> dict:
+    """{env: {name: {"curves": {mode: Curve | None}, "jobs": n, "coverage": [...], ...}}} where name is
+    `label` formatted with the algo. A run counts once it has evaluated at its job's budget: a run still
+    training is listed among the jobs but does not cut the finished seeds' curves short."""
     sweep = load_sweep(sweep_dir)
     table: dict[str, dict[str, dict]] = {}
     for job in sweep["jobs"]:
         run_dir = sweep_dir / job["dir"]
         entry = table.setdefault(job["env"], {}).setdefault(
-            job["algo"], {"per_seed": {}, "jobs": 0, "coverage": [], "coverage_steps": [], "coverage_grid": None}
+            label.format(algo=job["algo"]),
+            {"per_seed": {}, "jobs": 0, "coverage": [], "coverage_steps": [], "coverage_grid": None},
         )
         entry["jobs"] += 1
-        entry["per_seed"][job["seed"]] = read_metrics(run_dir)
+        per_mode = {mode: read_metrics(run_dir, mode) for mode in MODES}
+        budget = job.get("total_steps")
+        if not any(per_mode.values()) or (budget is not None and max(max(p, default=0) for p in per_mode.values()) < budget):
+            continue
+        entry["per_seed"][job["seed"]] = per_mode
         if (run_dir / COVERAGE_FILE).is_file():
             cov = json.loads((run_dir / COVERAGE_FILE).read_text())
             entry["coverage"].append(cov["fraction"])
@@ -159,8 +184,16 @@ def collect(sweep_dir: Path) -> dict:
             entry["coverage_grid"] = f"{cov['cells_total']} cells of {cov['cell_size']:g} m over +-{cov['extent']:g} m"
     for algos in table.values():
         for entry in algos.values():
-            entry["curve"] = aggregate(entry.pop("per_seed"))
+            per_seed = entry.pop("per_seed")
+            entry["curves"] = {
+                mode: aggregate({seed: points[mode] for seed, points in per_seed.items()}) for mode in MODES
+            }
     return table
+
+
+def in_mode(table: dict, mode: str) -> dict:
+    """The table with each entry's "curve" set to its curve in `mode`."""
+    return {env: {name: {**e, "curve": e["curves"][mode]} for name, e in algos.items()} for env, algos in table.items()}
 
 
 # -- statistics --------------------------------------------------------------------------------------
@@ -261,7 +294,7 @@ def _ci(values) -> str:
     return f"{point:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def build_json(table: dict, plots: dict[str, dict], statistics: dict[str, dict]) -> dict:
+def build_json(table: dict, plots: dict[str, dict], statistics: dict[str, dict], mode: str) -> dict:
     envs = {}
     for env, algos in table.items():
         out_algos = {}
@@ -307,37 +340,12 @@ def build_json(table: dict, plots: dict[str, dict], statistics: dict[str, dict])
             "plot": plots.get(env, {}).get("curves"),
             "profile_plot": plots.get(env, {}).get("profile"),
         }
-    return {"aggregation": AGGREGATION, "ratio_rule": RATIO_RULE, "envs": envs}
+    return {"aggregation": AGGREGATION, "ratio_rule": RATIO_RULE, "mode": mode, "envs": envs}
 
 
-def build_markdown(report: dict, sweep_dir: Path) -> str:
+def _versus_rows(report: dict) -> list[str]:
+    """The table of OMAD against each baseline (P(OMAD > B), the sample-efficiency ratio) in one mode."""
     lines = [
-        f"# Sweep report: {sweep_dir.name}",
-        "",
-        report["aggregation"],
-        "",
-        "## Final return",
-        "",
-        "| env | algo | seeds | budget (env steps) | IQM [95% CI] | mean ± std over seeds |",
-        "|---|---|---:|---:|---|---|",
-    ]
-    for env, data in report["envs"].items():
-        for algo, info in data["algos"].items():
-            if "budget" in info:
-                seeds = f"{len(info['seeds'])}" + (f" of {info['jobs']}" if info["jobs"] != len(info["seeds"]) else "")
-                lines.append(
-                    f"| {env} | {algo} | {seeds} | {info['budget']} | {_ci(info['final_return_iqm'])} | "
-                    f"{_pm(info['final_return_mean'], info['final_return_std'])} |"
-                )
-            else:
-                lines.append(f"| {env} | {algo} | 0 of {info['jobs']} | - | no evaluations yet | |")
-
-    lines += [
-        "",
-        "## OMAD against each baseline",
-        "",
-        report["ratio_rule"],
-        "",
         (
             "| env | baseline | P(OMAD > B) [95% CI] | B's budget | B's final IQM | B's own curve first reaches it at | "
             "OMAD reaches it at step | ratio | ratio 95% interval (not reached in) |"
@@ -361,6 +369,55 @@ def build_markdown(report: dict, sweep_dir: Path) -> str:
             )
     if not rows:
         lines.append("| - | no env has both omad and a baseline with evaluations | | | | | | | |")
+    return lines
+
+
+def build_markdown(report: dict, title: str) -> str:
+    mode, other = report["mode"], report["other_mode"]
+    lines = [
+        f"# {title}",
+        "",
+        report["aggregation"],
+        "",
+        f"Every evaluation runs in two modes: deterministic (zero noise; for OMAD the chain run with zero noise) "
+        f"and stochastic (the policy's noise). This report reads its verdict in the **{mode}** mode; the "
+        f"{other['mode']} mode's numbers stand beside it.",
+        "",
+        "## Final return",
+        "",
+        f"| env | algo | seeds | budget (env steps) | IQM [95% CI], {mode} | mean ± std over seeds | "
+        f"IQM [95% CI], {other['mode']} |",
+        "|---|---|---:|---:|---|---|---|",
+    ]
+    for env, data in report["envs"].items():
+        for algo, info in data["algos"].items():
+            beside = other["envs"].get(env, {}).get("algos", {}).get(algo, {})
+            other_iqm = _ci(beside["final_return_iqm"]) if "final_return_iqm" in beside else "-"
+            if "budget" in info:
+                seeds = f"{len(info['seeds'])}" + (f" of {info['jobs']}" if info["jobs"] != len(info["seeds"]) else "")
+                lines.append(
+                    f"| {env} | {algo} | {seeds} | {info['budget']} | {_ci(info['final_return_iqm'])} | "
+                    f"{_pm(info['final_return_mean'], info['final_return_std'])} | {other_iqm} |"
+                )
+            else:
+                lines.append(f"| {env} | {algo} | 0 of {info['jobs']} | - | no finished runs yet | | {other_iqm} |")
+
+    if report["at"]:
+        lines += [
+            "",
+            "## IQM [95% CI] at selected env steps",
+            "",
+            "| env | algo | mode | " + " | ".join(f"{step}" for step in report["at_steps"]) + " |",
+            "|---|---|---|" + "---|" * len(report["at_steps"]),
+        ]
+        for env, algos in report["at"].items():
+            for algo, modes in algos.items():
+                for m in (mode, other["mode"]):
+                    cells = [_ci(modes[m][str(step)]) if str(step) in modes[m] else "-" for step in report["at_steps"]]
+                    lines.append(f"| {env} | {algo} | {m} | " + " | ".join(cells) + " |")
+
+    lines += ["", f"## OMAD against each baseline ({mode})", "", report["ratio_rule"], "", *_versus_rows(report)]
+    lines += ["", f"## OMAD against each baseline ({other['mode']})", "", *_versus_rows(other)]
 
     coverage_rows = [
         (env, algo, info["coverage"])
@@ -375,7 +432,7 @@ def build_markdown(report: dict, sweep_dir: Path) -> str:
             "",
             (
                 "Fraction of the cells of a grid over the torso's (x, y) visited by training in its first 250k env "
-                "steps (ALGORITHM.md section 8; a run shorter than that covers only its own steps). The paper, on Ant "
+                "steps (docs/algorithm.md, 'State coverage'; a run shorter than that covers only its own steps). The paper, on Ant "
                 "2x4 with its own grid: OMAD 68.3%, HASAC 55.0%, HATD3 48.4%."
             ),
             "",
@@ -398,23 +455,60 @@ def build_markdown(report: dict, sweep_dir: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def make_report(sweep_dir: str | Path, out: str | Path | None = None, reps: int = stats.REPS) -> dict:
-    """Write the PNGs, report.md and report.json into `out` (default SWEEP_DIR/report); return the JSON.
-    `reps`: bootstrap resamples of the intervals."""
+def make_report(
+    sweep_dir: str | Path,
+    out: str | Path | None = None,
+    reps: int = stats.REPS,
+    mode: str = "deterministic",
+    at: tuple[int, ...] = (),
+) -> dict:
+    """Write the PNGs, report.md and report.json of a sweep into `out` (default SWEEP_DIR/report);
+    return the JSON. `reps`: bootstrap resamples of the intervals; `mode`: the evaluation mode the
+    verdict is read in; `at`: env steps to give every curve's IQM at."""
     sweep_dir = Path(sweep_dir)
     out = Path(out) if out is not None else sweep_dir / "report"
-    table = collect(sweep_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    statistics = {env: env_statistics(algos, reps) for env, algos in table.items()}
-    plots: dict[str, dict] = {}
+    return write_report(collect(sweep_dir), out, f"Sweep report: {sweep_dir.name}", reps, mode, at)
+
+
+def iqm_at(table: dict, steps: tuple[int, ...], reps: int) -> dict:
+    """{env: {algo: {mode: {step: (IQM, CI low, CI high)}}}} at the steps each curve has."""
+    out: dict = {}
     for env, algos in table.items():
+        for algo, entry in algos.items():
+            for mode, curve in entry["curves"].items():
+                cells = out.setdefault(env, {}).setdefault(algo, {}).setdefault(mode, {})
+                if curve is None:
+                    continue
+                for step in steps:
+                    hit = np.flatnonzero(curve.steps == step)
+                    if hit.size:
+                        cells[str(step)] = list(stats.iqm_ci({algo: curve.values[:, hit[0]]}, reps)[algo])
+    return out
+
+
+def write_report(
+    table: dict, out: Path, title: str, reps: int, mode: str = "deterministic", at: tuple[int, ...] = ()
+) -> dict:
+    """The report of a collected table (see `collect`), verdict in `mode`, the other mode beside it."""
+    if mode not in MODES:
+        raise ReportError(f"unknown evaluation mode {mode!r}; choose one of {', '.join(MODES)}")
+    (other,) = (m for m in MODES if m != mode)
+    out.mkdir(parents=True, exist_ok=True)
+    primary, secondary = in_mode(table, mode), in_mode(table, other)
+    statistics = {env: env_statistics(algos, reps) for env, algos in primary.items()}
+    other_statistics = {env: env_statistics(algos, reps) for env, algos in secondary.items()}
+    plots: dict[str, dict] = {}
+    for env, algos in primary.items():
         if any(entry["curve"] is not None for entry in algos.values()):
-            plots[env] = {"curves": f"curves_{safe_name(env)}.png", "profile": f"profile_{safe_name(env)}.png"}
+            name = safe_name(env)
+            plots[env] = {"curves": f"curves_{name}.png", "profile": f"profile_{name}.png"}
             plot_env(env, algos, statistics[env], out / plots[env]["curves"])
             plot_profile(env, statistics[env]["profile"], out / plots[env]["profile"])
-    report = build_json(table, plots, statistics)
+    report = build_json(primary, plots, statistics, mode)
+    report["other_mode"] = build_json(secondary, {}, other_statistics, other)
+    report["at_steps"], report["at"] = list(at), iqm_at(table, at, reps) if at else {}
     (out / "report.json").write_text(json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
-    (out / "report.md").write_text(build_markdown(report, sweep_dir))
+    (out / "report.md").write_text(build_markdown(report, title))
     return report
 
 
@@ -436,12 +530,19 @@ def configure_report(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reps", type=int, default=stats.REPS, help=f"bootstrap resamples per interval (default {stats.REPS})"
     )
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="deterministic",
+        help="the evaluation mode the verdict is read in; the other mode's numbers stand beside it",
+    )
+    p.add_argument("--at", type=int, nargs="+", default=[], metavar="STEP", help="also give each IQM at these steps")
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.sweep_dir) / "report"
-    report = make_report(args.sweep_dir, out, args.reps)
+    report = make_report(args.sweep_dir, out, args.reps, args.mode, tuple(args.at))
     print((out / "report.md").read_text())
     print(
         f"written: {out / 'report.md'}, {out / 'report.json'}, "

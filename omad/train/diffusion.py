@@ -1,4 +1,5 @@
-"""The diffusion actor: an Euler-Maruyama chain with a per-sample entropy lower bound (ALGORITHM.md s1).
+"""The diffusion actor: an Euler-Maruyama chain whose per-sample cost is a one-sample estimate of a lower
+bound on the policy's entropy (docs/algorithm.md).
 
 `DiffusionActors` holds every agent's policy as one stack, so a single call evaluates all agents
 (padding and bounds: actors.py).
@@ -74,24 +75,32 @@ class DiffusionActors(StackedActors):
         """eta_k for every agent: [n, K]."""
         return F.softplus(self.dt_raw).view(-1, 1) * self.schedule.view(1, -1)
 
+    def conditioning(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The parts of the first layer that do not depend on x: obs [n, B, h0] and time [n, K, h0]."""
+        K = self.denoising_steps
+        t = torch.arange(K, dtype=obs.dtype, device=obs.device).view(1, K, 1) / K
+        angle = t * self.time_freq + self.time_phase
+        time_proj = self.time_mlp(torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1))
+        return self.obs_in(obs), time_proj
+
+    def drift(self, x: torch.Tensor, k: int, obs_proj: torch.Tensor, time_proj: torch.Tensor) -> torch.Tensor:
+        """Step k's drift at x [n, B, d_a_max]: the prior's score -x / s0^2 plus the network's output."""
+        h = F.gelu(torch.bmm(x * self.mask, self.x_in) + obs_proj + time_proj[:, k : k + 1])
+        for layer in self.hidden_layers:
+            h = F.gelu(layer(h))
+        return -x / self.prior_std**2 + self.out(h)
+
     def forward(self, obs: torch.Tensor, noise: torch.Tensor, with_cost: bool = True) -> ChainOutput:
         """obs [n, B, d_o_max], noise [K+1, n, B, d_a_max] -> actions (and per-sample costs)."""
         s0, K, mask = self.prior_std, self.denoising_steps, self.mask
-        t = torch.arange(K, dtype=obs.dtype, device=obs.device).view(1, K, 1) / K
-        angle = t * self.time_freq + self.time_phase
-        time_proj = self.time_mlp(torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1))  # [n, K, h0]
-        obs_proj = self.obs_in(obs)  # [n, B, h0]
+        obs_proj, time_proj = self.conditioning(obs)
         eta = self.step_sizes()
 
         x = s0 * noise[0]
         running = torch.zeros(obs.shape[:2], dtype=obs.dtype, device=obs.device)
         for k in range(K):
             eta_k = eta[:, k].view(-1, 1, 1)
-            h = F.gelu(torch.bmm(x * mask, self.x_in) + obs_proj + time_proj[:, k : k + 1])
-            for layer in self.hidden_layers:
-                h = F.gelu(layer(h))
-            drift = -x / s0**2 + self.out(h)
-            x_next = x + eta_k * drift + torch.sqrt(2.0 * eta_k) * noise[k + 1]
+            x_next = x + eta_k * self.drift(x, k, obs_proj, time_proj) + torch.sqrt(2.0 * eta_k) * noise[k + 1]
             if with_cost:
                 # log pi(x_{k+1}|x_k) - log q(x_k|x_{k+1}); the Gaussians' normalisers cancel.
                 back = x - x_next * (1.0 - eta_k / s0**2)

@@ -1,0 +1,85 @@
+"""The sample-efficiency study's report (`python -m bench.sample_efficiency --report-only`): per task, the
+arms' runs in one report (the control arm's algos labelled "(control)"), the verdict read in the
+deterministic mode with the stochastic one beside it, IQMs at the study's milestones, and each arm's
+job-hours; then study.md and study.json over every task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omad.experiments.report import collect, write_report
+
+if TYPE_CHECKING:
+    from bench.sample_efficiency import Task
+
+MILESTONES = (15_000, 30_000, 50_000)  # env steps the study gives every IQM at, where a curve has them
+VERDICT_MODE = "deterministic"  # as HARL evaluates; the stochastic mode stands beside it
+
+
+def arm_label(arm: str) -> str:
+    """How an arm's algos are named in the combined report: the presets arm by the algo alone."""
+    return "{algo}" if arm == "presets" else f"{{algo}} ({arm})"
+
+
+def task_table(task_dir: Path, arms: list[str]) -> dict:
+    """Every arm's collected runs in one table {env: {label: entry}} (arms without a sweep yet skipped)."""
+    table: dict[str, dict] = {}
+    for arm in arms:
+        if (task_dir / arm / "sweep.json").is_file():
+            for env, algos in collect(task_dir / arm, arm_label(arm)).items():
+                table.setdefault(env, {}).update(algos)
+    return table
+
+
+def write_study_report(root: Path, tasks: dict[str, Task], reps: int) -> dict:
+    from bench.sample_efficiency import job_hours
+
+    study: dict = {}
+    for name, task in tasks.items():
+        task_dir = root / name
+        table = task_table(task_dir, list(task.arms))
+        if not table:
+            continue
+        longest = max(max(arm.budgets.values()) for arm in task.arms.values())
+        at = tuple(step for step in MILESTONES if step <= longest)
+        report = write_report(table, task_dir / "report", name, reps, VERDICT_MODE, at)
+        study[name] = {
+            "env": task.env,
+            "protocol": task.shared,
+            "arms": {
+                arm_name: {
+                    "budgets": arm.budgets,
+                    "overrides": arm.overrides,
+                    "max_seeds": arm.max_seeds,
+                    "job_hours": round(job_hours(task_dir / arm_name), 3),
+                }
+                for arm_name, arm in task.arms.items()
+                if (task_dir / arm_name).is_dir()
+            },
+            "report": f"{name}/report/report.md",
+            "final_iqm": {
+                mode: {algo: info.get("final_return_iqm") for algo, info in part["envs"][task.env]["algos"].items()}
+                for mode, part in ((report["mode"], report), (report["other_mode"]["mode"], report["other_mode"]))
+                if task.env in part["envs"]
+            },
+        }
+    (root / "study.json").write_text(json.dumps(study, indent=2) + "\n")
+    lines = ["# Sample-efficiency study", ""]
+    for name, entry in study.items():
+        for arm, info in entry["arms"].items():
+            budgets = ", ".join(f"{algo} {steps}" for algo, steps in info["budgets"].items())
+            settings = f"; settings {info['overrides']}" if info["overrides"] else ""
+            lines.append(
+                f"- {name}, {arm} arm: {entry['env']}, budgets (env steps) {budgets}{settings}; "
+                f"{info['job_hours']:.2f} job-hours trained so far"
+            )
+        lines.append(f"- {name} protocol: {entry['protocol']}")
+    for name in study:  # each task's report, its headings one level down, its images linked from here
+        lines += [""]
+        for line in (root / name / "report" / "report.md").read_text().splitlines():
+            line = f"#{line}" if line.startswith("#") else line
+            lines.append(line.replace("](", f"]({name}/report/") if line.startswith("![") else line)
+    (root / "study.md").write_text("\n".join(lines) + "\n")
+    return study
