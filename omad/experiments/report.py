@@ -174,7 +174,9 @@ def collect(sweep_dir: Path, label: str = "{algo}") -> dict:
         entry["jobs"] += 1
         per_mode = {mode: read_metrics(run_dir, mode) for mode in MODES}
         budget = job.get("total_steps")
-        if not any(per_mode.values()) or (budget is not None and max(max(p, default=0) for p in per_mode.values()) < budget):
+        if not any(per_mode.values()) or (
+            budget is not None and max(max(p, default=0) for p in per_mode.values()) < budget
+        ):
             continue
         entry["per_seed"][job["seed"]] = per_mode
         if (run_dir / COVERAGE_FILE).is_file():
@@ -379,14 +381,18 @@ def build_markdown(report: dict, title: str) -> str:
         "",
         report["aggregation"],
         "",
-        f"Every evaluation runs in two modes: deterministic (zero noise; for OMAD the chain run with zero noise) "
-        f"and stochastic (the policy's noise). This report reads its verdict in the **{mode}** mode; the "
-        f"{other['mode']} mode's numbers stand beside it.",
+        (
+            f"Every evaluation runs in two modes: deterministic (zero noise; for OMAD the chain run with zero noise) "
+            f"and stochastic (the policy's noise). This report reads its verdict in the **{mode}** mode; the "
+            f"{other['mode']} mode's numbers stand beside it."
+        ),
         "",
         "## Final return",
         "",
-        f"| env | algo | seeds | budget (env steps) | IQM [95% CI], {mode} | mean ± std over seeds | "
-        f"IQM [95% CI], {other['mode']} |",
+        (
+            f"| env | algo | seeds | budget (env steps) | IQM [95% CI], {mode} | mean ± std over seeds | "
+            f"IQM [95% CI], {other['mode']} |"
+        ),
         "|---|---|---:|---:|---|---|---|",
     ]
     for env, data in report["envs"].items():
