@@ -35,7 +35,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "train": Command("omad.train.cli:configure_train", "train a multi-agent policy into a run dir"),
-    "envs": Command("omad.cli:configure_envs", "list the environment ids"),
+    "envs": Command("omad.cli:configure_envs", "list the registered environment ids and their packages"),
     "export": Command(
         "omad.export.cli:configure_export", "export a run dir's per-agent policies to ONNX, verified against torch"
     ),
@@ -64,9 +64,18 @@ COMMANDS: dict[str, Command] = {
 
 def configure_envs(parser: argparse.ArgumentParser) -> None:
     def cmd_envs(args: argparse.Namespace) -> int:
-        from omad.core.envs import ENV_IDS
+        from omad.core.envs import registrations
 
-        print("\n".join(ENV_IDS))
+        rows = [
+            (env_id, f"{r.package} {r.version}", r.target + ("  (conflict: registered twice)" if len(regs) > 1 else ""))
+            for env_id, regs in registrations().items()
+            for r in regs
+        ]
+        header = ("id", "package", "factory")
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(2)]
+        for row in [header, *rows]:
+            print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}")
+        print("(any module.path:factory returning a PettingZoo ParallelEnv works as an id too)")
         return 0
 
     parser.set_defaults(func=cmd_envs)

@@ -6,6 +6,7 @@ import contextlib
 import ctypes.util
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,10 @@ import numpy as np
 import pytest
 
 from omad.core.envs import (
-    ENV_IDS,
     EnvSpec,
     UnknownEnvError,
     VecEnv,
+    builtin_env_ids,
     env_family,
     get_spec,
     make_env,
@@ -26,9 +27,16 @@ from omad.core.envs.adapter import episode_end_flags
 from omad.core.envs.scripted import adversary_to_landmark_nearest_good_agent
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+ENV_IDS = builtin_env_ids()
+# The shipped example env (examples/meet_env), importable by reference as meet_env:parallel_env.
+sys.path.insert(0, str(REPO_ROOT / "examples" / "meet_env"))
 
 # Every id with its default options, plus Cooperative Navigation with 4 agents.
-ENV_CASES = [(env_id, None) for env_id in ENV_IDS] + [("mpe:simple_spread_v3", {"N": 4})]
+ENV_CASES = [(env_id, None) for env_id in ENV_IDS] + [
+    ("mpe:simple_spread_v3", {"N": 4}),
+    ("meet_env:parallel_env", None),
+    ("meet_env:parallel_env", {"leave_on_arrival": True, "max_cycles": 30}),
+]
 CASE_IDS = [f"{env_id}{'' if opts is None else opts}" for env_id, opts in ENV_CASES]
 
 
@@ -329,3 +337,204 @@ def test_render_without_render_mode_fails_clearly():
     env.reset(seed=0)
     with pytest.raises(RuntimeError, match="rgb_array"):
         env.render()
+
+
+# ---- any PettingZoo parallel env: registry, references, the adapter's rules ----------------------
+
+
+def test_builtin_ids_are_the_entry_points_omad_registers():
+    """pyproject.toml registers exactly the factories of omad.core.envs.builtin, and the installed
+    metadata says the same (a stale install would lack an id)."""
+    import tomllib
+
+    from omad.core.envs import registrations
+    from omad.core.envs.builtin import FACTORIES
+
+    declared = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["omad.envs"]
+    assert sorted(declared) == sorted(f.env_id for f in FACTORIES) == ENV_IDS
+    assert len(ENV_IDS) == 13
+    for env_id, target in declared.items():
+        (registration,) = registrations()[env_id]
+        assert (registration.package, registration.target) == ("omad", target)
+
+
+@pytest.mark.parametrize(
+    ("reference", "env_id", "options"),
+    [
+        ("mpe:simple_spread_v3", "mpe:simple_spread_v3", {}),
+        ("mpe:simple_spread_v3?N=4", "mpe:simple_spread_v3", {"N": 4}),
+        ("pkg.mod:make?scale=0.5&name=left&on=true", "pkg.mod:make", {"scale": 0.5, "name": "left", "on": True}),
+        ("pkg:make?sizes=[1,2]&label=%2212%22", "pkg:make", {"sizes": [1, 2], "label": "12"}),
+    ],
+)
+def test_env_references_read_options_and_write_them_back(reference, env_id, options):
+    from omad.core.envs import env_reference, split_env_ref
+
+    assert split_env_ref(reference) == (env_id, options)
+    written = env_reference(env_id, options)
+    assert split_env_ref(written) == (env_id, options)
+    assert env_reference(written) == written  # one canonical form
+    assert env_reference(env_id, options) == env_reference(env_id + "?" + written.partition("?")[2])
+
+
+def test_an_option_given_twice_with_two_values_is_refused():
+    from omad.core.envs import EnvOptionsError
+
+    with pytest.raises(EnvOptionsError, match="'N' of mpe:simple_spread_v3 is given twice: 4 in the id, 5"):
+        make_env("mpe:simple_spread_v3?N=4", {"N": 5})
+    assert get_spec("mpe:simple_spread_v3?N=4", {"N": 4}).agent_names == [f"agent_{i}" for i in range(4)]
+    spec = get_spec("mpe:simple_spread_v3?N=4&max_cycles=9")
+    assert spec.options == {"N": 4, "max_cycles": 9} and spec.max_episode_steps == 9
+    assert spec.reference == "mpe:simple_spread_v3?N=4&max_cycles=9" and spec.env_id == "mpe:simple_spread_v3"
+
+
+def test_a_factory_by_reference_gets_its_defaults_recorded():
+    spec = get_spec("toy_envs:toy", {"max_cycles": 4})
+    assert spec.env_id == "toy_envs:toy" and spec.reference == "toy_envs:toy?max_cycles=4"
+    assert spec.options == {"max_cycles": 4, "departures": None, "with_state": True}
+    assert [(a.name, a.obs_dim, a.act_dim) for a in spec.agents] == [("a", 2, 1), ("b", 3, 2), ("c", 1, 1)]
+    assert spec.agents[0].action_low == (-2.0,) and spec.agents[0].action_high == (0.5,)
+    assert spec.agents[1].action_low == (0.0, -1.0) and spec.agents[1].action_high == (1.0, 3.0)
+    assert spec.state_source == "state" and spec.state_dim == 2 and spec.max_episode_steps == 4
+    assert env_family("toy_envs:toy") == "custom" and env_family("mpe:simple_spread_v3?N=4") == "mpe"
+    with pytest.raises(Exception, match=r"unknown option 'colour' for toy_envs:toy; known options: departures"):
+        make_env("toy_envs:toy", {"colour": 1})
+
+
+def test_departing_agents_are_masked_and_never_see_a_stale_observation():
+    """b terminates at step 2, c drops out (no observation, no flag) at step 3, a is truncated at 5:
+    every number below is worked out by hand from Toy's rules."""
+    env = make_env("toy_envs:toy", {"max_cycles": 5, "departures": {"b": [2, "terminated"], "c": [3, "dropped"]}})
+    raw = env._env
+    obs, _state = env.reset(seed=100)
+    assert [o.tolist() for o in obs] == [[100, 0], [100, 10, 11], [100]] and env.active == (True, True, True)
+    actions = [np.array([-9.0]), np.array([0.5, 9.0]), np.array([0.25])]
+    results = [env.step(actions) for _ in range(5)]
+    # rewards: mean over the agents that took part (a 1, b 2, c 4)
+    assert [r.reward for r in results] == pytest.approx([7 / 3, 7 / 3, 1.0, 1.0, 1.0])
+    assert [r.active for r in results] == [(True,) * 3, (True, False, True)] + [(True, False, False)] * 2 + [
+        (False,) * 3
+    ]
+    # b's observation on its last step is its true one (a time limit would bootstrap from it), then zeros
+    assert results[1].obs[1].tolist() == [102, 10, 11]
+    assert [r.obs[1].tolist() for r in results[2:]] == [[0, 0, 0]] * 3
+    # c dropped without an observation: zeros from that step on, never its step-2 one
+    assert results[1].obs[2].tolist() == [102] and [r.obs[2].tolist() for r in results[2:]] == [[0]] * 3
+    assert [r.obs[0].tolist() for r in results] == [[100 + t, 0] for t in range(1, 6)]
+    # agents that left are sent no action; actions are clipped to each agent's own bounds and dtype
+    assert [sorted(sent) for sent in raw.received] == [["a", "b", "c"]] * 2 + [["a", "c"]] + [["a"]] * 2
+    first = raw.received[0]
+    assert first["a"].tolist() == [-2.0] and first["b"].tolist() == [0.5, 3.0] and first["c"].dtype == np.float64
+    # the team's episode ends when the last agent leaves: a time limit here
+    assert [(r.terminated, r.truncated) for r in results] == [(False, False)] * 4 + [(False, True)]
+    assert results[-1].state.tolist() == [5, 6]
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(actions)
+
+
+@pytest.mark.parametrize(
+    ("departures", "expected"),
+    [
+        ({"a": [4, "terminated"], "b": [4, "truncated"], "c": [2, "terminated"]}, (True, False)),
+        ({"a": [3, "dropped"], "b": [3, "truncated"], "c": [3, "truncated"]}, (True, False)),
+        ({"a": [2, "terminated"], "b": [3, "truncated"], "c": [3, "truncated"]}, (False, True)),
+    ],
+)
+def test_the_last_agents_leaving_decide_terminated_or_truncated(departures, expected):
+    env = make_env("toy_envs:toy", {"max_cycles": 9, "departures": departures})
+    env.reset(seed=0)
+    zeros = [np.zeros(a.act_dim) for a in env.spec.agents]
+    flags = []
+    while not flags or not any(flags[-1]):
+        result = env.step(zeros)
+        flags.append((result.terminated, result.truncated))
+    assert flags[-1] == expected and all(f == (False, False) for f in flags[:-1])
+
+
+def test_without_state_the_state_is_the_observations_concatenated():
+    env = make_env("toy_envs:toy", {"with_state": False, "departures": {"b": [1, "terminated"]}})
+    assert env.spec.state_source == "observations" and env.spec.state_dim == 2 + 3 + 1
+    _obs, state = env.reset(seed=7)
+    assert state.tolist() == [7, 0, 7, 10, 11, 7]
+    result = env.step([np.zeros(a.act_dim) for a in env.spec.agents])
+    assert result.state.tolist() == [8, 0, 8, 10, 11, 8]  # b's last observation
+    result = env.step([np.zeros(a.act_dim) for a in env.spec.agents])
+    assert result.state.tolist() == [9, 0, 0, 0, 0, 9]  # b has left: zeros
+    assert EnvSpec.from_dict(env.spec.to_dict()).state_source == "observations"
+
+
+def test_vec_env_reports_who_acts_and_masks_the_departed_rows():
+    vec = VecEnv("toy_envs:toy", 2, 0, {"max_cycles": 4, "departures": {"c": [1, "terminated"]}})
+    vec.reset()
+    assert vec.active.tolist() == [[True, True, True]] * 2
+    step = vec.step([np.ones((2, a.act_dim)) for a in vec.spec.agents])
+    assert step.active.tolist() == [[True, True, False]] * 2 and vec.active.tolist() == step.active.tolist()
+    stacked = np.ones((3, 2, 2), np.float32)
+    masked = vec.mask_departed(stacked)
+    assert masked.dtype == np.float32 and masked[:2].tolist() == stacked[:2].tolist() and not masked[2].any()
+    for _ in range(3):
+        step = vec.step([np.ones((2, a.act_dim)) for a in vec.spec.agents])
+    assert step.truncated.all() and step.active.all()  # a fresh episode: everyone acts again
+
+
+BROKEN_ENVS = [
+    ("toy_envs:discrete_action", r"agent b has action space Discrete\(5\); omad trains continuous actions"),
+    ("toy_envs:multi_discrete_action", r"agent b has action space MultiDiscrete\(\[3 2\]\)"),
+    ("toy_envs:dict_action", r"agent b has action space Dict\("),
+    ("toy_envs:unbounded_action", r"agent b's action space Box\(.*\) is unbounded in dims \[1\]"),
+    ("toy_envs:spaces_change_on_reset", r"agent c's spaces changed between resets"),
+    ("toy_envs:state_grows", r"state\(\) returned 3 values, 2 before"),
+    ("toy_envs:raises", r"its factory toy_envs:raises raised RuntimeError: the simulator licence has expired$"),
+    ("toy_envs:not_an_env", r"returned a dict without 'possible_agents'; it must return a PettingZoo ParallelEnv"),
+    ("toy_envs:NOT_CALLABLE", r"toy_envs:NOT_CALLABLE is a int, not a callable factory"),
+    ("toy_envs:missing", r"unknown env id 'toy_envs:missing': module 'toy_envs' has no attribute 'missing'"),
+    ("no_such_package.envs:make", r"unknown env id 'no_such_package.envs:make': no module named 'no_such_package'"),
+]
+
+
+@pytest.mark.parametrize(("env_id", "message"), BROKEN_ENVS, ids=[e for e, _ in BROKEN_ENVS])
+def test_a_broken_env_is_one_line_naming_the_env(env_id, message):
+    from omad.core.errors import OmadError
+
+    with pytest.raises(OmadError) as info:
+        get_spec(env_id)
+    text = str(info.value)
+    assert "\n" not in text and env_id in text, text
+    assert re.search(message, text), text
+
+
+@pytest.mark.parametrize(
+    "env_id", ["toy_envs:discrete_action", "toy_envs:unbounded_action", "toy_envs:raises", "toy_envs:state_grows"]
+)
+def test_omad_train_refuses_a_broken_env_before_writing_anything(env_id, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests"), str(REPO_ROOT)])}
+    result = subprocess.run(
+        [sys.executable, "-m", "omad", "train", "--env", env_id, "--out", str(out), "--progress", "false"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and env_id in line
+    assert not out.exists()
+
+
+def test_the_loop_rate_leaves_the_rendering_out(monkeypatch):
+    """On a fake clock where acting costs 1 ms and rendering a frame 100 ms, the loop's seconds are
+    exactly the acting time."""
+    from omad.core import rollout
+
+    clock = [0.0]
+    monkeypatch.setattr(rollout.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(rollout.VecEnv, "render", lambda self, copy=0: (clock.__setitem__(0, clock[0] + 0.1), 0)[1])
+
+    def act(obs, noise):
+        clock[0] += 0.001
+        return [np.zeros((o.shape[0], d)) for o, d in zip(obs, (2, 2))]
+
+    result = rollout.evaluate("meet_env:parallel_env", act, [1, 1], 2, 0, {"max_cycles": 7}, record=True)
+    assert result.steps == 7 and len(result.frames) == 7
+    assert result.seconds == pytest.approx(0.007) and result.control_rate_hz == pytest.approx(1000.0)

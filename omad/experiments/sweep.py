@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from omad.core.envs.registry import ENV_IDS
+from omad.core.envs.registry import UnknownEnvError, check_env_id
 from omad.core.errors import OmadError
 from omad.experiments.layout import DONE_FILE, SWEEP_FILE, job_dir, read_done
 from omad.train.config import ALGOS, build_config, load_config_file
@@ -84,8 +84,10 @@ def plan_jobs(
     if not (envs and algos and seeds):
         raise SweepError("a sweep needs at least one env, one algo and one seed")
     for env in envs:
-        if env not in ENV_IDS:
-            raise SweepError(f"unknown env id {env!r}; valid ids: {', '.join(ENV_IDS)}")
+        try:
+            check_env_id(env)
+        except UnknownEnvError as err:
+            raise SweepError(str(err)) from None
     for algo in algos:
         if algo not in ALGOS:
             raise SweepError(f"unknown algo {algo!r}; valid algos: {', '.join(ALGOS)}")

@@ -62,7 +62,9 @@ PRESET_FOR_FAMILY = {"mamujoco": "mamujoco:HalfCheetah-2x3", "mpe": "mpe:simple_
 # -10 per step covers running backwards plus control costs and the soft value's entropy term.
 # MPE (Cooperative Navigation on the mean-over-agents scale): about -1.1 per step at random, down to -5
 # when agents wander off and collide; up to +3 for Physical Deception's good agents.
-STEP_REWARD_RANGE = {"mamujoco": (-10.0, 20.0), "mpe": (-5.0, 3.0)}
+# Any other env ("custom": a registered or module:factory env outside omad's families): a wide guess of
+# +-10 per step; set v_min and v_max to its discounted returns (docs/guides/environments.md).
+STEP_REWARD_RANGE = {"mamujoco": (-10.0, 20.0), "mpe": (-5.0, 3.0), "custom": (-10.0, 10.0)}
 
 
 def prior_entropy_per_dim(prior_std: float) -> float:
@@ -160,11 +162,9 @@ class TrainConfig(BaseModel):
     @field_validator("env")
     @classmethod
     def _known_env(cls, env: str) -> str:
-        from omad.core.envs import ENV_IDS
-
-        if env not in ENV_IDS:
-            raise ValueError(f"unknown env id {env!r}; valid ids: {', '.join(ENV_IDS)}")
-        return env
+        """A registered id or an importable module:factory (options after `?` included), resolved
+        but not built: UnknownEnvError (a ValueError) names the id and the registered ones."""
+        from omad.core.envs import check_env_id
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

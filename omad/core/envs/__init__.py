@@ -1,49 +1,65 @@
-"""Torch-free multi-agent environments behind one registry.
+"""Torch-free multi-agent environments: any PettingZoo parallel env, behind one registry.
 
     env = make_env("mamujoco:HalfCheetah-2x3")            # or get_spec(...), VecEnv(...)
+    env = make_env("my_package.envs:parallel_env?n=3")    # a factory by reference, with an option
     obs, state = env.reset(seed=0)
     step = env.step([np.zeros(a.act_dim) for a in env.spec.agents])
 
-Families (the libraries are imported only when an env is made):
-- `mpe:*` — mpe2 parallel API with continuous actions in [0, 1] ([no_op, left, right, down, up]
-  plus communication where the task has it). Options: `max_cycles` (default 25; the time
-  limit, reported as truncated), `N` for simple_spread (default 3), any other mpe2 kwarg.
-- `mamujoco:<Scenario>-<partition>` — `gymnasium_robotics.mamujoco_v1.parallel_env(scenario,
-  partition)`, wrapping Gymnasium's `<Scenario>-v5` MuJoCo envs. Options: `agent_obsk`
-  (default 0, HARL's value: own joints only), `max_episode_steps` (default 1000), any other
-  Gymnasium MuJoCo kwarg.
-
-Conventions of every env:
-- Agents in `possible_agents` order; the spec lists only the learning team.
-- Observations and state are 1-D float32; state = the env's `state()` (for mpe2 that is the
-  concatenation of all agents' observations, including scripted ones).
+Ids (`omad envs` lists them) come from the `omad.envs` entry points of installed packages, omad's
+own MPE and MaMuJoCo tasks included (`omad.core.envs.builtin`); any `module.path:factory` that
+returns a PettingZoo `ParallelEnv` works too (`omad.core.envs.registry`). One adapter
+(`omad.core.envs.adapter`) applies the conventions every env follows:
+- Agents in `possible_agents` order; Box observation and action spaces of any sizes and bounds.
+- Observations and state are 1-D float32; state = the env's `state()`, else the observations
+  concatenated (`EnvSpec.state_source`).
 - Actions are clipped to the Box bounds given in the spec before reaching the env.
-- Reward = mean of the team agents' rewards (MaMuJoCo gives every agent the same reward).
-- `terminated` = a true terminal state (a MuJoCo robot falling); `truncated` = the time limit.
-  If both happen at once only `terminated` is reported.
+- Reward = mean of the agents' rewards.
+- `terminated` = a true terminal state; `truncated` = a time limit. If both happen at once only
+  `terminated` is reported. Agents that leave early get zero observations and are masked.
 - `reset(seed=s)` makes the episode reproducible: same seed and actions give the same data.
-- Physical Deception (`mpe:simple_adversary_v3`): the team is agent_0 and agent_1; the
-  adversary runs a fixed scripted policy inside the adapter: it heads for the landmark nearest
-  to any good agent (see `omad.core.envs.scripted`).
-- `render_mode="rgb_array"` makes `render()` return a uint8 [H, W, 3] frame. For MuJoCo it sets
-  MUJOCO_GL=egl unless already set (headless software rendering through Mesa's EGL).
+- `render_mode="rgb_array"` makes `render()` return a uint8 [H, W, 3] frame.
 """
 
+from omad.core.envs.adapter import EnvContractError
 from omad.core.envs.base import AgentSpec, EnvSpec, MultiAgentEnv, StepResult
-from omad.core.envs.registry import ENV_IDS, EnvOptionsError, UnknownEnvError, env_family, get_spec, make_env
+from omad.core.envs.registry import (
+    EnvFactoryError,
+    EnvOptionsError,
+    Registration,
+    UnknownEnvError,
+    builtin_env_ids,
+    check_env_id,
+    env_family,
+    env_reference,
+    get_spec,
+    is_registered,
+    make_env,
+    registered_ids,
+    registrations,
+    split_env_ref,
+)
 from omad.core.envs.vec_env import VecEnv, VecStep
 
 __all__ = [
-    "ENV_IDS",
     "AgentSpec",
+    "EnvContractError",
+    "EnvFactoryError",
     "EnvOptionsError",
     "EnvSpec",
     "MultiAgentEnv",
+    "Registration",
     "StepResult",
     "UnknownEnvError",
     "VecEnv",
     "VecStep",
+    "builtin_env_ids",
+    "check_env_id",
     "env_family",
+    "env_reference",
     "get_spec",
+    "is_registered",
     "make_env",
+    "registered_ids",
+    "registrations",
+    "split_env_ref",
 ]

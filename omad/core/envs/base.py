@@ -24,11 +24,14 @@ class AgentSpec:
 
 @dataclass(frozen=True)
 class EnvSpec:
-    env_id: str
+    env_id: str  # the registered id or module:factory reference, without options
     agents: tuple[AgentSpec, ...]
     state_dim: int
-    max_episode_steps: int
-    options: dict[str, Any] = field(default_factory=dict)
+    max_episode_steps: int  # the time limit, 0 where the env does not say
+    options: dict[str, Any] = field(default_factory=dict)  # every option the factory ran with, defaults included
+    state_source: str = "state"  # "state": the env's state(); "observations": the agents' observations concatenated
+    reference: str = ""  # the id with the options given for it (`id?key=value`): what exports record
+
 
     @property
     def agent_names(self) -> list[str]:
@@ -55,6 +58,8 @@ class EnvSpec:
             state_dim=int(d["state_dim"]),
             max_episode_steps=int(d["max_episode_steps"]),
             options=dict(d.get("options", {})),
+            state_source=str(d.get("state_source", "state")),
+            reference=str(d.get("reference") or d["env_id"]),
         )
 
 
@@ -62,16 +67,17 @@ class EnvSpec:
 class StepResult:
     """One step of a single environment copy.
 
-    `reward` is the team reward: the mean of the agents' rewards at this step.
+    `reward` is the team reward: the mean of the rewards of the agents that took part in the step.
     `terminated` means a true terminal state (no bootstrap); `truncated` means a time limit
     (bootstrap through it).
     """
 
-    obs: list[np.ndarray]  # per agent, float32 [d_o]
+    obs: list[np.ndarray]  # per agent, float32 [d_o]; zeros for an agent that has left
     state: np.ndarray  # float32 [d_s]
     reward: float
     terminated: bool
     truncated: bool
+    active: tuple[bool, ...] = ()  # per agent: still in the episode after this step (empty: all are)
 
 
 class MultiAgentEnv:
@@ -84,6 +90,14 @@ class MultiAgentEnv:
 
     def step(self, actions: list[np.ndarray]) -> StepResult:
         raise NotImplementedError
+
+    @property
+    def active(self) -> tuple[bool, ...]:
+        """Per agent, whether it acts on the current observations (False once it has left the episode)."""
+        return (True,) * len(self.spec.agents)
+
+    def check(self) -> None:
+        """Exercise the env (reset, step, reset) so that a broken contract fails before training."""
 
     def render(self) -> np.ndarray:
         """An RGB frame, uint8 [H, W, 3]."""

@@ -1,184 +1,309 @@
-"""The environment registry: every valid id, its defaults, and how to build it.
+"""The environment registry: how an environment is named, found and built.
 
-Ids are `<family>:<task>`. The env libraries are imported inside `make_env`, so importing this
-module costs only numpy.
+An environment is named in one of two ways, each optionally followed by options:
+- a registered id: a name that an installed package lists under the Python entry-point group
+  `omad.envs` (omad's 13 built-in ids are listed there too, in omad's own pyproject.toml);
+- a reference `module.path:factory`: the factory is imported from the module.
+Options ride along as `ID?key=value&key=value` (each value is read as JSON, `N=4`, `scale=0.5`,
+`names=["a","b"]`; a value that is not JSON is a string) and merge with the `options` argument.
+
+A factory is a callable that returns a PettingZoo `ParallelEnv`. The options are its keyword
+arguments; `render_mode` is passed only when a recording is asked for. The adapter
+(`omad.core.envs.adapter`) turns the env into omad's `MultiAgentEnv`.
+
+Only the ids' names are read on import; the factory and its env library are imported when an
+environment is made.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
+import importlib.metadata
 import inspect
-import io
-import os
-from collections.abc import Callable, Iterable
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
+from urllib.parse import quote, unquote
 
-from omad.core.envs.adapter import ParallelEnvAdapter, ScriptedPolicy
+from omad.core.envs.adapter import EnvContractError, ParallelEnvAdapter, one_line
 from omad.core.envs.base import EnvSpec, MultiAgentEnv
-from omad.core.envs.scripted import adversary_to_landmark_nearest_good_agent
 from omad.core.errors import OmadError
 
-# mpe2 task module -> default options (on top of max_cycles=25).
-_MPE_TASKS: dict[str, dict[str, Any]] = {
-    "simple_spread_v3": {"N": 3},
-    "simple_adversary_v3": {},
-    "simple_reference_v3": {},
-    "simple_speaker_listener_v4": {},
-}
-_MPE_DEFAULTS: dict[str, Any] = {"max_cycles": 25}
-_MPE_SCRIPTED: dict[str, dict[str, ScriptedPolicy]] = {
-    "simple_adversary_v3": {"adversary_0": adversary_to_landmark_nearest_good_agent}
-}
-
-# MaMuJoCo (scenario, partition); the id is "mamujoco:<scenario>-<partition>".
-_MAMUJOCO_TASKS: tuple[tuple[str, str], ...] = (
-    ("Ant", "2x4"),
-    ("Ant", "2x4d"),
-    ("Ant", "4x2"),
-    ("HalfCheetah", "2x3"),
-    ("HalfCheetah", "6x1"),
-    ("Walker2d", "2x3"),
-    ("Swimmer", "2x1"),
-    ("Hopper", "3x1"),
-    ("Humanoid", "9|8"),
-)
-# agent_obsk=0 (each agent observes its own joints only): HARL's value in every MaMuJoCo tuned config
-# (HalfCheetah 2x3 and 6x1, Ant 2x4 and 4x2, Walker2d 2x3, Hopper 3x1), one value for every algorithm.
-_MAMUJOCO_DEFAULTS: dict[str, Any] = {"agent_obsk": 0, "max_episode_steps": 1000}
-
-ENV_IDS: tuple[str, ...] = tuple(f"mpe:{task}" for task in _MPE_TASKS) + tuple(
-    f"mamujoco:{scenario}-{partition}" for scenario, partition in _MAMUJOCO_TASKS
-)
-
+ENTRY_POINT_GROUP = "omad.envs"
+OMAD_PACKAGE = "omad"  # the distribution whose ids are the built-in families
+CUSTOM_FAMILY = "custom"  # env_family of every id that is not one of omad's own
 RENDER_MODES = (None, "rgb_array", "human")
+
+# `module.path:attribute.path`, both parts Python identifiers joined by dots.
+_REFERENCE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_OPTION_NAME = re.compile(r"[A-Za-z_]\w*")
+# Characters left unescaped when writing an option value into a reference (JSON punctuation reads better raw).
+_SAFE_IN_VALUE = "[]{}:,\"'-._~"
 
 
 class UnknownEnvError(OmadError, ValueError):
-    def __init__(self, env_id: str):
-        super().__init__(f"unknown env id {env_id!r}; valid ids: {', '.join(ENV_IDS)}")
+    """The id is neither registered nor an importable `module:factory` reference."""
 
 
 class EnvOptionsError(OmadError, ValueError):
     """An env option the environment does not know, or a value it rejects."""
 
 
-# Options of our own (or that we rely on) must be integers at least this large.
-_MIN_INT_OPTIONS = {"N": 1, "max_cycles": 1, "max_episode_steps": 1, "agent_obsk": 0}
-# Constructor arguments the adapter sets itself.
-_SET_BY_ADAPTER = {"continuous_actions", "render_mode", "scenario", "agent_conf", "gym_env"}
+class EnvFactoryError(OmadError, RuntimeError):
+    """The environment's factory raised while building it."""
 
 
-def _check_options(env_id: str, options: dict[str, Any], known: Iterable[str]) -> None:
-    known = sorted(set(known) - _SET_BY_ADAPTER)
-    for name, value in options.items():
-        if name not in known:
-            raise EnvOptionsError(f"unknown option {name!r} for {env_id}; known options: {', '.join(known)}")
-        if name in _MIN_INT_OPTIONS and (
-            not isinstance(value, int) or isinstance(value, bool) or value < _MIN_INT_OPTIONS[name]
-        ):
-            raise EnvOptionsError(
-                f"option {name} of {env_id} must be an integer >= {_MIN_INT_OPTIONS[name]}, got {value!r}"
-            )
+@dataclass(frozen=True)
+class Registration:
+    """One `omad.envs` entry point: the id, the `module:attribute` it loads, the package that lists it."""
+
+    env_id: str
+    target: str
+    package: str
+    version: str
 
 
-def _construct(env_id: str, options: dict[str, Any], make: Callable[[], Any]) -> Any:
-    """The library's env, with a value it rejects reported as one line naming the options."""
+# -- the entry points ------------------------------------------------------------------------------
+def registrations() -> dict[str, tuple[Registration, ...]]:
+    """Every registered id (sorted) with the packages that register it (more than one is a conflict)."""
+    return _registrations(tuple(sys.path))
+
+
+@lru_cache(maxsize=4)
+def _registrations(_path: tuple[str, ...]) -> dict[str, tuple[Registration, ...]]:
+    # Keyed by sys.path: a package put on the path later is seen on the next call.
+    found: dict[str, list[Registration]] = {}
+    seen: set[tuple[str, str]] = set()
+    for dist in importlib.metadata.distributions():
+        package = dist.metadata["Name"] or "?"
+        for entry in dist.entry_points.select(group=ENTRY_POINT_GROUP):
+            if (entry.name, package) in seen:  # the same distribution found twice on the path
+                continue
+            seen.add((entry.name, package))
+            found.setdefault(entry.name, []).append(Registration(entry.name, entry.value, package, dist.version))
+    return {env_id: tuple(found[env_id]) for env_id in sorted(found)}
+
+
+def registered_ids() -> list[str]:
+    return list(registrations())
+
+
+def builtin_env_ids() -> list[str]:
+    """The ids omad itself registers (the MPE and MaMuJoCo families)."""
+    return [env_id for env_id, regs in registrations().items() if any(r.package == OMAD_PACKAGE for r in regs)]
+
+
+def _registration(env_id: str) -> Registration | None:
+    regs = registrations().get(env_id)
+    if not regs:
+        return None
+    if len(regs) > 1:
+        packages = ", ".join(f"{r.package} ({r.target})" for r in regs)
+        raise UnknownEnvError(f"env id {env_id!r} is registered by more than one package: {packages}")
+    return regs[0]
+
+
+def is_registered(env: str) -> bool:
+    """Whether the id (options aside) is a registered one, as opposed to a `module:factory` reference."""
+    return split_env_ref(env)[0] in registrations()
+
+
+# -- references with options -----------------------------------------------------------------------
+def split_env_ref(env: str) -> tuple[str, dict[str, Any]]:
+    """`ID?key=value&...` -> (ID, options). Values are JSON where they parse, else strings."""
+    env_id, _, query = env.partition("?")
+    options: dict[str, Any] = {}
+    for part in query.split("&") if query else ():
+        name, eq, raw = part.partition("=")
+        name = unquote(name)
+        if not eq or not _OPTION_NAME.fullmatch(name):
+            raise EnvOptionsError(f"env {env!r}: option {part!r} is not key=value with a Python identifier as key")
+        if name in options:
+            raise EnvOptionsError(f"env {env!r}: option {name!r} is given twice")
+        text = unquote(raw)
+        try:
+            options[name] = json.loads(text)
+        except ValueError:
+            options[name] = text
+    return env_id, options
+
+
+def env_reference(env_id: str, options: dict[str, Any] | None = None) -> str:
+    """The one-string name of an env with options, `ID?key=value&...` (keys sorted), that
+    `split_env_ref` reads back to the same id and options."""
+    env_id, given = split_env_ref(env_id)
+    merged = merge_options(env_id, given, options)
+    if not merged:
+        return env_id
+    return env_id + "?" + "&".join(f"{name}={_encode(merged[name])}" for name in sorted(merged))
+
+
+def _encode(value: Any) -> str:
+    # A string that would read back as something else (a number, true, a quoted string) is written as JSON.
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            return quote(value, safe=_SAFE_IN_VALUE)
     try:
-        return make()
-    except (TypeError, ValueError, AssertionError) as err:
-        raise EnvOptionsError(f"{env_id} rejects the options {options}: {err}") from None
+        return quote(json.dumps(value, separators=(",", ":")), safe=_SAFE_IN_VALUE)
+    except (TypeError, ValueError):
+        raise EnvOptionsError(f"option value {value!r} cannot be written into an env reference (not JSON)") from None
 
 
-def _parameters(fn: Any) -> list[str]:
-    return [p.name for p in inspect.signature(fn).parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+def merge_options(env_id: str, in_id: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """Options from the id's `?...` part and from `options`; the same option with two values is refused."""
+    merged = dict(in_id)
+    for name, value in (given or {}).items():
+        if name in merged and merged[name] != value:
+            raise EnvOptionsError(
+                f"option {name!r} of {env_id} is given twice: {merged[name]!r} in the id, {value!r} in the options"
+            )
+        merged[name] = value
+    return merged
 
 
-def env_family(env_id: str) -> str:
-    """ "mpe" or "mamujoco"."""
-    if env_id not in ENV_IDS:
-        raise UnknownEnvError(env_id)
-    return env_id.split(":", 1)[0]
+# -- finding the factory ---------------------------------------------------------------------------
+def _unknown(env_id: str, why: str) -> UnknownEnvError:
+    ids = registered_ids()
+    listed = (
+        f"registered ids: {', '.join(ids)}"
+        if ids
+        else "no ids are registered (omad's package metadata is missing: install omad with pip)"
+    )
+    return UnknownEnvError(f"unknown env id {env_id!r}: {why}; {listed}; or give module.path:factory")
+
+
+def _load(env_id: str, target: str, registration: Registration | None) -> Callable[..., Any]:
+    module_name, _, attribute = target.partition(":")
+    where = f"registered by {registration.package} as {target}" if registration else "as module:factory"
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if registration is None and err.name is not None and (module_name + ".").startswith(err.name + "."):
+            raise _unknown(env_id, f"no module named {err.name!r}") from None
+        raise UnknownEnvError(f"env {env_id!r} ({where}) cannot be imported: {one_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 - any error in the env's own module is reported in one line
+        raise UnknownEnvError(f"env {env_id!r} ({where}) cannot be imported: {one_line(err)}") from None
+    for name in attribute.split("."):
+        if not hasattr(obj, name):
+            if registration is None:
+                raise _unknown(env_id, f"module {module_name!r} has no attribute {attribute!r}")
+            raise UnknownEnvError(f"env {env_id!r} ({where}): {module_name} has no attribute {attribute!r}")
+        obj = getattr(obj, name)
+    if not callable(obj):
+        raise UnknownEnvError(f"env {env_id!r} ({where}): {target} is a {type(obj).__name__}, not a callable factory")
+    return obj
+
+
+def resolve_factory(env: str) -> tuple[Callable[..., Any], Registration | None]:
+    """The factory an id or reference names (options aside), imported but not called."""
+    env_id = split_env_ref(env)[0]
+    registration = _registration(env_id)
+    if registration is not None:
+        return _load(env_id, registration.target, registration), registration
+    if not _REFERENCE.fullmatch(env_id):
+        raise _unknown(env_id, "not a registered id")
+    return _load(env_id, env_id, None), None
+
+
+def check_env_id(env: str) -> str:
+    """Refuse an id that names nothing (UnknownEnvError, one line); the env is not built."""
+    split_env_ref(env)
+    resolve_factory(env)
+    return env
+
+
+def env_family(env: str) -> str:
+    """The family of one of omad's own ids ("mpe", "mamujoco"), else "custom"."""
+    env_id = split_env_ref(env)[0]
+    _factory, registration = resolve_factory(env_id)
+    if registration is not None and registration.package == OMAD_PACKAGE:
+        return env_id.split(":", 1)[0]
+    return CUSTOM_FAMILY
+
+
+# -- building --------------------------------------------------------------------------------------
+def _json_value(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def resolved_options(env_id: str, factory: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The options the factory runs with: its keyword defaults (those that are plain data), then the
+    given ones. A name the factory cannot take is refused here, naming the ones it takes."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a factory without an inspectable signature: what was given
+        return dict(options)
+    params = signature.parameters
+    named = [
+        p for p in params.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "render_mode"
+    ]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    known = {p.name for p in named}
+    for name in options:
+        if name == "render_mode":
+            raise EnvOptionsError(f"option render_mode of {env_id} is set by omad (recordings), not by options")
+        if name not in known and not takes_any:
+            raise EnvOptionsError(
+                f"unknown option {name!r} for {env_id}; known options: {', '.join(sorted(known)) or '(none)'}"
+            )
+    missing = [p.name for p in named if p.default is p.empty and p.name not in options]
+    if missing:
+        raise EnvOptionsError(f"{env_id} needs the options {', '.join(missing)}")
+    defaults = {p.name: p.default for p in named if p.default is not p.empty and _json_value(p.default)}
+    return {**defaults, **options}
 
 
 def make_env(env_id: str, options: dict[str, Any] | None = None, render_mode: str | None = None) -> MultiAgentEnv:
-    """Build one environment copy. `options` override the id's defaults and pass through to
-    the underlying env constructor (e.g. `N`, `max_cycles`, `local_ratio` for MPE;
-    `max_episode_steps`, `agent_obsk` or Gymnasium MuJoCo kwargs for MaMuJoCo)."""
+    """Build one environment copy from an id or reference (see the module doc); `options` are the
+    factory's keyword arguments (e.g. `N`, `max_cycles` for MPE; `max_episode_steps`, `agent_obsk`
+    for MaMuJoCo)."""
     if render_mode not in RENDER_MODES:
         raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
-    family = env_family(env_id)
-    task = env_id.split(":", 1)[1]
-    if family == "mpe":
-        return _make_mpe(env_id, task, dict(options or {}), render_mode)
-    return _make_mamujoco(env_id, task, dict(options or {}), render_mode)
+    bare, in_id = split_env_ref(env_id)
+    given = merge_options(bare, in_id, options)
+    factory, registration = resolve_factory(bare)
+    resolved = resolved_options(bare, factory, given)
+    kwargs = dict(given)
+    if render_mode is not None:
+        if not _takes_render_mode(factory):
+            raise EnvContractError(f"env {bare} cannot render: its factory takes no render_mode argument")
+        kwargs["render_mode"] = render_mode
+    source = registration.target if registration else bare
+    try:
+        parallel_env = factory(**kwargs)
+    except OmadError:  # the factory's own one-line errors (omad's built-in factories check their options)
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever a user's factory raises is reported in one line
+        raise EnvFactoryError(f"env {bare}: its factory {source} raised {one_line(err)}") from None
+    return ParallelEnvAdapter(
+        bare, parallel_env, options=resolved, reference=env_reference(bare, given), render_mode=render_mode
+    )
+
+
+def _takes_render_mode(factory: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return True
+    return "render_mode" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
 def get_spec(env_id: str, options: dict[str, Any] | None = None) -> EnvSpec:
+    """The env's spec, after checking that it keeps its contract over two resets and a step
+    (`ParallelEnvAdapter.check`), so that a broken env is refused before anything trains on it."""
     env = make_env(env_id, options)
     try:
+        env.check()
         return env.spec
     finally:
         env.close()
-
-
-def _make_mpe(env_id: str, task: str, options: dict[str, Any], render_mode: str | None) -> MultiAgentEnv:
-    resolved = {**_MPE_DEFAULTS, **_MPE_TASKS[task], **options}
-    task_module = importlib.import_module(f"mpe2.{task}")
-    _check_options(env_id, resolved, _parameters(task_module.raw_env))
-    parallel_env = _construct(
-        env_id, options, lambda: task_module.parallel_env(continuous_actions=True, render_mode=render_mode, **resolved)
-    )
-    return ParallelEnvAdapter(
-        env_id,
-        parallel_env,
-        max_episode_steps=resolved["max_cycles"],
-        options=resolved,
-        scripted_policies=_MPE_SCRIPTED.get(task),
-        render_mode=render_mode,
-    )
-
-
-def _make_mamujoco(env_id: str, task: str, options: dict[str, Any], render_mode: str | None) -> MultiAgentEnv:
-    scenario, partition = task.split("-", 1)
-    resolved = {**_MAMUJOCO_DEFAULTS, **options}
-    if render_mode == "rgb_array":
-        # Headless offscreen rendering: EGL with Mesa's software driver works without a display.
-        os.environ.setdefault("MUJOCO_GL", "egl")
-    import mujoco
-
-    # MuJoCo 4 appends every warning to MUJOCO_LOG.TXT in the working directory: never write it.
-    # While the model compiles, console warnings are off too: the gymnasium XMLs use the
-    # deprecated `settotalmass`, which MuJoCo would report once per environment copy.
-    log_config = mujoco.MjLogConfig.get()
-    log_config.logto_file = False
-    log_config.logto_console = False
-    log_config.set()
-    try:
-        # gymnasium_robotics prints an unrelated Adroit notice to stderr on import.
-        with contextlib.redirect_stderr(io.StringIO()):
-            from gymnasium_robotics import mamujoco_v1
-        import gymnasium
-
-        # The library's own arguments, gymnasium.make's time limit and the MuJoCo robot's arguments.
-        robot = gymnasium.spec(f"{scenario}-v5").entry_point
-        robot_class = gymnasium.envs.registration.load_env_creator(robot) if isinstance(robot, str) else robot
-        known = [*_parameters(mamujoco_v1.parallel_env), "max_episode_steps", *_parameters(robot_class)]
-        _check_options(env_id, resolved, known)
-        if render_mode == "rgb_array" and "camera_id" not in resolved:
-            # Recordings follow the robot through its model's "track" camera: the renderer's default free
-            # camera stays put and loses a runner within seconds.
-            resolved.setdefault("camera_name", "track")
-        parallel_env = _construct(
-            env_id, options, lambda: mamujoco_v1.parallel_env(scenario, partition, render_mode=render_mode, **resolved)
-        )
-    finally:
-        log_config.logto_console = True
-        log_config.set()
-    return ParallelEnvAdapter(
-        env_id,
-        parallel_env,
-        max_episode_steps=resolved["max_episode_steps"],
-        options=resolved,
-        render_mode=render_mode,
-    )

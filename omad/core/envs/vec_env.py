@@ -3,6 +3,9 @@
 A plain loop in one process: the envs are cheap next to the networks, and it keeps
 seeding exact. Copy j starts with seed `seed + j`; every later reset draws its seed from a
 generator seeded with `seed`, so a whole run is reproducible.
+
+An agent that leaves its episode early has zero observations from then on and `active` False; its
+actions are ignored by the env, and `mask_departed` zeroes them in what a learner stores.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class VecStep:
     terminated: np.ndarray  # [num_envs] bool
     truncated: np.ndarray  # [num_envs] bool
     episode_returns: list[tuple[int, float, int]]  # (copy, return, length) of finished episodes
+    active: np.ndarray  # [num_envs, n_agents] bool, for `obs`: False where an agent has left its episode
 
 
 def _stack(per_copy_obs: list[list[np.ndarray]]) -> list[np.ndarray]:
@@ -56,6 +60,7 @@ class VecEnv:
         self._episode_seeds = [0] * num_envs
         self._episode_actions: list[list[list[np.ndarray]]] = [[] for _ in range(num_envs)]
         self._current: tuple[list[np.ndarray], np.ndarray] | None = None
+        self._active = np.ones((num_envs, len(self.spec.agents)), dtype=bool)
 
     def _next_seed(self) -> int:
         return int(self._reset_seeds.integers(2**31 - 1))
@@ -72,6 +77,7 @@ class VecEnv:
         self._returns[:] = 0.0
         self._lengths[:] = 0
         self._current = _stack([obs for obs, _ in results]), np.stack([state for _, state in results])
+        self._active = np.array([env.active for env in self._envs], dtype=bool)
         return self._current
 
     def step(self, actions: list[np.ndarray]) -> VecStep:
@@ -83,6 +89,7 @@ class VecEnv:
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
         episode_returns: list[tuple[int, float, int]] = []
+        active = np.empty_like(self._active)
         for j, env in enumerate(self._envs):
             copy_actions = [agent_actions[j].copy() for agent_actions in actions]
             result = env.step(copy_actions)
@@ -104,7 +111,9 @@ class VecEnv:
             else:
                 obs.append(result.obs)
                 states.append(result.state)
+            active[j] = env.active
         self._current = _stack(obs), np.stack(states)
+        self._active = active
         return VecStep(
             obs=self._current[0],
             state=self._current[1],
@@ -114,6 +123,7 @@ class VecEnv:
             terminated=terminated,
             truncated=truncated,
             episode_returns=episode_returns,
+            active=active.copy(),
         )
 
     def current(self) -> tuple[list[np.ndarray], np.ndarray]:
@@ -121,6 +131,17 @@ class VecEnv:
         if self._current is None:
             raise RuntimeError("call reset() first")
         return self._current
+
+    @property
+    def active(self) -> np.ndarray:
+        """[num_envs, n_agents] bool: which agents act on the current observations."""
+        return self._active.copy()
+
+    def mask_departed(self, actions: np.ndarray) -> np.ndarray:
+        """Per-agent stacked actions [n_agents, num_envs, ...] with the rows of agents that have left
+        set to zero (the env ignores them; a learner stores them as zeros)."""
+        mask = self._active.T
+        return actions * mask.reshape(mask.shape + (1,) * (actions.ndim - 2))
 
     @property
     def copies(self) -> tuple[MultiAgentEnv, ...]:
@@ -164,6 +185,7 @@ class VecEnv:
             for step_actions in history:
                 result = env.step(step_actions)
                 obs, state = result.obs, result.state
+            self._active[j] = env.active
             self._episode_actions[j] = history
             per_copy_obs.append(obs)
             states.append(state)
