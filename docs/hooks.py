@@ -87,7 +87,9 @@ def config_markdown() -> str:
     """One row per config field: which algorithms take it, its type, default, HARL presets and bounds."""
     from omad.train import config
 
-    classes = config.CONFIG_CLASSES
+    # One pydantic model per algorithm; a config module with a single model serves every algorithm.
+    classes = getattr(config, "CONFIG_CLASSES", None) or dict.fromkeys(config.ALGOS, config.TrainConfig)
+    field_presets = getattr(config, "field_presets", lambda name: {})
     names = list(dict.fromkeys(name for cls in classes.values() for name in cls.model_fields))
     rows = [
         "| field | flag | algorithms | type | default | HARL presets | constraint | description |",
@@ -96,10 +98,10 @@ def config_markdown() -> str:
     for name in names:
         takers = [algo for algo, cls in classes.items() if name in cls.model_fields]
         field = classes[takers[0]].model_fields[name]
-        if name == "algo":  # each class pins its own algo; the shared default is the one that applies
+        if name == "algo" and hasattr(config, "TrainConfigBase"):  # each model pins its own algo
             field = config.TrainConfigBase.model_fields[name]
         default = field.get_default(call_default_factory=True)
-        presets = "; ".join(f"{algo}: {value}" for algo, value in config.field_presets(name).items())
+        presets = "; ".join(f"{algo}: {value}" for algo, value in field_presets(name).items())
         rows.append(
             "| "
             + " | ".join(
