@@ -66,7 +66,7 @@ def write_study_report(root: Path, tasks: dict[str, Task], reps: int) -> dict:
             },
         }
     (root / "study.json").write_text(json.dumps(study, indent=2) + "\n")
-    lines = ["# Sample-efficiency study", ""]
+    lines = ["## Runs", ""]
     for name, entry in study.items():
         for arm, info in entry["arms"].items():
             budgets = ", ".join(f"{algo} {steps}" for algo, steps in info["budgets"].items())
@@ -76,10 +76,10 @@ def write_study_report(root: Path, tasks: dict[str, Task], reps: int) -> dict:
                 f"{info['job_hours']:.2f} job-hours trained so far"
             )
         lines.append(f"- {name} protocol: {entry['protocol']}")
-    for name in study:  # each task's report, its headings one level down, its images linked from here
+    for name in study:  # each task's report, its headings two levels down, its images linked from here
         lines += [""]
         for line in (root / name / "report" / "report.md").read_text().splitlines():
-            line = f"#{line}" if line.startswith("#") else line
+            line = f"##{line}" if line.startswith("#") else line
             lines.append(line.replace("](", f"]({name}/report/") if line.startswith("![") else line)
     (root / "study.md").write_text("\n".join(lines) + "\n")
     return study
