@@ -13,17 +13,18 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 RUN python -m venv /opt/omad
 COPY pyproject.toml constraints.txt README.md ./
-# Only what `omad serve` and `omad health` import: the command table, the core's errors, the ONNX
-# runtime and the server (tests/test_docker.py checks this list against the server's imports).
+# Only what `omad serve` and `omad health` import: the command table, the core's errors and agent
+# contract, the ONNX runtime and the server (tests/test_docker.py checks this list against the
+# server's imports).
 COPY omad/__init__.py omad/__main__.py omad/cli.py omad/
-COPY omad/core/__init__.py omad/core/errors.py omad/core/
+COPY omad/core/__init__.py omad/core/errors.py omad/core/agent.py omad/core/
 COPY omad/runtime/ omad/runtime/
 COPY omad/serve/ omad/serve/
 RUN /opt/omad/bin/pip install -c constraints.txt ".[cpu]"
 # Fail the build if torch slipped in, or if the serving commands cannot start.
 RUN /opt/omad/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)" \
  && /opt/omad/bin/omad health --help > /dev/null \
- && /opt/omad/bin/python -c "import omad.serve.server"
+ && /opt/omad/bin/python -c "import omad.serve.lifecycle"
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin omad

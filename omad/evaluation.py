@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from omad.core.agent import AgentContract, ContractError
 from omad.core.envs import get_spec
 from omad.core.envs.base import EnvSpec
 from omad.core.errors import OmadError
@@ -35,13 +36,9 @@ class EvalError(OmadError):
 
 @dataclass(frozen=True)
 class AgentEndpoint:
-    """What a policy source says about one agent, checked against the environment before stepping."""
+    """One agent of a policy source: its contract, checked against the environment before stepping."""
 
-    name: str
-    obs_dim: int
-    act_dim: int
-    noise_steps: int
-    env_id: str  # "" when the source doesn't know
+    contract: AgentContract
     where: str  # file or address, for error messages
 
 
@@ -66,20 +63,21 @@ class PolicySource:
         futures = [w.submit(self._timed, i, obs[i], noise[i]) for i, w in enumerate(self._workers)]
         results = []
         for agent, fut in zip(self.agents, futures):
+            name = agent.contract.name
             try:
                 results.append(fut.result(timeout=self.step_timeout_s))
             except FutureTimeout:
                 raise EvalError(
-                    f"episode failed: agent {agent.name} at {agent.where} sent no action within {self.step_timeout_s} s"
+                    f"episode failed: agent {name} at {agent.where} sent no action within {self.step_timeout_s} s"
                 ) from None
             except OmadError as err:
-                raise EvalError(f"episode failed: agent {agent.name} at {agent.where}: {err}") from None
+                raise EvalError(f"episode failed: agent {name} at {agent.where}: {err}") from None
         return results
 
     def _timed(self, i: int, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
         out = self.policies[i].act(obs, noise)
-        self.latency_us.setdefault(self.agents[i].name, []).append((time.perf_counter() - start) * 1e6)
+        self.latency_us.setdefault(self.agents[i].contract.name, []).append((time.perf_counter() - start) * 1e6)
         return np.asarray(out, np.float32)
 
     def check_against(self, spec: EnvSpec) -> None:
@@ -89,13 +87,7 @@ class PolicySource:
                 f"{spec.env_id} has {len(spec.agents)} agents, the {self.kind} source gives {len(self.agents)}"
             )
         for mine, theirs in zip(self.agents, spec.agents):
-            problems = []
-            if mine.env_id and mine.env_id != spec.env_id:
-                problems.append(f"trained for env {mine.env_id!r}, not {spec.env_id!r}")
-            if (mine.obs_dim, mine.act_dim) != (theirs.obs_dim, theirs.act_dim):
-                problems.append(
-                    f"obs/act sizes {mine.obs_dim}/{mine.act_dim}, env wants {theirs.obs_dim}/{theirs.act_dim}"
-                )
+            problems = mine.contract.misfits(spec.env_id, theirs)
             if problems:
                 raise EvalError(f"agent {theirs.name} ({mine.where}): " + "; ".join(problems))
 
@@ -138,10 +130,7 @@ def torch_source(run_dir: str | Path) -> PolicySource:
 
     spec = load_spec(run_dir)
     policies = load_policies(run_dir)
-    agents = [
-        AgentEndpoint(name, p.obs_dim, p.act_dim, p.denoising_steps + 1, spec.env_id, str(run_dir))
-        for name, p in policies.items()
-    ]
+    agents = [AgentEndpoint(AgentContract.of(p, spec.env_id), str(run_dir)) for p in policies.values()]
     return PolicySource("torch", agents, list(policies.values()))
 
 
@@ -149,10 +138,7 @@ def onnx_source(export_dir: str | Path, threads: int = 1) -> PolicySource:
     from omad.runtime.onnx_policy import load_export
 
     policies = load_export(export_dir, threads=threads)
-    agents = [
-        AgentEndpoint(name, p.info.obs_dim, p.info.act_dim, p.info.noise_steps, p.info.env_id, str(export_dir))
-        for name, p in policies.items()
-    ]
+    agents = [AgentEndpoint(p.info.contract, str(export_dir)) for p in policies.values()]
     return PolicySource("onnx", agents, list(policies.values()))
 
 
@@ -170,10 +156,12 @@ def grpc_source(
             client = PolicyClient(addr, token=token, timeout_s=timeout_s, retries=retries, **tls)
             clients.append(client)
             try:
-                spec = client.spec()
+                contract = client.contract()
             except PolicyCallError as err:
                 raise EvalError(f"agent {i} server at {addr} is not usable ({err.code.name}: {err.details})") from None
-            agents.append(AgentEndpoint(spec.agent, spec.obs_dim, spec.act_dim, spec.noise_steps, spec.env_id, addr))
+            except ContractError as err:
+                raise EvalError(f"agent {i} server at {addr} describes an unusable agent ({err})") from None
+            agents.append(AgentEndpoint(contract, addr))
             streams.append(client.stream())
     except BaseException:
         for c in clients:
@@ -216,7 +204,7 @@ def run_eval(
         result: EvalResult = evaluate(
             env_id,
             source.act,
-            [a.noise_steps for a in source.agents],
+            [a.contract.noise_steps for a in source.agents],
             episodes,
             seed,
             options,
@@ -236,7 +224,7 @@ def run_eval(
         "returns": result.returns,
         "lengths": result.lengths,
         "control_rate_hz": result.control_rate_hz,
-        "latency_us": {a.name: percentiles(source.latency_us.get(a.name, [])) for a in source.agents},
+        "latency_us": {a.contract.name: percentiles(source.latency_us.get(a.contract.name, [])) for a in source.agents},
     }
     if record is not None:
         report["recording"] = str(write_video(Path(record), result.frames))

@@ -146,7 +146,6 @@ def test_without_offload_merged_batches_run_inline_and_split_at_max_batch():
     assert [n for _, n in calls] == [3, 4]  # callers 1 + 2 (3 rows), then 3 + 4 (3 + 3 would pass 5)
     assert all(thread is threading.main_thread() for thread, _ in calls)
     assert [r.batch_size for r in results] == [3, 3, 4, 4]
-    assert all(r.model is model for r in results)  # the model that computed the reply (a reload swaps it)
 
 
 class Crash(BaseException):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -151,9 +152,20 @@ def test_mismatched_sizes_or_agent_count_are_refused(tiny_export_dir):
     with pytest.raises(EvalError, match="4 agents"):
         source.check_against(get_spec("mpe:simple_spread_v3", {"N": 4}))
     spec = get_spec("mpe:simple_spread_v3")
-    source.agents[1] = AgentEndpoint("agent_1", 17, 5, 5, "", "x.onnx")
-    with pytest.raises(EvalError, match=r"agent_1 .*obs/act sizes 17/5, env wants 18/5"):
-        source.check_against(spec)
+    source.check_against(spec)
+    agents = list(source.agents)
+    contract = agents[1].contract
+    misfits = {
+        r"obs/act sizes 17/5, env wants 18/5": replace(contract, obs_dim=17, env_id=""),
+        r"action bounds \[0.0, 0.0, 0.0, 0.0, 0.0\]..\[1.0, 1.0, 1.0, 1.0, 0.5\], env has": replace(
+            contract, action_high=(1.0, 1.0, 1.0, 1.0, 0.5)
+        ),
+        r"a policy for agent 'agent_2', not 'agent_1' \(check the order of the sources\)": agents[2].contract,
+    }
+    for message, mine in misfits.items():
+        source.agents[1] = AgentEndpoint(mine, "x.onnx")
+        with pytest.raises(EvalError, match=r"^agent agent_1 \(x.onnx\): " + message):
+            source.check_against(spec)
 
 
 def test_server_dying_mid_episode_fails_the_episode_without_hanging(tiny_export_dir):

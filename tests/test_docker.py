@@ -104,7 +104,7 @@ def test_image_holds_exactly_what_the_server_imports(dockerfile):
         "import json, sys\n"
         "import omad.cli\n"
         "omad.cli.build_parser('serve'); omad.cli.build_parser('health')\n"
-        "import omad.serve.server, omad.serve.launcher, omad.serve.client\n"
+        "import omad.serve.lifecycle, omad.serve.launcher, omad.serve.client\n"
         "files = [m.__file__ for name, m in list(sys.modules.items()) if getattr(m, '__file__', None)]\n"
         "print(json.dumps(files))\n"
     )
@@ -162,7 +162,7 @@ def test_image_install_step_in_a_fresh_venv(tmp_path, dockerfile, tiny_export_di
     subprocess.run([str(python), "-c", no_torch], check=True, timeout=60)
     subprocess.run([str(omad), "health", "--help"], check=True, capture_output=True, timeout=60)
     subprocess.run(
-        [str(python), "-c", "import omad.serve.server, omad.serve.client"], check=True, cwd=tmp_path, timeout=60
+        [str(python), "-c", "import omad.serve.lifecycle, omad.serve.client"], check=True, cwd=tmp_path, timeout=60
     )
 
     from omad.runtime.onnx_policy import OnnxPolicy, read_manifest

@@ -85,11 +85,10 @@ def policy(tmp_path_factory) -> OnnxPolicy:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     info = ModelInfo(
-        agent="agent_0",
+        name="agent_0",
         obs_dim=D_O,
         act_dim=D_A,
         denoising_steps=K,
-        noise_steps=K + 1,
         action_low=(0.0, -0.4),
         action_high=(1.0, 0.4),
         env_id="hand-built",

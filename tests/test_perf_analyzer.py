@@ -58,7 +58,7 @@ def server(tiny_export_dir):
 def test_model_config_describes_the_graph(server):
     from omad.serve._generated import grpc_service_pb2 as kserve_pb2
 
-    info = server.server.info
+    info = server.server.loaded.info
     method = "/inference.GRPCInferenceService/ModelConfig"
     with grpc.insecure_channel(server.addr) as channel:
         call = channel.unary_unary(
@@ -66,11 +66,11 @@ def test_model_config_describes_the_graph(server):
             request_serializer=kserve_pb2.ModelConfigRequest.SerializeToString,
             response_deserializer=kserve_pb2.ModelConfigResponse.FromString,
         )
-        config = call(kserve_pb2.ModelConfigRequest(name=info.agent), timeout=10).config
+        config = call(kserve_pb2.ModelConfigRequest(name=info.name), timeout=10).config
         with pytest.raises(grpc.RpcError) as err:
             call(kserve_pb2.ModelConfigRequest(name="no_such_agent"), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    assert (config.name, config.platform, config.max_batch_size) == (info.agent, "onnxruntime_onnx", 0)
+    assert (config.name, config.platform, config.max_batch_size) == (info.name, "onnxruntime_onnx", 0)
     dims = {t.name: list(t.dims) for t in [*config.input, *config.output]}
     assert dims == {
         "obs": [-1, info.obs_dim],
@@ -84,9 +84,9 @@ def test_model_config_through_tritonclient(server):
     """tritonclient's own stubs (Triton's full model_config.proto) decode our reply."""
     import tritonclient.grpc as triton
 
-    info = server.server.info
+    info = server.server.loaded.info
     client = triton.InferenceServerClient(server.addr)
-    config = client.get_model_config(info.agent).config
+    config = client.get_model_config(info.name).config
     assert config.max_batch_size == 0 and config.platform == "onnxruntime_onnx"
     assert [list(i.dims) for i in config.input] == [[-1, info.obs_dim], [info.noise_steps, -1, info.act_dim]]
     assert triton.model_config_pb2.DataType.Name(config.output[0].data_type) == "TYPE_FP32"
@@ -94,11 +94,11 @@ def test_model_config_through_tritonclient(server):
 
 def test_perf_analyzer_runs_against_the_server(server):
     binary, env = _runnable_perf_analyzer()
-    info = server.server.info
+    info = server.server.loaded.info
     command = [
         binary,
         "-m",
-        info.agent,
+        info.name,
         "-u",
         server.addr,
         "-i",

@@ -56,7 +56,7 @@ def test_load_export_in_env_order_with_model_info(tiny_export_dir):
     assert list(policies) == ["agent_0", "agent_1", "agent_2"]
     info = policies["agent_1"].info
     assert isinstance(info, ModelInfo)
-    assert (info.agent, info.obs_dim, info.act_dim, info.denoising_steps, info.noise_steps) == ("agent_1", 18, 5, 4, 5)
+    assert (info.name, info.obs_dim, info.act_dim, info.denoising_steps, info.noise_steps) == ("agent_1", 18, 5, 4, 5)
     assert info.action_low == (0.0,) * 5 and info.action_high == (1.0,) * 5
     assert (info.env_id, info.algo, info.format_version) == ("mpe:simple_spread_v3", "omad", 2)
     manifest = json.loads((tiny_export_dir / "manifest.json").read_text())
@@ -65,7 +65,7 @@ def test_load_export_in_env_order_with_model_info(tiny_export_dir):
 
 
 def test_metadata_round_trips_through_its_encoding():
-    info = SchemaModelInfo("a", 3, 2, 8, 9, (-1.0, -2.5), (1.0, 2.5), "env", "omad", "f" * 64, "w" * 64, 1, "/runs/x")
+    info = SchemaModelInfo("a", 3, 2, (-1.0, -2.5), (1.0, 2.5), 8, "env", "omad", "f" * 64, "w" * 64, 1, "/runs/x")
     assert decode_metadata(encode_metadata(info), "f" * 64) == info
     props = encode_metadata(info)
     del props["omad.act_dim"]
@@ -124,7 +124,7 @@ def test_missing_manifest_or_dir_is_a_clear_error(export_copy, tmp_path):
 def test_a_lone_onnx_file_loads_without_manifest(tiny_export_dir, tmp_path):
     lone = tmp_path / "agent_2.onnx"
     shutil.copyfile(tiny_export_dir / "agent_2.onnx", lone)
-    assert OnnxPolicy(lone).info.agent == "agent_2"
+    assert OnnxPolicy(lone).info.name == "agent_2"
 
 
 def flip_a_weight_byte(path: Path) -> None:

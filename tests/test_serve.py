@@ -74,7 +74,7 @@ def health_status(addr: str) -> str:
 
 def test_spec_describes_the_served_model(client, policy):
     spec, info = client.spec(), policy.info
-    assert (spec.agent, spec.obs_dim, spec.act_dim) == (info.agent, info.obs_dim, info.act_dim)
+    assert (spec.agent, spec.obs_dim, spec.act_dim) == (info.name, info.obs_dim, info.act_dim)
     assert (spec.denoising_steps, spec.noise_steps) == (info.denoising_steps, info.noise_steps)
     assert tuple(spec.action_low) == info.action_low and tuple(spec.action_high) == info.action_high
     assert (spec.env_id, spec.algo, spec.model_sha256) == (info.env_id, info.algo, info.sha256)
@@ -137,8 +137,8 @@ def test_tritonclient_infer_equals_in_process_onnx(server, policy):
     info = policy.info
     triton_client = triton.InferenceServerClient(server.addr)
     assert triton_client.is_server_live() and triton_client.is_server_ready()
-    assert triton_client.is_model_ready(info.agent) and not triton_client.is_model_ready("no-such-agent")
-    metadata = triton_client.get_model_metadata(info.agent)
+    assert triton_client.is_model_ready(info.name) and not triton_client.is_model_ready("no-such-agent")
+    metadata = triton_client.get_model_metadata(info.name)
     shapes = {t.name: list(t.shape) for t in metadata.inputs}
     assert shapes == {"obs": [-1, info.obs_dim], "noise": [info.noise_steps, -1, info.act_dim]}
     assert [(t.name, list(t.shape)) for t in metadata.outputs] == [("action", [-1, info.act_dim])]
@@ -148,19 +148,19 @@ def test_tritonclient_infer_equals_in_process_onnx(server, policy):
     inputs = [triton.InferInput("obs", list(obs.shape), "FP32"), triton.InferInput("noise", list(noise.shape), "FP32")]
     inputs[0].set_data_from_numpy(obs)
     inputs[1].set_data_from_numpy(noise)
-    result = triton_client.infer(info.agent, inputs, outputs=[triton.InferRequestedOutput("action")], request_id="r1")
+    result = triton_client.infer(info.name, inputs, outputs=[triton.InferRequestedOutput("action")], request_id="r1")
     assert_same_actions(result.as_numpy("action"), policy.act(obs, noise=noise))
     assert result.get_response().id == "r1"
 
     only_obs = inputs[:1]  # seed as a request parameter
-    result = triton_client.infer(info.agent, only_obs, parameters={"seed": 42})
+    result = triton_client.infer(info.name, only_obs, parameters={"seed": 42})
     assert_same_actions(result.as_numpy("action"), policy.act(obs, seed=42))
     triton_client.close()
 
 
 def test_kserve_typed_contents_are_accepted(server, policy):
     obs, noise = random_request(policy, 2, seed=12)
-    request = kserve_pb2.ModelInferRequest(model_name=policy.info.agent)
+    request = kserve_pb2.ModelInferRequest(model_name=policy.info.name)
     for name, array in (("obs", obs), ("noise", noise)):
         tensor = request.inputs.add(name=name, datatype="FP32", shape=array.shape)
         tensor.contents.fp32_contents.extend(array.ravel().tolist())
@@ -252,7 +252,7 @@ def test_unparsable_bytes_get_invalid_argument(server):
 
 def kserve_request(policy: OnnxPolicy, **overrides) -> kserve_pb2.ModelInferRequest:
     obs, _ = random_request(policy, 2, seed=0)
-    request = kserve_pb2.ModelInferRequest(model_name=overrides.pop("model_name", policy.info.agent))
+    request = kserve_pb2.ModelInferRequest(model_name=overrides.pop("model_name", policy.info.name))
     request.inputs.add(name=overrides.pop("name", "obs"), datatype=overrides.pop("datatype", "FP32"), shape=obs.shape)
     request.raw_input_contents.append(overrides.pop("raw", obs.tobytes()))
     for key, param in overrides.pop("parameters", {}).items():
@@ -281,7 +281,7 @@ def test_kserve_bad_requests_get_clear_codes(server, policy):
             kserve_request(policy, parameters={"seed": kserve_pb2.InferParameter(string_param="1")}),
             INVALID,
         ),
-        "missing obs": (kserve_pb2.ModelInferRequest(model_name=policy.info.agent), INVALID),
+        "missing obs": (kserve_pb2.ModelInferRequest(model_name=policy.info.name), INVALID),
         "raw and typed contents": (both_contents(kserve_request(policy)), INVALID),  # the protocol forbids both
     }
     for name, (request, expected) in cases.items():
@@ -457,7 +457,7 @@ def test_bearer_token(model_path, policy, tmp_path):
                     session.act(obs)
                 assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
         with PolicyClient(guarded.addr, token="s3cret") as c:
-            assert c.spec().agent == policy.info.agent
+            assert c.spec().agent == policy.info.name
             with c.stream() as session:
                 assert session.act(obs, zero_noise=True).shape == (1, policy.info.act_dim)
         assert health_status(guarded.addr) == "SERVING"  # health stays open for probes
@@ -516,7 +516,7 @@ def first_reply_status(
 
 def valid_requests(policy: OnnxPolicy) -> dict[str, bytes]:
     """Method name -> a request it answers with OK; every other method is fine with an empty message."""
-    agent = policy.info.agent
+    agent = policy.info.name
     act = act_request(np.zeros((2, policy.info.obs_dim), np.float32), zero_noise=True)
     messages = {
         "ModelReady": kserve_pb2.ModelReadyRequest(name=agent),
@@ -591,7 +591,7 @@ def test_mtls_requires_a_client_certificate(model_path, policy, certs):
         with PolicyClient(
             secure.addr, tls_ca=certs / "ca.pem", tls_cert=certs / "client.pem", tls_key=certs / "client.key"
         ) as c:
-            assert c.spec().agent == policy.info.agent
+            assert c.spec().agent == policy.info.name
         with PolicyClient(secure.addr, tls_ca=certs / "ca.pem", retries=0, timeout_s=2) as anonymous:
             with pytest.raises(PolicyCallError) as caught:
                 anonymous.spec()

@@ -28,8 +28,9 @@ from test_serve_process import REPO, Process, random_inputs
 from omad.evaluation import grpc_source, onnx_source, run_eval
 from omad.runtime.onnx_policy import OnnxPolicy, read_manifest
 from omad.serve._generated import policy_pb2, policy_pb2_grpc
-from omad.serve.client import PolicyCallError, PolicyClient, check_health
+from omad.serve.client import PolicyCallError, PolicyClient, act_request, check_health
 from omad.serve.config import ServeConfig
+from omad.serve.tensors import from_tensor
 from omad.serve.testing import ServerThread
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -242,7 +243,7 @@ def test_inference_failure_turns_the_server_not_serving(model_path, policy, path
             isinstance(o, PolicyCallError) and o.code == UNAVAILABLE and "restart" in o.details for o in outcomes
         ), outcomes
         if merged:
-            assert not broken.server._batcher._thread.is_alive()
+            assert not broken.server.loaded.batcher._thread.is_alive()
         wait_for(lambda: check_health(broken.addr) == "NOT_SERVING", 10, "health NOT_SERVING")
         with PolicyClient(broken.addr, retries=0, timeout_s=20) as c:
             with pytest.raises(PolicyCallError) as caught:
@@ -494,40 +495,67 @@ def test_launcher_forwards_sighup_to_every_agent(tiny_export_dir, tmp_path):
         launcher.kill()
 
 
-def test_a_swapped_model_takes_over_between_batches():
-    """The batcher directly: a reload's swap while a merged batch runs leaves that batch on the old model;
-    the next batch runs on the new one, and every result names the model that computed it."""
-    import asyncio
+def act_with_sha(addr: str, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, str]:
+    """One Act call: the actions and the sha256 of the model the reply says computed them."""
+    with grpc.insecure_channel(addr) as channel:
+        request, _ = act_request(obs, noise, None, False)
+        reply = policy_pb2_grpc.PolicyStub(channel).Act(request, timeout=30)
+    return from_tensor(reply.action, "action"), reply.model_sha256
 
-    from omad.serve.batching import Job, MicroBatcher
 
-    class Scaled:
-        def __init__(self, scale: float, gate: threading.Event | None = None):
-            self.scale, self.gate, self.entered = scale, gate, threading.Event()
+def test_a_reload_while_a_merged_batch_runs_leaves_that_batch_on_the_old_model(model_path, tmp_path):
+    """The swap happens while the old model computes a merged batch (held on the inference thread): a
+    call that arrives after the swap is answered by the new model at once, the held batch's callers
+    get the old model's exact actions, naming it, no call fails, and the old model's batcher ends its
+    thread once it has answered."""
+    served = tmp_path / "agent_0.onnx"
+    shutil.copyfile(model_path, served)
+    new_path = tmp_path / "new.onnx"
+    retrained(model_path, new_path, scale=1.5)
+    old, new = OnnxPolicy(served), OnnxPolicy(new_path)
+    inputs = [random_inputs(old, 1, seed=seed) for seed in (1, 2, 3)]
+    config = ServeConfig(model=served, port=0, max_delay_us=300_000, inference_thread="on")
+    with ServerThread(config) as running:
+        first = running.server.loaded
+        entered, release = threading.Event(), threading.Event()
+        compute = first.policy.run
 
-        def run(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
-            self.entered.set()
-            if self.gate is not None:
-                assert self.gate.wait(10)
-            return self.scale * obs[:, :2] + noise[0]
+        def held(obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+            entered.set()
+            assert release.wait(30), "the test never released the old model's batch"
+            return compute(obs, noise)
 
-    def job(value: float) -> Job:
-        return Job(np.full((1, 3), value, np.float32), np.full((2, 1, 2), value / 10, np.float32))
+        first.policy.run = held  # the old model's batcher calls it; the new model is another object
+        replies: dict[int, tuple[np.ndarray, str]] = {}
+        together = threading.Barrier(2)
 
-    async def scenario():
-        old, new = Scaled(2.0, gate=threading.Event()), Scaled(-3.0)
-        batcher = MicroBatcher(old, max_batch=8)
-        batcher.start()
-        first = [asyncio.create_task(batcher.submit(job(v))) for v in (1.0, 2.0)]  # merged: on the thread
-        assert await asyncio.to_thread(old.entered.wait, 10)
-        batcher.model = new  # the swap, while the old model computes
-        second = asyncio.create_task(batcher.submit(job(5.0)))
-        old.gate.set()
-        results = await asyncio.wait_for(asyncio.gather(*first, second), 10)
-        await batcher.close()
-        return old, new, results
+        def call(index: int) -> None:
+            together.wait(30)  # within the 0.3 s merge window: one batch of two, on the inference thread
+            replies[index] = act_with_sha(running.addr, *inputs[index])
 
-    old, new, results = asyncio.run(scenario())
-    for value, result, model in zip((1.0, 2.0, 5.0), results, (old, old, new)):
-        assert result.model is model
-        np.testing.assert_allclose(result.action, [[model.scale * value + value / 10] * 2], rtol=1e-6)
+        callers = [threading.Thread(target=call, args=(index,)) for index in (0, 1)]
+        for thread in callers:
+            thread.start()
+        assert entered.wait(30), "the merged batch never started"
+        replace_file(served, new_path)
+        assert running.run(running.server.reload()) is True
+        assert running.server.loaded is not first and running.server.loaded.info.sha256 == new.info.sha256
+        actions, sha = act_with_sha(running.addr, *inputs[2])  # while the old batch is still held
+        assert sha == new.info.sha256
+        np.testing.assert_array_equal(actions, new.run(*inputs[2]))
+        assert replies == {} and first.batcher._thread.is_alive()
+        release.set()
+        for thread in callers:
+            thread.join(30)
+        for index in (0, 1):
+            actions, sha = replies[index]
+            assert sha == old.info.sha256
+            np.testing.assert_array_equal(actions, old.run(*inputs[index]))
+        wait_for(lambda: not first.batcher._thread.is_alive(), 10, "the old batcher's thread to end")
+        assert running.server.metrics.registry.get_sample_value("omad_reloads_total", {"result": "ok"}) == 1
+        assert (
+            running.server.metrics.registry.get_sample_value(
+                "omad_errors_total", {"method": "Act", "code": "UNAVAILABLE"}
+            )
+            is None
+        )

@@ -82,9 +82,9 @@ def test_kserve_proto_is_wire_compatible_with_tritonclient():
 
 def test_kserve_stubs_and_tritonclient_share_a_process():
     # tritonclient registers `inference.*` in the default descriptor pool; ours must not clash with it
-    code = "import tritonclient.grpc; import omad.serve.server; import omad.serve._generated.grpc_service_pb2 as k; k.ServerLiveRequest()"
+    code = "import tritonclient.grpc; import omad.serve.lifecycle; import omad.serve._generated.grpc_service_pb2 as k; k.ServerLiveRequest()"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
-    code = "import omad.serve.server; import tritonclient.grpc"
+    code = "import omad.serve.lifecycle; import tritonclient.grpc"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
 
 
@@ -110,7 +110,7 @@ def test_cli_import_is_light():
     # `omad --help` and `omad health` must not pay for the server, ONNX Runtime or gRPC at import
     code = (
         "import sys, omad.serve.cli\n"
-        "heavy = [m for m in ('grpc', 'onnxruntime', 'omad.serve.server') if m in sys.modules]\n"
+        "heavy = [m for m in ('grpc', 'onnxruntime', 'omad.serve.lifecycle') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)

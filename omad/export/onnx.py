@@ -28,6 +28,7 @@ import onnx.numpy_helper
 import onnx.shape_inference
 import torch
 
+from omad.core.agent import AgentContract
 from omad.core.errors import OmadError
 from omad.export.triton import BATCH_MAJOR_NOISE_LAYOUT, TRITON_DIR, write_triton_repository
 from omad.runtime.onnx_policy import OnnxPolicy, load_export
@@ -105,15 +106,8 @@ def export_policy(
             f"{policy.name}: the graph contains forbidden ops {forbidden} (it must be loop-free and noise-free)"
         )
     model.doc_string = f"omad policy of {policy.name} ({env_id}, {algo}): action = pi(obs, noise). {NOISE_LAYOUT}"
-    info = ModelInfo(
-        agent=policy.name,
-        obs_dim=policy.obs_dim,
-        act_dim=policy.act_dim,
-        denoising_steps=policy.denoising_steps,
-        noise_steps=policy.denoising_steps + 1,
-        action_low=tuple(policy.action_low),
-        action_high=tuple(policy.action_high),
-        env_id=env_id,
+    info = ModelInfo.describing(
+        AgentContract.of(policy, env_id),
         algo=algo,
         sha256="",  # known once the file exists
         weights_sha256=weights_sha256(model.SerializeToString()),  # everything but the metadata, set next
@@ -134,16 +128,16 @@ def export_policy(
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as err:  # noqa: BLE001 - ValidationError or InferenceError
-        raise ExportError(f"{info.agent}: onnx.checker rejects the graph ({one_line(err)})") from None
+        raise ExportError(f"{info.name}: onnx.checker rejects the graph ({one_line(err)})") from None
     max_error = parity_errors(policy, OnnxPolicy(path))
     for batch, error in max_error.items():
         if not error <= PARITY_TOLERANCE:  # also catches NaN
             raise ExportError(
-                f"{info.agent}: ONNX Runtime differs from torch by {error:.3g} at batch {batch} "
+                f"{info.name}: ONNX Runtime differs from torch by {error:.3g} at batch {batch} "
                 f"(tolerance {PARITY_TOLERANCE:g})"
             )
     sha256 = sha256_file(path)
-    return AgentReport(info.agent, True, max_error, path.stat().st_size, sha256, replace(info, sha256=sha256))
+    return AgentReport(info.name, True, max_error, path.stat().st_size, sha256, replace(info, sha256=sha256))
 
 
 def trace_to_onnx(policy: AgentPolicy, opset: int) -> onnx.ModelProto:
@@ -359,7 +353,7 @@ def export_run(
         load_export(staging)  # the dir as a server will see it
         if triton:
             graphs = {
-                info.agent: batch_major_graph((staging / (info.agent + ONNX_SUFFIX)).read_bytes()) for info in infos
+                info.name: batch_major_graph((staging / (info.name + ONNX_SUFFIX)).read_bytes()) for info in infos
             }
             write_triton_repository(staging, infos, graphs)
         replace_dir(staging, out)

@@ -41,9 +41,9 @@ def triton_config(info: ModelInfo) -> str:
     inputs = [tensor(OBS_INPUT, [info.obs_dim]), tensor(NOISE_INPUT, [info.noise_steps, info.act_dim])]
     output = tensor(ACTION_OUTPUT, [info.act_dim])
     return (
-        f"# Written by `omad export`: agent {info.agent} of {info.env_id} ({info.algo}), K = {info.denoising_steps}.\n"
+        f"# Written by `omad export`: agent {info.name} of {info.env_id} ({info.algo}), K = {info.denoising_steps}.\n"
         f"# {BATCH_MAJOR_NOISE_LAYOUT}.\n"
-        f'name: "{info.agent}"\n'
+        f'name: "{info.name}"\n'
         'backend: "onnxruntime"\n'
         f"max_batch_size: {TRITON_MAX_BATCH}\n"
         "input [\n" + ",\n".join(inputs) + "\n]\n"
@@ -59,8 +59,8 @@ def write_triton_repository(export_dir: Path, infos: list[ModelInfo], graphs: di
     """graphs: each agent's batch-major graph (omad.export.onnx.batch_major_graph)."""
     root = Path(export_dir) / TRITON_DIR
     for info in infos:
-        model_dir = root / info.agent
+        model_dir = root / info.name
         (model_dir / TRITON_MODEL_VERSION).mkdir(parents=True, exist_ok=True)
-        (model_dir / TRITON_MODEL_VERSION / TRITON_MODEL_FILE).write_bytes(graphs[info.agent])
+        (model_dir / TRITON_MODEL_VERSION / TRITON_MODEL_FILE).write_bytes(graphs[info.name])
         (model_dir / "config.pbtxt").write_text(triton_config(info))
     return root

@@ -135,9 +135,7 @@ class OnnxPolicy:
         self._check_graph_signature()
 
     def __repr__(self) -> str:
-        return (
-            f"OnnxPolicy({str(self.path)!r}, agent={self.info.agent!r}, provider={self.session.get_providers()[0]!r})"
-        )
+        return f"OnnxPolicy({str(self.path)!r}, agent={self.info.name!r}, provider={self.session.get_providers()[0]!r})"
 
     # -- requests ---------------------------------------------------------------------------------
     def act(self, obs, noise=None, seed: int | None = None, zero_noise: bool = False) -> np.ndarray:
@@ -146,7 +144,7 @@ class OnnxPolicy:
         noise [K+1, B, d_a] if given; otherwise drawn standard normal from `seed` (or all zeros with
         `zero_noise`, the deterministic policy).
         """
-        check_noise_source(self.info.agent, noise, seed, zero_noise)
+        check_noise_source(self.info.name, noise, seed, zero_noise)
         obs, noise = self.validate(obs, noise)
         if noise is None:
             noise = self.sample_noise(obs.shape[0], seed=seed, zero_noise=zero_noise)
@@ -156,26 +154,26 @@ class OnnxPolicy:
         """Normalized (contiguous float32, obs 2-D) copies of a request's arrays; noise stays None if
         not given. Raises RuntimeModelError with a message a client can act on."""
         info = self.info
-        obs = as_float32(obs, f"{info.agent}: obs")
+        obs = as_float32(obs, f"{info.name}: obs")
         if obs.ndim == 1:
             obs = obs[None, :]
         if obs.ndim != 2 or obs.shape[1] != info.obs_dim:
             raise RuntimeModelError(
-                f"{info.agent}: obs must have shape [B, {info.obs_dim}] (or [{info.obs_dim}] for one observation), "
+                f"{info.name}: obs must have shape [B, {info.obs_dim}] (or [{info.obs_dim}] for one observation), "
                 f"got {list(obs.shape)}"
             )
         batch = obs.shape[0]
         if batch == 0:
-            raise RuntimeModelError(f"{info.agent}: obs batch is empty")
-        check_finite(obs, f"{info.agent}: obs")
+            raise RuntimeModelError(f"{info.name}: obs batch is empty")
+        check_finite(obs, f"{info.name}: obs")
         if noise is not None:
-            noise = as_float32(noise, f"{info.agent}: noise")
+            noise = as_float32(noise, f"{info.name}: noise")
             expected = (info.noise_steps, batch, info.act_dim)
             if noise.shape != expected:
                 raise RuntimeModelError(
-                    f"{info.agent}: noise must have shape [K+1, B, d_a] = {list(expected)}, got {list(noise.shape)}"
+                    f"{info.name}: noise must have shape [K+1, B, d_a] = {list(expected)}, got {list(noise.shape)}"
                 )
-            check_finite(noise, f"{info.agent}: noise")
+            check_finite(noise, f"{info.name}: noise")
         return obs, noise
 
     def sample_noise(self, batch: int, seed: int | None = None, zero_noise: bool = False) -> np.ndarray:
@@ -186,7 +184,7 @@ class OnnxPolicy:
         try:
             rng = np.random.default_rng(seed)
         except (TypeError, ValueError) as err:
-            raise RuntimeModelError(f"{self.info.agent}: bad seed {seed!r} ({err})") from None
+            raise RuntimeModelError(f"{self.info.name}: bad seed {seed!r} ({err})") from None
         return rng.standard_normal(shape, dtype=np.float32)
 
     def run(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -202,12 +200,13 @@ class OnnxPolicy:
         raise RuntimeModelError(f"{self.path}: not listed in {self.path.parent / MANIFEST_NAME}")
 
     def _check_against_manifest(self, manifest: dict, entry: dict) -> None:
-        expected = {name: manifest.get(name) for name in MANIFEST_FIELDS}
-        expected.update({name: entry[name] for name in MANIFEST_AGENT_FIELDS})
-        for name, value in expected.items():
-            if getattr(self.info, name) != value:
+        expected = {key: manifest.get(key) for key in MANIFEST_FIELDS}
+        expected.update({key: entry[key] for key in MANIFEST_AGENT_FIELDS})
+        record = self.info.record()
+        for key, value in expected.items():
+            if record[key] != value:
                 raise RuntimeModelError(
-                    f"{self.path}: metadata {name} = {getattr(self.info, name)!r} but the manifest says {value!r}"
+                    f"{self.path}: metadata {key} = {record[key]!r} but the manifest says {value!r}"
                 )
 
     def _check_graph_signature(self) -> None:

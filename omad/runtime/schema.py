@@ -1,21 +1,34 @@
 """What an export dir holds, defined once: graph names, metadata_props keys, manifest fields.
 
-The exporter writes these and the runtime reads them. Torch-free and onnx-free (only the standard
-library), so the serving image can import it.
+The exporter writes these and the runtime reads them. Torch-free and onnx-free, so the serving
+image can import it.
 
 Export dir:
     <agent>.onnx        one graph per agent: action = pi(obs[B, d_o], noise[K+1, B, d_a])
     manifest.json       agents in env order with each file's sha256, the env id and format version
     triton/<agent>/     optional Triton model repository (config.pbtxt, 1/model.onnx)
+
+A graph's metadata_props hold its `ModelInfo` record (omad.core.agent's contract, plus provenance),
+one key per entry: "omad." + the record key, text as is, numbers and bound lists as JSON.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from omad.core.agent import (
+    CONTRACT_KEYS,
+    AgentContract,
+    ContractError,
+    contract_values,
+    record_key,
+    values_from_record,
+)
 
 # 2: weights_sha256 covers the graph itself (see `weights_sha256`), so a lone file can be checked;
 # MatMul weights are 2-D (see omad.export.onnx.prepackable_matmul_weights).
@@ -42,32 +55,57 @@ METADATA_PREFIX = "omad."
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """Everything a server needs to validate requests and describe one exported agent."""
+class ModelInfo(AgentContract):
+    """One exported agent: its contract, plus where the graph came from and the hashes that check it.
+    Everything a server needs to validate requests and describe the agent."""
 
-    agent: str
-    obs_dim: int
-    act_dim: int
-    denoising_steps: int  # K
-    noise_steps: int  # K + 1: the noise input's first axis
-    action_low: tuple[float, ...]
-    action_high: tuple[float, ...]
-    env_id: str
     algo: str
     sha256: str  # of the .onnx file itself, so it is the one field not stored inside the file
     weights_sha256: str  # of the file without its metadata (`weights_sha256` below): checkable from the file alone
     format_version: int
     source_run: str
 
+    @classmethod
+    def describing(
+        cls,
+        contract: AgentContract,
+        *,
+        algo: str,
+        sha256: str,
+        weights_sha256: str,
+        format_version: int,
+        source_run: str,
+    ) -> ModelInfo:
+        return cls(
+            **contract_values(contract),
+            algo=algo,
+            sha256=sha256,
+            weights_sha256=weights_sha256,
+            format_version=format_version,
+            source_run=source_run,
+        )
 
-# ModelInfo fields stored in metadata_props; text fields raw, numbers and bound lists as JSON.
-STORED_FIELDS = tuple(f.name for f in fields(ModelInfo) if f.name != "sha256")
-TEXT_FIELDS = frozenset({"agent", "env_id", "algo", "weights_sha256", "source_run"})
-BOUND_FIELDS = frozenset({"action_low", "action_high"})
+    def record(self) -> dict[str, Any]:
+        """The contract's record plus the provenance a file stores (everything but `sha256`)."""
+        return {**super().record(), **{name: getattr(self, name) for name in STORED_PROVENANCE}}
+
+    @classmethod
+    def from_stored(cls, record: Mapping[str, Any], sha256: str) -> ModelInfo:
+        """The inverse of `record`, given the file's own sha256; raises ContractError (a ValueError)."""
+        return cls(**values_from_record(cls, record, skip=("sha256",)), sha256=sha256)
+
+
+# What ModelInfo adds to the contract and a graph stores in its metadata.
+STORED_PROVENANCE = ("algo", "weights_sha256", "format_version", "source_run")
+# The record keys a graph's metadata stores, and those stored as text (the others as JSON).
+STORED_KEYS = (*CONTRACT_KEYS, *STORED_PROVENANCE)
+TEXT_KEYS = frozenset(
+    record_key(name) for name, kind in typing.get_type_hints(ModelInfo).items() if kind is str and name != "sha256"
+)
 # Metadata beyond ModelInfo, for people and tools reading the graph.
 EXTRA_METADATA = ("noise_layout", "actor_kind", "source_checkpoint", "checkpoint_sha256")
 
-# Manifest fields compared with each graph's metadata at load time.
+# Manifest fields (record keys) compared with each graph's metadata at load time.
 MANIFEST_FIELDS = ("format_version", "env_id", "algo")
 MANIFEST_AGENT_FIELDS = ("agent", "obs_dim", "act_dim", "denoising_steps", "weights_sha256")
 
@@ -81,9 +119,8 @@ def encode_metadata(info: ModelInfo, **extra: str) -> dict[str, str]:
     unknown = set(extra) - set(EXTRA_METADATA)
     if unknown:
         raise ValueError(f"unknown metadata fields {sorted(unknown)}")
-    values = asdict(info)
     props = {
-        metadata_key(name): values[name] if name in TEXT_FIELDS else json.dumps(values[name]) for name in STORED_FIELDS
+        metadata_key(key): value if key in TEXT_KEYS else json.dumps(value) for key, value in info.record().items()
     }
     props.update({metadata_key(name): str(value) for name, value in extra.items()})
     return props
@@ -91,50 +128,40 @@ def encode_metadata(info: ModelInfo, **extra: str) -> dict[str, str]:
 
 def decode_metadata(props: Mapping[str, str], sha256: str) -> ModelInfo:
     """The inverse of `encode_metadata`; raises ValueError naming the first missing or bad key."""
-    values: dict[str, Any] = {}
-    for name in STORED_FIELDS:
-        key = metadata_key(name)
-        if key not in props:
-            raise ValueError(f"metadata key {key!r} is missing")
-        text = props[key]
-        if name in TEXT_FIELDS:
-            values[name] = text
+    record: dict[str, Any] = {}
+    for key in STORED_KEYS:
+        name = metadata_key(key)
+        if name not in props:
+            raise ValueError(f"metadata key {name!r} is missing")
+        text = props[name]
+        if key in TEXT_KEYS:
+            record[key] = text
             continue
         try:
-            value = json.loads(text)
+            record[key] = json.loads(text)
         except ValueError:
-            raise ValueError(f"metadata key {key!r} is not JSON: {text!r}") from None
-        if name in BOUND_FIELDS:
-            if not isinstance(value, list) or not all(isinstance(v, (int, float)) for v in value):
-                raise ValueError(f"metadata key {key!r} must be a list of numbers, got {text!r}")
-            value = tuple(float(v) for v in value)
-        elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"metadata key {key!r} must be a non-negative integer, got {text!r}")
-        values[name] = value
-    info = ModelInfo(sha256=sha256, **values)
-    if info.noise_steps != info.denoising_steps + 1:
-        raise ValueError(
-            f"metadata says K = {info.denoising_steps} but {info.noise_steps} noise steps (expected K + 1)"
-        )
-    if not (len(info.action_low) == len(info.action_high) == info.act_dim):
-        raise ValueError(f"metadata action bounds do not have act_dim = {info.act_dim} entries")
-    return info
+            raise ValueError(f"metadata key {name!r} is not JSON: {text!r}") from None
+    try:
+        return ModelInfo.from_stored(record, sha256)
+    except ContractError as err:
+        raise ValueError(f"metadata: {err}") from None
 
 
 def manifest_entry(info: ModelInfo, file_name: str) -> dict:
-    entry = {name: getattr(info, name) for name in MANIFEST_AGENT_FIELDS}
+    record = info.record()
+    entry = {key: record[key] for key in MANIFEST_AGENT_FIELDS}
     entry.update(file=file_name, sha256=info.sha256)
     return entry
 
 
 def build_manifest(infos: list[ModelInfo], opset: int) -> dict:
     """manifest.json for agents in env order (every agent shares the run's env id, algo and version)."""
-    first = infos[0]
-    manifest = {name: getattr(first, name) for name in MANIFEST_FIELDS}
+    first = infos[0].record()
+    manifest = {key: first[key] for key in MANIFEST_FIELDS}
     manifest.update(
-        source_run=first.source_run,
+        source_run=first["source_run"],
         opset=opset,
-        agents=[manifest_entry(info, info.agent + ONNX_SUFFIX) for info in infos],
+        agents=[manifest_entry(info, info.name + ONNX_SUFFIX) for info in infos],
     )
     return manifest
 

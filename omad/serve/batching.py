@@ -43,13 +43,13 @@ class Model(Protocol):
 
 
 class Job:
-    __slots__ = ("enqueued_ns", "future", "noise", "obs")
+    """One request's validated inputs, its noise already fixed."""
+
+    __slots__ = ("noise", "obs")
 
     def __init__(self, obs: np.ndarray, noise: np.ndarray):
         self.obs = obs  # [B, d_o]
         self.noise = noise  # [K+1, B, d_a]
-        self.future: asyncio.Future | None = None
-        self.enqueued_ns = 0
 
     @property
     def rows(self) -> int:
@@ -57,14 +57,13 @@ class Job:
 
 
 class JobResult:
-    __slots__ = ("action", "batch_size", "inference_ns", "model", "queue_ns")
+    __slots__ = ("action", "batch_size", "inference_ns", "queue_ns")
 
-    def __init__(self, action: np.ndarray, queue_ns: int, inference_ns: int, batch_size: int, model: Model):
+    def __init__(self, action: np.ndarray, queue_ns: int, inference_ns: int, batch_size: int):
         self.action = action  # [B, d_a]
         self.queue_ns = queue_ns  # queued -> its inference call started
         self.inference_ns = inference_ns  # the (shared) inference call
         self.batch_size = batch_size  # rows in that call
-        self.model = model  # the model that computed it (a reload may have swapped in another since)
 
 
 class BatcherClosed(RuntimeError):
@@ -79,14 +78,24 @@ class NonFiniteActions(RuntimeError):
     """The model returned NaN or inf for finite inputs."""
 
 
+class _Waiting:
+    """A queued job and the caller waiting for it."""
+
+    __slots__ = ("enqueued_ns", "future", "job")
+
+    def __init__(self, job: Job, future: asyncio.Future[JobResult]):
+        self.job = job
+        self.future = future
+        self.enqueued_ns = time.perf_counter_ns()
+
+
 class _Batch:
     """One inference call: its jobs, and (once run) its outcome."""
 
-    __slots__ = ("actions", "bad_rows", "error", "inference_ns", "jobs", "model", "started_ns")
+    __slots__ = ("actions", "bad_rows", "error", "inference_ns", "started_ns", "waiting")
 
-    def __init__(self, model: Model, jobs: list[Job]):
-        self.model = model
-        self.jobs = jobs
+    def __init__(self, waiting: list[_Waiting]):
+        self.waiting = waiting
         self.actions: np.ndarray | None = None
         self.error: Exception | None = None
         self.bad_rows: np.ndarray | None = None  # per row: True where an action is not finite
@@ -108,14 +117,14 @@ class MicroBatcher:
         on_batch: Callable[[int, float], None] | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
     ):
-        self.model = model  # swapped by the server on reload; each batch keeps the model it started with
+        self.model = model  # the one model this batcher runs (a server's reload starts a new batcher)
         self._max_batch = max_batch
         self._max_delay_s = max_delay_us / 1e6
         self._merge = merge
         self._offload = offload
         self._on_batch = on_batch  # (rows, inference seconds), for metrics
         self._on_failure = on_failure
-        self._pending: collections.deque[Job] = collections.deque()
+        self._pending: collections.deque[_Waiting] = collections.deque()
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._running: _Batch | None = None  # the batch being computed (inline or on the thread)
         # One thread: ONNX Runtime parallelises inside a call (--threads); queued requests merge
@@ -133,6 +142,12 @@ class MicroBatcher:
             self._thread.start()
 
     @property
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("MicroBatcher.start() has not run (on the event loop that submits jobs)")
+        return self._loop
+
+    @property
     def queued(self) -> int:
         """Jobs waiting for an inference call (not the one running)."""
         return len(self._pending)
@@ -143,12 +158,11 @@ class MicroBatcher:
             raise BatcherFailed(f"inference failed earlier ({self.failure!r}); this server must be restarted")
         if self._closed:
             raise BatcherClosed("the server is shutting down")
-        job.future = self._loop.create_future()
-        job.enqueued_ns = time.perf_counter_ns()
-        self._pending.append(job)
+        waiting = _Waiting(job, self._event_loop.create_future())
+        self._pending.append(waiting)
         if self._running is None:  # else the running batch's delivery starts the next one
             self._schedule_flush()
-        return await job.future
+        return await waiting.future
 
     async def close(self, timeout_s: float = 30.0) -> None:
         """Refuse new jobs, finish the queued ones (for up to timeout_s), stop the thread, and fail
@@ -169,7 +183,7 @@ class MicroBatcher:
     # ---- on the event loop ---------------------------------------------------------------------
 
     def _pending_rows(self) -> int:
-        return sum(job.rows for job in self._pending)
+        return sum(waiting.job.rows for waiting in self._pending)
 
     def _schedule_flush(self) -> None:
         """Flush at the end of this loop iteration, or once the first queued job has waited
@@ -184,33 +198,34 @@ class MicroBatcher:
             if delay > 0 or not isinstance(self._flush_handle, asyncio.TimerHandle):
                 return  # already due (the merge timer keeps running until the queue is full)
             self._flush_handle.cancel()
-        self._flush_handle = self._loop.call_later(delay, self._flush) if delay else self._loop.call_soon(self._flush)
+        loop = self._event_loop
+        self._flush_handle = loop.call_later(delay, self._flush) if delay else loop.call_soon(self._flush)
 
-    def _take_batch(self) -> list[Job]:
+    def _take_batch(self) -> list[_Waiting]:
         """The next jobs to run together: up to max_batch rows, skipping callers that gave up."""
-        jobs: list[Job] = []
+        batch: list[_Waiting] = []
         rows = 0
         while self._pending:
-            job = self._pending[0]
-            if job.future.done():  # cancelled: deadline passed or the client went away
+            waiting = self._pending[0]
+            if waiting.future.done():  # cancelled: deadline passed or the client went away
                 self._pending.popleft()
                 continue
-            if jobs and (not self._merge or rows + job.rows > self._max_batch):
+            if batch and (not self._merge or rows + waiting.job.rows > self._max_batch):
                 break
-            jobs.append(self._pending.popleft())
-            rows += job.rows
-        return jobs
+            batch.append(self._pending.popleft())
+            rows += waiting.job.rows
+        return batch
 
     def _flush(self) -> None:
         self._flush_handle = None
         if self._running is not None or self.failure is not None:
             return
         try:
-            jobs = self._take_batch()
-            if not jobs:
+            waiting = self._take_batch()
+            if not waiting:
                 return
-            batch = self._running = _Batch(self.model, jobs)
-            if self._offload and (len(jobs) > 1 or self._pending):
+            batch = self._running = _Batch(waiting)
+            if self._offload and (len(waiting) > 1 or self._pending):
                 self._work.put(batch)  # merged: compute off the loop, keep serving meanwhile
                 return
             self._compute(batch)  # a lone request (or no core to spare for the loop): the shortest path
@@ -230,20 +245,28 @@ class MicroBatcher:
         if self._running is not batch:  # failed meanwhile: its callers were told already
             return
         self._running = None
-        offset, batch_size = 0, sum(job.rows for job in batch.jobs)
-        for job in batch.jobs:
-            rows = job.rows
-            if not job.future.done():
-                if batch.error is not None:
-                    job.future.set_exception(batch.error)
-                elif batch.bad_rows is not None and batch.bad_rows[offset : offset + rows].any():
+        actions = batch.actions
+        if actions is None:  # the model refused the batch
+            error = batch.error if batch.error is not None else BatcherFailed("a batch was delivered before it ran")
+            for waiting in batch.waiting:
+                if not waiting.future.done():
+                    waiting.future.set_exception(error)
+            self._schedule_flush()
+            return
+        offset, batch_size = 0, len(actions)
+        for waiting in batch.waiting:
+            rows = waiting.job.rows
+            if not waiting.future.done():
+                if batch.bad_rows is not None and batch.bad_rows[offset : offset + rows].any():
                     where = np.flatnonzero(batch.bad_rows[offset : offset + rows]).tolist()
-                    job.future.set_exception(NonFiniteActions(f"rows {where[:5]}"))
+                    waiting.future.set_exception(NonFiniteActions(f"rows {where[:5]}"))
                 else:
-                    action = batch.actions[offset : offset + rows]
-                    job.future.set_result(
+                    waiting.future.set_result(
                         JobResult(
-                            action, batch.started_ns - job.enqueued_ns, batch.inference_ns, batch_size, batch.model
+                            actions[offset : offset + rows],
+                            batch.started_ns - waiting.enqueued_ns,
+                            batch.inference_ns,
+                            batch_size,
                         )
                     )
             offset += rows
@@ -259,19 +282,19 @@ class MicroBatcher:
 
     def _fail_jobs(self, error: Exception, running: bool) -> None:
         """Fail the queued jobs, and with `running` those of the running batch too."""
-        jobs = list(self._pending)
+        waiting = list(self._pending)
         self._pending.clear()
         if running and self._running is not None:
-            jobs += self._running.jobs
+            waiting += self._running.waiting
             self._running = None
-        for job in jobs:
-            if not job.future.done():
-                job.future.set_exception(error)
+        for entry in waiting:
+            if not entry.future.done():
+                entry.future.set_exception(error)
 
     # ---- the inference call (on the thread, or inline for a lone request) ------------------------
 
     def _compute(self, batch: _Batch) -> None:
-        jobs = batch.jobs
+        jobs = [waiting.job for waiting in batch.waiting]
         if len(jobs) == 1:
             obs, noise = jobs[0].obs, jobs[0].noise
         else:
@@ -279,7 +302,7 @@ class MicroBatcher:
             noise = np.concatenate([job.noise for job in jobs], axis=1)
         batch.started_ns = time.perf_counter_ns()
         try:
-            batch.actions = actions = batch.model.run(obs, noise)
+            batch.actions = actions = self.model.run(obs, noise)
         except Exception as err:  # noqa: BLE001 - the model refused this batch: its callers get the error
             batch.error = err
         batch.inference_ns = time.perf_counter_ns() - batch.started_ns
@@ -294,9 +317,9 @@ class MicroBatcher:
         try:
             while (batch := self._work.get()) is not _STOP:
                 self._compute(batch)
-                self._loop.call_soon_threadsafe(self._delivered, batch)
+                self._event_loop.call_soon_threadsafe(self._delivered, batch)
         except BaseException as err:  # noqa: BLE001 - anything else: the thread is gone, say so
             try:
-                self._loop.call_soon_threadsafe(self._fail, err)
+                self._event_loop.call_soon_threadsafe(self._fail, err)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 pass

@@ -86,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the server handles it (reload), not a kill
     from omad.serve.config import read_tls_files, read_token
-    from omad.serve.server import serve_until_signalled
+    from omad.serve.lifecycle import serve_until_signalled
 
     config = build_serve_config(model=args.model, **flags)
     logs.configure(config.log_level)

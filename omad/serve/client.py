@@ -2,6 +2,7 @@
 
     with PolicyClient("127.0.0.1:50051") as client:
         spec = client.spec()                          # agent, dims, bounds, K, model hash
+        contract = client.contract()                  # the same fields as omad.core.agent.AgentContract
         actions = client.act(obs)                     # obs [B, d_o] -> actions [B, d_a]
         timing = client.last_timing                   # server queue/inference times, round trip
         with client.stream() as session:              # closed loop: one long-lived stream
@@ -27,8 +28,10 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from omad.core.agent import AgentContract
 from omad.core.errors import OmadError
 from omad.serve._generated import policy_pb2, policy_pb2_grpc
+from omad.serve.spec import contract_from_spec
 from omad.serve.tensors import from_tensor, to_tensor
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -119,6 +122,10 @@ class PolicyClient:
         """The agent's spec: dims, bounds, K, noise steps, env id, model hash, server version, max batch."""
         self._spec = self._unary(self._stub.GetSpec, policy_pb2.SpecRequest(), timeout)
         return self._spec
+
+    def contract(self, timeout: float | None = None) -> AgentContract:
+        """The served agent's contract (omad.core.agent), from its spec; ContractError if it cannot hold."""
+        return contract_from_spec(self.spec(timeout))
 
     def act(
         self,

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-PROTO_ROOT = Path(__file__).resolve().parent.parent / "protos"
+PROTO_ROOT = Path(__file__).resolve().parents[2] / "protos"
 GENERATED_DIR = Path(__file__).resolve().parent / "_generated"
 
 # (proto path under protos/, also generate gRPC service code?)

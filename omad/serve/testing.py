@@ -14,7 +14,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from omad.serve.config import ServeConfig
-from omad.serve.server import PolicyServer
+from omad.serve.lifecycle import PolicyServer
 
 
 class ServerThread:

@@ -12,14 +12,7 @@ from typing import Any
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class AgentSpec:
-    name: str
-    obs_dim: int
-    act_dim: int
-    action_low: tuple[float, ...]
-    action_high: tuple[float, ...]
+from omad.core.agent import AgentSpec
 
 
 @dataclass(frozen=True)
@@ -31,7 +24,6 @@ class EnvSpec:
     options: dict[str, Any] = field(default_factory=dict)  # every option the factory ran with, defaults included
     state_source: str = "state"  # "state": the env's state(); "observations": the agents' observations concatenated
     reference: str = ""  # the id with the options given for it (`id?key=value`): what exports record
-
 
     @property
     def agent_names(self) -> list[str]:
