@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,6 +212,7 @@ def main() -> None:
     cpus = default_cpus_per_job(args.workers, args.ray_address)
     backend = f"ray ({args.ray_address})" if args.ray_address else f"local ({args.workers} workers)"
     if not args.report_only:
+        record_code_commit(root)
         jobs = [
             job for name in args.tasks for job in sweep_jobs(root, name, steps, args.seeds, args.quick, cpus, backend)
         ]
@@ -219,10 +221,27 @@ def main() -> None:
         write_study(root, args.tasks, args.reps or REPS)
 
 
-def write_study(root: Path, tasks: list[str], reps: int) -> None:
-    from bench.study_report import write_study_report
+CODE_COMMIT_FILE = "code_commit.txt"  # the commit the study's runs were trained with
 
-    write_study_report(root, {name: TASKS[name] for name in tasks}, reps)
+
+def record_code_commit(root: Path) -> None:
+    """Write the training code's commit into the study dir (kept when not in a git checkout)."""
+    result = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=False
+    )
+    if result.returncode == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / CODE_COMMIT_FILE).write_text(result.stdout.strip() + "\n")
+
+
+def write_study(root: Path, tasks: list[str], reps: int) -> None:
+    from bench.study_report import write_headline, write_study_report
+
+    study = write_study_report(root, {name: TASKS[name] for name in tasks}, reps)
+    commit_file = root / CODE_COMMIT_FILE
+    commit = commit_file.read_text().strip()[:12] if commit_file.is_file() else "unknown"
+    if root == RESULTS / "study":  # the committed study: its table heads the README
+        write_headline(Path(__file__).parent.parent / "README.md", study, commit)
 
 
 if __name__ == "__main__":

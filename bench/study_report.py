@@ -59,8 +59,11 @@ def write_study_report(root: Path, tasks: dict[str, Task], reps: int) -> dict:
                 if (task_dir / arm_name).is_dir()
             },
             "report": f"{name}/report/report.md",
-            "final_iqm": {
-                mode: {algo: info.get("final_return_iqm") for algo, info in part["envs"][task.env]["algos"].items()}
+            "finals": {
+                mode: {
+                    algo: {key: info.get(key) for key in ("final_return_iqm", "seeds", "jobs", "budget")}
+                    for algo, info in part["envs"][task.env]["algos"].items()
+                }
                 for mode, part in ((report["mode"], report), (report["other_mode"]["mode"], report["other_mode"]))
                 if task.env in part["envs"]
             },
@@ -83,3 +86,38 @@ def write_study_report(root: Path, tasks: dict[str, Task], reps: int) -> dict:
             lines.append(line.replace("](", f"]({name}/report/") if line.startswith("![") else line)
     (root / "study.md").write_text("\n".join(lines) + "\n")
     return study
+
+
+HEADLINE_START, HEADLINE_END = "<!-- headline table: start -->", "<!-- headline table: end -->"
+
+
+def headline_table(study: dict, commit: str) -> str:
+    """The README's results table: each algorithm's final return per task, both modes, from study.json."""
+    lines = [
+        (
+            f"Final evaluation return, IQM over finished seeds [95% CI], at each run's budget (code at commit "
+            f"`{commit}`; the full report, its protocol and command: docs/results/sample-efficiency.md)."
+        ),
+        "",
+        f"| task | algo | finished seeds | budget (env steps) | {VERDICT_MODE} | stochastic |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for name, entry in study.items():
+        verdict, beside = entry["finals"][VERDICT_MODE], entry["finals"].get("stochastic", {})
+        for algo, info in verdict.items():
+            other = beside.get(algo, {}).get("final_return_iqm")
+            cells = [
+                "{:.0f} [{:.0f}, {:.0f}]".format(*iqm) if iqm else "in progress"
+                for iqm in (info["final_return_iqm"], other)
+            ]
+            seeds = f"{len(info['seeds'] or [])} of {info['jobs']}"
+            lines.append(f"| {name} | {algo} | {seeds} | {info['budget'] or '-'} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def write_headline(readme: Path, study: dict, commit: str) -> None:
+    """Replace the README's block between the headline markers with the current table."""
+    text = readme.read_text()
+    head, _, rest = text.partition(HEADLINE_START)
+    _, _, tail = rest.partition(HEADLINE_END)
+    readme.write_text(f"{head}{HEADLINE_START}\n{headline_table(study, commit)}\n{HEADLINE_END}{tail}")
