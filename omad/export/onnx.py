@@ -6,6 +6,8 @@ Imports torch (tracing needs it), so only `omad export` imports this module; ser
   2. `onnx.checker.check_model(full_check=True)`;
   3. ONNX Runtime vs the torch module on random obs and noise at batch 1 and 64, max abs error <= 1e-5;
   4. the whole dir loads through the runtime (manifest, sha256, metadata).
+Once every agent passed, each graph is stamped with the team id (omad.runtime.team: the hash of
+all agents' weights hashes), which leaves the weights hash as it was.
 It is written into a temporary sibling of the target and renamed at the end, so a failed check
 leaves nothing behind.
 """
@@ -50,6 +52,7 @@ from omad.runtime.schema import (
     metadata_key,
     weights_sha256,
 )
+from omad.runtime.team import stamp_team_id, team_id
 from omad.train.checkpoint import CheckpointError, latest_checkpoint, sha256_file
 from omad.train.policies import AgentPolicy, load_policies, load_spec
 
@@ -348,6 +351,8 @@ def export_run(
                     opset=opset,
                 )
             )
+        team = team_id([report.info.weights_sha256 for report in reports])
+        reports = [stamp_team(report, staging / (report.agent + ONNX_SUFFIX), team) for report in reports]
         infos = [report.info for report in reports]
         (staging / MANIFEST_NAME).write_text(json.dumps(build_manifest(infos, opset), indent=2) + "\n")
         load_export(staging)  # the dir as a server will see it
@@ -367,6 +372,13 @@ def export_run(
         agents=reports,
         triton_dir=out / TRITON_DIR if triton else None,
     )
+
+
+def stamp_team(report: AgentReport, path: Path, team: str) -> AgentReport:
+    """Write the team id into an exported graph's metadata; of its hashes only the file's own changes."""
+    path.write_bytes(stamp_team_id(path.read_bytes(), team))
+    sha256 = sha256_file(path)
+    return replace(report, size_bytes=path.stat().st_size, sha256=sha256, info=replace(report.info, sha256=sha256))
 
 
 def check_target(out: Path, overwrite: bool) -> None:
@@ -414,6 +426,7 @@ def format_report(report: ExportReport) -> str:
     ]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.append(f"parity ONNX Runtime vs torch: all within {PARITY_TOLERANCE:g}")
+    lines.append(f"team id {team_id([a.info.weights_sha256 for a in report.agents])}")
     if report.triton_dir:
         lines.append(f"Triton model repository: {report.triton_dir}")
     return "\n".join(lines)

@@ -7,12 +7,18 @@ Every load checks the graph against the weights_sha256 in its own metadata (so a
 alone is checked too) and, when a manifest.json sits beside it, the file's sha256 and metadata
 against the manifest. Every request is validated (shape, finiteness) before it reaches ONNX Runtime. Errors are
 `RuntimeModelError`s whose message names the file or agent and says what to fix.
+
+On CUDA (provider "cuda") the session runs through I/O binding (`BoundRunner`): per batch size, the
+inputs and the output live in device buffers bound once and refilled per call, and ONNX Runtime's
+CUDA graphs replay the whole graph for each batch size after its first run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +37,7 @@ from omad.runtime.schema import (
     decode_metadata,
     weights_sha256,
 )
+from omad.runtime.team import team_id_of
 
 __all__ = ["ModelInfo", "OnnxPolicy", "RuntimeModelError", "load_export", "read_manifest"]
 
@@ -86,7 +93,8 @@ class OnnxPolicy:
 
     threads: ONNX Runtime intra-op threads (1 is fastest for small batches; 0 lets ORT decide).
     provider: "cpu" or "cuda"; "cuda" without a CUDA-enabled onnxruntime is an error, never a fallback.
-    Safe to call from several threads at once (ONNX Runtime sessions are).
+    Safe to call from several threads at once (ONNX Runtime sessions are; on CUDA, calls take turns).
+    `cuda_graph` says whether CUDA graphs are on, `cuda_graph_error` why not where CUDA could not use them.
     """
 
     def __init__(self, path: str | Path, threads: int = 1, provider: str = "cpu"):
@@ -111,11 +119,23 @@ class OnnxPolicy:
                     f"({manifest_entry['sha256'][:12]}...): the file was modified or corrupted; re-export"
                 )
 
-        self.session = make_session(model_bytes, threads, providers, self.path)
+        # The graph's shapes are static for each batch size (only B varies; `_check_graph_signature`
+        # refuses anything else), so on CUDA the graph-capture option is on: one graph per batch size.
+        self.cuda_graph, self.cuda_graph_error = provider == "cuda", None
         try:
-            self.info: ModelInfo = decode_metadata(self.session.get_modelmeta().custom_metadata_map, sha256)
+            self.session = make_session(model_bytes, threads, providers, self.path, cuda_graph=self.cuda_graph)
+        except RuntimeModelError as err:
+            if not self.cuda_graph:
+                raise
+            # e.g. nodes ONNX Runtime places on the CPU, which graph capture does not allow
+            self.cuda_graph, self.cuda_graph_error = False, str(err)
+            self.session = make_session(model_bytes, threads, providers, self.path)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.info: ModelInfo = decode_metadata(metadata, sha256)
         except ValueError as err:
             raise RuntimeModelError(f"{self.path}: not an omad export ({err})") from None
+        self.team_id = team_id_of(metadata)  # UNKNOWN_TEAM for an export made before team ids existed
         if self.info.format_version != EXPORT_FORMAT_VERSION:
             raise RuntimeModelError(
                 f"{self.path}: export format version {self.info.format_version}, "
@@ -133,6 +153,7 @@ class OnnxPolicy:
         if manifest_entry is not None:
             self._check_against_manifest(manifest, manifest_entry)
         self._check_graph_signature()
+        self.runner = BoundRunner(self.session, self.info, "cuda", self.cuda_graph) if provider == "cuda" else None
 
     def __repr__(self) -> str:
         return f"OnnxPolicy({str(self.path)!r}, agent={self.info.name!r}, provider={self.session.get_providers()[0]!r})"
@@ -190,6 +211,8 @@ class OnnxPolicy:
     def run(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """The graph itself, without validation: for arrays that came out of `validate` (and were
         perhaps concatenated into one batch: obs on axis 0, noise on axis 1)."""
+        if self.runner is not None:
+            return self.runner.run(obs, noise)
         return self.session.run([ACTION_OUTPUT], {OBS_INPUT: obs, NOISE_INPUT: noise})[0]
 
     # -- load-time checks -------------------------------------------------------------------------
@@ -242,12 +265,16 @@ def execution_providers(provider: str) -> list[str]:
     if wanted not in available:
         raise RuntimeModelError(
             f"provider {provider!r} asked for, but this onnxruntime has no {wanted} (available: {', '.join(available)}); "
-            "install onnxruntime-gpu (the `gpu` extra) on a machine with CUDA, or use provider 'cpu'"
+            "on a machine with CUDA install the `gpu` extra (onnxruntime-gpu, instead of the `cpu` extra), or use provider 'cpu'"
         )
     return [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
 
 
-def make_session(model: bytes, threads: int, providers: list[str], path: Path) -> ort.InferenceSession:
+def make_session(
+    model: bytes, threads: int, providers: list[str], path: Path, cuda_graph: bool = False
+) -> ort.InferenceSession:
+    """A session on `providers` (names; the first must be the one that runs it). cuda_graph: CUDA's
+    graph capture on (ONNX Runtime refuses the session if any node would run elsewhere)."""
     if not isinstance(threads, int) or threads < 0:
         raise RuntimeModelError(f"threads must be an integer >= 0 (0: ONNX Runtime decides), got {threads!r}")
     options = ort.SessionOptions()
@@ -257,8 +284,11 @@ def make_session(model: bytes, threads: int, providers: list[str], path: Path) -
     # Spinning threads burn a core between requests; a server shares its cores with other agents.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    chosen: list = list(providers)
+    if cuda_graph:
+        chosen[0] = (providers[0], {"enable_cuda_graph": "1"})
     try:
-        session = ort.InferenceSession(model, sess_options=options, providers=providers)
+        session = ort.InferenceSession(model, sess_options=options, providers=chosen)
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types for unreadable graphs
         raise RuntimeModelError(f"{path}: ONNX Runtime cannot load it ({err})") from None
     if session.get_providers()[0] != providers[0]:
@@ -266,6 +296,54 @@ def make_session(model: bytes, threads: int, providers: list[str], path: Path) -
             f"{path}: {providers[0]} failed to initialise (session runs on {session.get_providers()})"
         )
     return session
+
+
+@dataclass
+class Bound:
+    """One batch size's device buffers, bound to the session's inputs and output."""
+
+    obs: ort.OrtValue
+    noise: ort.OrtValue
+    binding: ort.IOBinding
+    options: ort.RunOptions
+
+
+class BoundRunner:
+    """`run(obs, noise)` through I/O binding, the inputs and the output in `device` memory ("cuda", or
+    "cpu"). Each batch size gets its buffers once; a call copies its arrays into them, so the addresses
+    never change, as CUDA graph replay needs (with `graphs`: graph id = batch size, captured by ONNX
+    Runtime at that size's second run). One call at a time: the buffers are shared."""
+
+    def __init__(self, session: ort.InferenceSession, info: ModelInfo, device: str, graphs: bool):
+        self.session, self.info, self.device, self.graphs = session, info, device, graphs
+        self.bound: dict[int, Bound] = {}
+        self.lock = threading.Lock()
+
+    def _bind(self, batch: int) -> Bound:
+        info, device = self.info, self.device
+        obs = ort.OrtValue.ortvalue_from_shape_and_type([batch, info.obs_dim], np.float32, device, 0)
+        noise = ort.OrtValue.ortvalue_from_shape_and_type(
+            [info.noise_steps, batch, info.act_dim], np.float32, device, 0
+        )
+        action = ort.OrtValue.ortvalue_from_shape_and_type([batch, info.act_dim], np.float32, device, 0)
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(OBS_INPUT, obs)
+        binding.bind_ortvalue_input(NOISE_INPUT, noise)
+        binding.bind_ortvalue_output(ACTION_OUTPUT, action)
+        options = ort.RunOptions()
+        if self.graphs:
+            options.add_run_config_entry("gpu_graph_id", str(batch))  # ids start at 1: 0 is ONNX Runtime's own
+        bound = self.bound[batch] = Bound(obs, noise, binding, options)
+        return bound
+
+    def run(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        with self.lock:
+            bound = self.bound.get(obs.shape[0]) or self._bind(obs.shape[0])
+            bound.obs.update_inplace(obs)
+            bound.noise.update_inplace(noise)
+            bound.binding.synchronize_inputs()
+            self.session.run_with_iobinding(bound.binding, bound.options)
+            return bound.binding.copy_outputs_to_cpu()[0]
 
 
 def as_float32(value, what: str) -> np.ndarray:

@@ -5,7 +5,7 @@ image can import it.
 
 Export dir:
     <agent>.onnx        one graph per agent: action = pi(obs[B, d_o], noise[K+1, B, d_a])
-    manifest.json       agents in env order with each file's sha256, the env id and format version
+    manifest.json       agents in env order with each file's sha256, the env id, format version and team id
     triton/<agent>/     optional Triton model repository (config.pbtxt, 1/model.onnx)
 
 A graph's metadata_props hold its `ModelInfo` record (omad.core.agent's contract, plus provenance),
@@ -29,6 +29,7 @@ from omad.core.agent import (
     record_key,
     values_from_record,
 )
+from omad.runtime.team import team_id
 
 # 2: weights_sha256 covers the graph itself (see `weights_sha256`), so a lone file can be checked;
 # MatMul weights are 2-D (see omad.export.onnx.prepackable_matmul_weights).
@@ -155,12 +156,14 @@ def manifest_entry(info: ModelInfo, file_name: str) -> dict:
 
 
 def build_manifest(infos: list[ModelInfo], opset: int) -> dict:
-    """manifest.json for agents in env order (every agent shares the run's env id, algo and version)."""
+    """manifest.json for agents in env order (every agent shares the run's env id, algo and version),
+    with the team id of their weights (omad.runtime.team)."""
     first = infos[0].record()
     manifest = {key: first[key] for key in MANIFEST_FIELDS}
     manifest.update(
         source_run=first["source_run"],
         opset=opset,
+        team_id=team_id([info.weights_sha256 for info in infos]),
         agents=[manifest_entry(info, info.name + ONNX_SUFFIX) for info in infos],
     )
     return manifest

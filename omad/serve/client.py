@@ -5,6 +5,7 @@
         contract = client.contract()                  # the same fields as omad.core.agent.AgentContract
         actions = client.act(obs)                     # obs [B, d_o] -> actions [B, d_a]
         timing = client.last_timing                   # server queue/inference times, round trip
+        model = client.last_model                     # sha256 and team id of the model that answered
         with client.stream() as session:              # closed loop: one long-lived stream
             action = session.act(obs, noise)          # (every policy source answers act(obs, noise))
 
@@ -30,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from omad.core.agent import AgentContract
 from omad.core.errors import OmadError
+from omad.runtime.team import UNKNOWN_TEAM, ModelRef
 from omad.serve._generated import policy_pb2, policy_pb2_grpc
 from omad.serve.spec import contract_from_spec
 from omad.serve.tensors import from_tensor, to_tensor
@@ -108,6 +110,7 @@ class PolicyClient:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._spec: policy_pb2.Spec | None = None
         self.last_timing: ActTiming | None = None  # of the latest `act`
+        self.last_model: ModelRef | None = None  # the model that answered the latest `act`
 
     def __enter__(self) -> PolicyClient:
         return self
@@ -149,6 +152,7 @@ class PolicyClient:
             for request in self._requests(obs, noise, seed, zero_noise, request_id)
         ]
         actions, self.last_timing = decode_replies(replies, started, np.ndim(obs) == 1)
+        self.last_model = answered_by(replies)
         return actions
 
     def stream(self, timeout: float | None = None, session_timeout: float | None = None) -> PolicyStream:
@@ -226,6 +230,7 @@ class PolicyStream:
         self.wait_deadline: float | None = None  # monotonic time the current wait for a reply must end by
         self._expired = False
         self.last_timing: ActTiming | None = None  # of the latest `act`
+        self.last_model: ModelRef | None = None  # the model that answered the latest `act`
         _WATCHDOG.watch(self)
 
     def __enter__(self) -> PolicyStream:
@@ -267,6 +272,7 @@ class PolicyStream:
         finally:
             self.wait_deadline = None
         actions, self.last_timing = decode_replies(replies, started, np.ndim(obs) == 1)
+        self.last_model = answered_by(replies)
         return actions
 
     def close(self) -> None:
@@ -369,6 +375,12 @@ def decode_replies(replies: list[policy_pb2.ActReply], started_ns: int, single: 
             round_trip_us,
         )
     return (actions[0] if single else actions), timing
+
+
+def answered_by(replies: list[policy_pb2.ActReply]) -> ModelRef:
+    """The model that computed the last reply of a batch: its sha256 and team id ("unknown" when the
+    server's graph carries none)."""
+    return ModelRef(replies[-1].model_sha256, replies[-1].team_id or UNKNOWN_TEAM)
 
 
 def check_health(

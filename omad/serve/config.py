@@ -54,6 +54,13 @@ class ServeConfig(BaseModel):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus metrics port (0: a free one); off if unset"
     )
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="second port serving only grpc.health.v1, always plaintext, for probes that speak no TLS "
+        "(Kubernetes' gRPC probes; 0: a free one); off if unset",
+    )
     provider: Literal["cpu", "cuda"] = Field(
         "cpu", description="ONNX Runtime execution provider; cuda fails clearly if unavailable"
     )

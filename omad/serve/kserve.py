@@ -4,7 +4,7 @@ such as tritonclient and perf_analyzer work unchanged.
 The model is named after its agent, version "1". ModelInfer takes inputs `obs` [B, d_o] and
 optionally `noise` [K+1, B, d_a] and gives output `action`; request parameters `seed` (int64) and
 `zero_noise` (bool) are the omad.v1 ActRequest options, and the reply's parameters carry the server
-times and the model's sha256.
+times, the model's sha256 and its team id.
 """
 
 from __future__ import annotations
@@ -141,6 +141,7 @@ class KServeService:
         for name in ("queue_us", "inference_us", "total_us", "batch_size"):
             response.parameters[name].int64_param = getattr(times, name)
         response.parameters["model_sha256"].string_param = model.info.sha256
+        response.parameters["team_id"].string_param = model.team_id
         return response
 
 

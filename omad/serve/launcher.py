@@ -1,6 +1,6 @@
 """`omad serve --export-dir D --base-port P`: one `omad serve --model` process per agent.
 
-Agent i listens on P + i. The launcher forwards SIGTERM / SIGINT to every server (each drains),
+Agent i listens on P + i, and with --metrics-port M (--health-port H) serves those on M + i (H + i). The launcher forwards SIGTERM / SIGINT to every server (each drains),
 waits for them, and kills any that outlive the grace period. It forwards SIGHUP too: every server
 reloads its model from its path (e.g. after a new `omad export` into the same dir). If one server
 dies, it stops the rest.
@@ -58,7 +58,7 @@ def server_argv(model: Path, port: int, flags: dict, index: int) -> list[str]:
     for name, value in flags.items():
         if value is None or name == "port":
             continue
-        if name == "metrics_port" and int(value) != 0:
+        if name in ("metrics_port", "health_port") and int(value) != 0:
             value = int(value) + index  # consecutive, like the gRPC ports
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):

@@ -1,7 +1,8 @@
 """`omad serve --model AGENT.onnx`: one agent's policy over gRPC, from start to drain.
 
 One port carries the omad.v1.Policy service (policy_service.py), the KServe v2
-GRPCInferenceService (kserve.py), the standard health service and reflection. Requests are
+GRPCInferenceService (kserve.py), the standard health service and reflection. With --health-port,
+a second, plaintext port carries the health service alone (for probes that speak no TLS). Requests are
 validated on the event loop, then handed to the micro-batcher (batching.py): a lone request runs
 at once, concurrent ones merge into one call.
 
@@ -57,10 +58,12 @@ class PolicyServer:
         self.metrics.queued.set_function(lambda: self.state.loaded.batcher.queued if self.state.loaded else 0)
         self.port = 0  # bound by `listen`
         self.metrics_port: int | None = None
+        self.health_port: int | None = None
         self._token = token
         self._tls = tls
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._reload: asyncio.Future[bool] | None = None
         self._reload_again = False
         self._background: set[asyncio.Future[Any]] = set()  # tasks started from callbacks, kept until done
@@ -122,6 +125,8 @@ class PolicyServer:
                 self.metrics_port = self.metrics.serve_http(cfg.host.strip("[]"), cfg.metrics_port)
             except OSError as err:
                 raise ServeConfigError(f"cannot serve metrics on {cfg.host}:{cfg.metrics_port}: {err}") from None
+        if cfg.health_port is not None:
+            await self._serve_health_port(cfg.host, cfg.health_port)
         await server.start()
         self._server, self.port = server, port
         logs.log_event(
@@ -130,6 +135,7 @@ class PolicyServer:
             addr=f"{cfg.host}:{port}",
             port=port,
             metrics_port=self.metrics_port,
+            health_port=self.health_port,
             tls=self._tls is not None,
             mtls=bool(self._tls and self._tls[2]),
             auth=self._token is not None,
@@ -144,6 +150,20 @@ class PolicyServer:
                 advice="serving beyond loopback: consider --tls-cert/--tls-key (and --tls-client-ca) plus --token-file",
             )
 
+    async def _serve_health_port(self, host: str, port: int) -> None:
+        """grpc.health.v1 alone, plaintext, on its own port: the same statuses as the main port."""
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        address = f"{host}:{port}"
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as err:
+            raise ServeConfigError(f"cannot listen on {address} (--health-port): {err}") from None
+        if not bound:
+            raise ServeConfigError(f"cannot listen on {address} (--health-port): address in use or not available")
+        await server.start()
+        self._health_server, self.health_port = server, bound
+
     async def load_model(self) -> None:
         """Load, verify and warm up the model in a thread (health stays NOT_SERVING meanwhile), then SERVING."""
         cfg = self.config
@@ -151,6 +171,7 @@ class PolicyServer:
         policy = await asyncio.to_thread(load_and_warm_up, cfg)
         model = self._start_model(policy)
         self.state.loaded = model
+        self.metrics.show_model(model.info.name, model.team_id, model.info.sha256)
         info = model.info
         logs.log_event(
             log,
@@ -165,7 +186,13 @@ class PolicyServer:
         )
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         logs.log_event(
-            log, "serving", agent=info.name, addr=f"{cfg.host}:{self.port}", port=self.port, model_sha256=info.sha256
+            log,
+            "serving",
+            agent=info.name,
+            addr=f"{cfg.host}:{self.port}",
+            port=self.port,
+            model_sha256=info.sha256,
+            team_id=model.team_id,
         )
 
     def _start_model(self, policy: OnnxPolicy) -> LoadedModel:
@@ -216,6 +243,7 @@ class PolicyServer:
         new = self._start_model(policy)
         self.state.loaded = new  # the swap: every call admitted from here on runs on the new model
         self._spawn(old.batcher.close())  # the old batcher answers what it holds, then its thread ends
+        self.metrics.show_model(new.info.name, new.team_id, new.info.sha256)
         self.metrics.reloads.labels("ok").inc()
         logs.log_event(
             log,
@@ -223,6 +251,8 @@ class PolicyServer:
             agent=new.info.name,
             old_model_sha256=old.info.sha256,
             model_sha256=new.info.sha256,
+            old_team_id=old.team_id,
+            team_id=new.team_id,
             seconds=round(time.perf_counter() - started, 3),
         )
         return True
@@ -278,6 +308,8 @@ class PolicyServer:
         self.state.draining = True
         if self._server is not None:
             await self._server.stop(grace_s)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         if self.state.loaded is not None:
             await self.state.loaded.batcher.close()
         if self._background:  # old batchers still closing, a health update

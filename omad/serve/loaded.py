@@ -32,6 +32,11 @@ class LoadedModel:
     def info(self) -> ModelInfo:
         return self.policy.info
 
+    @property
+    def team_id(self) -> str:
+        """The team id stamped in the graph (omad.runtime.team), or "unknown"."""
+        return self.policy.team_id
+
     @classmethod
     def start(
         cls,
@@ -51,7 +56,7 @@ class LoadedModel:
             on_failure=on_failure,
         )
         batcher.start()
-        return cls(policy, spec_message(policy.info, config.max_batch), batcher)
+        return cls(policy, spec_message(policy.info, config.max_batch, policy.team_id), batcher)
 
 
 def load_and_warm_up(config: ServeConfig) -> OnnxPolicy:

@@ -51,6 +51,13 @@ class ServerMetrics:
             "Failures of the inference machinery (the server then serves nothing)",
             registry=self.registry,
         )
+        self.team_info = Gauge(
+            "omad_team_info",
+            "Always 1: the agent served, the team id of its graph (the export it belongs to; unknown if none) "
+            "and the graph's sha256; replaced on reload",
+            ["agent", "team_id", "model_sha256"],
+            registry=self.registry,
+        )
         self._per_method: dict[str, tuple] = {}  # label lookups cached: this runs once per request
         self._http: WSGIServer | None = None
 
@@ -63,6 +70,11 @@ class ServerMetrics:
 
     def observe_error(self, method: str, code_name: str) -> None:
         self.errors.labels(method, code_name).inc()
+
+    def show_model(self, agent: str, team_id: str, model_sha256: str) -> None:
+        """The serving model in omad_team_info: one series, replaced when a reload swaps the model."""
+        self.team_info.clear()
+        self.team_info.labels(agent, team_id, model_sha256).set(1)
 
     def observe_batch(self, rows: int, seconds: float) -> None:
         self.batch_size.observe(rows)

@@ -87,4 +87,5 @@ class PolicyService:
             timing=timing(result, received_ns),
             model_sha256=model.info.sha256,
             request_id=request.request_id,
+            team_id=model.team_id,
         )

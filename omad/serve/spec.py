@@ -10,6 +10,7 @@ from importlib import metadata
 
 from omad.core.agent import CONTRACT_KEYS, AgentContract
 from omad.runtime.schema import ModelInfo
+from omad.runtime.team import UNKNOWN_TEAM
 from omad.serve._generated import policy_pb2
 
 
@@ -20,11 +21,14 @@ def server_version() -> str:
         return "unknown"
 
 
-def spec_message(info: ModelInfo, max_batch: int) -> policy_pb2.Spec:
-    """The model's record (contract and provenance), its file's sha256, and this server's version and limit."""
+def spec_message(info: ModelInfo, max_batch: int, team_id: str = UNKNOWN_TEAM) -> policy_pb2.Spec:
+    """The model's record (contract and provenance), its file's sha256 and team id, and this server's
+    version and limit."""
     record = info.record()
     record["format_version"] = str(record["format_version"])  # a string on the wire
-    return policy_pb2.Spec(**record, model_sha256=info.sha256, server_version=server_version(), max_batch=max_batch)
+    return policy_pb2.Spec(
+        **record, model_sha256=info.sha256, team_id=team_id, server_version=server_version(), max_batch=max_batch
+    )
 
 
 def contract_from_spec(spec: policy_pb2.Spec) -> AgentContract:

@@ -19,7 +19,7 @@ class SpecRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Spec(_message.Message):
-    __slots__ = ("agent", "obs_dim", "act_dim", "action_low", "action_high", "denoising_steps", "noise_steps", "env_id", "algo", "model_sha256", "server_version", "max_batch", "weights_sha256", "format_version", "source_run")
+    __slots__ = ("agent", "obs_dim", "act_dim", "action_low", "action_high", "denoising_steps", "noise_steps", "env_id", "algo", "model_sha256", "server_version", "max_batch", "weights_sha256", "format_version", "source_run", "team_id")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     OBS_DIM_FIELD_NUMBER: _ClassVar[int]
     ACT_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class Spec(_message.Message):
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_RUN_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
     agent: str
     obs_dim: int
     act_dim: int
@@ -50,7 +51,8 @@ class Spec(_message.Message):
     weights_sha256: str
     format_version: str
     source_run: str
-    def __init__(self, agent: _Optional[str] = ..., obs_dim: _Optional[int] = ..., act_dim: _Optional[int] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., denoising_steps: _Optional[int] = ..., noise_steps: _Optional[int] = ..., env_id: _Optional[str] = ..., algo: _Optional[str] = ..., model_sha256: _Optional[str] = ..., server_version: _Optional[str] = ..., max_batch: _Optional[int] = ..., weights_sha256: _Optional[str] = ..., format_version: _Optional[str] = ..., source_run: _Optional[str] = ...) -> None: ...
+    team_id: str
+    def __init__(self, agent: _Optional[str] = ..., obs_dim: _Optional[int] = ..., act_dim: _Optional[int] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., denoising_steps: _Optional[int] = ..., noise_steps: _Optional[int] = ..., env_id: _Optional[str] = ..., algo: _Optional[str] = ..., model_sha256: _Optional[str] = ..., server_version: _Optional[str] = ..., max_batch: _Optional[int] = ..., weights_sha256: _Optional[str] = ..., format_version: _Optional[str] = ..., source_run: _Optional[str] = ..., team_id: _Optional[str] = ...) -> None: ...
 
 class ActRequest(_message.Message):
     __slots__ = ("obs", "noise", "seed", "zero_noise", "request_id")
@@ -79,13 +81,15 @@ class Timing(_message.Message):
     def __init__(self, queue_us: _Optional[int] = ..., inference_us: _Optional[int] = ..., total_us: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class ActReply(_message.Message):
-    __slots__ = ("action", "timing", "model_sha256", "request_id")
+    __slots__ = ("action", "timing", "model_sha256", "request_id", "team_id")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
     action: Tensor
     timing: Timing
     model_sha256: str
     request_id: str
-    def __init__(self, action: _Optional[_Union[Tensor, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model_sha256: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    team_id: str
+    def __init__(self, action: _Optional[_Union[Tensor, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model_sha256: _Optional[str] = ..., request_id: _Optional[str] = ..., team_id: _Optional[str] = ...) -> None: ...
