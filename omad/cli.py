@@ -48,6 +48,10 @@ COMMANDS: dict[str, Command] = {
     "eval": Command(
         "omad.evaluation:configure_eval", "evaluate policies closed-loop (gRPC servers, ONNX export or torch run dir)"
     ),
+    "deploy": Command(
+        "omad.deploy.cli:configure_deploy",
+        "write Kubernetes manifests for an export: one Deployment and Service per agent, models, NetworkPolicy",
+    ),
     "demo": Command(
         "omad.demo:configure_demo", "train, export, serve one gRPC server per agent, evaluate closed-loop, report"
     ),
