@@ -178,3 +178,20 @@ def test_the_operations_page_holds_both_markers():
     for marker in ("<!-- generated: metrics -->", "<!-- generated: log-events -->"):
         assert page.count(marker) == 1 and marker in hook
     assert Path(REPO / "mkdocs.yml").read_text().count("docs/hooks_operations.py") == 1
+
+
+def test_with_an_export_dir_each_agent_gets_the_next_metrics_and_health_port():
+    from omad.serve.launcher import server_argv
+
+    flags = {"host": "0.0.0.0", "metrics_port": 9100, "health_port": 8081, "port": None}
+    for index in range(3):
+        argv = server_argv(Path(f"agent_{index}.onnx"), 50051 + index, flags, index)
+        value = {flag: argv[argv.index(flag) + 1] for flag in ("--port", "--metrics-port", "--health-port", "--host")}
+        assert value == {
+            "--port": str(50051 + index),
+            "--metrics-port": str(9100 + index),
+            "--health-port": str(8081 + index),
+            "--host": "0.0.0.0",
+        }
+    argv = server_argv(Path("agent_2.onnx"), 0, {"metrics_port": 0, "health_port": 0}, 2)
+    assert argv[argv.index("--metrics-port") + 1] == "0" and argv[argv.index("--health-port") + 1] == "0"
