@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from omad.train.replay import ReplayBuffer, ReplaySample, Transition
+from omad.train.replay import ReplayBuffer, ReplaySample, RowLayout, Transition
 
 GAMMA = 0.9
 
@@ -159,3 +159,107 @@ def test_map_applies_the_function_to_every_field_in_storage_order():
     mapped = fields.map(lambda v: v * 10 + 1)
     assert isinstance(mapped, ReplaySample)
     assert [m.tolist() for m in mapped] == [[10.0 * i + 1] * 2 for i in range(len(ReplaySample._fields))]
+
+# -- one row per transition, and the device copy (omad/train/cuda.py; here on the CPU) ----------------
+def test_row_layout_puts_the_fields_side_by_side_in_storage_order():
+    layout = RowLayout({"state": (3,), "obs": (2, 4), "action": (5,)})
+    # by hand: state 3, obs 8, action 5, reward, discount, done 1 each, next_state 3, next_obs 8
+    assert layout.offsets == {
+        "state": 0,
+        "obs": 3,
+        "action": 11,
+        "reward": 16,
+        "discount": 17,
+        "done": 18,
+        "next_state": 19,
+        "next_obs": 22,
+    }
+    assert layout.width == 30
+    rng = np.random.default_rng(0)
+    data = {k: rng.standard_normal((6, *shape)).astype(np.float32) for k, shape in layout.shapes.items()}
+    rows = layout.pack(data, 1, 4)
+    assert rows.shape == (3, 30)
+    np.testing.assert_array_equal(rows[:, 3:11], data["obs"][1:4].reshape(3, 8))
+    np.testing.assert_array_equal(rows[:, 17], data["discount"][1:4])
+    unpacked = layout.unpack(rows)
+    for key in ReplaySample._fields:
+        np.testing.assert_array_equal(getattr(unpacked, key), data[key][1:4], err_msg=key)
+        assert np.shares_memory(getattr(unpacked, key), rows), key  # views, not copies
+
+
+def distinct_step(t):
+    """Step t with every field distinct from every other step's (two agents' obs of width 2)."""
+    f = np.float32
+    return Transition(
+        np.array([t, -t], f),
+        np.array([[t + 0.25, t], [t + 0.75, -t]], f),
+        np.array([t + 0.5, t - 0.5, 2 * t], f),
+        float(t) + 0.125,
+        np.array([t + 1, -t - 1], f),
+        np.array([[t + 1.25, t], [t + 1.75, -t]], f),
+        t % 7 == 6,
+        False,
+    )
+
+
+def test_device_copy_samples_exactly_what_the_buffer_samples():
+    """Same generator state, same batch, bit for bit: before and after the ring wraps, after a few
+    more rows (uploaded alone) and after a restore (uploaded whole). Rows come back as views of one
+    [B, width] tensor, the same tensor every time."""
+    import torch
+
+    from omad.train.cuda import DeviceReplay
+
+    shapes = {"state": (2,), "obs": (2, 2), "action": (3,)}
+    buf = ReplayBuffer(50, shapes, 1, 1, GAMMA)
+    copy = DeviceReplay(buf, "cpu", 16)
+    uploads = []
+    upload = copy._upload
+    copy._upload = lambda start, stop: (uploads.append((start, stop)), upload(start, stop))
+
+    def check(seed):
+        """Sample both ways and compare; returns the device batch and the uploads this sample made."""
+        uploads.clear()
+        device_batch = copy.sample(np.random.default_rng(seed))
+        host_batch = buf.sample(np.random.default_rng(seed), 16)
+        for key in ReplaySample._fields:
+            np.testing.assert_array_equal(getattr(device_batch, key).numpy(), getattr(host_batch, key), err_msg=key)
+            assert getattr(device_batch, key).data_ptr() >= copy.rows.data_ptr()
+        return device_batch, list(uploads)
+
+    for t in range(37):
+        buf.add(0, distinct_step(t))
+    assert check(0)[1] == [(0, 37)]
+    for t in range(37, 48):
+        buf.add(0, distinct_step(t))
+    assert check(1)[1] == [(37, 48)]
+    for t in range(48, 53):  # slots 48, 49, then 0, 1, 2: the ring wraps
+        buf.add(0, distinct_step(t))
+    assert check(2)[1] == [(48, 50), (0, 3)]
+    for t in range(53, 120):  # more rows than the capacity: everything is new
+        buf.add(0, distinct_step(t))
+    assert check(3)[1] == [(0, 50)]
+    batch, uploads_made = check(4)
+    assert uploads_made == [] and batch.state.data_ptr() == copy.rows.data_ptr()
+
+    restored = ReplayBuffer(50, shapes, 1, 1, GAMMA)
+    for s in range(10):
+        restored.add(0, distinct_step(1000 + s))
+    restored_copy = DeviceReplay(restored, "cpu", 16)
+    restored_copy.sample(np.random.default_rng(0))
+    restored.load_state(buf.state_arrays(), buf.state_meta())  # a resume replaces the buffer's contents
+    for seed in range(3):
+        got = restored_copy.sample(np.random.default_rng(seed))
+        want = buf.sample(np.random.default_rng(seed), 16)
+        for key in ReplaySample._fields:
+            assert torch.equal(getattr(got, key), torch.from_numpy(getattr(want, key))), key
+
+
+def test_device_copy_refuses_rows_of_the_wrong_width():
+    import torch
+
+    from omad.train.cuda import DeviceReplay
+
+    buf = ReplayBuffer(10, {"state": (2,), "obs": (2, 2), "action": (3,)}, 1, 1, GAMMA)
+    with pytest.raises(ValueError, match=r"float32 \[4, 18\]"):
+        DeviceReplay(buf, "cpu", 4, rows=torch.zeros(4, 17))

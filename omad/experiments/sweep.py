@@ -11,6 +11,12 @@ where <env> is the env id made filesystem-safe (`mpe:simple_spread_v3` -> `mpe_s
 Re-running a sweep skips jobs whose DONE.json covers the budget, resumes jobs that have a checkpoint
 (exactly, from the last one) and starts the others afresh. A failing job does not stop the others.
 Only plain dicts and strings cross process boundaries; nothing is written with pickle.
+
+With `--jobs-per-device W`, W jobs share each CUDA device (each local worker sees one device through
+CUDA_VISIBLE_DEVICES; on Ray each task asks for 1/W of a GPU), or W jobs share the CPU when the jobs
+run there. A job rarely keeps a GPU busy (acting waits for the environments, small updates wait for
+their launches), so W > 1 raises the seeds trained per hour until the GPU or the cores run out: pick W
+by measuring, as bench/gpu_check.py does for W = 1, 2, 4 and 8.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 import time
@@ -149,11 +156,14 @@ def run_job(job: dict) -> dict:
             }
 
 
-def _job_process(job: dict, threads: int, conn) -> None:
-    """Entry point of a local worker process (spawned): cap the thread pools before torch loads."""
+def _job_process(job: dict, threads: int, conn, cuda_device: str | None = None) -> None:
+    """Entry point of a local worker process (spawned): cap the thread pools, and show it its CUDA
+    device alone, before torch loads."""
     if threads:  # 0 = torch's default
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(threads)
+    if cuda_device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_device
     try:
         conn.send(run_job(job))
     except KeyboardInterrupt:
@@ -186,22 +196,34 @@ def _sigterm_interrupts() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def run_local(jobs: list[Job], workers: int) -> Generator[Outcome]:
+def run_local(jobs: list[Job], workers: int, devices: list[str | None] | None = None) -> Generator[Outcome]:
     """Each job in its own spawned process, at most `workers` at a time: a crashing job cannot take
-    the others down. Yields (job, result) as jobs finish. SIGTERM stops the sweep as Ctrl-C does:
-    the running jobs' processes are terminated, not left behind training (each resumes from its
-    last checkpoint on the next run)."""
+    the others down. `devices`: one entry per worker slot (overriding `workers`), the CUDA device a
+    job in that slot sees (CUDA_VISIBLE_DEVICES), or None to leave the environment as it is. Yields
+    (job, result) as jobs finish. SIGTERM stops the sweep as Ctrl-C does: the running jobs' processes
+    are terminated, not left behind training (each resumes from its last checkpoint on the next run)."""
     ctx = multiprocessing.get_context("spawn")
     stopping = threading.Event()
     starting = threading.Lock()  # a job's process starts, or the sweep stops: never both at once
     live: set = set()
+    slots: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+    for device in devices if devices is not None else [None] * workers:
+        slots.put(device)
+    workers = len(devices) if devices is not None else workers
 
     def one(job: Job) -> dict:
+        device = slots.get()  # a free slot: the pool runs at most as many jobs as there are slots
+        try:
+            return in_process(job, device)
+        finally:
+            slots.put(device)
+
+    def in_process(job: Job, device: str | None) -> dict:
         with starting:
             if stopping.is_set():
                 return {"status": "failed", "error": "sweep interrupted before the job started", "seconds": 0.0}
             receiver, sender = ctx.Pipe(duplex=False)
-            args = (asdict(job), job.config["torch_threads"], sender)
+            args = (asdict(job), job.config["torch_threads"], sender, device)
             proc = ctx.Process(target=_job_process, args=args, daemon=True)
             proc.start()
             live.add(proc)
@@ -232,8 +254,9 @@ def run_local(jobs: list[Job], workers: int) -> Generator[Outcome]:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_ray(jobs: list[Job], address: str, cpus_per_job: int) -> Generator[Outcome]:
-    """Each job as a Ray task with `cpus_per_job` CPUs. `address`: "local" starts a local Ray instance,
+def run_ray(jobs: list[Job], address: str, cpus_per_job: int, gpus_per_job: float = 0.0) -> Generator[Outcome]:
+    """Each job as a Ray task with `cpus_per_job` CPUs and `gpus_per_job` GPUs (a fraction: several
+    jobs share one; Ray sets each task's CUDA_VISIBLE_DEVICES). `address`: "local" starts a local Ray instance,
     "auto" joins the cluster this machine belongs to, anything else is passed to ray.init(address=...).
     An already initialised Ray (e.g. by a test) is used as it is. Run dirs must be on storage that every
     node sees at the same path."""
@@ -245,7 +268,7 @@ def run_ray(jobs: list[Job], address: str, cpus_per_job: int) -> Generator[Outco
     if owns_ray:
         ray.init(address=None if address == "local" else address, log_to_driver=False)
     try:
-        task = ray.remote(num_cpus=cpus_per_job)(run_job)
+        task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job)(run_job)
         pending = {task.remote(asdict(job)): job for job in jobs}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -315,6 +338,35 @@ def check_backend(local_workers: int, cpus_per_job: int | None) -> None:
         raise SweepError("--cpus-per-job must be at least 1")
 
 
+def device_slots(jobs_per_device: int, device: str) -> list[str | None]:
+    """Local worker slots for `--jobs-per-device`: `jobs_per_device` per CUDA device (its id, as the
+    job's CUDA_VISIBLE_DEVICES), or on the CPU (None) when the jobs' `device` puts them there."""
+    if jobs_per_device < 1:
+        raise SweepError("--jobs-per-device must be at least 1")
+    ids: list[str] = []
+    if device != "cpu":
+        import torch  # only here: planning a sweep needs no torch
+
+        count = torch.cuda.device_count()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = [d.strip() for d in visible.split(",")][:count] if visible else [str(i) for i in range(count)]
+    if not ids:
+        if device == "cuda":
+            raise SweepError("--jobs-per-device: the jobs ask for device cuda, but torch sees no CUDA device")
+        return [None] * jobs_per_device  # the CPU is the one device
+    return [d for d in ids for _ in range(jobs_per_device)]
+
+
+def describe_backend(ray_address: str | None, slots: list[str | None], jobs_per_device: int | None) -> str:
+    if ray_address:
+        return f"ray ({ray_address})" + (f", {jobs_per_device} jobs per GPU" if jobs_per_device else "")
+    if jobs_per_device is None:
+        return f"local ({len(slots)} workers)"
+    devices = sorted({d for d in slots if d is not None})
+    where = f"CUDA device(s) {', '.join(devices)}" if devices else "the CPU"
+    return f"local ({len(slots)} workers: {jobs_per_device} per device on {where})"
+
+
 def run_sweep(
     out: str | Path,
     envs: list[str],
@@ -322,23 +374,41 @@ def run_sweep(
     seeds: list[int],
     total_steps: int | None = None,
     base: dict[str, Any] | None = None,
-    local_workers: int = 1,
+    local_workers: int | None = None,
     ray_address: str | None = None,
     cpus_per_job: int | None = None,
     log: Callable[[str], None] = print,
+    jobs_per_device: int | None = None,
 ) -> dict:
-    """Run (or continue) a sweep; returns {"done": [...], "skipped": [...], "failed": [...]} of job names."""
+    """Run (or continue) a sweep; returns {"done": [...], "skipped": [...], "failed": [...]} of job names.
+    Locally, `local_workers` jobs at a time (default 1), or `jobs_per_device` per device (`device_slots`)."""
     out = Path(out)
-    check_backend(local_workers, cpus_per_job)
+    if jobs_per_device is not None and local_workers is not None:
+        raise SweepError("give --local-workers or --jobs-per-device, not both")
+    check_backend(local_workers or 1, cpus_per_job)
+    device = str((base or {}).get("device", "auto"))
+    slots: list[str | None] = [None] * (local_workers or 1)
+    if jobs_per_device is not None and not ray_address:
+        slots = device_slots(jobs_per_device, device)
     if cpus_per_job is None:
-        cpus_per_job = default_cpus_per_job(local_workers, ray_address)
+        cpus_per_job = default_cpus_per_job(len(slots), ray_address)
     base = {"progress": False, "torch_threads": cpus_per_job, **(base or {})}
     if total_steps is not None:
         base["total_steps"] = total_steps
     jobs = plan_jobs(out, envs, algos, seeds, base)
-    backend = f"ray ({ray_address})" if ray_address else f"local ({local_workers} workers)"
+    backend = describe_backend(ray_address, slots, jobs_per_device)
     write_sweep_file(out, jobs, base, backend)
-    return run_jobs(jobs, local_workers, ray_address, cpus_per_job, log, title=f"sweep {out}: ")
+    gpus_per_job = 1.0 / jobs_per_device if jobs_per_device and device != "cpu" else 0.0
+    return run_jobs(
+        jobs,
+        len(slots),
+        ray_address,
+        cpus_per_job,
+        log,
+        title=f"sweep {out}: ",
+        devices=slots,
+        gpus_per_job=gpus_per_job,
+    )
 
 
 def run_jobs(
@@ -348,9 +418,12 @@ def run_jobs(
     cpus_per_job: int = 1,
     log: Callable[[str], None] = print,
     title: str = "",
+    devices: list[str | None] | None = None,
+    gpus_per_job: float = 0.0,
 ) -> dict:
     """Run the jobs not finished yet, in order, resuming those with a checkpoint. The jobs may come from
-    several sweep dirs (each planned and recorded with `plan_jobs` and `write_sweep_file`)."""
+    several sweep dirs (each planned and recorded with `plan_jobs` and `write_sweep_file`). `devices`
+    and `gpus_per_job`: see `run_local` and `run_ray`."""
     backend = f"ray ({ray_address})" if ray_address else f"local ({local_workers} workers)"
     summary: dict[str, list] = {"done": [], "skipped": [], "failed": []}
     todo = []
@@ -366,7 +439,10 @@ def run_jobs(
         f"{len(todo) - resuming} to start; {backend}, {cpus_per_job} CPU(s) per job"
     )
 
-    outcomes = run_ray(todo, ray_address, cpus_per_job) if ray_address else run_local(todo, local_workers)
+    if ray_address:
+        outcomes = run_ray(todo, ray_address, cpus_per_job, gpus_per_job)
+    else:
+        outcomes = run_local(todo, local_workers, devices)
     with contextlib.closing(outcomes):  # an interrupt stops the backend's jobs, wherever it lands
         for count, (job, result) in enumerate(outcomes, start=1):
             prefix = f"[{count}/{len(todo)}]"
@@ -424,11 +500,18 @@ def configure_sweep(p: argparse.ArgumentParser) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a config field for every job (repeatable)"
     )
     backend = p.add_mutually_exclusive_group()
-    backend.add_argument("--local-workers", type=int, default=1, metavar="W", help="parallel local jobs (default 1)")
+    backend.add_argument("--local-workers", type=int, metavar="W", help="parallel local jobs (default 1)")
     backend.add_argument(
         "--ray-address",
         metavar="ADDR",
         help='run jobs as Ray tasks: "local" (start a local instance), "auto" (join this cluster) or an address',
+    )
+    p.add_argument(
+        "--jobs-per-device",
+        type=int,
+        metavar="W",
+        help="jobs sharing each CUDA device (locally: W workers per device; on Ray: 1/W GPU per job), or the CPU "
+        "when the jobs run there; instead of --local-workers. Pick W by measuring (bench/gpu_check.sh)",
     )
     p.add_argument(
         "--cpus-per-job",
@@ -453,5 +536,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         cpus_per_job=args.cpus_per_job,
         log=lambda line: print(line, flush=True),
+        jobs_per_device=args.jobs_per_device,
     )
     return 1 if summary["failed"] else 0

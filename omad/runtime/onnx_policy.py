@@ -292,8 +292,14 @@ def make_session(
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types for unreadable graphs
         raise RuntimeModelError(f"{path}: ONNX Runtime cannot load it ({err})") from None
     if session.get_providers()[0] != providers[0]:
+        why = (
+            ": onnxruntime-gpu needs the CUDA and cuDNN libraries it was built for on the library path "
+            "(ONNX Runtime's warning above names the one missing)"
+            if providers[0] == EXECUTION_PROVIDERS["cuda"]
+            else ""
+        )
         raise RuntimeModelError(
-            f"{path}: {providers[0]} failed to initialise (session runs on {session.get_providers()})"
+            f"{path}: {providers[0]} failed to initialise (session runs on {session.get_providers()}){why}"
         )
     return session
 

@@ -4,10 +4,15 @@ Each stored transition is (state, obs, joint action, n-step return R, bootstrap 
 next state, next obs). For a window of m <= n steps, R = sum_j gamma^j r_j and the bootstrap
 discount is gamma^m. `done` is set only on true termination: a time-limit truncation keeps the
 bootstrap from the true next observation.
+
+`RowLayout` lays one transition out as one float32 row (the fields side by side, in storage order):
+a device copy of the buffer (omad/train/cuda.py) keeps its rows that way, so one gather yields a
+whole batch and each field is a view of it.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +44,49 @@ class ReplaySample(NamedTuple, Generic[T]):
 FIELDS = ReplaySample._fields
 
 
+def field_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Per-transition shape of every stored field, from the state, obs and joint action shapes."""
+    return {
+        "state": tuple(shapes["state"]),
+        "obs": tuple(shapes["obs"]),
+        "action": tuple(shapes["action"]),
+        "reward": (),
+        "discount": (),
+        "done": (),
+        "next_state": tuple(shapes["state"]),
+        "next_obs": tuple(shapes["obs"]),
+    }
+
+
+class RowLayout:
+    """One transition as one float32 row: field k occupies columns [offset_k, offset_k + size_k)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]):
+        self.shapes = field_shapes(shapes)
+        self.offsets: dict[str, int] = {}
+        width = 0
+        for k in FIELDS:
+            self.offsets[k] = width
+            width += math.prod(self.shapes[k])
+        self.width = width
+
+    def unpack(self, rows):
+        """rows [B, width] (numpy array or torch tensor) -> ReplaySample of views of it, no copies."""
+        fields = []
+        for k in FIELDS:
+            shape, start = self.shapes[k], self.offsets[k]
+            if shape:
+                fields.append(rows[:, start : start + math.prod(shape)].reshape(rows.shape[0], *shape))
+            else:
+                fields.append(rows[:, start])
+        return ReplaySample(*fields)
+
+    def pack(self, data: dict[str, np.ndarray], start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of per-field arrays as one [stop - start, width] float32 array."""
+        n = stop - start
+        return np.concatenate([data[k][start:stop].reshape(n, -1) for k in FIELDS], axis=1)
+
+
 @dataclass
 class Transition:
     state: np.ndarray
@@ -54,20 +102,14 @@ class Transition:
 class ReplayBuffer:
     def __init__(self, capacity: int, shapes: dict[str, tuple[int, ...]], num_envs: int, n_step: int, gamma: float):
         self.capacity, self.n_step, self.gamma = capacity, n_step, gamma
-        field_shapes = {
-            "state": shapes["state"],
-            "obs": shapes["obs"],
-            "action": shapes["action"],
-            "reward": (),
-            "discount": (),
-            "done": (),
-            "next_state": shapes["state"],
-            "next_obs": shapes["obs"],
-        }
+        self.layout = RowLayout(shapes)
         # Storage grows as it fills (up to capacity), so a large buffer_size costs memory only when used.
-        self.data = {k: np.zeros((0, *s), np.float32) for k, s in field_shapes.items()}
+        self.data = {k: np.zeros((0, *s), np.float32) for k, s in self.layout.shapes.items()}
         self.pos, self.size = 0, 0
         self.pending: list[deque[Transition]] = [deque() for _ in range(num_envs)]
+        # For copies of the storage (omad/train/cuda.py): transitions written so far, and a count of
+        # wholesale replacements (`load_state`), after which a copy must start over.
+        self.writes, self.loads = 0, 0
 
     def __len__(self) -> int:
         return self.size
@@ -97,6 +139,7 @@ class ReplayBuffer:
         d["next_state"][i], d["next_obs"][i] = last.next_state, last.next_obs
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
+        self.writes += 1
 
     def _reserve(self, n: int) -> None:
         allocated = len(self.data["reward"])
@@ -107,8 +150,12 @@ class ReplayBuffer:
                 bigger[:allocated] = v
                 self.data[k] = bigger
 
+    def sample_indices(self, rng: np.random.Generator, batch_size: int) -> np.ndarray:
+        """The rows a sample takes: uniform over the stored transitions, with replacement."""
+        return rng.integers(0, self.size, size=batch_size)
+
     def sample(self, rng: np.random.Generator, batch_size: int) -> ReplaySample[np.ndarray]:
-        idx = rng.integers(0, self.size, size=batch_size)
+        idx = self.sample_indices(rng, batch_size)
         return ReplaySample(*(self.data[k][idx] for k in FIELDS))
 
     # -- checkpointing: plain arrays, no pickle -------------------------------------------------
@@ -126,6 +173,7 @@ class ReplayBuffer:
 
     def load_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
         self.pos, self.size = int(meta["pos"]), int(meta["size"])
+        self.loads += 1
         self._reserve(self.size)
         for k in FIELDS:
             self.data[k][: self.size] = arrays[f"buffer.{k}"]

@@ -39,6 +39,7 @@ from omad.train.config import (
     save_config,
 )
 from omad.train.coverage import Coverage
+from omad.train.cuda import make_sampler
 from omad.train.layout import AgentLayout
 from omad.train.logger import RunLogger
 from omad.train.replay import ReplayBuffer, ReplaySample, Transition
@@ -127,6 +128,8 @@ class Trainer:
         L = self.layout
         shapes = {"state": (self.spec.state_dim,), "obs": (L.n, L.obs_max), "action": (L.joint_dim,)}
         self.buffer = ReplayBuffer(cfg.buffer_size, shapes, cfg.num_envs, cfg.n_step, cfg.gamma)
+        # on CUDA: gathered on the device, into the captured update's static batch when there is one
+        self.sampler = make_sampler(self.buffer, self.device, cfg.batch_size, self.algo.batch_rows)
         self.step, self.update_debt = 0, 0.0
         self.episodes_done, self.last_train_return = 0, float("nan")
         self.coverage = Coverage.for_run(cfg.env, self.out)  # Ant only: torso (x, y) state coverage
@@ -182,7 +185,7 @@ class Trainer:
         return record
 
     def sample(self) -> ReplaySample[torch.Tensor]:
-        return self.buffer.sample(self.rng, self.cfg.batch_size).map(lambda v: torch.from_numpy(v).to(self.device))
+        return self.sampler(self.rng)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save(self) -> Path:

@@ -27,6 +27,8 @@ class Algorithm(ABC):
     num_updates: int
     joint_index: torch.Tensor  # `layout.joint`'s column order, on the device
     device = torch.device("cpu")
+    # A captured update's static batch (omad/train/cuda.py): the trainer's sampler writes each batch there
+    batch_rows: torch.Tensor | None = None
 
     @abstractmethod
     def update(self, batch: ReplaySample) -> dict[str, torch.Tensor]:
@@ -44,9 +46,12 @@ class Algorithm(ABC):
         """Loose tensors a checkpoint holds besides modules (e.g. log alpha)."""
         return {}
 
+    def noise_shape(self, batch: int) -> tuple[int, int, int, int]:
+        return (self.actors.noise_steps, self.layout.n, batch, self.layout.act_max)
+
     def noise(self, batch: int) -> torch.Tensor:
         """Standard-normal policy noise [S, n, batch, d_a_max]: every random draw of the policies."""
-        return torch.randn(self.actors.noise_steps, self.layout.n, batch, self.layout.act_max, device=self.device)
+        return torch.randn(self.noise_shape(batch), device=self.device)
 
     def joint_action(self, actions: torch.Tensor) -> torch.Tensor:
         """[n, B, d_a_max] -> [B, sum d_a]: `layout.joint`, with the index (`joint_index`) on the device."""

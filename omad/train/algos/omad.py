@@ -7,12 +7,15 @@ the diffusion actors swapped for squashed Gaussians (`make_actors`); nothing els
 The two losses are pure tensor functions (`critic_loss`, `actor_loss`), compiled with torch.compile
 when `cfg.compile` is True (the Trainer resolves `auto`: config.compile_enabled). All randomness is drawn outside them (`self.noise`), so the compiled update
 computes the eager one's function, and the update never reads a value back to the host: metrics are
-returned as tensors.
+returned as tensors. On a CUDA device a compiled update also runs as CUDA graphs (omad/train/cuda.py:
+`step` captured whole, optimizers and target update included), and acting compiles with
+mode="reduce-overhead" (torch's own CUDA graphs); `cuda_graphs` overrides that choice.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -20,9 +23,10 @@ from omad.train.actors import GaussianActors, StackedActors
 from omad.train.algos.common import Algorithm, clip_grad_norm_per_agent, gradient_step, polyak_update
 from omad.train.config import TrainConfig
 from omad.train.critic import CategoricalCritic, project_distribution
+from omad.train.cuda import GraphedUpdate
 from omad.train.diffusion import DiffusionActors
 from omad.train.layout import AgentLayout
-from omad.train.replay import ReplaySample
+from omad.train.replay import ReplaySample, RowLayout
 
 
 def make_actors(cfg: TrainConfig, layout: AgentLayout) -> StackedActors:
@@ -47,8 +51,13 @@ class OMAD(Algorithm):
         state_dim: int,
         value_range: tuple[float, float],
         device: torch.device | str = "cpu",
+        cuda_graphs: bool | None = None,
     ):
         self.cfg, self.layout, self.device = cfg, layout, torch.device(device)
+        if cuda_graphs is None:  # a compiled update on CUDA runs as graphs
+            cuda_graphs = cfg.compile is True and self.device.type == "cuda"
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, not {self.device}")
         self.actors = make_actors(cfg, layout)
         self.critic = CategoricalCritic(state_dim + layout.joint_dim, cfg.critic_hidden, cfg.num_atoms, *value_range)
         self.critic_target = CategoricalCritic(
@@ -67,8 +76,16 @@ class OMAD(Algorithm):
         self.cost_budget = self.joint(act_dims * cfg.temperature_budget_per_dim())
         self.joint_index = torch.as_tensor(layout.joint_index, device=self.device)
         compile_ = torch.compile if cfg.compile is True else (lambda fn: fn)  # `auto`: the Trainer resolves it
-        self.chain = compile_(self.actors)
+        if cuda_graphs and cfg.compile is True:
+            self.chain = torch.compile(self.actors, mode="reduce-overhead")
+        else:
+            self.chain = compile_(self.actors)
         self.critic_loss_fn, self.actor_loss_fn = compile_(self.critic_loss), compile_(self.actor_loss)
+        self.graphs: GraphedUpdate | None = None
+        if cuda_graphs:
+            rows = RowLayout({"state": (state_dim,), "obs": (layout.n, layout.obs_max), "action": (layout.joint_dim,)})
+            self.batch_rows = torch.zeros((cfg.batch_size, rows.width), device=self.device)
+            self.graphs = GraphedUpdate(self, self.batch_rows, rows)
         self.num_updates = 0
 
     # -- pieces ---------------------------------------------------------------------------------
@@ -112,17 +129,30 @@ class OMAD(Algorithm):
     def update(self, batch: ReplaySample) -> dict[str, torch.Tensor]:
         """One critic step, and every `policy_delay` updates one actor and temperature step. Returns
         0-d tensors (convert them when logging: reading them here would sync with the device)."""
+        actor_step = self.num_updates % self.cfg.policy_delay == 0
+        if self.graphs is not None:
+            metrics = self.graphs(batch, actor_step)
+        else:
+            metrics = self.step(batch, self.noise, actor_step)
+        self.num_updates += 1
+        return metrics
+
+    def step(
+        self, batch: ReplaySample, noise: Callable[[int], torch.Tensor], actor_step: bool
+    ) -> dict[str, torch.Tensor]:
+        """The update's arithmetic, with its noise from `noise(B)` (called once for the critic step, then
+        once for the actor step): what the CUDA graphs capture."""
         cfg = self.cfg
         B = batch.obs.shape[0]
         alpha = self.alpha
 
-        critic_loss = self.critic_loss_fn(batch, self.noise(B), alpha)
+        critic_loss = self.critic_loss_fn(batch, noise(B), alpha)
         gradient_step(critic_loss, self.critic_opt, self.critic.parameters(), cfg.grad_clip)
         metrics = {"critic_loss": critic_loss.detach()}
 
-        if self.num_updates % cfg.policy_delay == 0:
+        if actor_step:
             self.critic.requires_grad_(False)
-            actor_loss, q, cost, running = self.actor_loss_fn(batch.state, batch.obs, self.noise(B), alpha)
+            actor_loss, q, cost, running = self.actor_loss_fn(batch.state, batch.obs, noise(B), alpha)
             gradient_step(actor_loss, self.actor_opt, self.actors.parameters(), cfg.grad_clip, clip_grad_norm_per_agent)
             self.critic.requires_grad_(True)
             metrics.update(actor_loss=actor_loss.detach(), q=q.detach().mean(), entropy_bound=-cost.detach().mean())
@@ -134,7 +164,6 @@ class OMAD(Algorithm):
                 metrics["running_cost"] = running
 
         polyak_update(self.critic_target, self.critic, cfg.tau)
-        self.num_updates += 1
         metrics["alpha"] = self.alpha
         return metrics
 
