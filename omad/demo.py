@@ -38,8 +38,9 @@ QUICK: dict[str, Any] = dict(
     actor_hidden=[64, 64],
     critic_hidden=[64, 64],
     num_atoms=51,
-    env_options={"max_episode_steps": 200},
 )
+# The quick demo's shorter episodes, per env family (other envs run as they are).
+QUICK_ENV_OPTIONS: dict[str, dict[str, Any]] = {"mamujoco": {"max_episode_steps": 200}}
 
 
 def start_servers(export_dir: Path, count: int, timeout_s: float = 60.0) -> tuple[subprocess.Popen, list[str]]:
@@ -92,9 +93,14 @@ def run_demo(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    from omad.core.envs import can_record, env_family
+
     settings = dict(QUICK if quick else FULL)
+    if quick and env_family(env) in QUICK_ENV_OPTIONS:
+        settings["env_options"] = QUICK_ENV_OPTIONS[env_family(env)]
     options = settings.get("env_options")
     cfg = build_config(settings, env=env, seed=seed, total_steps=total_steps)
+    recording = out / "episode.gif" if can_record(env, options) else None
     timings = {}
 
     def stage(name):
@@ -113,7 +119,7 @@ def run_demo(
         for addr in addrs:
             print(f"  serving at {addr}")
         stage("closed-loop evaluation over gRPC")
-        served = run_eval(env, grpc_source(addrs), episodes, seed + 1, record=out / "episode.gif", options=options)
+        served = run_eval(env, grpc_source(addrs), episodes, seed + 1, record=recording, options=options)
     finally:
         stage("stop servers")
         stopped = stop_servers(launcher)
@@ -134,7 +140,7 @@ def run_demo(
             "run_dir": str(out / "run"),
             "curves": str(out / "run" / "curves.png"),
             "export_dir": str(out / "export"),
-            "recording": str(out / "episode.gif"),
+            **({"recording": str(recording)} if recording else {}),
             "report": str(out / "report.json"),
         },
     }
@@ -153,7 +159,7 @@ def run_demo(
 def configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a ~1 minute smoke test of every stage")
     p.add_argument("--out", default="runs/demo", help="where the run, export, GIF and report go")
-    p.add_argument("--env", default=DEMO_ENV)
+    p.add_argument("--env", default=DEMO_ENV, help="any env id or module:factory (see `omad envs`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--total-steps", type=int, default=None, help="override the training budget")
     p.add_argument("--episodes", type=int, default=3)

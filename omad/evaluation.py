@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from omad.core.agent import AgentContract, ContractError
-from omad.core.envs import get_spec
+from omad.core.envs import get_spec, is_registered, split_env_ref
 from omad.core.envs.base import EnvSpec
 from omad.core.errors import OmadError
 from omad.core.policy import Policy
@@ -81,15 +81,39 @@ class PolicySource:
         return np.asarray(out, np.float32)
 
     def check_against(self, spec: EnvSpec) -> None:
-        """Refuse a source whose agents don't fit the environment, before the first step."""
+        """Refuse a source whose agents don't fit the environment, before the first step. The env may
+        be another than the one the policies were trained on (`--env` overrides it): what must hold is
+        each agent's contract (name, sizes, bounds)."""
+        trained = sorted({a.contract.env_id for a in self.agents} - {""})
         if len(self.agents) != len(spec.agents):
             raise EvalError(
                 f"{spec.env_id} has {len(spec.agents)} agents, the {self.kind} source gives {len(self.agents)}"
+                + (f" (trained for env {', '.join(map(repr, trained))})" if trained else "")
             )
         for mine, theirs in zip(self.agents, spec.agents):
-            problems = mine.contract.misfits(spec.env_id, theirs)
+            trained_for = mine.contract.env_id
+            problems = mine.contract.misfits(trained_for or spec.reference, theirs)
+            if problems and trained_for and trained_for != spec.reference:
+                problems.insert(0, f"trained for env {trained_for!r}, not {spec.reference!r}")
             if problems:
                 raise EvalError(f"agent {theirs.name} ({mine.where}): " + "; ".join(problems))
+
+    def trained_env(self) -> str:
+        """The env (reference with options) the policies were trained on, as the source records it.
+        A module:factory reference read from an export, a run or a server is refused: calling a factory
+        that a file or a remote server names would run code of its choosing; the user names it instead."""
+        recorded = sorted({a.contract.env_id for a in self.agents})
+        if recorded == [""] or not recorded:
+            raise EvalError(f"the {self.kind} source does not say which env its policies were trained on: pass --env")
+        if len(recorded) > 1:
+            raise EvalError(f"the {self.kind} source's agents were trained on different envs {recorded}: pass --env")
+        env = recorded[0]
+        if not is_registered(env):
+            raise EvalError(
+                f"the policies were trained on {env!r}, a module:factory reference, which omad imports and calls "
+                f"only when you name it: pass --env {env!r} (or register the env under the omad.envs entry points)"
+            )
+        return env
 
     def close(self) -> None:
         for worker in self._workers:
@@ -130,7 +154,7 @@ def torch_source(run_dir: str | Path) -> PolicySource:
 
     spec = load_spec(run_dir)
     policies = load_policies(run_dir)
-    agents = [AgentEndpoint(AgentContract.of(p, spec.env_id), str(run_dir)) for p in policies.values()]
+    agents = [AgentEndpoint(AgentContract.of(p, spec.reference), str(run_dir)) for p in policies.values()]
     return PolicySource("torch", agents, list(policies.values()))
 
 
@@ -190,7 +214,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def run_eval(
-    env_id: str,
+    env_id: str | None,
     source: PolicySource,
     episodes: int,
     seed: int,
@@ -198,6 +222,11 @@ def run_eval(
     record: str | Path | None = None,
     options: dict | None = None,
 ) -> dict:
+    """Evaluate the source's team on `env_id` with `options`; with no env_id, on the env its policies
+    were trained on (`PolicySource.trained_env`), with `options` over the recorded ones."""
+    if env_id is None:
+        env_id, recorded = split_env_ref(source.trained_env())
+        options = {**recorded, **(options or {})}
     spec = get_spec(env_id, options)
     source.check_against(spec)
     try:
@@ -214,7 +243,7 @@ def run_eval(
     finally:
         source.close()
     report = {
-        "env": env_id,
+        "env": spec.reference,
         "source": source.kind,
         "episodes": episodes,
         "seed": seed,
@@ -271,7 +300,13 @@ def write_json(path: str | Path, report: dict) -> None:
 
 # -- `omad eval` -----------------------------------------------------------------------------------
 def configure_eval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--env", required=True, help="environment id, e.g. mamujoco:HalfCheetah-2x3")
+    p.add_argument(
+        "--env",
+        default=None,
+        help="environment id or module:factory (see `omad envs`); default: the registered env the policies were "
+        "trained on (recorded in the export, run dir or servers); given, it replaces that env and must fit the "
+        "policies' agents, sizes and bounds",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--servers", help="agent servers host:port,host:port,... in agent order")
     source.add_argument("--export-dir", help="ONNX export dir, run in-process")
@@ -281,7 +316,9 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zero-noise", action="store_true", help="deterministic policy (all noise zero)")
     p.add_argument("--record", help="write episode 0 as a .gif or .mp4")
     p.add_argument("--json", help="write the report as JSON here")
-    p.add_argument("--env-options", default=None, help="adapter options as YAML, e.g. '{N: 4}'")
+    p.add_argument(
+        "--env-options", default=None, help="env options as YAML, e.g. '{N: 4}'; over the recorded ones without --env"
+    )
     p.add_argument("--token-file", help="bearer token for the servers")
     p.add_argument("--timeout-s", type=float, default=5.0, help="per-call deadline for servers")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (--export-dir)")
@@ -305,6 +342,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise EvalError("--episodes must be at least 1")
     options = yaml.safe_load(args.env_options) if args.env_options else None
+    if options is not None and not isinstance(options, dict):
+        raise EvalError(f"--env-options must be a mapping of option: value, got {args.env_options!r}")
     if args.servers:
         token = read_token_file(args.token_file) if args.token_file else None
         addrs = [a.strip() for a in args.servers.split(",") if a.strip()]

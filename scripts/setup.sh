@@ -14,4 +14,4 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # torch==2.13.0 resolves to this machine's local CPU wheel; constraints.txt pins everything else.
-.venv/bin/pip install -q -c constraints.txt -e ".[train,export,cpu,dev,ray,study]"
+.venv/bin/pip install -q -c constraints.txt -e ".[train,export,cpu,dev,ray,study,sisl]"

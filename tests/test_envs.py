@@ -538,3 +538,19 @@ def test_the_loop_rate_leaves_the_rendering_out(monkeypatch):
     result = rollout.evaluate("meet_env:parallel_env", act, [1, 1], 2, 0, {"max_cycles": 7}, record=True)
     assert result.steps == 7 and len(result.frames) == 7
     assert result.seconds == pytest.approx(0.007) and result.control_rate_hz == pytest.approx(1000.0)
+
+
+def test_a_state_that_fails_on_a_terminal_step_is_zeros_and_elsewhere_an_error():
+    from omad.core.envs import EnvContractError
+
+    fall = {name: [2, "terminated"] for name in ("a", "b", "c")}
+    env = make_env("toy_envs:state_fails_when_over", {"departures": fall})
+    env.reset(seed=0)
+    zeros = [np.zeros(a.act_dim) for a in env.spec.agents]
+    assert env.step(zeros).state.tolist() == [1, 2]
+    last = env.step(zeros)
+    assert last.terminated and last.state.tolist() == [0, 0]
+    env = make_env("toy_envs:state_fails_when_over", {"max_cycles": 1})  # a time limit is bootstrapped from
+    env.reset(seed=0)
+    with pytest.raises(EnvContractError, match=r"toy_envs:state_fails_when_over: state\(\) raised AttributeError"):
+        env.step(zeros)

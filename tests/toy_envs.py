@@ -133,3 +133,16 @@ def not_an_env() -> dict:
 
 
 NOT_CALLABLE = 3
+
+
+class _StateFailsWhenOver(Toy):
+    """Like multiwalker, whose state() fails once a fallen walker's body is removed."""
+
+    def state(self) -> np.ndarray:
+        if not self.agents:
+            raise AttributeError("'NoneType' object has no attribute 'position'")
+        return super().state()
+
+
+def state_fails_when_over(max_cycles: int = 6, departures: dict[str, Any] | None = None) -> Toy:
+    return _StateFailsWhenOver(max_cycles, departures)

@@ -343,7 +343,7 @@ def export_run(
                 export_policy(
                     policy,
                     staging / (name + ONNX_SUFFIX),
-                    env_id=spec.env_id,
+                    env_id=spec.reference,  # the env with the options it was trained with: what eval reads back
                     algo=algo,
                     source_run=str(run_dir),
                     checkpoint_sha256=sha256_file(checkpoint / "actors" / f"{name}.safetensors"),
@@ -366,7 +366,7 @@ def export_run(
         shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
     return ExportReport(
         out=out,
-        env_id=spec.env_id,
+        env_id=spec.reference,
         algo=algo,
         opset=opset,
         agents=reports,

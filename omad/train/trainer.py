@@ -290,6 +290,7 @@ class Trainer:
                     actions = self.random_actions(cfg.num_envs)
                 else:
                     actions = self.algo.act(stacked_obs)
+                actions = self.envs.mask_departed(actions)  # agents that left their episode store zeros
                 res = self.envs.step(L.split_actions(actions))
                 joint = L.joint(actions)
                 next_stacked = L.stack_obs(res.next_obs)

@@ -11,6 +11,7 @@ What it guarantees (each is checked, and a breach is one line naming the env and
   action, its observation is zeros (never its last one) and `StepResult.active` marks it inactive;
 - the episode ends when every agent has left: `terminated` if one of the agents that left on the
   last step was terminated (or dropped without a flag), else `truncated` (a time limit: bootstrapped);
+  a state() that fails on a terminal step gives zeros there (nothing bootstraps from a terminal state);
 - `reset(seed=s)` seeds the env, so the same seed and actions replay the same episode.
 """
 
@@ -224,12 +225,16 @@ class ParallelEnvAdapter(MultiAgentEnv):
             self._needs_reset = True
         return StepResult(
             obs=obs,
-            state=self._state(obs),
+            state=self._state(obs, terminal=terminated),
             reward=team_reward,
             terminated=terminated,
             truncated=truncated,
             active=self.active,
         )
+
+    @property
+    def render_modes(self) -> tuple[str, ...]:
+        return tuple(getattr(self._env, "metadata", {}).get("render_modes", ()))
 
     @property
     def active(self) -> tuple[bool, ...]:
@@ -292,10 +297,15 @@ class ParallelEnvAdapter(MultiAgentEnv):
                 out.append(np.zeros(agent.obs_dim, np.float32))
         return out
 
-    def _state(self, obs: list[np.ndarray]) -> np.ndarray:
+    def _state(self, obs: list[np.ndarray], terminal: bool = False) -> np.ndarray:
         if self.spec.state_source == "observations":
             return np.concatenate(obs)
-        state = np.asarray(self._env.state(), dtype=np.float32).reshape(-1)
+        try:
+            state = np.asarray(self._env.state(), dtype=np.float32).reshape(-1)
+        except Exception as err:  # noqa: BLE001 - reported in one line, or zeros at a terminal state
+            if terminal:  # some envs cannot describe a finished episode (a removed body); nothing bootstraps from it
+                return np.zeros(self.spec.state_dim, np.float32)
+            raise EnvContractError(f"env {self._env_id}: state() raised {one_line(err)}") from None
         if state.size != self.spec.state_dim:
             raise EnvContractError(
                 f"env {self._env_id}: state() returned {state.size} values, {self.spec.state_dim} before"

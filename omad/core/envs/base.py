@@ -88,6 +88,11 @@ class MultiAgentEnv:
         """Per agent, whether it acts on the current observations (False once it has left the episode)."""
         return (True,) * len(self.spec.agents)
 
+    @property
+    def render_modes(self) -> tuple[str, ...]:
+        """The render modes the env declares (`rgb_array` makes recordings possible)."""
+        return ()
+
     def check(self) -> None:
         """Exercise the env (reset, step, reset) so that a broken contract fails before training."""
 

@@ -307,3 +307,12 @@ def get_spec(env_id: str, options: dict[str, Any] | None = None) -> EnvSpec:
         return env.spec
     finally:
         env.close()
+
+
+def can_record(env_id: str, options: dict[str, Any] | None = None) -> bool:
+    """Whether the env declares the `rgb_array` render mode (recordings need it)."""
+    env = make_env(env_id, options)
+    try:
+        return "rgb_array" in env.render_modes
+    finally:
+        env.close()
