@@ -4,6 +4,7 @@ the reload check and the environment check."""
 
 from __future__ import annotations
 
+import hashlib
 import types
 from dataclasses import replace
 
@@ -138,6 +139,8 @@ def test_manifest_entries_come_from_the_record():
         "algo": "omad",
         "source_run": "/runs/walker",
         "opset": 18,
+        # the team id: sha256 of the agents' weights hashes in env order, one per line
+        "team_id": hashlib.sha256((("a" * 64 + "\n") * 2).encode()).hexdigest(),
         "agents": [
             {
                 "agent": "left_leg",

@@ -92,9 +92,17 @@ def image_python_files(dockerfile_text: str) -> set[str]:
     return files
 
 
-# In the image but not imported by a server: the stub compiler (`python -m omad.serve.protogen`) and
-# the in-process server thread for tests and notebooks. Both are small and torch-free.
-NOT_IMPORTED_BY_THE_SERVER = {"omad/serve/protogen.py", "omad/serve/testing.py"}
+# In the image but not imported by a server: the stub compiler (`python -m omad.serve.protogen`), the
+# in-process server thread for tests and notebooks, the team client (omad.serve.team), the evaluation
+# trace format (omad.runtime.trace) and the operations reference of the metrics and log events
+# (omad.serve.reference). All are small and torch-free.
+NOT_IMPORTED_BY_THE_SERVER = {
+    "omad/serve/protogen.py",
+    "omad/serve/testing.py",
+    "omad/serve/team.py",
+    "omad/runtime/trace.py",
+    "omad/serve/reference.py",
+}
 
 
 def test_image_holds_exactly_what_the_server_imports(dockerfile):
