@@ -52,6 +52,10 @@ COMMANDS: dict[str, Command] = {
         "omad.deploy.cli:configure_deploy",
         "write Kubernetes manifests for an export: one Deployment and Service per agent, models, NetworkPolicy",
     ),
+    "replay": Command(
+        "omad.replay:configure_replay",
+        "recompute an eval trace's actions (servers, export or run dir) and report the largest difference",
+    ),
     "demo": Command(
         "omad.demo:configure_demo", "train, export, serve one gRPC server per agent, evaluate closed-loop, report"
     ),

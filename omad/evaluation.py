@@ -1,7 +1,9 @@
 """Closed-loop evaluation (`omad eval`): the environment steps here; each agent's policy comes from a
 torch run dir, an ONNX export or a gRPC server per agent. All three are `omad.core.policy.Policy`
 objects, run by one loop (omad.core.rollout.evaluate) that draws the noise, so the three give the
-same returns. Latency is measured here, around each call, not returned by the policies.
+same returns. Latency is measured here, around each call, not returned by the policies. With
+`--trace FILE` every step is recorded (omad.runtime.trace) for `omad replay`. Servers are checked to
+serve one export (their team id, omad.serve.team) when connecting and after every step.
 
 Torch loads only for a run dir (`torch_source`), so evaluating an export or servers needs no torch.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import threading
 import time
@@ -18,16 +21,25 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from omad.core.agent import AgentContract, ContractError
+from omad.core.agent import AgentContract
 from omad.core.envs import get_spec, is_registered, split_env_ref
 from omad.core.envs.base import EnvSpec
 from omad.core.errors import OmadError
 from omad.core.policy import Policy
 from omad.core.rollout import EvalResult, evaluate
+from omad.runtime.team import UNKNOWN_TEAM, ModelRef, short
+from omad.runtime.trace import TraceRecorder
+
+if TYPE_CHECKING:
+    from omad.serve.team import TeamCheck
+
+# `omad eval` and `omad replay` as clients of TLS servers: files from the flags, else from these.
+CLIENT_TLS_ENV = {"tls_ca": "OMAD_TLS_CA", "tls_cert": "OMAD_TLS_CLIENT_CERT", "tls_key": "OMAD_TLS_CLIENT_KEY"}
+TOKEN_ENV = "OMAD_SERVE_TOKEN"  # the server's variable, read when --token-file is not given
 
 
 class EvalError(OmadError):
@@ -52,10 +64,28 @@ class PolicySource:
     concurrent: bool = False  # issue the agents' calls for a step in parallel (gRPC)
     step_timeout_s: float = 10.0  # a backstop: gRPC calls carry their own deadline
     latency_us: dict[str, list[float]] = field(default_factory=dict)
+    where: str = ""  # the servers, export dir or run dir
+    models: Callable[[int], ModelRef] | None = None  # the model that answered agent i's latest call
+    team_ids: list[str] = field(default_factory=list)  # each agent's team id at the start (none for torch)
+    team: TeamCheck | None = None  # gRPC: every step's replies are checked to come from one team
+    recorder: TraceRecorder | None = None  # `--trace`: every step is recorded
     _workers: list[_Worker] = field(default_factory=list)
     _on_close: list[Callable[[], None]] = field(default_factory=list)
+    _after_step: list[Callable[[], None]] = field(default_factory=list)
 
     def act(self, obs: list[np.ndarray], noise: list[np.ndarray]) -> list[np.ndarray]:
+        actions = self._act_all(obs, noise)
+        if self.recorder is not None:
+            latency = [self.latency_us[a.contract.name][-1] for a in self.agents]
+            self.recorder.record(obs, noise, actions, latency, [self.model_ref(i) for i in range(len(self.agents))])
+        for check in self._after_step:
+            check()
+        return actions
+
+    def model_ref(self, i: int) -> ModelRef:
+        return self.models(i) if self.models is not None else ModelRef("", "")
+
+    def _act_all(self, obs: list[np.ndarray], noise: list[np.ndarray]) -> list[np.ndarray]:
         if not self.concurrent:
             return [self._timed(i, obs[i], noise[i]) for i in range(len(self.policies))]
         if not self._workers:
@@ -150,12 +180,16 @@ class _Worker:
 # -- the three sources ---------------------------------------------------------------------------
 def torch_source(run_dir: str | Path) -> PolicySource:
     """A training run dir's latest checkpoint, in-process (the only source that needs torch)."""
+    from omad.core.rundir import actor_file
+    from omad.train.checkpoint import latest_checkpoint, sha256_file
     from omad.train.policies import load_policies, load_spec
 
     spec = load_spec(run_dir)
+    checkpoint = latest_checkpoint(Path(run_dir), files=[])
     policies = load_policies(run_dir)
     agents = [AgentEndpoint(AgentContract.of(p, spec.reference), str(run_dir)) for p in policies.values()]
-    return PolicySource("torch", agents, list(policies.values()))
+    actors = [ModelRef(sha256_file(checkpoint / actor_file(name)), "") for name in policies]
+    return PolicySource("torch", agents, list(policies.values()), where=str(run_dir), models=actors.__getitem__)
 
 
 def onnx_source(export_dir: str | Path, threads: int = 1) -> PolicySource:
@@ -163,45 +197,51 @@ def onnx_source(export_dir: str | Path, threads: int = 1) -> PolicySource:
 
     policies = load_export(export_dir, threads=threads)
     agents = [AgentEndpoint(p.info.contract, str(export_dir)) for p in policies.values()]
-    return PolicySource("onnx", agents, list(policies.values()))
+    models = [ModelRef(p.info.sha256, p.team_id) for p in policies.values()]
+    return PolicySource(
+        "onnx",
+        agents,
+        list(policies.values()),
+        where=str(export_dir),
+        models=models.__getitem__,
+        team_ids=[m.team_id for m in models],
+    )
 
 
 def grpc_source(
-    addrs: list[str], token: str | None = None, timeout_s: float = 5.0, retries: int = 3, **tls: Any
+    addrs: list[str],
+    token: str | None = None,
+    timeout_s: float = 5.0,
+    retries: int = 3,
+    allow_mixed_team: bool = False,
+    **tls: Any,
 ) -> PolicySource:
-    """One streaming session per agent server; an unreachable server fails here, naming the address."""
-    from omad.serve.client import PolicyCallError, PolicyClient, PolicyStream
+    """One streaming session per agent server (omad.serve.team.TeamClient): an unreachable server fails
+    here, naming the address, and so does a team whose servers serve different exports, unless
+    `allow_mixed_team` (then the steps run on a mixed team are counted)."""
+    from omad.serve.team import TeamClient, TeamConnectError
 
-    clients: list[PolicyClient] = []
-    streams: list[PolicyStream] = []
-    agents = []
     try:
-        for i, addr in enumerate(addrs):
-            client = PolicyClient(addr, token=token, timeout_s=timeout_s, retries=retries, **tls)
-            clients.append(client)
-            try:
-                contract = client.contract()
-            except PolicyCallError as err:
-                raise EvalError(f"agent {i} server at {addr} is not usable ({err.code.name}: {err.details})") from None
-            except ContractError as err:
-                raise EvalError(f"agent {i} server at {addr} describes an unusable agent ({err})") from None
-            agents.append(AgentEndpoint(contract, addr))
-            streams.append(client.stream())
-    except BaseException:
-        for c in clients:
-            c.close()
-        raise
-
-    def close() -> None:
-        for s in streams:
-            s.close()
-        for c in clients:
-            c.close()
-
+        team = TeamClient(addrs, allow_mixed=allow_mixed_team, token=token, timeout_s=timeout_s, retries=retries, **tls)
+    except TeamConnectError as err:
+        raise EvalError(str(err)) from None
+    except OSError as err:  # a TLS file that cannot be read
+        raise EvalError(f"cannot read a TLS file: {err}") from None
+    streams = team.streams
     # Each stream splits a step's batch to its server's max_batch and fails with DEADLINE_EXCEEDED
     # after timeout_s; the step timeout only backs that up.
     return PolicySource(
-        "grpc", agents, list(streams), concurrent=True, step_timeout_s=timeout_s + 2.0, _on_close=[close]
+        "grpc",
+        [AgentEndpoint(contract, addr) for contract, addr in zip(team.contracts, addrs)],
+        list(streams),
+        concurrent=True,
+        step_timeout_s=timeout_s + 2.0,
+        where=",".join(addrs),
+        models=lambda i: streams[i].last_model or ModelRef("", ""),
+        team_ids=list(team.team_ids),
+        team=team.check,
+        _on_close=[team.close],
+        _after_step=[team.check_step],
     )
 
 
@@ -221,14 +261,20 @@ def run_eval(
     zero_noise: bool = False,
     record: str | Path | None = None,
     options: dict | None = None,
+    trace: str | Path | None = None,
 ) -> dict:
     """Evaluate the source's team on `env_id` with `options`; with no env_id, on the env its policies
-    were trained on (`PolicySource.trained_env`), with `options` over the recorded ones."""
+    were trained on (`PolicySource.trained_env`), with `options` over the recorded ones. With `trace`,
+    write every step there (also when the evaluation fails part way)."""
     if env_id is None:
         env_id, recorded = split_env_ref(source.trained_env())
         options = {**recorded, **(options or {})}
     spec = get_spec(env_id, options)
     source.check_against(spec)
+    if trace is not None:
+        source.recorder = TraceRecorder(
+            [(a.contract.name, a.contract.obs_dim, a.contract.act_dim, a.contract.noise_steps) for a in source.agents]
+        )
     try:
         result: EvalResult = evaluate(
             env_id,
@@ -242,6 +288,17 @@ def run_eval(
         )
     finally:
         source.close()
+        if trace is not None and source.recorder is not None and source.recorder.trace.steps:
+            source.recorder.save(
+                trace,
+                source=source.kind,
+                where=source.where,
+                env=spec.reference,
+                seed=seed,
+                episodes=episodes,
+                noise="zero" if zero_noise else "stochastic",
+                mixed_steps=source.team.mixed_steps if source.team is not None else 0,
+            )
     report = {
         "env": spec.reference,
         "source": source.kind,
@@ -254,9 +311,28 @@ def run_eval(
         "lengths": result.lengths,
         "control_rate_hz": result.control_rate_hz,
         "latency_us": {a.contract.name: percentiles(source.latency_us.get(a.contract.name, [])) for a in source.agents},
+        "team": team_report(source),
     }
+    if trace is not None:
+        report["trace"] = str(trace)
     if record is not None:
         report["recording"] = str(write_video(Path(record), result.frames))
+    return report
+
+
+def team_report(source: PolicySource) -> dict | None:
+    """The team id the agents share ("mixed" if they differ, "unknown" if their export has none), each
+    agent's, and for servers the steps run and those run on a mixed team. None for a run dir."""
+    if not source.team_ids:
+        return None
+    ids = source.team_ids
+    report: dict[str, Any] = {
+        "team_id": ids[0] if len(set(ids)) == 1 else "mixed",
+        "agents": {a.contract.name: team for a, team in zip(source.agents, ids)},
+        "verified": UNKNOWN_TEAM not in ids,
+    }
+    if source.team is not None:
+        report.update(steps=source.team.steps, mixed_steps=source.team.mixed_steps, first_mixed=source.team.first_mixed)
     return report
 
 
@@ -289,8 +365,19 @@ def format_report(report: dict) -> str:
         lines.append(f"{'agent':<12}{'p50 us':>10}{'p95 us':>10}{'p99 us':>10}")
         for name, p in report["latency_us"].items():
             lines.append(f"{name:<12}{p['p50']:>10.0f}{p['p95']:>10.0f}{p['p99']:>10.0f}")
+    team = report.get("team")
+    if team:
+        if not team["verified"]:
+            line = "unknown: the export carries no team id (re-export it), so the team was not checked"
+        else:
+            line = short(team["team_id"]) if team["team_id"] != "mixed" else "mixed"
+        if "mixed_steps" in team:
+            line += f"; {team['mixed_steps']} of {team['steps']} steps ran on a mixed team"
+        lines.append(f"team        {line}")
     if "recording" in report:
         lines.append(f"recording   {report['recording']}")
+    if "trace" in report:
+        lines.append(f"trace       {report['trace']}")
     return "\n".join(lines)
 
 
@@ -307,10 +394,7 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
         "trained on (recorded in the export, run dir or servers); given, it replaces that env and must fit the "
         "policies' agents, sizes and bounds",
     )
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--servers", help="agent servers host:port,host:port,... in agent order")
-    source.add_argument("--export-dir", help="ONNX export dir, run in-process")
-    source.add_argument("--run-dir", help="training run dir, torch checkpoint in-process")
+    add_source_flags(p)
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--zero-noise", action="store_true", help="deterministic policy (all noise zero)")
@@ -319,10 +403,71 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--env-options", default=None, help="env options as YAML, e.g. '{N: 4}'; over the recorded ones without --env"
     )
-    p.add_argument("--token-file", help="bearer token for the servers")
-    p.add_argument("--timeout-s", type=float, default=5.0, help="per-call deadline for servers")
+    p.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="record every step (observations, noise, actions, model, latency) for `omad replay`",
+    )
+    add_connection_flags(p)
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (--export-dir)")
     p.set_defaults(func=cmd_eval)
+
+
+def add_source_flags(p: argparse.ArgumentParser) -> None:
+    """--servers | --export-dir | --run-dir: where the policies come from (`omad eval`, `omad replay`)."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--servers", help="agent servers host:port,host:port,... in agent order")
+    source.add_argument("--export-dir", help="ONNX export dir, run in-process")
+    source.add_argument("--run-dir", help="training run dir, torch checkpoint in-process")
+
+
+def add_connection_flags(p: argparse.ArgumentParser) -> None:
+    """How to reach the servers (--servers): token, TLS and mTLS files, deadline, mixed teams."""
+    g = p.add_argument_group("servers (--servers)")
+    g.add_argument("--token-file", help=f"bearer token for the servers (or env {TOKEN_ENV})")
+    g.add_argument(
+        "--tls-ca", metavar="PEM", help=f"CA that signed the servers' certificates (or env {CLIENT_TLS_ENV['tls_ca']})"
+    )
+    g.add_argument(
+        "--tls-cert", metavar="PEM", help=f"client certificate, for mTLS servers (or env {CLIENT_TLS_ENV['tls_cert']})"
+    )
+    g.add_argument(
+        "--tls-key", metavar="PEM", help=f"client private key, for mTLS servers (or env {CLIENT_TLS_ENV['tls_key']})"
+    )
+    g.add_argument(
+        "--tls-server-name", metavar="NAME", help="name in the server certificates, if not the host of the address"
+    )
+    g.add_argument("--timeout-s", type=float, default=5.0, help="per-call deadline for servers")
+    g.add_argument(
+        "--allow-mixed-team",
+        action="store_true",
+        help="run even when the servers serve different exports (team ids), counting the steps run on a mixed team",
+    )
+
+
+def client_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The connection flags as grpc_source's keyword arguments, the environment filling what is not given."""
+    options: dict[str, Any] = {"timeout_s": args.timeout_s, "allow_mixed_team": args.allow_mixed_team}
+    if args.token_file:
+        options["token"] = read_token_file(args.token_file)
+    elif os.environ.get(TOKEN_ENV):
+        options["token"] = os.environ[TOKEN_ENV]
+    for name, env in CLIENT_TLS_ENV.items():
+        options[name] = getattr(args, name) or os.environ.get(env) or None
+    if (options["tls_cert"] is None) != (options["tls_key"] is None):
+        raise EvalError("a client certificate needs both --tls-cert and --tls-key")
+    if args.tls_server_name:
+        options["tls_server_name"] = args.tls_server_name
+    return options
+
+
+def source_from_args(args: argparse.Namespace) -> PolicySource:
+    if args.servers:
+        addrs = [a.strip() for a in args.servers.split(",") if a.strip()]
+        return grpc_source(addrs, **client_options(args))
+    if args.export_dir:
+        return onnx_source(args.export_dir, threads=args.threads)
+    return torch_source(args.run_dir)
 
 
 def read_token_file(path: str) -> str:
@@ -344,15 +489,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options = yaml.safe_load(args.env_options) if args.env_options else None
     if options is not None and not isinstance(options, dict):
         raise EvalError(f"--env-options must be a mapping of option: value, got {args.env_options!r}")
-    if args.servers:
-        token = read_token_file(args.token_file) if args.token_file else None
-        addrs = [a.strip() for a in args.servers.split(",") if a.strip()]
-        source = grpc_source(addrs, token=token, timeout_s=args.timeout_s)
-    elif args.export_dir:
-        source = onnx_source(args.export_dir, threads=args.threads)
-    else:
-        source = torch_source(args.run_dir)
-    report = run_eval(args.env, source, args.episodes, args.seed, args.zero_noise, args.record, options)
+    source = source_from_args(args)
+    report = run_eval(args.env, source, args.episodes, args.seed, args.zero_noise, args.record, options, args.trace)
     print(format_report(report))
     if args.json:
         write_json(args.json, report)
