@@ -34,13 +34,16 @@ LOG=$OUT_DIR/run.log
 : >"$LOG"
 : >"$WORK/status.tsv"
 START=$SECONDS
-export PYTHONUNBUFFERED=1 MUJOCO_GL=egl
+export PYTHONUNBUFFERED=1  # no MUJOCO_GL: training renders nothing, and EGL needs libraries the GPU machine lacks
 TORCH_CUDA_INDEX=${TORCH_CUDA_INDEX:-https://download.pytorch.org/whl/cu130}
 
 if [ $SMOKE = 1 ]; then
     PY=$REPO/.venv/bin/python
     [ -x "$PY" ] || PY=python3
     SMOKE_FLAG=--smoke
+    # one thread per process: the smoke run's processes share a small CPU, and oversubscribed threads
+    # make each tiny update hundreds of times slower
+    export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 else
     PY=python3
     SMOKE_FLAG=

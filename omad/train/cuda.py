@@ -83,7 +83,7 @@ class DeviceReplay:
         self.storage = self._empty(0)
         if rows is None:
             rows = torch.empty((batch_size, layout.width), dtype=torch.float32, device=self.device)
-        if rows.shape != (batch_size, layout.width) or rows.device != self.device or rows.dtype != torch.float32:
+        if rows.shape != (batch_size, layout.width) or rows.device.type != self.device.type or rows.dtype != torch.float32:
             raise ValueError(
                 f"sample rows must be float32 [{batch_size}, {layout.width}] on {self.device}, "
                 f"got {rows.dtype} {list(rows.shape)} on {rows.device}"
@@ -130,7 +130,7 @@ class DeviceReplay:
         written into `rows`; the returned fields are views of `rows`, overwritten by the next sample."""
         self.sync()
         idx = torch.from_numpy(self.buffer.sample_indices(rng, self.batch_size))
-        if self.storage.device == self.device:
+        if self.storage.device.type == self.device.type:  # "cuda" and "cuda:0" alike
             if self.storage.is_cuda:
                 idx = idx.pin_memory().to(self.device, non_blocking=True)
             torch.index_select(self.storage, 0, idx, out=self.rows)
