@@ -47,9 +47,11 @@ TINY = {"denoising_steps": 2, "actor_hidden": [32, 32], "critic_hidden": [32, 32
 W_VALUES = (1, 2, 4, 8)
 
 
-def write(work: Path, step: str, result: dict) -> None:
+def write(work: Path, step: str, result: dict, row: dict | None = None) -> None:
+    """The step's file (rewritten after each row, so a step stopped at its limit keeps its rows); prints
+    the new row, or the whole result."""
     (work / f"{step}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps(result, default=str), flush=True)
+    print(json.dumps(row if row is not None else result, default=str), flush=True)
 
 
 # -- info --------------------------------------------------------------------------------------------
@@ -139,7 +141,8 @@ def step_updates(args) -> dict:
     warmup, windows, per_window = (6, 2, 6) if args.smoke else (20, 5, 100)
     spec = get_spec(ENV_ID)
     layout = AgentLayout(spec)
-    rows = []
+    rows: list[dict] = []
+    result = {"device": str(device), "env": ENV_ID, "denoising_steps": sizes["denoising_steps"], "rows": rows}
     for name, (compile_, graphs) in variants.items():
         cfg = build_config({"env": ENV_ID, "compile": compile_, **sizes})
         torch.manual_seed(0)
@@ -162,14 +165,9 @@ def step_updates(args) -> dict:
             "graph_failure": algo.graphs.failure if algo.graphs is not None else None,
         }
         rows.append(row)
-        print(json.dumps(row), flush=True)
-    return {
-        "device": str(device),
-        "env": ENV_ID,
-        "denoising_steps": sizes["denoising_steps"],
-        "batch_size": cfg.batch_size,
-        "rows": rows,
-    }
+        result["batch_size"] = cfg.batch_size
+        write(Path(args.work), "updates", result, row)
+    return result
 
 
 # -- serving ---------------------------------------------------------------------------------------------
@@ -192,9 +190,9 @@ def step_serve(args) -> dict:
             f"(providers: {', '.join(onnxruntime.get_available_providers())})"
         )
     with tempfile.TemporaryDirectory() as workdir:
-        bench = make_bench(
-            Path(workdir), repeats=300 if args.smoke else 2000, warmup=20, max_seconds=seconds, threads=[1]
-        )
+        sizes = {"denoising_steps": 2, "hidden": [16, 16]} if args.smoke else {}  # else the benchmark's policy
+        repeats = 300 if args.smoke else 2000
+        bench = make_bench(Path(workdir), repeats=repeats, warmup=20, max_seconds=seconds, threads=[1], **sizes)
         rng = np.random.default_rng(0)
         info = OnnxPolicy(bench.onnx_path).info
         obs = rng.standard_normal((12, info.obs_dim), dtype=np.float32)
@@ -231,7 +229,7 @@ def step_serve(args) -> dict:
                     stats = asyncio.run(closed_loop(addr, request, clients, seconds))
                     row = {"provider": provider, "clients": clients, **stats}
                     result["served"].append(row)
-                    print(json.dumps(row), flush=True)
+                    write(Path(args.work), "serve", result, row)
     return result
 
 
@@ -270,7 +268,8 @@ def step_jobs(args) -> dict:
     else:
         settings["compile"] = True  # as `compile: auto` chooses for a long run: compiled, CUDA graphs
         total, w_values = 1200, W_VALUES
-    rows = []
+    rows: list[dict] = []
+    result = {"env": ENV_ID, "total_steps_per_job": total, "settings": settings, "rows": rows}
     deadline = time.perf_counter() + args.seconds
     for i, w in enumerate(w_values):
         out = Path(args.work) / f"sweep-w{w}"
@@ -294,8 +293,8 @@ def step_jobs(args) -> dict:
             "log_tail": (Path(args.work) / f"sweep-w{w}.log").read_text().strip().splitlines()[-3:],
         }
         rows.append(row)
-        print(json.dumps(row), flush=True)
-    return {"env": ENV_ID, "total_steps_per_job": total, "settings": settings, "rows": rows}
+        write(Path(args.work), "jobs", result, row)
+    return result
 
 
 # -- a training run --------------------------------------------------------------------------------------

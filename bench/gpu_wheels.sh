@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Wheels for a GPU machine without a package index: the packages omad needs for bench/gpu_check.sh that
-# a CUDA image with torch, numpy, onnx and onnxruntime lacks, at constraints.txt's pins, for CPython 3.12
-# on x86-64 Linux, into .whl/ (which gpu_check.sh installs). gymnasium-robotics is slimmed: the Adroit
-# hand and Franka kitchen meshes (24 MB, no omad environment uses them) are left out of its wheel.
+# Wheels for a GPU machine without a package index: the packages bench/gpu_check.sh needs that a CUDA
+# image with torch, numpy, onnx and onnxruntime lacks (and tensorboard, whose pin works with the pinned
+# protobuf), at constraints.txt's pins, for CPython 3.12 on x86-64 Linux, into .whl/ (gpu_check.sh
+# installs them). gymnasium-robotics is slimmed: the Adroit hand and Franka kitchen meshes (24 MB, no
+# omad environment uses them) are left out of its wheel.
 #
 #   bash bench/gpu_wheels.sh [PYTHON_VERSION]      # default 3.12; needs pip and a package index
 #
-# Keep .whl/ out of git (e.g. `echo /.whl/ >> .git/info/exclude`); together the wheels take about 25 MB.
+# Keep .whl/ out of git (e.g. `echo /.whl/ >> .git/info/exclude`); together the wheels take about 32 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON_VERSION=${1:-3.12}
 PIP=${PIP:-.venv/bin/pip}
 PACKAGES=(pydantic pydantic_core annotated-types typing-inspection typing_extensions
           grpcio grpcio-health-checking grpcio-reflection protobuf
-          mujoco mujoco-core glfw PyOpenGL gymnasium gymnasium-robotics pettingzoo Farama-Notifications)
+          mujoco mujoco-core glfw PyOpenGL gymnasium gymnasium-robotics pettingzoo Farama-Notifications
+          tensorboard)
 
 pins=()
 for name in "${PACKAGES[@]}"; do

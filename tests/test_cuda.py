@@ -197,19 +197,15 @@ def test_acting_moves_one_observation_batch_per_step(compile_):
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     """A verified export of one agent with random weights (obs 11, act 3, asymmetric bounds, K = 3)."""
+    from omad.core.envs.base import AgentSpec, EnvSpec
     from omad.export.onnx import export_policy
+    from omad.train.algos.omad import make_actors
     from omad.train.policies import AgentPolicy
 
-    hparams = dict(
-        obs_dims=[11],
-        act_dims=[3],
-        action_low=[[-1.0, -2.0, 0.0]],
-        action_high=[[1.0, 0.5, 3.0]],
-        hidden=[32, 32],
-        denoising_steps=3,
-    )
+    spec = EnvSpec("toy", (AgentSpec("agent_0", 11, 3, (-1.0, -2.0, 0.0), (1.0, 0.5, 3.0)),), 4, 1)
+    cfg = build_config(dict(env="mpe:simple_spread_v3", denoising_steps=3, actor_hidden=[32, 32]))
     torch.manual_seed(0)
-    policy = AgentPolicy("agent_0", hparams).eval()
+    policy = AgentPolicy("agent_0", make_actors(cfg, AgentLayout(spec)).agent_hparams(0)).eval()
     path = tmp_path_factory.mktemp("export") / "agent_0.onnx"
     export_policy(policy, path, env_id="mamujoco:HalfCheetah-2x3", algo="omad", source_run="tests/test_cuda.py")
     return path

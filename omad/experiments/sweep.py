@@ -425,6 +425,9 @@ def run_jobs(
     several sweep dirs (each planned and recorded with `plan_jobs` and `write_sweep_file`). `devices`
     and `gpus_per_job`: see `run_local` and `run_ray`."""
     backend = f"ray ({ray_address})" if ray_address else f"local ({local_workers} workers)"
+    cuda_devices = sorted({d for d in devices or [] if d is not None})
+    if cuda_devices and not ray_address:
+        backend = f"local ({len(devices or [])} workers on CUDA device(s) {', '.join(cuda_devices)})"
     summary: dict[str, list] = {"done": [], "skipped": [], "failed": []}
     todo = []
     for job in jobs:
