@@ -33,11 +33,11 @@ test: setup
 	$(PY) -m pytest
 
 bench: setup
-	$(PY) bench/training.py
+	$(PY) -m bench.training
 
 # Mutation testing of the math and the serving edge (a few hours; on purpose, not in CI).
 mutation: setup
-	$(PY) bench/mutation.py
+	$(PY) -m bench.mutation
 
 clean:
 	rm -rf .venv runs exports site

@@ -9,9 +9,10 @@ reports the episode's sum: N times ours. This script runs every policy on the sa
 splits the return into its parts, so each candidate explanation (episode length, summing over agents,
 the local/global ratio) can be put to numbers.
 
-    .venv/bin/python bench/coop_nav_scale.py [--episodes 200]
+    .venv/bin/python -m bench.coop_nav_scale [--episodes 200] [--out DIR]
+    .venv/bin/python -m bench.coop_nav_scale --smoke --out DIR    # 2 episodes: checks the script
 
-Writes bench/results/coop_nav_scale.json and .md.
+Writes coop_nav_scale.json and .md to --out (default bench/results).
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.common import RESULTS, command
 from omad.core.envs import get_spec
 from omad.core.rollout import evaluate, uniform_random_policy
 
 ENV = "mpe:simple_spread_v3"
-RESULTS = Path(__file__).parent / "results"
 PAPER = {3: -23.9, 4: -57.9}  # the paper's OMAD on Cooperative Navigation N = 3 and 4 (arXiv 2602.18291)
 KP, KD = (
     5.0,
@@ -104,11 +106,12 @@ def measure(n: int, episodes: int, seed: int) -> dict:
     }
 
 
-def write(results: list[dict], seconds: float) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "coop_nav_scale.json").write_text(json.dumps({"results": results, "seconds": seconds}, indent=2) + "\n")
+def write(out: Path, results: list[dict], seconds: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"command": command("bench.coop_nav_scale", sys.argv[1:]), "results": results, "seconds": seconds}
+    (out / "coop_nav_scale.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
-        "# Cooperative Navigation: return scales (bench/coop_nav_scale.py)",
+        "# Cooperative Navigation: return scales (bench.coop_nav_scale)",
         "",
         (
             f"Episode returns over {results[0]['episodes']} episodes (seeds 0..{results[0]['episodes'] - 1}), "
@@ -130,8 +133,8 @@ def write(results: list[dict], seconds: float) -> None:
                 f"| {r['N']} | {name} | {pm(p['ours_mean_over_agents'])} | {pm(p['harl_sum_over_agents'])} | "
                 f"{pm(p['global_only'])} | {p['collisions_per_agent']:.2f} | {r['paper_omad']} |"
             )
-    lines += ["", f"Wall time {seconds:.0f} s."]
-    (RESULTS / "coop_nav_scale.md").write_text("\n".join(lines) + "\n")
+    lines += ["", f"Wall time {seconds:.0f} s; command: `{record['command']}`."]
+    (out / "coop_nav_scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -139,10 +142,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for coop_nav_scale.json and .md")
+    parser.add_argument("--smoke", action="store_true", help="2 episodes: checks the script, measures nothing")
     args = parser.parse_args()
     t0 = time.perf_counter()
-    results = [measure(n, args.episodes, args.seed) for n in (3, 4)]
-    write(results, time.perf_counter() - t0)
+    results = [measure(n, 2 if args.smoke else args.episodes, args.seed) for n in (3, 4)]
+    write(args.out, results, time.perf_counter() - t0)
 
 
 if __name__ == "__main__":

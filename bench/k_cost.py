@@ -4,14 +4,15 @@ One table: the final return (IQM, 95% CI over seeds), the learner's updates/s, a
 round trip (p50/p99 at 1 closed-loop client) and actions/s at 16 clients. It is the table to read to
 pick K for a latency budget.
 
-    .venv/bin/python bench/k_cost.py [--seeds 0 1] [--ks 1 2 4 8] [--steps N] [--workers 2] [--out DIR] [--quick]
+    .venv/bin/python -m bench.k_cost [--seeds 0 1] [--ks 1 2 4 8] [--steps N] [--workers 2] [--out DIR]
+    .venv/bin/python -m bench.k_cost --smoke --out DIR    # K = 1, 2, tiny networks and budgets: checks the script
 
 Training: one resumable `omad sweep` per K (re-running the command continues it). K = 8 is OMAD's
-default, so its runs are the study's OMAD runs (bench/sample_efficiency.py's HalfCheetah sweep dir,
---study-dir): trained once, shared by both. Updates/s: bench/training.py's measurement (synthetic
-batches, median of timed windows, one torch thread as a sweep job has), all K in this one run.
-Serving: `omad export` of each run, then `omad serve` (default flags: micro-batching on, one ONNX
-Runtime thread) of its first agent measured with bench/serving.py's closed-loop clients (the server
+default, so its runs are the study's OMAD runs (the HalfCheetah presets arm of bench.sample_efficiency,
+--study-dir), which this script reads and does not train. Updates/s: bench.training's measurement
+(synthetic batches, median of timed windows, one torch thread as a sweep job has), all K in this one
+run. Serving: `omad export` of each run, then `omad serve` (default flags: micro-batching on, one ONNX
+Runtime thread) of its first agent measured with bench.serving's closed-loop clients (the server
 draws the noise, as in closed-loop evaluation); the table gives the median over a K's runs.
 Writes OUT/k_cost.json and .md (default OUT: bench/results/k_cost).
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -30,13 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from sample_efficiency import QUICK, QUICK_STEPS, RESULTS, TASKS, task_config
-from serving import Bench, closed_loop, omad_server
-from training import updates_per_second
-
+from bench.common import RESULTS, command, repo_relative
+from bench.sample_efficiency import QUICK, QUICK_STEPS, TASKS, task_config
+from bench.serving import Bench, closed_loop, omad_server
+from bench.study_report import VERDICT_MODE
+from bench.training import updates_per_second
 from omad.experiments import stats
-from omad.experiments.layout import job_dir
+from omad.experiments.layout import job_dir, read_done
 from omad.experiments.report import aggregate, read_metrics
 from omad.experiments.sweep import run_sweep
 from omad.export.onnx import export_run
@@ -44,9 +44,15 @@ from omad.serve.client import act_request
 
 TASK = TASKS["halfcheetah_2x3"]
 STEPS = TASK.arms["presets"].budgets["omad"]  # env steps per run: the study's OMAD budget
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_K = 8  # OMAD's default: the study's runs
 SERVE_SECONDS = 3.0
+# --smoke: K = 1 and 2 at one seed, the study's tiny --quick networks and budget, brief measurements
+SMOKE = dict(ks=[1, 2], seeds=[0], steps=QUICK_STEPS - 200, serve_seconds=0.3, windows=1, cycles=1, reps=200)
+
+
+def protocol(smoke: bool) -> dict:
+    """The study's protocol for the task; with --smoke its tiny networks and budget, and short episodes."""
+    return {**task_config(TASK, smoke), **({"env_options": {"max_episode_steps": 50}} if smoke else {})}
 
 
 def sweep_dir(out: Path, study_dir: Path, k: int) -> Path:
@@ -59,21 +65,27 @@ def train(
     ks: list[int],
     seeds: list[int],
     steps: int,
-    quick: bool,
+    smoke: bool,
     workers: int,
     ray_address: str | None,
 ) -> None:
     for k in ks:
-        shared = task_config(TASK, quick)
-        if k != DEFAULT_K:
-            shared = {**shared, "denoising_steps": k}
+        if k == DEFAULT_K:  # the study's runs: read here, trained by bench.sample_efficiency
+            missing = [
+                repo_relative(run)
+                for run in (job_dir(study_dir, TASK.env, "omad", seed) for seed in seeds)
+                if read_done(run) is None
+            ]
+            if missing:
+                raise SystemExit(f"K = {DEFAULT_K} reads the study's finished OMAD runs; not finished: {missing}")
+            continue
         summary = run_sweep(
             sweep_dir(out, study_dir, k),
             [TASK.env],
             ["omad"],
             seeds,
             steps,
-            shared,
+            {**protocol(smoke), "denoising_steps": k},
             local_workers=workers,
             ray_address=ray_address,
         )
@@ -81,14 +93,14 @@ def train(
             raise SystemExit(f"K = {k}: {len(summary['failed'])} job(s) failed: {summary['failed']}")
 
 
-def serve_latency(onnx_path: Path, obs_dim: int) -> dict:
+def serve_latency(onnx_path: Path, obs_dim: int, seconds: float) -> dict:
     """`omad serve` of one agent's graph: 1 closed-loop client (p50, p99) and 16 (actions/s)."""
     bench = Bench(policy=None, onnx_path=onnx_path, inputs={}, repeats=0, warmup=0, max_seconds=0.0, threads=[1])
     request, _ = act_request(np.zeros((1, obs_dim), np.float32), None, None, False)
     server, addr = omad_server(bench)
     with server:
-        one = asyncio.run(closed_loop(addr, request, 1, SERVE_SECONDS))
-        sixteen = asyncio.run(closed_loop(addr, request, 16, SERVE_SECONDS))
+        one = asyncio.run(closed_loop(addr, request, 1, seconds))
+        sixteen = asyncio.run(closed_loop(addr, request, 16, seconds))
     return {
         "p50_ms": one["median_us"] / 1e3,
         "p99_ms": one["p99_us"] / 1e3,
@@ -96,18 +108,22 @@ def serve_latency(onnx_path: Path, obs_dim: int) -> dict:
     }
 
 
-def measure(out: Path, study_dir: Path, ks: list[int], seeds: list[int], quick: bool, reps: int) -> list[dict]:
+def measure(out: Path, study_dir: Path, ks: list[int], seeds: list[int], smoke: bool, reps: int) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)
     rows = []
     for k in ks:
         curve = aggregate(
-            {seed: read_metrics(job_dir(sweep_dir(out, study_dir, k), TASK.env, "omad", seed)) for seed in seeds}
+            {
+                seed: read_metrics(job_dir(sweep_dir(out, study_dir, k), TASK.env, "omad", seed), VERDICT_MODE)
+                for seed in seeds
+            }
         )
         point, low, high = stats.iqm_ci({"k": curve.finals}, reps)["k"]
-        shape = {key: QUICK[key] for key in ("actor_hidden", "critic_hidden", "batch_size")} if quick else {}
-        rate = updates_per_second(TASK.env, 3, 5, denoising_steps=k, **shape)
+        shape = {key: QUICK[key] for key in ("actor_hidden", "critic_hidden", "batch_size")} if smoke else {}
+        windows, cycles = (SMOKE["windows"], SMOKE["cycles"]) if smoke else (3, 5)
+        rate = updates_per_second(TASK.env, windows, cycles, denoising_steps=k, **shape)
         served = []
         with tempfile.TemporaryDirectory() as tmp:
             for seed in seeds:
@@ -116,7 +132,8 @@ def measure(out: Path, study_dir: Path, ks: list[int], seeds: list[int], quick: 
                 export_run(run, export)  # checks ONNX Runtime against torch on the way
                 manifest = json.loads((export / "manifest.json").read_text())
                 agent = manifest["agents"][0]
-                served.append(serve_latency(export / agent["file"], agent["obs_dim"]))
+                seconds = SMOKE["serve_seconds"] if smoke else SERVE_SECONDS
+                served.append(serve_latency(export / agent["file"], agent["obs_dim"], seconds))
         rows.append(
             {
                 "K": k,
@@ -137,11 +154,11 @@ def write(out: Path, rows: list[dict], meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "k_cost.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     lines = [
-        "# The cost of K (bench/k_cost.py)",
+        "# The cost of K (bench.k_cost)",
         "",
         (
             f"OMAD on {TASK.env}, {rows[0]['budget']} env steps per run, protocol {meta['protocol']}. "
-            "Final return: IQM over seeds [95% stratified-bootstrap CI]. Updates/s: the learner alone at one "
+            f"Final return ({meta['mode']} evaluation, as the study's verdict): IQM over seeds [95% stratified-bootstrap CI]. Updates/s: the learner alone at one "
             "torch thread (synthetic batches). Served: `omad serve` of agent 0's exported graph (micro-batching "
             "on, 1 ONNX Runtime thread), closed-loop streaming clients on loopback, median over the K's runs."
         ),
@@ -170,33 +187,34 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help=f"env steps per run (default: the study's, {STEPS})")
     parser.add_argument("--workers", type=int, default=2, help="local worker processes")
     parser.add_argument("--ray-address", default=None, help="train as Ray tasks instead")
-    parser.add_argument("--out", type=Path, default=None, help="default bench/results/k_cost[_quick]")
+    parser.add_argument("--out", type=Path, default=RESULTS / "k_cost", help="default bench/results/k_cost")
     parser.add_argument(
         "--study-dir",
         type=Path,
-        default=None,
-        help="the study's HalfCheetah sweep dir, home of the K = 8 runs (default RESULTS/study[_quick]/halfcheetah_2x3)",
+        default=RESULTS / "study" / "halfcheetah_2x3" / "presets",
+        help="the study's HalfCheetah sweep dir of the presets arm, home of the K = 8 runs",
     )
     parser.add_argument("--reps", type=int, default=stats.REPS, help="bootstrap resamples of the CI")
     parser.add_argument(
-        "--quick", action="store_true", help="tiny networks and budgets: checks the pipeline, measures nothing"
+        "--smoke", action="store_true", help="K = 1, 2 at one seed, tiny networks and budgets: checks the script"
     )
     args = parser.parse_args()
-    suffix = "_quick" if args.quick else ""
-    out = args.out or RESULTS / f"k_cost{suffix}"
-    study_dir = args.study_dir or RESULTS / f"study{suffix}" / "halfcheetah_2x3"
-    steps = QUICK_STEPS if args.quick else (args.steps or STEPS)
-    train(out, study_dir, args.ks, args.seeds, steps, args.quick, args.workers, args.ray_address)
+    if args.smoke:
+        ks, seeds, steps, reps = SMOKE["ks"], SMOKE["seeds"], SMOKE["steps"], SMOKE["reps"]
+    else:
+        ks, seeds, steps, reps = args.ks, args.seeds, args.steps or STEPS, args.reps
+    train(args.out, args.study_dir, ks, seeds, steps, args.smoke, args.workers, args.ray_address)
     t0 = time.perf_counter()
-    rows = measure(out, study_dir, args.ks, args.seeds, args.quick, args.reps)
+    rows = measure(args.out, args.study_dir, ks, seeds, args.smoke, reps)
     meta = {
         "env": TASK.env,
-        "protocol": task_config(TASK, args.quick),
-        "study_dir": os.path.relpath(study_dir, REPO),
+        "protocol": protocol(args.smoke),
+        "mode": VERDICT_MODE,
+        "study_dir": repo_relative(args.study_dir),
         "measure_seconds": time.perf_counter() - t0,
-        "command": " ".join(["bench/k_cost.py", *sys.argv[1:]]),
+        "command": command("bench.k_cost", sys.argv[1:]),
     }
-    write(out, rows, meta)
+    write(args.out, rows, meta)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Mutation testing (mutmut) of the modules that carry the math and the serving edge.
 
-    make mutation                                  # = .venv/bin/python bench/mutation.py
-    .venv/bin/python bench/mutation.py --only 'omad.train.critic.*'   # re-test some mutants, keep the rest
-    .venv/bin/python bench/mutation.py --report-only                  # rewrite the report from mutants/
+    make mutation                                  # = .venv/bin/python -m bench.mutation
+    .venv/bin/python -m bench.mutation --only 'omad.train.critic.*'   # re-test some mutants, keep the rest
+    .venv/bin/python -m bench.mutation --report-only                  # rewrite the report from mutants/
 
 mutmut 3 copies the code into mutants/, mutates every function of the files under [tool.mutmut]
 `only_mutate` in pyproject.toml and, for each mutant in SCOPE below, runs the tests of the fast
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
+from bench.common import REPO, RESULTS
+
 EQUIVALENT = REPO / "bench" / "mutation_equivalent.yaml"
 
 # module file -> the mutant names counted for it (mutmut names: module.x_func / module.xǁClassǁmethod)

@@ -1,7 +1,7 @@
-"""A no-op omad.v1.Policy server: the floor that Python gRPC itself sets (bench/serving.py, parts 3-5).
+"""A no-op omad.v1.Policy server: the floor that Python gRPC itself sets (bench.serving, parts 3-5).
 
-    python bench/noop_grpc_server.py PORT ACT_DIM              # serves 127.0.0.1:PORT until SIGTERM / SIGINT
-    python bench/noop_grpc_server.py PORT ACT_DIM MODEL.onnx   # the same, plus ONNX Runtime in the handler
+    python -m bench.noop_grpc_server PORT ACT_DIM              # serves 127.0.0.1:PORT until SIGTERM / SIGINT
+    python -m bench.noop_grpc_server PORT ACT_DIM MODEL.onnx   # the same, plus ONNX Runtime in the handler
 
 Same process layout as `omad serve` (one grpc.aio process, the same messages), but Act and
 ActStream answer a constant action without reading the request: no validation, no inference.
@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from pathlib import Path
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from omad.serve._generated import policy_pb2, policy_pb2_grpc
 from omad.serve.tensors import from_tensor, to_tensor
 

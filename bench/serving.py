@@ -1,19 +1,20 @@
 """Serving benchmark (docs/results/performance.md): what one action costs, from in-process to over gRPC.
 
-    .venv/bin/python bench/serving.py                          # every implemented part
-    .venv/bin/python bench/serving.py --parts 1,2 --repeats 3000
+    .venv/bin/python -m bench.serving                          # every implemented part
+    .venv/bin/python -m bench.serving --parts 1,2 --repeats 3000
+    .venv/bin/python -m bench.serving --smoke --out DIR        # every part on a tiny policy, briefly: checks the script
 
 Policy: K = 8, a 3x256 score net, HalfCheetah 2x3 sizes, random weights (cost does not depend on them).
 Parts, numbered as in the results table:
   1. torch eager, in-process, batch 1 and 64
   2. ONNX Runtime (omad.runtime.onnx_policy.OnnxPolicy.act, validation included), in-process, batch 1 and 64
-  3. a no-op gRPC server process (bench/noop_grpc_server.py): unary and streaming round trip, batch 1
+  3. a no-op gRPC server process (bench.noop_grpc_server): unary and streaming round trip, batch 1
   4. `omad serve` round trip through PolicyClient: unary and streaming, batch 1, interleaved with
      the no-op server's and in-process ORT's (the streaming target is taken from these)
   5. throughput: C = 1, 4, 16, 64 closed-loop streaming clients, with and without micro-batching
   6. a model reload (SIGHUP, new file) under load: 16 streaming clients, no call may fail
 Each part returns rows (one measurement each); ratios are taken between rows of the same run.
-Writes bench/results/serving.json and bench/results/serving.md. Nothing here asserts on time.
+Writes serving.json and serving.md to --out (default bench/results). Nothing here asserts on time.
 """
 
 from __future__ import annotations
@@ -40,19 +41,24 @@ import numpy as np
 import onnxruntime
 import torch
 
+from bench.common import REPO, RESULTS, command
 from omad.core.envs import get_spec
 from omad.export.onnx import export_policy
 from omad.runtime.onnx_policy import OnnxPolicy
 from omad.serve._generated import policy_pb2, policy_pb2_grpc
 from omad.serve.client import PolicyClient, act_request, wait_until_serving
 from omad.serve.launcher import pick_ports
+from omad.train.algos.omad import make_actors
+from omad.train.config import parse_config
+from omad.train.layout import AgentLayout
 from omad.train.policies import AgentPolicy
 
 ENV_ID = "mamujoco:HalfCheetah-2x3"
 DENOISING_STEPS = 8
 HIDDEN = [256, 256, 256]
 BATCHES = (1, 64)
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# --smoke: a tiny policy and a fraction of a second per measurement (checks every part, measures nothing)
+SMOKE = dict(denoising_steps=2, hidden=[16, 16], repeats=20, warmup=2, max_seconds=0.2, threads=[1], seconds=0.4)
 
 
 @dataclass
@@ -68,29 +74,36 @@ class Bench:
     threads: list[int]
     policy_hparams: dict = field(default_factory=dict)
     parity: dict[int, float] = field(default_factory=dict)
+    seconds: float = 3.0  # the measured window of a closed-loop load (parts 5, 6)
+    clients: tuple[int, ...] = (1, 4, 16, 64)  # the loads of part 5
 
 
-def make_bench(workdir: Path, repeats: int, warmup: int, max_seconds: float, threads: list[int]) -> Bench:
-    agent = get_spec(ENV_ID).agents[0]
-    hparams = dict(
-        obs_dims=[agent.obs_dim],
-        act_dims=[agent.act_dim],
-        action_low=[list(agent.action_low)],
-        action_high=[list(agent.action_high)],
-        hidden=HIDDEN,
-        denoising_steps=DENOISING_STEPS,
-    )
+def agent_hparams(denoising_steps: int, hidden: list[int]) -> tuple[str, dict]:
+    """The first HalfCheetah 2x3 agent's actor as `omad train` builds it (OMAD's defaults otherwise)."""
+    spec = get_spec(ENV_ID)
+    cfg = parse_config(dict(env=ENV_ID, denoising_steps=denoising_steps, actor_hidden=hidden))
+    return spec.agents[0].name, make_actors(cfg, AgentLayout(spec)).agent_hparams(0)
+
+
+def make_bench(
+    workdir: Path,
+    repeats: int,
+    warmup: int,
+    max_seconds: float,
+    threads: list[int],
+    denoising_steps: int = DENOISING_STEPS,
+    hidden: list[int] = HIDDEN,
+) -> Bench:
+    name, hparams = agent_hparams(denoising_steps, hidden)
     torch.manual_seed(0)
-    policy = AgentPolicy(agent.name, hparams).eval()
-    onnx_path = workdir / f"{agent.name}.onnx"
-    report = export_policy(
-        policy, onnx_path, env_id=ENV_ID, algo="omad", source_run="bench/serving.py (random weights)"
-    )
+    policy = AgentPolicy(name, hparams).eval()
+    onnx_path = workdir / f"{name}.onnx"
+    report = export_policy(policy, onnx_path, env_id=ENV_ID, algo="omad", source_run="bench.serving (random weights)")
     rng = np.random.default_rng(0)
     inputs = {
         batch: (
-            rng.standard_normal((batch, agent.obs_dim), dtype=np.float32),
-            rng.standard_normal((DENOISING_STEPS + 1, batch, agent.act_dim), dtype=np.float32),
+            rng.standard_normal((batch, policy.obs_dim), dtype=np.float32),
+            rng.standard_normal((denoising_steps + 1, batch, policy.act_dim), dtype=np.float32),
         )
         for batch in BATCHES
     }
@@ -158,9 +171,6 @@ def part_onnxruntime(bench: Bench) -> list[dict]:
 
 
 # -- parts 3-5: over gRPC on loopback (server processes; the torch-free PolicyClient) -------------
-REPO_DIR = Path(__file__).resolve().parent.parent
-THROUGHPUT_CLIENTS = (1, 4, 16, 64)
-THROUGHPUT_SECONDS = 3.0  # measured, after a quarter of that as warm-up
 P99_LIMIT_MS = {16: 5, 64: 10}  # the p99 targets at 16 and 64 clients
 
 
@@ -168,7 +178,7 @@ P99_LIMIT_MS = {16: 5, 64: 10}  # the p99 targets at 16 and 64 clients
 def server_process(argv: list[str], log_path: Path, wait_ready: Callable[[], None]) -> Iterator[subprocess.Popen]:
     """A server process for the duration of a measurement; its stderr goes to log_path."""
     with open(log_path, "w") as log:
-        process = subprocess.Popen(argv, cwd=REPO_DIR, stdout=subprocess.DEVNULL, stderr=log)
+        process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_ready()
         yield process
@@ -182,11 +192,11 @@ def server_process(argv: list[str], log_path: Path, wait_ready: Callable[[], Non
 
 
 def noop_server(bench: Bench, with_model: bool = False) -> tuple[contextlib.AbstractContextManager, str]:
-    """bench/noop_grpc_server.py: the same service and messages, a constant reply, no work (or, with
+    """bench.noop_grpc_server: the same service and messages, a constant reply, no work (or, with
     the model, ONNX Runtime inline in the handler and nothing else)."""
     port = pick_ports("127.0.0.1", 0, 1)[0]
     addr = f"127.0.0.1:{port}"
-    argv = [sys.executable, str(REPO_DIR / "bench" / "noop_grpc_server.py"), str(port), str(bench.policy.act_dim)]
+    argv = [sys.executable, "-m", "bench.noop_grpc_server", str(port), str(bench.policy.act_dim)]
     if with_model:
         argv.append(str(bench.onnx_path))
 
@@ -309,8 +319,8 @@ def part_throughput(bench: Bench) -> list[dict]:
     for mode, make_server in servers.items():
         server, addr = make_server()
         with server:
-            for clients in THROUGHPUT_CLIENTS:
-                stats = asyncio.run(closed_loop(addr, request, clients, THROUGHPUT_SECONDS))
+            for clients in bench.clients:
+                stats = asyncio.run(closed_loop(addr, request, clients, bench.seconds))
                 rows.append(
                     {
                         "name": f"{clients} clients, {mode}",
@@ -386,7 +396,7 @@ def part_reload(bench: Bench) -> list[dict]:
     torch.manual_seed(1)
     retrained = AgentPolicy(bench.policy.name, bench.policy_hparams).eval()
     update = bench.onnx_path.parent / "retrained.onnx"
-    export_policy(retrained, update, env_id=ENV_ID, algo="omad", source_run="bench/serving.py (random weights, seed 1)")
+    export_policy(retrained, update, env_id=ENV_ID, algo="omad", source_run="bench.serving (random weights, seed 1)")
     obs, _ = bench.inputs[1]
     request, _ = act_request(obs, None, None, False)
     server, addr = omad_server(bench, "--batching", "--max-batch", "64", model=served)
@@ -398,7 +408,7 @@ def part_reload(bench: Bench) -> list[dict]:
             os.replace(staging, served)
             process.send_signal(signal.SIGHUP)
 
-        stats = asyncio.run(closed_loop(addr, request, RELOAD_CLIENTS, THROUGHPUT_SECONDS, during=reload))
+        stats = asyncio.run(closed_loop(addr, request, RELOAD_CLIENTS, bench.seconds, during=reload))
     return [
         {
             "name": f"{RELOAD_CLIENTS} clients, reload midway",
@@ -438,7 +448,7 @@ def grpc_targets(rows: list[dict]) -> list[dict]:
                 }
             )
     load = {(r["mode"], r["clients"]): r for r in rows if "clients" in r}
-    for clients in THROUGHPUT_CLIENTS:
+    for clients in sorted({clients for _, clients in load}):
         batched, unbatched = load.get(("batching", clients)), load.get(("no batching", clients))
         if clients < 16 or not (batched and unbatched):
             continue
@@ -597,7 +607,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=100, help="untimed calls before each measurement")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="time cap per measurement (at least 100 calls)")
     parser.add_argument("--threads", default="1,2", help="thread counts to measure (torch intra-op and ORT intra-op)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for serving.json and serving.md")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for serving.json and serving.md")
+    parser.add_argument(
+        "--smoke", action="store_true", help="every part on a tiny policy, briefly: checks the script, measures nothing"
+    )
     args = parser.parse_args(argv)
     parts = [int(p) for p in args.parts.split(",")]
     unknown = sorted(set(parts) - set(PARTS))
@@ -605,22 +618,31 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown parts {unknown}; implemented: {sorted(PARTS)}")
 
     with tempfile.TemporaryDirectory() as workdir:
-        threads = [int(t) for t in args.threads.split(",")]
-        bench = make_bench(Path(workdir), args.repeats, args.warmup, args.max_seconds, threads)
+        if args.smoke:
+            steps, hidden = SMOKE["denoising_steps"], SMOKE["hidden"]
+            bench = make_bench(
+                Path(workdir), SMOKE["repeats"], SMOKE["warmup"], SMOKE["max_seconds"], SMOKE["threads"], steps, hidden
+            )
+            bench.seconds, bench.clients = SMOKE["seconds"], (1, 16)
+        else:
+            steps, hidden = DENOISING_STEPS, HIDDEN
+            threads = [int(t) for t in args.threads.split(",")]
+            bench = make_bench(Path(workdir), args.repeats, args.warmup, args.max_seconds, threads)
         result = {
             "benchmark": "serving",
-            "command": " ".join(["bench/serving.py", *(argv if argv is not None else sys.argv[1:])]).strip(),
+            "command": command("bench.serving", sys.argv[1:] if argv is None else argv),
             "machine": machine(),
             "config": {
                 "env_id": ENV_ID,
                 "obs_dim": bench.policy.obs_dim,
                 "act_dim": bench.policy.act_dim,
-                "denoising_steps": DENOISING_STEPS,
-                "hidden": HIDDEN,
+                "denoising_steps": steps,
+                "hidden": hidden,
                 "batches": list(BATCHES),
                 "threads": bench.threads,
-                "warmup": args.warmup,
-                "max_seconds": args.max_seconds,
+                "repeats": bench.repeats,
+                "warmup": bench.warmup,
+                "max_seconds": bench.max_seconds,
             },
             "parity": {str(b): e for b, e in bench.parity.items()},
             "rows": [],

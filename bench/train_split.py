@@ -13,9 +13,10 @@ PYTHONPATH pointing at another checkout to measure that checkout's code):
 With --project-to T, the per-unit costs (seconds per env step, per update, per evaluation, per
 checkpoint) of the measured run are also scaled to a run of T steps, for a machine too loaded to run
 the full budget in the time at hand.
-Writes bench/results/train_split[-<label>].json and prints a Markdown table.
+Writes train_split.json to --out (default bench/results) and prints a Markdown table.
 
-    .venv/bin/python bench/train_split.py [--total-steps 20000] [--label after] [--set compile=false]
+    .venv/bin/python -m bench.train_split [--total-steps 20000] [--set compile=false] [--out DIR]
+    .venv/bin/python -m bench.train_split --smoke --out DIR    # a tiny short run: checks the script
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,10 +32,23 @@ from pathlib import Path
 import torch
 import yaml
 
+from bench.common import RESULTS, command
 from omad.train.config import build_config
 from omad.train.trainer import Trainer
 
-RESULTS = Path(__file__).parent / "results"
+# --smoke: a few hundred steps of a tiny OMAD on Cooperative Navigation, one evaluation and checkpoint
+SMOKE_ENV, SMOKE_STEPS = "mpe:simple_spread_v3", 300
+SMOKE = dict(
+    learning_starts=100,
+    batch_size=32,
+    eval_every=300,
+    eval_episodes=2,
+    checkpoint_every=300,
+    denoising_steps=2,
+    actor_hidden=[16],
+    critic_hidden=[16],
+    compile=False,
+)
 PARTS = {  # part -> the trainer attributes (object path, method) whose calls it sums
     "env stepping": [("algo", "act"), ("", "random_actions"), ("envs", "step"), ("buffer", "add")],
     "updates": [("buffer", "sample"), ("algo", "update")],
@@ -61,7 +76,8 @@ def crossings(every: int, total: int) -> int:
 def unit_counts(cfg, total_steps: int) -> dict[str, float]:
     return {
         "env stepping": total_steps,
-        "updates": max(0, total_steps - max(cfg.learning_starts, cfg.batch_size - 1)) * cfg.updates_per_step,
+        # an update after every env step from learning_starts on, once the buffer holds a batch (num_envs = 1)
+        "updates": max(0, total_steps - max(cfg.learning_starts, cfg.batch_size) + 1) * cfg.updates_per_step,
         "evaluation": crossings(cfg.eval_every, total_steps),
         "checkpointing": crossings(cfg.checkpoint_every, total_steps),
         "rest of the loop (setup, logging, ...)": total_steps,
@@ -88,8 +104,9 @@ def run_split(env: str, total_steps: int, overrides: dict, project_to: int | Non
     return {
         "projected_to_steps": project_to,
         "projected_seconds": projected,
-        "command": f"omad train --env {env} --total-steps {total_steps}"
+        "run": f"omad train --env {env} --total-steps {total_steps}"
         + "".join(f" --{k.replace('_', '-')} {v}" for k, v in overrides.items()),
+        "command": command("bench.train_split", sys.argv[1:]),
         "total_s": total,
         "seconds": seconds,
         "fractions": {k: v / total for k, v in seconds.items()},
@@ -107,16 +124,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="mamujoco:HalfCheetah-2x3")
     parser.add_argument("--total-steps", type=int, default=20_000)
-    parser.add_argument("--label", default="", help="suffix of the result file (e.g. before, after)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for train_split.json")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run of 300 steps: checks the script")
     parser.add_argument("--project-to", type=int, default=None, metavar="T", help="also scale the split to T steps")
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="config override (YAML value)"
     )
     args = parser.parse_args()
     overrides = {k.replace("-", "_"): yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    result = run_split(args.env, args.total_steps, overrides, args.project_to)
+    env, steps = (SMOKE_ENV, SMOKE_STEPS) if args.smoke else (args.env, args.total_steps)
+    result = run_split(env, steps, {**(SMOKE if args.smoke else {}), **overrides}, args.project_to)
     lines = [
-        f"`{result['command']}`: {result['total_s']:.0f} s, {result['updates']} updates",
+        f"`{result['run']}`: {result['total_s']:.0f} s, {result['updates']} updates",
         "",
         "| part | seconds | share |",
         "|---|---|---|",
@@ -133,9 +152,8 @@ def main() -> None:
             "|---|---|---|",
         ]
         lines += [f"| {k} | {v:.1f} | {v / total:.0%} |" for k, v in proj.items()]
-    RESULTS.mkdir(exist_ok=True)
-    name = "train_split" + (f"-{args.label}" if args.label else "")
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "train_split.json").write_text(json.dumps(result, indent=2) + "\n")
     print("\n".join(lines))
 
 

@@ -21,9 +21,10 @@ Every row also reports how close the update comes to the machine's compute limit
     (torch's float32 matmul runs on MKL; oneDNN can be faster on CPUs where MKL does not use AVX-512).
 Each rate is the median of several timed windows of this one run. With torch.compile on, the first
 updates compile: their time minus the steady-state time is reported as compile seconds.
-Writes bench/results/training.json and training.md.
+Writes training.json and training.md to --out (default bench/results).
 
-    .venv/bin/python bench/training.py [--quick] [--threads N] [--device auto|cpu|cuda]
+    .venv/bin/python -m bench.training [--quick] [--threads N] [--device auto|cpu|cuda] [--out DIR]
+    .venv/bin/python -m bench.training --smoke --out DIR    # tiny networks, one window: checks the script
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -40,16 +42,18 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.common import RESULTS, command
 from omad.core.envs import env_family, get_spec
 from omad.train.actors import PerAgentActors
 from omad.train.algos import make_algorithm
-from omad.train.config import build_config, compile_enabled
+from omad.train.config import ALGOS, build_config, compile_enabled, fields_for
 from omad.train.layout import AgentLayout
 from omad.train.replay import ReplaySample
 from omad.train.trainer import resolve_device
 
-RESULTS = Path(__file__).parent / "results"
 ENVS = ("mamujoco:HalfCheetah-2x3", "mpe:simple_spread_v3")
+# --smoke: one env, tiny networks and batches, eager, one short window per row (measures nothing)
+SMOKE = dict(actor_hidden=[16], critic_hidden=[16], batch_size=32, denoising_steps=2, compile=False)
 MATMULS = {
     torch.ops.aten.bmm.default,
     torch.ops.aten.baddbmm.default,
@@ -129,7 +133,7 @@ def updates_per_second(
 ) -> float:
     """The median update rate over `windows` timed windows of `cycles` policy-delay cycles, after two
     cycles of warm-up (and compiling, when the resolved config compiles). For budget planning
-    (bench/sample_efficiency.py --plan) and the K table (bench/k_cost.py); no FLOPs, no limit."""
+    (bench.sample_efficiency --plan) and the K table (bench.k_cost); no FLOPs, no limit."""
     device = device or torch.device("cpu")
     cfg, algo, batch = build(env_id, device, **overrides)
     per_window = cycles * cfg.policy_delay
@@ -220,7 +224,11 @@ def measure(env_id: str, device: torch.device, windows: int, cycles: int, looped
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer windows and rows (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="fewer windows and rows")
+    parser.add_argument(
+        "--smoke", action="store_true", help="one env, tiny networks, one window per row: checks the script"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for training.json and training.md")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument(
@@ -230,7 +238,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    windows, cycles = (3, 2) if args.quick else (7, 5)
+    windows, cycles = (1, 1) if args.smoke else (3, 2) if args.quick else (7, 5)
     compile_default = compile_enabled(build_config({}), device.type)
     variants = [("omad", f"K={K}", dict(denoising_steps=K)) for K in (2, 4, 8, 16)]
     variants += [
@@ -241,8 +249,16 @@ def main() -> None:
     variants += [(algo, "defaults", dict(algo=algo)) for algo in ("omad-gaussian", "hasac", "hatd3")]
     if args.quick:
         variants = [v for v in variants if v[1] in ("K=8", "defaults") or "compile" in v[1]]
+    envs = ENVS
+    if args.smoke:  # every code path but compiling: the stacked and looped OMAD rows and the baselines
+        variants = [
+            (a, v, {**o, **fields_for(a, SMOKE, ALGOS)})
+            for a, v, o in variants
+            if v in ("K=8", "K=8 agents looped", "defaults")
+        ]
+        envs = ENVS[1:]
     rows = []
-    for env_id in ENVS:
+    for env_id in envs:
         for algo, variant, overrides in variants:
             if args.only and f"{algo} {variant}" not in args.only:
                 continue
@@ -261,24 +277,21 @@ def main() -> None:
         )
 
     ratios = {}
-    for env_id in ENVS:
+    for env_id in envs:
         omad, looped, hasac = (
             rate(env_id, "omad", "K=8"),
             rate(env_id, "omad", "K=8 agents looped"),
             rate(env_id, "hasac", "defaults"),
         )
-        eager = rate(env_id, "omad", "K=8 compile=off") if compile_default else omad
+        compiled = any(r["compile"] for r in rows if (r["env"], r["algo"], r["variant"]) == (env_id, "omad", "K=8"))
+        eager = rate(env_id, "omad", "K=8 compile=off") if compiled else omad
         if eager and looped:  # both eager: the looped actors are not compiled
             ratios[f"{env_id} stacked/looped (K=8, eager)"] = eager / looped
         if omad and hasac:
             ratios[f"{env_id} OMAD K=8 update cost / HASAC update cost"] = hasac / omad
             ratios[f"{env_id} same, per sample (batch 256 vs 1000)"] = hasac / omad * 1000 / 256
     result = {
-        "command": "bench/training.py"
-        + (" --quick" if args.quick else "")
-        + (f" --threads {args.threads}" if args.threads else "")
-        + f" --device {args.device}"
-        + "".join(f" --only '{o}'" for o in args.only),
+        "command": command("bench.training", sys.argv[1:]),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
@@ -289,8 +302,8 @@ def main() -> None:
         "rows": rows,
         "ratios": ratios,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "training.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "training.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         (
             f"`{result['command']}`; {result['machine']['cpu_count']} CPUs, torch threads {result['machine']['torch_threads']}, "
@@ -311,7 +324,7 @@ def main() -> None:
             f"{r['fraction_of_limit']:.0%} | {r['fraction_of_limit_cpu_time']:.0%} | {onednn} |"
         )
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f}x |" for k, v in ratios.items()]
-    (RESULTS / "training.md").write_text("\n".join(lines) + "\n")
+    (args.out / "training.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

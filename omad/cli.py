@@ -104,7 +104,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def missing_package(command: str) -> str | None:
     """The package `command` lives in, when this installation lacks it (the serving image has no training)."""
-    package = COMMANDS[command].module.split(".")[0]
+    module = COMMANDS[command].module
+    package = module.rpartition(".")[0] or module  # omad.train.cli -> omad.train
     return package if importlib.util.find_spec(package) is None else None
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from omad.core.rundir import RunDir
 from omad.train.config import build_config
 
 # HalfCheetah 2x3: two agents (back and front leg) must coordinate to run forward. At 15k steps OMAD
@@ -113,7 +114,7 @@ def run_demo(
     export_run(out / "run", out / "export", overwrite=True)
     stage("serve")
     launcher, addrs = start_servers(
-        out / "export", count=len(json.loads((out / "run" / "spec.json").read_text())["agents"])
+        out / "export", count=len(json.loads(RunDir(out / "run").spec.read_text())["agents"])
     )
     try:
         for addr in addrs:
@@ -138,7 +139,7 @@ def run_demo(
         "stage_seconds": {a: timings[b] - timings[a] for a, b in itertools.pairwise(names)},
         "artifacts": {
             "run_dir": str(out / "run"),
-            "curves": str(out / "run" / "curves.png"),
+            "curves": str(RunDir(out / "run").curves),
             "export_dir": str(out / "export"),
             **({"recording": str(recording)} if recording else {}),
             "report": str(out / "report.json"),

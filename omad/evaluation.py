@@ -180,16 +180,13 @@ class _Worker:
 # -- the three sources ---------------------------------------------------------------------------
 def torch_source(run_dir: str | Path) -> PolicySource:
     """A training run dir's latest checkpoint, in-process (the only source that needs torch)."""
-    from omad.core.rundir import actor_file
-    from omad.train.checkpoint import latest_checkpoint, sha256_file
     from omad.train.policies import load_policies, load_spec
 
     spec = load_spec(run_dir)
-    checkpoint = latest_checkpoint(Path(run_dir), files=[])
     policies = load_policies(run_dir)
     agents = [AgentEndpoint(AgentContract.of(p, spec.reference), str(run_dir)) for p in policies.values()]
-    actors = [ModelRef(sha256_file(checkpoint / actor_file(name)), "") for name in policies]
-    return PolicySource("torch", agents, list(policies.values()), where=str(run_dir), models=actors.__getitem__)
+    # No model file answers here (traces show none); a replay compares torch by its actions alone.
+    return PolicySource("torch", agents, list(policies.values()), where=str(run_dir))
 
 
 def onnx_source(export_dir: str | Path, threads: int = 1) -> PolicySource:

@@ -1,39 +1,14 @@
-"""Shared fixtures and process helpers. `tiny_run_dir` trains a few hundred steps of a tiny OMAD on Cooperative Navigation
-once per session, so export/serve/eval tests work on a real run dir in seconds. `certs` makes a
-throwaway CA with server and client certificates for the TLS tests."""
+"""Shared fixtures (plain helpers live in helpers.py). `tiny_run_dir` trains a few hundred steps of a
+tiny OMAD on Cooperative Navigation once per session, so export/serve/eval tests work on a real run
+dir in seconds. `certs` makes a throwaway CA with server and client certificates for the TLS tests."""
 
 from __future__ import annotations
 
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-
-OMAD = [sys.executable, "-m", "omad"]  # the CLI as a child process
-
-TINY = dict(
-    env="mpe:simple_spread_v3",
-    total_steps=300,
-    learning_starts=100,
-    batch_size=32,
-    eval_every=300,
-    eval_episodes=2,
-    checkpoint_every=300,
-    denoising_steps=4,
-    actor_hidden=[32, 32],
-    critic_hidden=[32, 32],
-    num_atoms=21,
-    progress=False,
-    seed=0,
-)
-
-
-def tiny_config(**overrides):
-    from omad.train.config import build_config
-
-    return build_config(TINY, **overrides)
+from helpers import tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -105,19 +80,3 @@ def certs(tmp_path_factory) -> Path:
             cwd=d,
         )
     return d
-
-
-def is_gone(pid: int) -> bool:
-    """Exited (reaped, or a zombie waiting for a reaper)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
-
-
-def wait_gone(pids: list[int], timeout_s: float) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not all(map(is_gone, pids)):
-        time.sleep(0.05)
-    return [pid for pid in pids if not is_gone(pid)]

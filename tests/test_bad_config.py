@@ -39,6 +39,18 @@ def locked_by_another_trainer(run: Path, _tiny_run_dir: Path):
     return lock
 
 
+def config_file(text: str):
+    def prepare(run: Path, _tiny_run_dir: Path) -> None:
+        run.mkdir()
+        (run / "cfg.yaml").write_text(text)
+
+    return prepare
+
+
+def copy_of_the_tiny_run(run: Path, tiny_run_dir: Path) -> None:
+    shutil.copytree(tiny_run_dir, run)
+
+
 def latest_outside_the_run(run: Path, tiny_run_dir: Path) -> None:
     shutil.copytree(tiny_run_dir, run)
     other = run.parent / "other" / "checkpoints"
@@ -61,6 +73,16 @@ CASES = [
     ("reward-scale-overflow", [*TRAIN, *TINY_FLAGS, "--reward-scale", "1e400"], None, "reward_scale"),
     ("batch-over-buffer", [*TRAIN, *TINY_FLAGS, "--buffer-size", "4", "--batch-size", "8"], None, "buffer_size"),
     ("value-range", [*TRAIN, *TINY_FLAGS, "--v-min", "400"], None, "v_min"),
+    ("field-of-another-algo", [*TRAIN, "--env", "mpe:simple_spread_v3", "--algo", "hasac", "--denoising-steps", "4"],
+     None, "'denoising_steps' (--denoising-steps) does not apply to algo hasac: it is a field of omad"),
+    ("field-of-another-algo-in-file", [*TRAIN, "--env", "mpe:simple_spread_v3", "--config", "{run}/cfg.yaml"],
+     config_file("algo: hatd3\nalpha_init: 0.3\n"), "'alpha_init' (--alpha-init) does not apply to algo hatd3"),
+    ("field-of-another-algo-on-resume", [*TRAIN, "--resume", "--explore-std", "0.3"], copy_of_the_tiny_run,
+     "'explore_std' (--explore-std) does not apply to algo omad: it is a field of hatd3"),
+    ("algo-changed-on-resume", [*TRAIN, "--resume", "--algo", "hasac"], copy_of_the_tiny_run,
+     "--algo 'hasac' differs from the run's saved 'omad'"),
+    ("compile-without-a-compiled-part", [*TRAIN, "--env", "mpe:simple_spread_v3", "--algo", "hatd3", "--compile", "true"],
+     None, "'compile': hatd3 has nothing to compile"),
     ("resume-not-json", [*TRAIN, "--resume"], saved_config("{gamma: "), "config.json"),
     ("resume-empty", [*TRAIN, "--resume"], saved_config(""), "config.json"),
     ("resume-bad-value", [*TRAIN, "--resume"], saved_config('{"gamma": 5}'), "gamma"),

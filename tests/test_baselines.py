@@ -8,30 +8,14 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
-from test_closed_loop import three_way
-from test_omad import bimodal_reward, toy_spec, train_on_the_bimodal_game
+from helpers import bimodal_reward, three_way, tiny_config, toy_batch, toy_spec, train_on_the_bimodal_game
 
 from omad.train.algos import make_algorithm
 from omad.train.algos.sequential import HASAC, smoothed_target_noise
-from omad.train.config import build_config
+from omad.train.config import ALGOS, build_config, fields_for
 from omad.train.layout import AgentLayout
-from omad.train.replay import ReplaySample
 
 BASELINES = ("hasac", "hatd3", "omad-gaussian")
-
-
-def toy_batch(layout, B, rng):
-    return ReplaySample(
-        state=torch.randn(B, 4),
-        obs=torch.from_numpy(rng.standard_normal((B, layout.n, layout.obs_max), np.float32)),
-        action=torch.rand(B, layout.joint_dim) * 2 - 1,
-        reward=torch.randn(B),
-        discount=torch.full((B,), 0.99),
-        done=torch.zeros(B),
-        next_state=torch.randn(B, 4),
-        next_obs=torch.from_numpy(rng.standard_normal((B, layout.n, layout.obs_max), np.float32)),
-    )
 
 
 def test_hasac_agent_sees_the_already_updated_actions_of_the_agents_before_it():
@@ -41,7 +25,7 @@ def test_hasac_agent_sees_the_already_updated_actions_of_the_agents_before_it():
         dict(env="mpe:simple_spread_v3", algo="hasac", actor_hidden=[16, 16], critic_hidden=[16, 16], lr_actor=1e-2)
     )
     algo = HASAC(cfg, layout, 4)
-    batch = toy_batch(layout, 8, np.random.default_rng(0))
+    batch = toy_batch(layout, 4, 8, np.random.default_rng(0))
     before = copy.deepcopy(algo.actors)
 
     noises, critic_inputs, order = [], [], []
@@ -111,17 +95,21 @@ def test_baseline_learns_the_one_step_bimodal_game(algo_name):
     rng = np.random.default_rng(0)
     layout = AgentLayout(toy_spec([1, 1], [1, 1], state_dim=1))
     cfg = build_config(
-        dict(
-            env="mpe:simple_spread_v3",
-            algo=algo_name,
-            actor_hidden=[64, 64],
-            critic_hidden=[64, 64],
-            num_atoms=51,
-            lr_actor=1e-3,
-            lr_critic=1e-3,
-            batch_size=256,
-            policy_delay=1,
-            alpha_init=1e-3,
+        fields_for(  # the fields of every algorithm of the test: `algo_name` takes its own
+            algo_name,
+            dict(
+                env="mpe:simple_spread_v3",
+                algo=algo_name,
+                actor_hidden=[64, 64],
+                critic_hidden=[64, 64],
+                num_atoms=51,
+                lr_actor=1e-3,
+                lr_critic=1e-3,
+                batch_size=256,
+                policy_delay=1,
+                alpha_init=1e-3,
+            ),
+            ALGOS,
         )
     )
     algo = make_algorithm(cfg, layout, 1, (-1.0, 0.5))
@@ -237,7 +225,7 @@ def test_omad_gaussian_targets_the_entropy_level_of_omads_running_cost_budget():
     from omad.train.algos.omad import OMAD
 
     layout = AgentLayout(toy_spec([3, 5], [2, 3]))
-    small = dict(env="mpe:simple_spread_v3", actor_hidden=[8, 8], critic_hidden=[8], denoising_steps=2)
+    small = dict(env="mpe:simple_spread_v3", actor_hidden=[8, 8], critic_hidden=[8])
     for s0, budget in ((2.5, 4.0), (1.0, 3.0)):
         gaussian = OMAD(
             build_config(dict(small, algo="omad-gaussian", prior_std=s0, cost_budget_per_dim=budget)),
@@ -246,7 +234,10 @@ def test_omad_gaussian_targets_the_entropy_level_of_omads_running_cost_budget():
             (-1, 1),
         )
         omad = OMAD(
-            build_config(dict(small, algo="omad", prior_std=s0, cost_budget_per_dim=budget)), layout, 4, (-1, 1)
+            build_config(dict(small, algo="omad", denoising_steps=2, prior_std=s0, cost_budget_per_dim=budget)),
+            layout,
+            4,
+            (-1, 1),
         )
         h_prior = 0.5 * math.log(2 * math.pi * s0**2) + 0.5  # N(0, s0^2) per dim
         assert omad.cost_budget.item() == pytest.approx(5 * budget)
@@ -293,7 +284,7 @@ def test_critic_target_moves_only_on_actor_updates(algo_name):
         dict(env="mpe:simple_spread_v3", algo=algo_name, actor_hidden=[8], critic_hidden=[8], policy_delay=2, tau=0.3)
     )
     algo = make_algorithm(cfg, layout, 4, (-10.0, 10.0))
-    batch = toy_batch(layout, 8, np.random.default_rng(0))
+    batch = toy_batch(layout, 4, 8, np.random.default_rng(0))
 
     def target():
         return [p.detach().clone() for p in algo.critic_target.parameters()]

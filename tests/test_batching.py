@@ -1,9 +1,13 @@
 """MicroBatcher driven directly (no gRPC): merged calls hand every caller exactly its own rows, also when
-a caller in the middle of a batch gave up before or after the inference call."""
+a caller in the middle of a batch gave up before or after the inference call; how calls fill up to
+max_batch, the merge delay, failed calls, metering, shutdown and the inference thread."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -11,10 +15,10 @@ import types
 import numpy as np
 import pytest
 
-from omad.serve.batching import BatcherFailed, Job, MicroBatcher, NonFiniteActions
+from omad.serve.batching import BatcherClosed, BatcherFailed, Job, MicroBatcher, NonFiniteActions
 
 OBS_DIM, ACT_DIM, NOISE_STEPS = 3, 2, 2
-WAIT_S = 10.0
+WAIT_S = 10.0  # a hang guard, never a timing assertion
 
 
 def fake_model(obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -311,3 +315,194 @@ def test_a_lone_caller_goes_once_the_merge_window_has_passed():
         return waited
 
     assert 0.1 <= asyncio.run(scenario()) < 0.8
+
+
+# -- call composition, the merge delay, errors, metrics and shutdown --------------------------------
+
+
+async def held_start(
+    model: GatedModel, batcher: MicroBatcher, jobs: dict[int, Job], companion: int
+) -> dict[int, asyncio.Task]:
+    """Caller 0's call is held on the inference thread while the other callers queue behind it. A lone
+    job would run on the event loop itself, so `companion` is submitted in the same loop iteration as
+    caller 0: with merging on (and room) it shares caller 0's call, otherwise it waits for the next."""
+    batcher.start()
+    tasks = {caller: asyncio.create_task(batcher.submit(jobs[caller])) for caller in (0, companion)}
+    assert await asyncio.to_thread(model.entered.wait, WAIT_S), "the first call never started"
+    for caller in sorted(jobs):
+        if caller not in tasks:
+            tasks[caller] = asyncio.create_task(batcher.submit(jobs[caller]))
+    await asyncio.sleep(0.05)  # every submit has queued its job
+    return tasks
+
+
+def assert_own_rows(jobs: dict[int, Job], results: dict) -> None:
+    for caller, result in results.items():
+        np.testing.assert_array_equal(
+            result.action, fake_model(jobs[caller].obs, jobs[caller].noise), err_msg=f"caller {caller}"
+        )
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_calls_fill_up_to_max_batch_and_carry_the_job_that_does_not_fit(merge):
+    rows = {0: 1, 1: 3, 2: 3, 3: 4, 4: 2, 5: 1}
+    model = GatedModel()
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch=6, merge=merge)
+        jobs = {caller: caller_job(caller, n) for caller, n in rows.items()}
+        tasks = await held_start(model, batcher, jobs, companion=1)
+        model.release.set()
+        done = await asyncio.wait_for(asyncio.gather(*tasks.values()), WAIT_S)
+        await batcher.close()
+        return jobs, dict(zip(tasks, done))
+
+    started = time.perf_counter_ns()
+    jobs, results = asyncio.run(scenario())
+    elapsed = time.perf_counter_ns() - started
+    assert_own_rows(jobs, results)
+    calls = [callers_in(call) for call in model.calls]
+    # 4 does not fit after 3 (7 > 6), so it opens the next call, which 2 fills to exactly 6
+    assert calls == ([[0, 1], [2], [3, 4], [5]] if merge else [[c] for c in rows])
+    call_rows = {c: len(call_obs) for call_obs in model.calls for c in callers_in(call_obs)}
+    for caller, result in results.items():
+        assert result.batch_size == call_rows[caller] and 0 < result.inference_ns < elapsed
+        # callers after the held call were queued before it was released, which the test did 0.05 s later
+        assert (0 if caller in calls[0] else 0.05e9) <= result.queue_ns < elapsed
+
+
+def test_the_merge_delay_waits_for_a_second_caller_and_not_for_a_full_batch():
+    calls = []
+
+    def model(obs, noise):
+        calls.append(callers_in(obs))
+        return fake_model(obs, noise)
+
+    async def scenario():
+        batcher = MicroBatcher(plain(model), max_batch=8, max_delay_us=500_000)  # 0.5 s
+        batcher.start()
+        jobs = {1: caller_job(1, 2), 2: caller_job(2, 3), 3: caller_job(3, 8)}
+        first = asyncio.create_task(batcher.submit(jobs[1]))
+        await asyncio.sleep(0.05)  # well inside the 0.5 s the first call waits for company
+        second = asyncio.create_task(batcher.submit(jobs[2]))
+        results = dict(zip((1, 2), await asyncio.wait_for(asyncio.gather(first, second), WAIT_S)))
+        slow = MicroBatcher(
+            plain(model), max_batch=8, max_delay_us=600_000_000
+        )  # 10 minutes: only a full batch goes at once
+        slow.start()
+        results[3] = await asyncio.wait_for(slow.submit(jobs[3]), WAIT_S)
+        await batcher.close()
+        await slow.close(timeout_s=WAIT_S)
+        return jobs, results
+
+    jobs, results = asyncio.run(scenario())
+    assert_own_rows(jobs, results)
+    assert calls == [[1, 2], [3]]
+
+
+def test_a_failed_call_fails_each_of_its_callers_and_only_good_calls_are_metered():
+    metered = []
+    model = GatedModel()
+    wrapped = model.run
+
+    def failing_for_caller_2(obs, noise):
+        actions = wrapped(obs, noise)
+        if 2 in callers_in(obs):
+            raise ValueError("model failed")
+        return actions
+
+    async def scenario():
+        batcher = MicroBatcher(
+            plain(failing_for_caller_2), max_batch=8, on_batch=lambda rows, seconds: metered.append((rows, seconds))
+        )
+        jobs = {0: caller_job(0, 1), 3: caller_job(3, 1), 1: caller_job(1, 2), 2: caller_job(2, 3)}
+        tasks = await held_start(model, batcher, jobs, companion=3)
+        model.release.set()
+        done = await asyncio.wait_for(asyncio.gather(*tasks.values(), return_exceptions=True), WAIT_S)
+        await batcher.close()
+        return jobs, dict(zip(tasks, done))
+
+    jobs, results = asyncio.run(scenario())
+    assert_own_rows(jobs, {0: results[0], 3: results[3]})
+    for caller in (1, 2):  # merged into the call that failed
+        assert isinstance(results[caller], ValueError) and str(results[caller]) == "model failed"
+    assert [rows for rows, _ in metered] == [2] and metered[0][1] > 0
+
+
+def test_close_finishes_the_queued_jobs_then_refuses_new_ones():
+    model = GatedModel()
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch=2)
+        jobs = {0: caller_job(0, 1), 1: caller_job(1, 2), 2: caller_job(2, 1)}
+        tasks = await held_start(model, batcher, jobs, companion=1)  # 1 + 2 rows > 2: caller 0 alone
+        closing = asyncio.create_task(batcher.close(timeout_s=WAIT_S))
+        await asyncio.sleep(0.05)
+        model.release.set()
+        await asyncio.wait_for(closing, WAIT_S + 1)
+        done = await asyncio.wait_for(asyncio.gather(*tasks.values()), WAIT_S)
+        with pytest.raises(BatcherClosed, match=r"^the server is shutting down$"):
+            await batcher.submit(caller_job(3, 1))
+        await batcher.close()  # a second close is a no-op
+        return jobs, dict(zip(tasks, done)), batcher._thread.is_alive()
+
+    jobs, results, alive = asyncio.run(scenario())
+    assert_own_rows(jobs, results)
+    assert not alive
+
+
+def test_close_stops_a_thread_that_waits_to_merge():
+    async def scenario():
+        batcher = MicroBatcher(plain(fake_model), max_batch=8, max_delay_us=600_000_000)
+        batcher.start()
+        job = caller_job(1, 2)
+        task = asyncio.create_task(batcher.submit(job))
+        await asyncio.sleep(0.05)  # the thread holds the job, waiting for company
+        await batcher.close(timeout_s=WAIT_S)
+        return job, await asyncio.wait_for(task, WAIT_S), batcher._thread.is_alive()
+
+    job, result, alive = asyncio.run(scenario())
+    np.testing.assert_array_equal(result.action, fake_model(job.obs, job.noise))
+    assert not alive
+
+
+def test_close_gives_up_on_a_stuck_call_and_fails_the_jobs_still_queued():
+    model = GatedModel()
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch=1)
+        jobs = {0: caller_job(0, 1), 1: caller_job(1, 1), 2: caller_job(2, 1)}
+        tasks = await held_start(model, batcher, jobs, companion=1)
+        await asyncio.wait_for(batcher.close(timeout_s=0.2), WAIT_S)
+        queued = await asyncio.wait_for(asyncio.gather(tasks[1], tasks[2], return_exceptions=True), WAIT_S)
+        model.release.set()  # the stuck call still answers its caller
+        return jobs, queued, await asyncio.wait_for(tasks[0], WAIT_S)
+
+    jobs, queued, first = asyncio.run(scenario())
+    for error in queued:
+        assert isinstance(error, BatcherClosed) and str(error) == "the server is shutting down"
+    assert_own_rows(jobs, {0: first})
+
+
+def test_the_inference_thread_is_a_daemon_named_omad_infer_so_an_unclosed_batcher_lets_the_process_exit():
+    """Its inference thread is a daemon named omad-infer (so a py-spy dump shows it). The child process
+    gets this process's sys.path, so under `make mutation` it imports the mutated code too."""
+    code = (
+        "import asyncio, threading\nfrom omad.serve.batching import MicroBatcher\n"
+        "async def main():\n    MicroBatcher(lambda obs, noise: obs, 4).start()\n"
+        "    print([(t.name, t.daemon) for t in threading.enumerate() if t is not threading.main_thread()])\n"
+        "asyncio.run(main())\n"
+    )
+
+    async def new_threads():  # in this process too: mutmut maps a test to the code it calls in-process
+        before = set(threading.enumerate())
+        batcher = MicroBatcher(lambda obs, noise: obs, 4)
+        batcher.start()
+        started = [(t.name, t.daemon) for t in set(threading.enumerate()) - before]
+        await batcher.close(timeout_s=5.0)
+        return started
+
+    assert asyncio.run(new_threads()) == [("omad-infer", True)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run([sys.executable, "-c", code], check=True, timeout=30, capture_output=True, text=True, env=env)
+    assert done.stdout.strip() == "[('omad-infer', True)]"

@@ -1,24 +1,22 @@
-"""The helpers the study scripts import from bench/ (bench/sample_efficiency.py --plan, bench/k_cost.py)
-exist and run: a refactor of bench/training.py once removed one and broke both scripts at import."""
+"""The helpers bench scripts share or import from each other (bench.training's update rate for
+bench.sample_efficiency --plan and bench.k_cost, the study's job hours, how a result records its
+command, mutation-report parsing), checked in-process against hand computations."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
+import os
+import shlex
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from bench.common import REPO, command, repo_relative
+from bench.mutation import changed_lines, function_of
+from bench.sample_efficiency import job_hours
+from bench.training import updates_per_second
 
 
 def test_updates_per_second_runs_a_tiny_update():
-    sys.path.insert(0, str(BENCH))
-    try:
-        from training import updates_per_second
-    finally:
-        sys.path.remove(str(BENCH))
     rate = updates_per_second(
         "mpe:simple_spread_v3",
         2,
@@ -32,21 +30,40 @@ def test_updates_per_second_runs_a_tiny_update():
     assert 0 < rate < 1e6
 
 
-def test_study_scripts_import():
-    for script in ("sample_efficiency.py", "k_cost.py"):
-        out = subprocess.run(
-            [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120
-        )
-        assert out.returncode == 0, out.stderr
+def test_a_recorded_command_names_paths_relative_to_the_repository(tmp_path):
+    inside, outside = REPO / "bench" / "results" / "x", tmp_path / "out"
+    recorded = command("bench.serving", ["--out", str(inside), f"--out={outside}", "--parts", "1,2", "a b"])
+    expected_outside = os.path.relpath(outside, REPO)
+    assert recorded == shlex.join(
+        [
+            "python",
+            "-m",
+            "bench.serving",
+            "--out",
+            "bench/results/x",
+            f"--out={expected_outside}",
+            "--parts",
+            "1,2",
+            "a b",
+        ]
+    )
+    assert not any(os.path.isabs(part.partition("=")[2] or part) for part in shlex.split(recorded))
+    assert repo_relative("bench/results") == "bench/results"  # a relative path is kept as given
+
+
+def test_mutant_names_and_diffs_are_read_as_the_report_shows_them():
+    assert (
+        function_of("omad.train.critic.xǁCategoricalCriticǁlogits__mutmut_6")
+        == "omad.train.critic.CategoricalCritic.logits"
+    )
+    assert (
+        function_of("omad.train.critic.x_project_distribution__mutmut_12") == "omad.train.critic.project_distribution"
+    )
+    diff = "--- a.py\n+++ b.py\n@@ -1,2 +1,2 @@\n-    x = a + b\n-    y = 1\n+    x = a - b\n+    y = 2\n"
+    assert changed_lines(diff) == ("x = a + b / y = 1", "x = a - b / y = 2")
 
 
 def test_job_hours_sums_every_run_and_every_resumed_segment(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        from sample_efficiency import job_hours
-    finally:
-        sys.path.remove(str(BENCH))
-
     def write(algo: str, seed: int, totals: list[tuple[float, float]]) -> None:
         run = tmp_path / "env" / algo / f"seed-{seed}"
         run.mkdir(parents=True)

@@ -47,3 +47,18 @@ def test_an_import_error_inside_a_command_is_not_swallowed(monkeypatch, tmp_path
     monkeypatch.setitem(cli.COMMANDS, "broken", cli.Command("broken_command:configure", "a command with a bug"))
     with pytest.raises(ModuleNotFoundError, match="a_module_that_does_not_exist"):
         cli.main(["broken"])
+
+
+def test_train_help_groups_the_fields_by_algo_and_gives_each_algos_default():
+    parser = cli.build_parser("train")
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    train = subparsers.choices["train"]
+    groups = {g.title: [a.dest for a in g._group_actions] for g in train._action_groups}
+    assert {"denoising_steps", "dt_init", "time_features"} == set(groups["config fields of omad only"])
+    assert {"explore_std", "target_noise", "target_noise_clip"} == set(groups["config fields of hatd3 only"])
+    assert "num_atoms" in groups["config fields of omad, omad-gaussian only"]
+    assert "alpha_init" in groups["config fields of omad, hasac, omad-gaussian only"]
+    assert {"env", "algo", "lr_actor", "compile"} <= set(groups["config fields of every algo"])
+    text = " ".join(train.format_help().split())  # argparse wraps lines
+    assert "default 0.0003 (HARL presets: hasac 0.001 on mamujoco, 0.0005 on mpe; hatd3 0.0005)" in text
+    assert "default runs/<env>-<algo>-seed<S>" in text

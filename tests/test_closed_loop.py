@@ -8,16 +8,12 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from helpers import serve_all, three_way, tiny_config
 
 from omad.evaluation import AgentEndpoint, EvalError, grpc_source, onnx_source, run_eval, torch_source
-from omad.runtime.onnx_policy import read_manifest
-from omad.serve.config import ServeConfig
-from omad.serve.testing import ServerThread
 
 HALF_CHEETAH = {"max_episode_steps": 60}  # short episodes keep the test fast
 
@@ -39,26 +35,6 @@ def cheetah_run(tmp_path_factory):
     train(cfg, root / "run")
     export_run(root / "run", root / "export")
     return root / "run", root / "export"
-
-
-def serve_all(stack: ExitStack, export_dir: Path) -> list[ServerThread]:
-    return [
-        stack.enter_context(ServerThread(ServeConfig(model=Path(export_dir) / a["file"], port=0)))
-        for a in read_manifest(export_dir)["agents"]
-    ]
-
-
-def three_way(env_id, run_dir, export_dir, options=None, episodes=3, seed=7, zero_noise=False):
-    reports = {
-        "torch": run_eval(env_id, torch_source(run_dir), episodes, seed, zero_noise, options=options),
-        "onnx": run_eval(env_id, onnx_source(export_dir), episodes, seed, zero_noise, options=options),
-    }
-    with ExitStack() as stack:
-        servers = serve_all(stack, export_dir)
-        reports["grpc"] = run_eval(
-            env_id, grpc_source([s.addr for s in servers]), episodes, seed, zero_noise, options=options
-        )
-    return reports
 
 
 @pytest.mark.parametrize("zero_noise", [False, True])

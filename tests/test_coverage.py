@@ -4,7 +4,7 @@ tiny Ant 2x4 run that writes coverage.json and keeps it exact across a resume.""
 import json
 
 import numpy as np
-from conftest import tiny_config
+from helpers import tiny_config
 
 from omad.train.coverage import Coverage, records_coverage
 from omad.train.trainer import train

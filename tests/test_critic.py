@@ -1,8 +1,11 @@
-"""C51 projection: exact cases."""
+"""The critics: the C51 projection on exact cases, the start distribution, and both critics' forward
+passes against an MLP written out in numpy."""
 
+import numpy as np
 import torch
+from helpers import mlp_by_hand, randomized_params
 
-from omad.train.critic import CategoricalCritic, project_distribution
+from omad.train.critic import CategoricalCritic, TwinQCritic, project_distribution
 
 V_MIN, V_MAX, M = -10.0, 10.0, 21  # atoms at -10, -9, ..., 10
 ATOMS = torch.linspace(V_MIN, V_MAX, M)
@@ -59,3 +62,44 @@ def test_critic_starts_from_a_narrow_distribution_around_zero():
         assert (q - center).abs().max().item() < 2 * delta
         near = ((critic.atoms - center).abs() <= 5 * delta).float()
         assert (probs * near).sum(-1).min().item() > 0.95
+
+
+def test_projection_onto_a_support_with_half_unit_spacing():
+    """Support -1, -0.5, ..., 2 (delta 0.5). Each source atom's mass goes to the two support atoms
+    around its target, split linearly; targets outside [-1, 2] clip to the ends."""
+    probs = torch.tensor([[0.05, 0.1, 0.15, 0.2, 0.25, 0.15, 0.1]])
+    targets = torch.tensor([[0.8, -1.3, 2.0, 0.0, 1.1, 2.7, -0.2]])
+    # 0.8: 0.4 / 0.6 onto 0.5 / 1.0; -1.3 -> -1; 2.0 and 2.7 -> 2; 0.0 on atom 0.0; 1.1: 0.8 / 0.2 onto
+    # 1.0 / 1.5; -0.2: 0.4 / 0.6 onto -0.5 / 0.0
+    expected = torch.tensor([[0.1, 0.04, 0.2 + 0.06, 0.02, 0.03 + 0.2, 0.05, 0.15 + 0.15]])
+    torch.testing.assert_close(project_distribution(probs, targets, -1.0, 2.0, 7), expected, rtol=0, atol=1e-6)
+
+
+def test_categorical_critic_is_a_layer_normed_relu_mlp_per_head_and_q_is_the_mean_atom():
+    critic = CategoricalCritic(5, [16, 8], 9, -3.0, 5.0, heads=3)
+    params = randomized_params(critic.net)
+    state, action = torch.randn(6, 3), torch.rand(6, 2) * 2 - 1
+    logits = critic.logits(state, action)
+    x = torch.cat([state, action], -1).double().numpy()
+    atoms = np.linspace(-3.0, 5.0, 9)
+    for head in range(3):
+        by_hand = mlp_by_hand(x, params, head, 2, layer_norm=True)
+        np.testing.assert_allclose(logits[head].detach().numpy(), by_hand, rtol=1e-4, atol=1e-4)
+        probs = np.exp(by_hand - by_hand.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        np.testing.assert_allclose(
+            critic.q_values(state, action)[head].detach().numpy(), probs @ atoms, rtol=1e-4, atol=1e-4
+        )
+
+
+def test_twin_q_critic_is_a_relu_mlp_per_head():
+    critic = TwinQCritic(5, [16, 8])
+    params = randomized_params(critic.net)
+    state, action = torch.randn(6, 3), torch.rand(6, 2) * 2 - 1
+    q = critic(state, action)
+    assert q.shape == (2, 6)
+    x = torch.cat([state, action], -1).double().numpy()
+    for head in range(2):
+        np.testing.assert_allclose(
+            q[head].detach().numpy(), mlp_by_hand(x, params, head, 2, layer_norm=False)[:, 0], rtol=1e-4, atol=1e-4
+        )

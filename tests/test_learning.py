@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 
 from omad.core.rollout import random_baseline
 from omad.train.trainer import train

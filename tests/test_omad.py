@@ -6,33 +6,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import bimodal_reward, toy_batch, toy_spec, train_on_the_bimodal_game
 
-from omad.core.envs.base import AgentSpec, EnvSpec
 from omad.train.algos.omad import OMAD
 from omad.train.config import build_config
 from omad.train.diffusion import DiffusionActors
 from omad.train.layout import AgentLayout
-from omad.train.replay import ReplaySample
-
-
-def toy_spec(obs_dims, act_dims, state_dim=4):
-    agents = tuple(
-        AgentSpec(f"agent_{i}", o, a, (-1.0,) * a, (1.0,) * a) for i, (o, a) in enumerate(zip(obs_dims, act_dims))
-    )
-    return EnvSpec("toy", agents, state_dim, 1)
-
-
-def toy_batch(layout, state_dim, B, rng):
-    return ReplaySample(
-        state=torch.randn(B, state_dim),
-        obs=torch.randn(B, layout.n, layout.obs_max),
-        action=torch.from_numpy(rng.uniform(-1, 1, (B, layout.joint_dim)).astype(np.float32)),
-        reward=torch.randn(B),
-        discount=torch.full((B,), 0.99),
-        done=torch.zeros(B),
-        next_state=torch.randn(B, state_dim),
-        next_obs=torch.randn(B, layout.n, layout.obs_max),
-    )
 
 
 def test_actor_loss_sends_gradient_to_every_agent():
@@ -116,32 +95,6 @@ def test_stacked_agents_equal_a_per_agent_loop():
         noise2 = noise.clone()
         noise2[:, i, :, a:] = torch.randn_like(noise2[:, i, :, a:])
         assert torch.equal(stack(obs, noise2).action[i, :, :a], out.action[i, :, :a])
-
-
-def bimodal_reward(actions: torch.Tensor) -> torch.Tensor:
-    """Team reward (mean over agents) of r_i = -min((a_i - 0.8)^2, (a_i + 0.8)^2)."""
-    per_agent = -torch.minimum((actions - 0.8) ** 2, (actions + 0.8) ** 2)
-    return per_agent.mean(-1)
-
-
-def train_on_the_bimodal_game(algo, updates: int, rng: np.random.Generator, batch: int = 256) -> None:
-    """`updates` updates on fresh uniform-random joint actions of the two-agent one-step game: done = 1,
-    so the critic target is the reward itself."""
-    zeros = torch.zeros(batch, 2, 1)
-    for _ in range(updates):
-        actions = torch.from_numpy(rng.uniform(-1, 1, (batch, 2)).astype(np.float32))
-        algo.update(
-            ReplaySample(
-                state=torch.zeros(batch, 1),
-                obs=zeros,
-                action=actions,
-                reward=bimodal_reward(actions),
-                discount=torch.ones(batch),
-                done=torch.ones(batch),
-                next_state=torch.zeros(batch, 1),
-                next_obs=zeros,
-            )
-        )
 
 
 def test_diffusion_policy_keeps_both_modes_of_a_bimodal_reward():

@@ -13,14 +13,15 @@ def make_buffer(n_step, num_envs=1, capacity=100):
 
 
 def step(t, reward, terminated=False, truncated=False):
+    """Every field of step t distinct: state t, obs t + 0.25, action t + 0.5, next state t + 1, next obs t + 1.25."""
     f = np.float32
     return Transition(
         np.array([t], f),
-        np.array([[t]], f),
-        np.array([t], f),
+        np.array([[t + 0.25]], f),
+        np.array([t + 0.5], f),
         reward,
         np.array([t + 1], f),
-        np.array([[t + 1]], f),
+        np.array([[t + 1.25]], f),
         terminated,
         truncated,
     )
@@ -85,8 +86,9 @@ def assert_same_rows(a, b):
 
 
 def test_state_round_trip_keeps_pending_windows():
+    """Restored pending windows write every field as if the buffer had never been checkpointed."""
     buf = make_buffer(3)
-    for t in range(5):
+    for t in range(5):  # 3 rows written, 2 steps pending
         buf.add(0, step(t, float(t)))
     copy = make_buffer(3)
     copy.load_state(buf.state_arrays(), buf.state_meta())
@@ -94,6 +96,8 @@ def test_state_round_trip_keeps_pending_windows():
         b.add(0, step(5, 5.0, terminated=True))
     assert len(buf) == len(copy) == 6  # 3 full windows, then 3 flushed at termination
     assert_same_rows(buf, copy)
+    np.testing.assert_allclose(copy.data["obs"][:6, 0, 0], np.arange(6) + 0.25)  # row i starts at step i
+    np.testing.assert_allclose(copy.data["action"][:6, 0], np.arange(6) + 0.5)
 
 
 # -- the ring wraps -------------------------------------------------------------------------------
@@ -135,9 +139,9 @@ def test_wrapped_ring_samples_every_stored_row_and_no_evicted_one():
     for state, *fields in rows:
         assert fields == pytest.approx(WRAPPED_ROWS[int(state)]), state
     # the other fields travel with their row
-    np.testing.assert_array_equal(batch.obs[:, 0, 0], batch.state[:, 0])
-    np.testing.assert_array_equal(batch.action[:, 0], batch.state[:, 0])
-    np.testing.assert_array_equal(batch.next_obs[:, 0, 0], batch.next_state[:, 0])
+    np.testing.assert_array_equal(batch.obs[:, 0, 0], batch.state[:, 0] + 0.25)
+    np.testing.assert_array_equal(batch.action[:, 0], batch.state[:, 0] + 0.5)
+    np.testing.assert_array_equal(batch.next_obs[:, 0, 0], batch.next_state[:, 0] + 0.25)
 
 
 def test_wrapped_ring_round_trips_through_a_checkpoint():
@@ -159,6 +163,29 @@ def test_map_applies_the_function_to_every_field_in_storage_order():
     mapped = fields.map(lambda v: v * 10 + 1)
     assert isinstance(mapped, ReplaySample)
     assert [m.tolist() for m in mapped] == [[10.0 * i + 1] * 2 for i in range(len(ReplaySample._fields))]
+
+
+def test_growing_storage_keeps_every_row_and_a_restore_allocates_what_it_needs():
+    """Storage starts empty and grows only when a row does not fit: to 1024 rows, then doubling, capped at
+    the capacity (amortised O(1) per row, at most twice the memory in use). 4200 one-step rows must all
+    survive the growth, sample as float32, and load into a fresh buffer that never grew."""
+    buf = make_buffer(1, capacity=5000)
+    growth = {}  # rows stored when the storage grew -> its new size
+    for t in range(4200):
+        allocated = len(buf.data["reward"])
+        buf.add(0, step(t, float(t)))
+        if len(buf.data["reward"]) != allocated:
+            growth[len(buf)] = len(buf.data["reward"])
+    assert growth == {1: 1024, 1025: 2048, 2049: 4096, 4097: 5000}
+    np.testing.assert_array_equal(buf.data["state"][:4200, 0], np.arange(4200))
+    np.testing.assert_allclose(buf.data["action"][:4200, 0], np.arange(4200) + 0.5)
+    batch = buf.sample(np.random.default_rng(0), 64)
+    assert all(v.dtype == np.float32 for v in batch)
+    restored = make_buffer(1, capacity=5000)
+    restored.load_state(buf.state_arrays(), buf.state_meta())
+    for key, values in buf.data.items():
+        np.testing.assert_array_equal(restored.data[key][:4200], values[:4200], err_msg=key)
+
 
 # -- one row per transition, and the device copy (omad/train/cuda.py; here on the CPU) ----------------
 def test_row_layout_puts_the_fields_side_by_side_in_storage_order():

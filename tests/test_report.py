@@ -140,7 +140,10 @@ def test_report_numbers_are_exact(tmp_path):
             png = out / report["envs"][env][key]
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
-    assert "| mpe:simple_spread_v3 | omad | 2 of 3 | 400 | 40.00 [30.00, 50.00] | 40.00 ± 10.00 | -60.00 [-70.00, -50.00] |" in md
+    assert (
+        "| mpe:simple_spread_v3 | omad | 2 of 3 | 400 | 40.00 [30.00, 50.00] | 40.00 ± 10.00 | -60.00 [-70.00, -50.00] |"
+        in md
+    )
     assert "| mpe:simple_spread_v3 | hasac | 2 | 400 | 22.50 [20.00, 25.00] | 22.50 ± 2.50 |" in md
     assert "| mpe:simple_spread_v3 | hasac | 1.00 [1.00, 1.00] | 400 | 22.50 | 400 | 250 | 1.60x |" in md
     assert "| mpe:simple_spread_v3 | hatd3 | 0.50 [" in md

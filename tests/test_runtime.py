@@ -1,20 +1,25 @@
-"""The torch-free runtime: loading checks (sha256, manifest, provider), request validation, noise."""
+"""The torch-free runtime: loading checks (sha256, manifest, provider), request validation (on a
+hand-built graph whose answer is known), noise."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from omad.runtime.onnx_policy import ModelInfo, OnnxPolicy, RuntimeModelError, load_export
+from omad.runtime.schema import EXPORT_FORMAT_VERSION, decode_metadata, encode_metadata, weights_sha256
 from omad.runtime.schema import ModelInfo as SchemaModelInfo
-from omad.runtime.schema import decode_metadata, encode_metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,52 +212,172 @@ def test_seed_is_reproducible_and_matches_explicit_noise(policy):
     np.testing.assert_array_equal(first, policy.act(obs, noise))
 
 
-def test_zero_noise_is_deterministic_and_equals_zero_noise_input(policy):
-    obs = obs_batch(3)
-    zero = policy.act(obs, zero_noise=True)
-    np.testing.assert_array_equal(zero, policy.act(obs, zero_noise=True))
-    np.testing.assert_array_equal(zero, policy.act(obs, np.zeros((5, 3, 5))))
-    np.testing.assert_array_equal(policy.sample_noise(3, zero_noise=True), np.zeros((5, 3, 5), np.float32))
+# -- requests on a hand-built graph, action = obs @ W + sum_k noise[k], whose answer is known -----
+
+D_O, D_A, K = 3, 2, 2
+W = np.array([[1.0, -2.0], [0.5, 0.25], [-1.0, 3.0]], np.float32)
 
 
-def test_validate_normalizes_to_contiguous_float32(policy):
-    obs, noise = policy.validate(obs_batch(2).astype(np.float64).tolist(), np.zeros((5, 2, 5), np.float64))
-    assert obs.dtype == noise.dtype == np.float32 and obs.flags.c_contiguous and noise.flags.c_contiguous
-    obs, noise = policy.validate(np.asfortranarray(obs_batch(3)))
-    assert obs.flags.c_contiguous and noise is None
+def expected_action(obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    return np.asarray(obs, np.float64) @ W + np.asarray(noise, np.float64).sum(0)
+
+
+@pytest.fixture(scope="module")
+def hand_policy(tmp_path_factory) -> OnnxPolicy:
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["obs", "W"], ["h"]),
+            helper.make_node("ReduceSum", ["noise", "axis0"], ["n"], keepdims=0),
+            helper.make_node("Add", ["h", "n"], ["action"]),
+        ],
+        "hand_built",
+        [
+            helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", D_O]),
+            helper.make_tensor_value_info("noise", TensorProto.FLOAT, [K + 1, "batch", D_A]),
+        ],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", D_A])],
+        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(np.array([0], np.int64), "axis0")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    info = ModelInfo(
+        name="agent_0",
+        obs_dim=D_O,
+        act_dim=D_A,
+        denoising_steps=K,
+        action_low=(0.0, -0.4),
+        action_high=(1.0, 0.4),
+        env_id="hand-built",
+        algo="omad",
+        sha256="",
+        weights_sha256=weights_sha256(model.SerializeToString()),  # every load checks the graph against it
+        format_version=EXPORT_FORMAT_VERSION,
+        source_run="hand-built",
+    )
+    helper.set_model_props(model, encode_metadata(info))
+    path = tmp_path_factory.mktemp("hand_built") / "agent_0.onnx"
+    onnx.save(model, path)
+    return OnnxPolicy(path)
+
+
+def hand_obs(batch: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, D_O)).astype(np.float32)
+
+
+def test_act_computes_the_graph_on_the_given_noise(hand_policy):
+    obs = hand_obs(4)
+    noise = np.random.default_rng(1).standard_normal((K + 1, 4, D_A)).astype(np.float32)
+    action = hand_policy.act(obs, noise)
+    assert action.dtype == np.float32 and action.shape == (4, D_A)
+    np.testing.assert_allclose(action, expected_action(obs, noise), rtol=1e-6, atol=1e-6)
+
+
+def test_seed_draws_standard_normal_noise_from_default_rng(hand_policy):
+    obs = hand_obs(5)
+    noise = np.random.default_rng(7).standard_normal((K + 1, 5, D_A), dtype=np.float32)
+    np.testing.assert_allclose(hand_policy.act(obs, seed=7), expected_action(obs, noise), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(hand_policy.sample_noise(5, seed=7), noise)
+    assert hand_policy.sample_noise(5, seed=7).dtype == np.float32
+
+
+def test_zero_noise_and_server_drawn_noise(hand_policy):
+    obs = hand_obs(3)
+    np.testing.assert_allclose(hand_policy.act(obs, zero_noise=True), obs.astype(np.float64) @ W, rtol=1e-6, atol=1e-6)
+    zeros = hand_policy.sample_noise(3, zero_noise=True)
+    assert zeros.shape == (K + 1, 3, D_A) and zeros.dtype == np.float32 and not zeros.any()
+    drawn = hand_policy.sample_noise(4000)  # no seed: fresh standard-normal noise
+    assert drawn.shape == (K + 1, 4000, D_A)
+    assert abs(drawn.mean()) < 0.05 and abs(drawn.std() - 1.0) < 0.05
+
+
+def test_one_observation_is_a_batch_of_one(hand_policy):
+    obs = hand_obs(1)
+    noise = np.full((K + 1, 1, D_A), 0.5, np.float32)
+    action = hand_policy.act(obs[0], noise)
+    assert action.shape == (1, D_A)
+    np.testing.assert_allclose(action, expected_action(obs, noise), rtol=1e-6, atol=1e-6)
+
+
+def test_validate_returns_contiguous_float32_of_any_real_dtype(hand_policy):
+    for obs in (
+        hand_obs(2).astype(np.float64).tolist(),
+        np.arange(6, dtype=np.int64).reshape(2, 3),
+        np.arange(6, dtype=np.uint8).reshape(2, 3),
+        np.asfortranarray(hand_obs(2).astype(np.float64)),
+    ):
+        checked, noise = hand_policy.validate(obs)
+        assert checked.dtype == np.float32 and checked.flags.c_contiguous and noise is None
+        np.testing.assert_array_equal(checked, np.asarray(obs, np.float32))
+    _, noise = hand_policy.validate(hand_obs(2), np.ones((K + 1, 2, D_A), np.float64)[:, :, ::-1])
+    assert noise.dtype == np.float32 and noise.flags.c_contiguous and noise.shape == (K + 1, 2, D_A)
 
 
 @pytest.mark.parametrize(
     ("obs", "message"),
     [
-        (np.zeros((2, 17), np.float32), r"obs must have shape \[B, 18\] .* got \[2, 17\]"),
-        (np.zeros((1, 2, 18), np.float32), r"obs must have shape \[B, 18\]"),
-        (np.zeros((0, 18), np.float32), "obs batch is empty"),
-        (np.array([[np.nan] + [0.0] * 17]), r"obs: contains NaN or inf .* \[\[0, 0\]\]"),
-        (np.array([[0.0] * 17 + [np.inf]]), "obs: contains NaN or inf"),
-        (np.full((1, 18), 1e300), "obs: contains NaN or inf"),
-        (np.array([["a"] * 18]), "must be numeric"),
-        ([[0.0] * 18, [0.0] * 17], "not a numeric array"),
+        (
+            np.zeros((2, D_O + 1)),
+            rf"agent_0: obs must have shape \[B, {D_O}\] \(or \[{D_O}\] for one observation\), got \[2, {D_O + 1}\]",
+        ),
+        (np.zeros((2, D_O - 1)), rf"got \[2, {D_O - 1}\]"),
+        (np.zeros((1, 2, D_O)), rf"got \[1, 2, {D_O}\]"),
+        (np.float32(1.0), r"got \[1, 1\]"),  # a scalar is one observation of one value
+        (np.zeros((0, D_O)), "agent_0: obs batch is empty"),
+        (np.array([[True] * D_O]), "agent_0: obs: must be numeric, got dtype bool"),
+        (np.array([[1j] * D_O]), "must be numeric, got dtype complex128"),
+        (np.array([["a"] * D_O]), "must be numeric"),
+        ([[0.0] * D_O, [0.0]], "agent_0: obs: not a numeric array"),
+        (
+            np.full((1, D_O), 1e39),
+            r"agent_0: obs: contains NaN or inf \(or values beyond float32\) at indices \[\[0, 0\], \[0, 1\], \[0, 2\]\]",
+        ),
     ],
 )
-def test_bad_obs_is_rejected_with_a_message(policy, obs, message):
+def test_bad_obs_is_refused_with_what_to_fix(hand_policy, obs, message):
     with pytest.raises(RuntimeModelError, match=message):
-        policy.act(obs, seed=0)
+        hand_policy.validate(obs)
 
 
-def test_bad_noise_and_conflicting_options_are_rejected(policy):
-    obs = obs_batch(2)
+def test_non_finite_values_are_located_by_their_first_three_indices(hand_policy):
+    obs = hand_obs(4)
+    obs[0, 1], obs[2, 0], obs[2, 2], obs[3, 1] = np.nan, np.inf, -np.inf, np.nan
     with pytest.raises(
-        RuntimeModelError, match=r"noise must have shape \[K\+1, B, d_a\] = \[5, 2, 5\], got \[5, 3, 5\]"
+        RuntimeModelError, match=r"obs: contains NaN or inf .* at indices \[\[0, 1\], \[2, 0\], \[2, 2\]\]$"
     ):
-        policy.act(obs, np.zeros((5, 3, 5), np.float32))
-    bad = np.zeros((5, 2, 5), np.float32)
-    bad[2, 1, 0] = np.nan
-    with pytest.raises(RuntimeModelError, match=r"noise: contains NaN or inf .* \[\[2, 1, 0\]\]"):
-        policy.act(obs, bad)
-    with pytest.raises(RuntimeModelError, match="at most one of noise, seed and zero_noise"):
-        policy.act(obs, np.zeros((5, 2, 5), np.float32), seed=1)
-    with pytest.raises(RuntimeModelError, match="at most one of noise, seed and zero_noise"):
-        policy.act(obs, seed=1, zero_noise=True)
-    with pytest.raises(RuntimeModelError, match="bad seed"):
-        policy.act(obs, seed=-1)
+        hand_policy.validate(obs)
+    noise = np.zeros((K + 1, 4, D_A), np.float32)
+    noise[K, 3, 1] = np.nan
+    with pytest.raises(RuntimeModelError, match=r"agent_0: noise: contains NaN or inf .* at indices \[\[2, 3, 1\]\]$"):
+        hand_policy.validate(hand_obs(4), noise)
+
+
+@pytest.mark.parametrize(
+    "shape", [(K, 2, D_A), (K + 2, 2, D_A), (K + 1, 3, D_A), (K + 1, 1, D_A), (K + 1, 2, D_A + 1), (K + 1, 2 * D_A)]
+)
+def test_noise_of_the_wrong_shape_is_refused(hand_policy, shape):
+    message = f"agent_0: noise must have shape [K+1, B, d_a] = [{K + 1}, 2, {D_A}], got {list(shape)}"
+    with pytest.raises(RuntimeModelError, match=re.escape(message)):
+        hand_policy.validate(hand_obs(2), np.zeros(shape, np.float32))
+    with pytest.raises(RuntimeModelError, match="noise: must be numeric"):
+        hand_policy.validate(hand_obs(2), np.zeros((K + 1, 2, D_A), bool))
+
+
+def test_noise_options_exclude_each_other(hand_policy):
+    obs, noise = hand_obs(2), np.zeros((K + 1, 2, D_A), np.float32)
+    for kwargs in (dict(seed=1), dict(zero_noise=True), dict(seed=0, zero_noise=True)):
+        with pytest.raises(RuntimeModelError, match="agent_0: give at most one of noise, seed and zero_noise"):
+            hand_policy.act(obs, noise, **kwargs)
+    with pytest.raises(RuntimeModelError, match="agent_0: give at most one of noise, seed and zero_noise"):
+        hand_policy.act(obs, seed=0, zero_noise=True)
+    for seed in (-1, "x"):
+        with pytest.raises(RuntimeModelError, match=rf"agent_0: bad seed {seed!r} \("):
+            hand_policy.act(obs, seed=seed)
+
+
+def test_values_beyond_float32_are_refused_without_a_numpy_warning(hand_policy):
+    """1e39 and 1e300 become inf in float32 and are refused as non-finite, quietly: a server must not turn
+    every such request into a RuntimeWarning on its log (or an exception under -W error)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for value in (1e39, 1e300):
+            with pytest.raises(RuntimeModelError, match=r"^agent_0: obs: contains NaN or inf"):
+                hand_policy.validate(np.full((1, D_O), value))

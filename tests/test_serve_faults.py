@@ -22,8 +22,7 @@ import grpc
 import numpy as np
 import onnx
 import pytest
-from conftest import OMAD, wait_gone
-from test_serve_process import REPO, Process, random_inputs
+from helpers import OMAD, REPO, Process, random_inputs, wait_gone
 
 from omad.evaluation import grpc_source, onnx_source, run_eval
 from omad.runtime.onnx_policy import OnnxPolicy, read_manifest

@@ -3,82 +3,22 @@ orphans), health exit codes, and 64 concurrent clients with every answer checked
 
 from __future__ import annotations
 
-import contextlib
-import json
-import queue
 import shutil
 import signal
 import subprocess
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from conftest import OMAD, wait_gone
+from helpers import OMAD, REPO, Process, random_inputs, wait_gone
 
-from omad.runtime.onnx_policy import OnnxPolicy, read_manifest
+from omad.runtime.onnx_policy import read_manifest
 from omad.serve.client import PolicyCallError, PolicyClient, check_health, wait_until_serving
 from omad.serve.config import ServeConfig
 from omad.serve.testing import ServerThread
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-class Process:
-    """A child process whose stdout lines and stderr JSON log events are collected by threads."""
-
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen(
-            [*OMAD, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.events: queue.Queue[dict] = queue.Queue()
-        self.stderr: list[str] = []
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-
-    def _read_stdout(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-
-    def _read_stderr(self) -> None:
-        for line in self.proc.stderr:
-            self.stderr.append(line)
-            with contextlib.suppress(ValueError):
-                self.events.put(json.loads(line))
-
-    def wait_for_event(self, name: str, timeout_s: float = 60) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                event = self.events.get(timeout=0.1)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            if event.get("event") == name:
-                return event
-        raise AssertionError(f"no {name!r} event; stderr:\n{''.join(self.stderr)}")
-
-    def line(self, timeout_s: float = 30) -> str:
-        return self.lines.get(timeout=timeout_s)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def random_inputs(policy: OnnxPolicy, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    info = policy.info
-    return (
-        rng.standard_normal((batch, info.obs_dim), dtype=np.float32),
-        rng.standard_normal((info.noise_steps, batch, info.act_dim), dtype=np.float32),
-    )
 
 
 def in_flight_calls(metrics_port: int) -> float:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import OMAD, wait_gone
+from helpers import OMAD, wait_gone
 
 from omad.cli import main
 from omad.experiments.layout import DONE_FILE, SWEEP_FILE, job_dir, safe_name

@@ -4,10 +4,12 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 from safetensors.torch import load_file
 
 import omad.train
@@ -42,7 +44,7 @@ def test_every_evaluation_records_both_modes(tiny_run_dir, mode):
     record = json.loads((tiny_run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     source = torch_source(tiny_run_dir)
     seed = cfg.seed + 1_000_003 + record["step"]
-    noise_steps = [a.noise_steps for a in source.agents]
+    noise_steps = [a.contract.noise_steps for a in source.agents]
     result = evaluate(cfg.env, source.act, noise_steps, cfg.eval_episodes, seed, zero_noise=mode == "deterministic")
     assert record[f"eval_{mode}_return_mean"] == pytest.approx(result.mean, abs=1e-4)
     assert record[f"eval_{mode}_return_std"] == pytest.approx(result.std, abs=1e-4)
@@ -296,3 +298,52 @@ def test_trainer_resolves_compile_auto_and_keeps_auto_in_the_config(tmp_path, mo
     assert json.loads((tmp_path / "run" / "config.json").read_text())["compile"] == "auto"
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records and all(r["compiled"] is False for r in records)  # the decision is on record
+
+
+TINY_FLAGS = [
+    "--env", "mpe:simple_spread_v3", "--total-steps", "150", "--learning-starts", "50", "--batch-size", "16",
+    "--eval-every", "150", "--eval-episodes", "1", "--checkpoint-every", "150", "--denoising-steps", "2",
+    "--actor-hidden", "[16]", "--critic-hidden", "[16]", "--num-atoms", "11", "--progress", "false",
+]  # fmt: skip
+
+
+def test_train_without_out_writes_the_default_run_dir_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY_FLAGS, "--seed", "3"]) == 0
+    run = tmp_path / "runs" / "mpe_simple_spread_v3-omad-seed3"
+    assert capsys.readouterr().out.startswith("run dir: runs/mpe_simple_spread_v3-omad-seed3\n")
+    assert json.loads((run / "config.json").read_text())["seed"] == 3
+    assert checkpoint_step(run) == 150
+    # --resume without --out continues the same default dir (env, algo and seed as given)
+    assert main(["train", "--env", "mpe:simple_spread_v3", "--seed", "3", "--resume", "--total-steps", "300"]) == 0
+    assert checkpoint_step(run) == 300 and sorted(p.name for p in (tmp_path / "runs").iterdir()) == [run.name]
+
+
+@pytest.mark.parametrize("algo", ["omad", "hasac", "hatd3"])
+def test_a_run_whose_config_json_is_flat_resumes_exports_and_evaluates(tmp_path, algo):
+    """Runs saved every algorithm's fields in config.json before configs were typed
+    (tests/data/flat-config-<algo>.json was written that way); resume, export and evaluation read it,
+    and the resumed run saves its typed config."""
+    from omad.train.config import ALGOS, build_config, config_class, fields_for
+
+    flat_text = (Path(__file__).parent / "data" / f"flat-config-{algo}.json").read_text()
+    flat = json.loads(flat_text)
+    run = tmp_path / "run"
+    train(build_config(fields_for(algo, flat, ALGOS), torch_threads=1), run)
+    (run / "config.json").write_text(flat_text)
+    assert main(["train", "--out", str(run), "--resume", "--total-steps", "300"]) == 0
+    assert checkpoint_step(run) == 300
+    saved = json.loads((run / "config.json").read_text())
+    assert saved == {k: v for k, v in {**flat, "total_steps": 300}.items() if k in config_class(algo).model_fields}
+    (run / "config.json").write_text(flat_text.replace('"total_steps": 200', '"total_steps": 300'))
+    export = tmp_path / "export"
+    assert main(["export", str(run), "--out", str(export)]) == 0
+    assert json.loads((export / "manifest.json").read_text())["algo"] == algo
+    reports = {}
+    for source in (["--run-dir", str(run)], ["--export-dir", str(export)]):
+        out = tmp_path / f"eval-{source[0][2:]}.json"
+        assert main(["eval", "--env", "mpe:simple_spread_v3", *source, "--episodes", "2", "--json", str(out)]) == 0
+        reports[source[0]] = json.loads(out.read_text())
+    np.testing.assert_allclose(
+        reports["--run-dir"]["returns"], reports["--export-dir"]["returns"], rtol=1e-4, atol=1e-4
+    )

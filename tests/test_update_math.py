@@ -1,6 +1,8 @@
 """The update's arithmetic, checked by hand: critic targets (OMAD's projected soft C51 target, HASAC's
 soft twin-Q target, HATD3's smoothed twin-Q target) recomputed here from the networks' raw outputs,
-and the update mechanics (Polyak step, policy delay, actor-loss sign).
+the update mechanics (Polyak step, policy delay, actor-loss sign, the optimizers' first steps, the
+temperature, gradient clipping), and what an algorithm holds (the state a checkpoint needs, the device
+of every tensor), reports and compiles.
 
 Two agents with different obs/action sizes and asymmetric bounds; a stored n-step discount gamma^m,
 reward_scale != 1 and target networks perturbed away from the online ones, so using gamma, the
@@ -13,13 +15,19 @@ from __future__ import annotations
 
 import copy
 import math
+import types
 
+import numpy as np
 import pytest
 import torch
+from helpers import TOY_ALGOS, toy_algorithm, toy_replay_sample
 
 from omad.core.envs.base import AgentSpec, EnvSpec
 from omad.train.algos import make_algorithm
-from omad.train.config import TrainConfig
+from omad.train.algos.common import clip_grad_norm_per_agent
+from omad.train.algos.sequential import HASAC, HATD3
+from omad.train.config import ALGOS as EVERY_ALGO
+from omad.train.config import fields_for, parse_config
 from omad.train.layout import AgentLayout
 from omad.train.replay import ReplaySample
 
@@ -73,7 +81,10 @@ def make_algo(name: str, **overrides):
         compile=False,
         progress=False,
     )
-    return make_algorithm(TrainConfig(**{**cfg, **overrides}), LAYOUT, STATE_DIM, (V_MIN, V_MAX))
+    # `cfg` holds every algorithm's fields; `name` takes its own
+    return make_algorithm(
+        parse_config({**fields_for(name, cfg, EVERY_ALGO), **overrides}), LAYOUT, STATE_DIM, (V_MIN, V_MAX)
+    )
 
 
 @torch.no_grad()
@@ -305,9 +316,10 @@ def test_polyak_moves_each_target_parameter_by_tau_toward_the_online_one(name):
             assert not torch.allclose(p, online[k], atol=1e-3), k  # it moved toward, not onto, the online net
 
 
+@pytest.mark.parametrize("delay", [2, 3, 4])
 @pytest.mark.parametrize("name", ALGOS)
-def test_actor_and_temperature_step_once_every_policy_delay_updates(name):
-    delay, updates = 3, 7
+def test_actor_and_temperature_step_once_every_policy_delay_updates(name, delay):
+    updates = 8
     algo = make_algo(name, policy_delay=delay)
     fix_noise(algo)
     stepped = []  # per update, the names of the optimizers that stepped
@@ -336,10 +348,9 @@ def test_actor_and_temperature_step_once_every_policy_delay_updates(name):
         assert steps[k] == pattern, (k, steps)
     if name == "hatd3":  # the actor target follows the actor steps
         assert actor_target_moved == pattern
-    # exactly one step in every `delay` consecutive updates, the first at the first update (a run's phase,
-    # which a resumed run must keep), and the counter a checkpoint stores counts every update once
-    assert all(sum(pattern[u : u + delay]) == 1 for u in range(updates - delay + 1)), pattern
-    assert pattern[0] == 1
+    # a step at updates 0, delay, 2 delay, ... (the first at the first update: a run's phase, which a
+    # resumed run must keep), and the counter a checkpoint stores counts every update once
+    assert pattern == [int(u % delay == 0) for u in range(updates)], pattern
     assert algo.num_updates == updates
 
 
@@ -433,23 +444,32 @@ def test_hasac_temperature_step_follows_each_agents_cost_minus_its_budget():
     torch.testing.assert_close(algo.log_alpha.detach() - before, costs - budget)
 
 
-def test_per_agent_gradient_clipping_by_hand():
-    """Agent 0's gradient (norm 5 over two parameters) is scaled to max_norm 1; agent 1's (norm 0.5) is
-    left alone: each agent is clipped on its own, over all of its parameters together."""
-    from omad.train.algos.common import clip_grad_norm_per_agent
+def test_per_agent_clipping_scales_each_agents_gradient_to_max_norm_by_hand():
+    """Agent axis 0. Agent 0's gradient has norm 13 (3-4-12 over two tensors) and is scaled by
+    max_norm / (13 + 1e-6); agent 1's (norm 0.5) is below max_norm and stays; agent 2's tiny norm
+    shows the 1e-6 in the denominator."""
+    a, b = torch.zeros(3, 2, requires_grad=True), torch.zeros(3, 1, 1, requires_grad=True)
+    a.grad = torch.tensor([[3.0, -4.0], [0.3, 0.0], [3e-6, 0.0]])
+    b.grad = torch.tensor([[[-12.0]], [[-0.4]], [[-4e-6]]])
+    clip_grad_norm_per_agent(
+        [a, b, torch.zeros(3, requires_grad=True)], max_norm=1.0
+    )  # a parameter without grad is skipped
+    scale = torch.tensor([1.0 / (13.0 + 1e-6), 1.0, 1.0])
+    torch.testing.assert_close(a.grad, torch.tensor([[3.0, -4.0], [0.3, 0.0], [3e-6, 0.0]]) * scale[:, None])
+    torch.testing.assert_close(b.grad, torch.tensor([[[-12.0]], [[-0.4]], [[-4e-6]]]) * scale[:, None, None])
+    tiny = torch.zeros(1, 2, requires_grad=True)
+    tiny.grad = torch.tensor([[3e-6, 4e-6]])  # norm 5e-6 above max_norm 1e-6: scaled by 1e-6 / (5e-6 + 1e-6)
+    clip_grad_norm_per_agent([tiny], max_norm=1e-6)
+    torch.testing.assert_close(tiny.grad, torch.tensor([[3e-6, 4e-6]]) / 6.0, rtol=1e-5, atol=0)
 
-    p1, p2 = torch.zeros(2, 3, requires_grad=True), torch.zeros(2, 2, requires_grad=True)
-    p1.grad = torch.tensor([[3.0, 0.0, 0.0], [0.3, 0.0, 0.0]])
-    p2.grad = torch.tensor([[0.0, 4.0], [0.0, 0.4]])
-    clip_grad_norm_per_agent([p1, p2], max_norm=1.0)
-    torch.testing.assert_close(p1.grad, torch.tensor([[0.6, 0.0, 0.0], [0.3, 0.0, 0.0]]))
-    torch.testing.assert_close(p2.grad, torch.tensor([[0.0, 0.8], [0.0, 0.4]]))
 
-
-@pytest.mark.parametrize(("norm", "expected"), [("sum", (2 + 1) * -0.7), ("mean", (2 + 1) * -0.7 / 2)])
-def test_omad_joint_cost_budget_scales_with_each_agents_action_dims(norm, expected):
-    algo = make_algo("omad", cost_budget_per_dim=-0.7, entropy_norm=norm)
-    assert algo.cost_budget.item() == pytest.approx(expected)
+def test_joint_cost_sums_or_averages_over_agents():
+    per_agent = torch.tensor([[1.0, 2.0, -3.0], [0.5, 4.0, 1.0]])  # [n = 2, B = 3]
+    for norm, joint in (("sum", [1.5, 6.0, -2.0]), ("mean", [0.75, 3.0, -1.0])):
+        algo = make_algo("omad", entropy_norm=norm, cost_budget_per_dim=-0.5)
+        torch.testing.assert_close(algo.joint(per_agent), torch.tensor(joint))
+        # the budget is combined the same way: act dims 2 and 1 at -0.5 per dim
+        torch.testing.assert_close(algo.cost_budget, torch.tensor(-1.5 if norm == "sum" else -0.75))
 
 
 def test_actors_are_built_from_the_config():
@@ -463,3 +483,188 @@ def test_actors_are_built_from_the_config():
     actors = diffusion.actors
     assert actors.hidden == [24, 12] and actors.time_features == 5 and actors.time_phase.shape[-1] == 5
     torch.testing.assert_close(torch.nn.functional.softplus(actors.dt_raw), torch.full_like(actors.dt_raw, 0.3))
+
+
+@pytest.mark.parametrize("name", ["omad", "hasac"])
+def test_temperature_gradient_and_first_step_by_hand(name):
+    """d loss / d log alpha = -(cost - budget): OMAD's cost is the batch mean of the joint running cost
+    against sum_i d_a_i * budget; HASAC's is agent i's mean log pi against d_a_i * budget, per agent.
+    Adam's first step then moves log alpha by lr against the gradient's sign."""
+    budget, lr = -0.5, 0.05
+    algo = make_algo(name, auto_alpha=True, alpha_init=0.37, lr_alpha=lr, cost_budget_per_dim=budget)
+    perturb(algo.actors, 0.3, 3)
+    noise = fix_noise(algo)
+    batch = make_batch(DONE["none"])
+    obs = batch.obs.transpose(0, 1)
+    actors = copy.deepcopy(algo.actors)
+    with torch.no_grad():
+        if name == "omad":
+            cost = actors(obs, noise).running_cost.sum(0).mean().view(1)  # entropy_norm "sum" over agents
+            target = torch.tensor([float(sum(ACT_DIMS)) * budget])
+        else:
+            cost = torch.stack([actors.agent(i, obs, noise).cost[0].mean() for i in range(LAYOUT.n)])
+            target = torch.tensor(ACT_DIMS, dtype=torch.float32) * budget
+    before = algo.log_alpha.detach().clone()
+    metrics = algo.update(batch)
+    if name == "omad":  # the logged entropy bound: minus the joint cost of this actor step's samples
+        with torch.no_grad():
+            torch.testing.assert_close(metrics["entropy_bound"], -actors(obs, noise).cost.sum(0).mean())
+    grad = -(cost - target)
+    torch.testing.assert_close(algo.log_alpha.grad.view(-1), grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(algo.log_alpha.detach().view(-1), before.view(-1) - lr * grad.sign(), rtol=0, atol=1e-6)
+    assert metrics["alpha"] == pytest.approx(algo.log_alpha.detach().exp().mean().item())
+
+
+@pytest.mark.parametrize("name", ["omad", "omad-gaussian", "hasac", "hatd3"])
+def test_first_optimizer_steps_move_each_weight_by_its_learning_rate(name):
+    """Adam's first step moves a weight by lr against its gradient's sign (|grad| >> eps): the critic by
+    lr_critic, every actor by lr_actor."""
+    lr_critic, lr_actor = 0.02, 0.005
+    algo = make_algo(name, lr_critic=lr_critic, lr_actor=lr_actor, auto_alpha=False)
+    fix_noise(algo)
+    modules = ((algo.critic, lr_critic), (algo.actors, lr_actor))
+    before = [[p.detach().clone() for p in module.parameters()] for module, _ in modules]
+    algo.update(make_batch(DONE["none"]))
+    for (module, lr), old_params in zip(modules, before):
+        checked = 0
+        for p, old in zip(module.parameters(), old_params):
+            if p.grad is not None:
+                clear = p.grad.abs() > 1e-5
+                torch.testing.assert_close((p.detach() - old)[clear], -lr * p.grad.sign()[clear], rtol=1e-3, atol=1e-7)
+                checked += int(clear.sum())
+        assert checked > 100
+
+
+@pytest.mark.parametrize("name", ["omad", "hasac", "hatd3"])
+def test_gradients_are_clipped_to_grad_clip_per_agent(name):
+    """After an update the critic and each agent's actor hold the gradient of their last step, clipped
+    to a norm of grad_clip (far below what this batch gives): one norm over the critic, one per agent
+    (OMAD's actors are one stack with the agent on axis 0 of every parameter)."""
+    max_norm = 1e-3
+    algo = make_algo(name, grad_clip=max_norm)
+    perturb(algo.actors, 0.3, 3)
+    algo.update(make_batch(DONE["none"]))
+
+    def norm(grads):
+        return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
+
+    if name == "omad":
+        agents = [[p.grad[i] for p in algo.actors.parameters()] for i in range(LAYOUT.n)]
+    else:
+        agents = [[p.grad for p in single.parameters()] for single in algo.actors.singles]
+    norms = [norm(p.grad for p in algo.critic.parameters()), *(norm(grads) for grads in agents)]
+    assert norms == pytest.approx([max_norm] * (1 + LAYOUT.n), rel=1e-3)
+
+
+def test_hasac_actor_loss_is_alpha_times_log_pi_minus_the_twin_minimum():
+    algo = make_algo("hasac")  # alpha_init 0.37
+    q = torch.tensor([[1.0, -2.0, 0.5], [0.25, -1.0, 3.0]])  # [twin, B]
+    out = types.SimpleNamespace(cost=torch.tensor([[0.5, -1.5, 2.0]]))  # [1, B]: this agent's log pi
+    expected = np.mean([0.37 * 0.5 - 0.25, 0.37 * -1.5 + 2.0, 0.37 * 2.0 - 0.5])
+    assert algo.actor_loss(1, q, out).item() == pytest.approx(expected, rel=1e-6)
+
+
+# -- 3. what an algorithm holds, reports and compiles ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "logged"),
+    [
+        ("omad", ["actor_loss", "alpha", "critic_loss", "entropy_bound", "q", "running_cost"]),
+        ("hasac", ["actor_loss", "alpha", "critic_loss", "q"]),
+        ("hatd3", ["actor_loss", "critic_loss", "q"]),
+    ],
+)
+def test_an_update_reports_the_metrics_the_logs_and_reports_read(name, logged):
+    metrics = make_algo(name).update(make_batch(DONE["none"]))
+    assert sorted(metrics) == logged
+    assert all(torch.isfinite(value) and value.dim() == 0 for value in metrics.values())
+
+
+@pytest.mark.parametrize("name", TOY_ALGOS)
+def test_the_state_an_algorithm_lists_is_all_it_needs_to_continue_exactly(name):
+    """Copy what modules(), optimizers() and extra_tensors() list (what a checkpoint stores) from a
+    trained algorithm into a fresh one: the next update of both is the same."""
+    trained, fresh = toy_algorithm(name, seed=0), toy_algorithm(name, seed=1)
+    batch = toy_replay_sample()
+    for _ in range(3):
+        trained.update(batch)
+    for key, module in trained.modules().items():
+        fresh.modules()[key].load_state_dict(module.state_dict())
+    for key, opt in trained.optimizers().items():  # a copy: load_state_dict would share the moment tensors
+        fresh.optimizers()[key].load_state_dict(copy.deepcopy(opt.state_dict()))
+    with torch.no_grad():
+        for key, tensor in trained.extra_tensors().items():
+            fresh.extra_tensors()[key].copy_(tensor)
+    fresh.num_updates = trained.num_updates
+    results = []
+    for algo in (trained, fresh):
+        torch.manual_seed(2)
+        results.append((algo.update(batch), {k: m.state_dict() for k, m in algo.modules().items()}))
+    (metrics_a, state_a), (metrics_b, state_b) = results
+    assert {k: float(v) for k, v in metrics_a.items()} == {k: float(v) for k, v in metrics_b.items()}
+    assert (
+        state_a.keys()
+        == state_b.keys()
+        == {"actors", "critic", "critic_target"} | ({"actor_target"} if name == "hatd3" else set())
+    )
+    # the names checkpoints store them under
+    assert trained.extra_tensors().keys() == (set() if name == "hatd3" else {"log_alpha"})
+    for key in state_a:
+        for param, value in state_a[key].items():
+            torch.testing.assert_close(state_b[key][param], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["omad", "omad-gaussian", "hasac", "hatd3"])
+def test_every_tensor_an_algorithm_holds_lives_on_its_device(name):
+    """The meta device stands in for an accelerator: networks, temperatures and budgets all move there."""
+    algo = make_algorithm(
+        parse_config(dict(algo=name, actor_hidden=[8], critic_hidden=[8], compile=False, progress=False)),
+        LAYOUT,
+        3,
+        (-5.0, 5.0),
+        device="meta",
+    )
+
+    def tensors(value):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, torch.nn.Module):
+            yield from value.parameters()
+            yield from value.buffers()
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                yield from tensors(item)
+
+    held = [(key, t.device.type) for key, value in vars(algo).items() for t in tensors(value)]
+    assert {key for key, _ in held} >= {"actors", "critic", "critic_target"}
+    assert [key for key, device in held if device != "meta"] == []
+    # and the noise it draws during an update (HATD3: the zero update noise and the smoothed target)
+    next_obs = torch.zeros(LAYOUT.n, 4, LAYOUT.obs_max, device="meta")
+    drawn = [algo.noise(4), *((algo.update_noise(4), algo.target_actions(next_obs)) if name == "hatd3" else ())]
+    assert [t.device.type for t in drawn] == ["meta"] * len(drawn)
+
+
+def test_policy_noise_is_made_on_the_algorithms_device():
+    """The meta device stands in for an accelerator: the noise must be created where the networks live."""
+    algo = make_algo("hasac")
+    algo.device = torch.device("meta")
+    noise = algo.noise(5)
+    assert noise.device.type == "meta" and noise.shape == (algo.actors.noise_steps, LAYOUT.n, 5, LAYOUT.act_max)
+
+
+@pytest.mark.parametrize("cls", [HASAC, HATD3])
+def test_a_baseline_built_without_a_device_is_on_the_cpu(cls):
+    algo = cls(parse_config(dict(algo=cls.__name__.lower(), actor_hidden=[8], critic_hidden=[8])), LAYOUT, 3)
+    assert algo.device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("compile_", [True, False])
+def test_omad_compiles_the_chain_and_both_losses_only_when_asked(compile_):
+    """Building is enough to see it: torch.compile wraps at once and compiles at the first call."""
+    algo = make_algo("omad", compile=compile_)
+    wrapped = [algo.chain, algo.critic_loss_fn, algo.actor_loss_fn]
+    plain = [algo.actors, algo.critic_loss, algo.actor_loss]
+    assert [w != p for w, p in zip(wrapped, plain)] == [compile_] * 3  # equal bound methods compare equal
+    if compile_:
+        assert isinstance(algo.chain, torch._dynamo.eval_frame.OptimizedModule) and algo.chain._orig_mod is algo.actors

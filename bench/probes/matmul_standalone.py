@@ -1,7 +1,7 @@
 """Standalone float32 matmul rate (torch.mm 1024^3 and torch.bmm 2x256x256x256, 200 repetitions, 1 and 2
 threads). Produced the standalone limit (169 GFLOP/s bmm, 135 mm at 2 threads).
 
-    .venv/bin/python bench/probes/matmul_standalone.py
+    .venv/bin/python -m bench.probes.matmul_standalone
 """
 
 import time

@@ -2,7 +2,7 @@
 (--inference-thread off / on), C closed-loop streaming clients, interleaved 4-second windows.
 Produced the A/B (16 and 64 clients, 4 windows each: 4059 vs 3440, 5919 vs 5230 actions/s).
 
-    .venv/bin/python bench/probes/serving_inline_vs_thread.py 16,64 4     # client counts, windows each
+    .venv/bin/python -m bench.probes.serving_inline_vs_thread 16,64 4     # client counts, windows each
 """
 
 import asyncio
@@ -11,8 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import serving as S
+import bench.serving as S
 
 wd = Path(tempfile.mkdtemp())
 bench = S.make_bench(wd, 100, 10, 5.0, [1])

@@ -3,7 +3,7 @@ call from the server's own metrics. Produced the merge-window numbers (D = 0: me
 456 us per call; D = 500: 9.3, and 4384 vs 4429 actions/s at 16 clients). Those ran with merged
 batches inline (the default before --inference-thread auto); pass flags to the server to match.
 
-    .venv/bin/python bench/probes/serving_merge_window.py 16,64 0,500     # client counts, delays (us)
+    .venv/bin/python -m bench.probes.serving_merge_window 16,64 0,500     # client counts, delays (us)
 """
 
 import asyncio
@@ -13,8 +13,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import serving as S
+import bench.serving as S
 
 
 def g(text, key):

@@ -2,7 +2,7 @@
 writes the raw stacks to /tmp/prof/server16.txt. Produced the 16-client profile (ORT 40% of the
 event loop, gRPC's reply write 30%, the handler's Python about 20%; merged batches inline then).
 
-    .venv/bin/python bench/probes/serving_profile.py 16
+    .venv/bin/python -m bench.probes.serving_profile 16
 """
 
 import asyncio
@@ -11,8 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import serving as S
+import bench.serving as S
 
 wd = Path(tempfile.mkdtemp())
 bench = S.make_bench(wd, 100, 10, 5.0, [1])

@@ -1,18 +1,15 @@
 """Adam vs Adam(fused=True) on the compiled OMAD K = 8 update, HalfCheetah 2x3, 6 interleaved windows of
 10 updates each. Produced the "fused Adam: 22.0 vs 22.3 updates/s".
 
-    .venv/bin/python bench/probes/training_fused_adam.py
+    .venv/bin/python -m bench.probes.training_fused_adam
 """
 
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import training as T
+import bench.training as T
 
 device = torch.device("cpu")
 algos = {}

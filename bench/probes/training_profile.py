@@ -2,18 +2,15 @@
 batch). Produced the profile of the compiled update (baddbmm + bmm 65%, inductor's fused
 kernels about 20%, Adam 6%).
 
-    .venv/bin/python bench/probes/training_profile.py
+    .venv/bin/python -m bench.probes.training_profile
 """
 
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import training as T
 from torch.profiler import ProfilerActivity, profile
+
+import bench.training as T
 
 device = torch.device("cpu")
 cfg, algo, batch = T.build("mamujoco:HalfCheetah-2x3", device, compile=True)

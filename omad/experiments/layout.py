@@ -9,16 +9,12 @@ sweep.json                                  the envs, algos, seeds, budget, shar
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
+
+from omad.core.rundir import safe_name
 
 SWEEP_FILE = "sweep.json"
 DONE_FILE = "DONE.json"
-
-
-def safe_name(env_id: str) -> str:
-    """A directory name for an env id: every character other than letters, digits, '.', '_', '-' becomes '_'."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", env_id)
 
 
 def job_dir(out: Path, env: str, algo: str, seed: int) -> Path:

@@ -41,8 +41,9 @@ import yaml
 
 from omad.core.envs.registry import UnknownEnvError, check_env_id
 from omad.core.errors import OmadError
+from omad.core.rundir import RunDir
 from omad.experiments.layout import DONE_FILE, SWEEP_FILE, job_dir, read_done
-from omad.train.config import ALGOS, build_config, load_config_file
+from omad.train.config import ALGOS, build_config, fields_for, load_config_file
 
 FORMAT_VERSION = 1
 # Fields that change neither what is trained nor its result: a re-run may set them differently.
@@ -72,7 +73,7 @@ def is_done(job: Job) -> bool:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    return (run_dir / "config.json").is_file() and (run_dir / "checkpoints" / "LATEST").is_file()
+    return RunDir(run_dir).has_checkpoint()
 
 
 def _unique(values: list) -> list:
@@ -107,7 +108,8 @@ def plan_jobs(
     for env in envs:
         for seed in seeds:
             for algo in algos:
-                cfg = build_config(base, env=env, algo=algo, seed=seed)
+                # --config/--set hold fields of any of the sweep's algos; each job takes its algo's
+                cfg = build_config(fields_for(algo, base, algos), env=env, algo=algo, seed=seed)
                 jobs.append(Job(env, algo, seed, str(job_dir(out, env, algo, seed)), cfg.model_dump()))
     return jobs
 
@@ -126,15 +128,13 @@ def run_job(job: dict) -> dict:
         contextlib.redirect_stderr(log),
     ):
         try:
-            from omad.train.checkpoint import latest_checkpoint
             from omad.train.trainer import train
 
             cfg = build_config(job["config"])
             (run_dir / DONE_FILE).unlink(missing_ok=True)
             resume = has_checkpoint(run_dir)
             if resume:  # train() verifies the whole checkpoint; here only its step is needed
-                state = latest_checkpoint(run_dir, files=["train_state.json"]) / "train_state.json"
-                resumed_from = json.loads(state.read_text())["step"]
+                resumed_from = RunDir(run_dir).latest_step()
             what = f"resume from step {resumed_from}" if resume else "start"
             print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {what}", flush=True)
             record = train(cfg, run_dir, resume=resume, overwrite=not resume)
@@ -498,9 +498,15 @@ def configure_sweep(p: argparse.ArgumentParser) -> None:
         "--total-steps", type=int, metavar="N", help="env steps per job (default: --config's or the config default)"
     )
     p.add_argument("--out", required=True, help="sweep dir (created, or continued when it exists)")
-    p.add_argument("--config", help="YAML/JSON file of TrainConfig fields applied to every job")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="a config field for every job (repeatable)"
+        "--config", help="YAML/JSON file of config fields; each job takes those of its algo (see `omad train --help`)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config field for the jobs whose algo takes it (repeatable)",
     )
     backend = p.add_mutually_exclusive_group()
     backend.add_argument("--local-workers", type=int, metavar="W", help="parallel local jobs (default 1)")

@@ -32,6 +32,7 @@ import torch
 
 from omad.core.agent import AgentContract
 from omad.core.errors import OmadError
+from omad.core.rundir import RunDir, actor_file
 from omad.export.triton import BATCH_MAJOR_NOISE_LAYOUT, TRITON_DIR, write_triton_repository
 from omad.runtime.onnx_policy import OnnxPolicy, load_export
 from omad.runtime.schema import (
@@ -346,7 +347,7 @@ def export_run(
                     env_id=spec.reference,  # the env with the options it was trained with: what eval reads back
                     algo=algo,
                     source_run=str(run_dir),
-                    checkpoint_sha256=sha256_file(checkpoint / "actors" / f"{name}.safetensors"),
+                    checkpoint_sha256=sha256_file(checkpoint / actor_file(name)),
                     source_checkpoint=checkpoint.name,
                     opset=opset,
                 )
@@ -392,7 +393,7 @@ def check_target(out: Path, overwrite: bool) -> None:
 
 
 def read_algo(run_dir: Path) -> str:
-    path = run_dir / "config.json"
+    path = RunDir(run_dir).config
     try:
         return str(json.loads(path.read_text())["algo"])
     except (OSError, ValueError, KeyError, TypeError) as err:

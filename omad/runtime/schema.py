@@ -29,6 +29,7 @@ from omad.core.agent import (
     record_key,
     values_from_record,
 )
+from omad.runtime import protowire
 from omad.runtime.team import team_id
 
 # 2: weights_sha256 covers the graph itself (see `weights_sha256`), so a lone file can be checked;
@@ -169,10 +170,6 @@ def build_manifest(infos: list[ModelInfo], opset: int) -> dict:
     return manifest
 
 
-# ModelProto's metadata_props field: the one part of the file that weights_sha256 leaves out.
-MODEL_METADATA_FIELD = 14
-
-
 def weights_sha256(model_bytes: bytes) -> str:
     """SHA-256 of a serialized ONNX ModelProto without its metadata_props.
 
@@ -184,37 +181,7 @@ def weights_sha256(model_bytes: bytes) -> str:
     message.
     """
     digest = hashlib.sha256()
-    view = memoryview(model_bytes)
-    pos, end = 0, len(model_bytes)
-    while pos < end:
-        start = pos
-        key, pos = _varint(view, pos)
-        field, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            _, pos = _varint(view, pos)
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 2:
-            length, pos = _varint(view, pos)
-            pos += length
-        elif wire_type == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire_type} at byte {start}")
-        if pos > end or field == 0:
-            raise ValueError(f"truncated or malformed protobuf field at byte {start}")
-        if field != MODEL_METADATA_FIELD:
-            digest.update(view[start:pos])
+    for field in protowire.fields(model_bytes):
+        if field.number != protowire.MODEL_METADATA_PROPS:  # the one part the hash leaves out
+            digest.update(model_bytes[field.start : field.end])
     return digest.hexdigest()
-
-
-def _varint(view: memoryview, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= len(view) or shift > 63:
-            raise ValueError(f"truncated or overlong varint at byte {pos}")
-        byte = view[pos]
-        value |= (byte & 0x7F) << shift
-        pos, shift = pos + 1, shift + 7
-        if not byte & 0x80:
-            return value, pos

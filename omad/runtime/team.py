@@ -17,6 +17,8 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from omad.runtime import protowire
+
 TEAM_ID_FIELD = "team_id"  # manifest.json key, record key and wire field
 TEAM_ID_METADATA_KEY = "omad." + TEAM_ID_FIELD  # the graph's metadata_props key
 UNKNOWN_TEAM = "unknown"  # what an export without a team id reports
@@ -28,10 +30,6 @@ class ModelRef:
 
     sha256: str
     team_id: str
-
-
-_MODEL_METADATA_FIELD = 14  # ModelProto.metadata_props
-_ENTRY_KEY, _ENTRY_VALUE = 1, 2  # StringStringEntryProto.key / .value
 
 
 def team_id(weights_sha256: Sequence[str]) -> str:
@@ -60,68 +58,22 @@ def stamp_team_id(model_bytes: bytes, team: str) -> bytes:
     A protobuf message may list a repeated field's entries anywhere, so the entry is appended at the
     end; an earlier team id entry is dropped first. Nothing else moves, so `weights_sha256` (which
     leaves metadata out) is the same before and after."""
-    entry = _field(_ENTRY_KEY, TEAM_ID_METADATA_KEY.encode()) + _field(_ENTRY_VALUE, team.encode())
+    entry = protowire.length_delimited(protowire.ENTRY_KEY, TEAM_ID_METADATA_KEY.encode())
+    entry += protowire.length_delimited(protowire.ENTRY_VALUE, team.encode())
     kept = bytearray()
-    for number, start, end, payload in _top_level_fields(model_bytes):
-        if number == _MODEL_METADATA_FIELD and payload is not None and _entry_key(payload) == TEAM_ID_METADATA_KEY:
+    for field in protowire.fields(model_bytes):
+        if (
+            field.number == protowire.MODEL_METADATA_PROPS
+            and _entry_key(model_bytes[field.value : field.end]) == TEAM_ID_METADATA_KEY
+        ):
             continue
-        kept += model_bytes[start:end]
-    return bytes(kept) + _field(_MODEL_METADATA_FIELD, entry)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return _varint_bytes(number << 3 | 2) + _varint_bytes(len(payload)) + payload
-
-
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError(f"truncated or overlong varint at byte {pos}")
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos, shift = pos + 1, shift + 7
-        if not byte & 0x80:
-            return value, pos
-
-
-def _top_level_fields(data: bytes):
-    """(field number, start, end, payload of a length-delimited field or None) for each field."""
-    pos = 0
-    while pos < len(data):
-        start = pos
-        key, pos = _read_varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        payload = None
-        if wire_type == 0:
-            _, pos = _read_varint(data, pos)
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 2:
-            length, pos = _read_varint(data, pos)
-            payload = data[pos : pos + length]
-            pos += length
-        elif wire_type == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire_type} at byte {start}")
-        if pos > len(data) or number == 0:
-            raise ValueError(f"truncated or malformed protobuf field at byte {start}")
-        yield number, start, pos, payload
+        kept += model_bytes[field.start : field.end]
+    return bytes(kept) + protowire.length_delimited(protowire.MODEL_METADATA_PROPS, entry)
 
 
 def _entry_key(entry: bytes) -> str | None:
-    for number, _start, _end, payload in _top_level_fields(entry):
-        if number == _ENTRY_KEY and payload is not None:
-            return payload.decode("utf-8", "replace")
+    """The key of a metadata_props entry (StringStringEntryProto)."""
+    for field in protowire.fields(entry):
+        if field.number == protowire.ENTRY_KEY and field.delimited:
+            return entry[field.value : field.end].decode("utf-8", "replace")
     return None

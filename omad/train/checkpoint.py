@@ -1,20 +1,9 @@
-"""Run-dir checkpoints: safetensors + JSON, written atomically, verified on load.
+"""Run-dir checkpoints: safetensors + JSON, written atomically, verified on load. The files' names
+and the LATEST pointer are omad.core.rundir's; what each file holds is written and read here.
 
-Layout of a run dir:
-    config.json, spec.json                  resolved config and agent specs
-    checkpoints/step-<N>/manifest.json      format version, step, sha256 of every file below
-    checkpoints/step-<N>/actors/<agent>.safetensors   deployable per-agent policy (+ hparams metadata)
-    checkpoints/step-<N>/train/modules/<name>.safetensors     each network of the algorithm (state dict)
-    checkpoints/step-<N>/train/optimizers/<name>.safetensors  each optimizer's moments
-    checkpoints/step-<N>/train/extra.safetensors              loose tensors (e.g. log alpha)
-    checkpoints/step-<N>/train/rng.safetensors                torch's RNG state
-    checkpoints/step-<N>/replay.safetensors replay buffer snapshot
-    checkpoints/step-<N>/envs.safetensors   the env copies' actions so far in their episodes
-    checkpoints/step-<N>/train_state.json   counters, optimizer hyper-parameters, numpy RNG, env snapshot
-Each file holds one thing under its own names, so nothing is found by cutting key prefixes.
-    checkpoints/LATEST                      name of the newest complete checkpoint
-A checkpoint directory is written under a temporary name and renamed when complete; LATEST is
-replaced atomically afterwards, so a killed run always leaves a complete checkpoint behind.
+Each file holds one thing under its own names, so nothing is found by cutting key prefixes. A
+checkpoint directory is written under its staging name and renamed when complete; LATEST is replaced
+atomically afterwards, so a killed run always leaves a complete checkpoint behind.
 """
 
 from __future__ import annotations
@@ -22,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -36,15 +25,29 @@ from safetensors.torch import load_file as load_torch
 from safetensors.torch import save as serialize_torch
 from safetensors.torch import save_file as save_torch
 
-from omad.core.errors import OmadError
+from omad.core.rundir import (
+    ENVS_FILE,
+    EXTRA_FILE,
+    MANIFEST_FILE,
+    REPLAY_FILE,
+    RNG_FILE,
+    TRAIN_STATE_FILE,
+    CheckpointError,
+    RunDir,
+    actor_file,
+    module_file,
+    optimizer_file,
+    staging,
+)
+
+if TYPE_CHECKING:
+    from omad.core.envs import VecEnv
+    from omad.train.replay import ReplayBuffer
 
 FORMAT_VERSION = 1
-CHECKPOINT_NAME = re.compile(r"step-\d{10,}")  # checkpoints/<name>: LATEST may name nothing else
+# Version of the resumable training state (train/, replay, envs, train_state.json); 2 = one file per part.
+TRAIN_STATE_VERSION = 2
 KEEP_CHECKPOINTS = 2
-
-
-class CheckpointError(OmadError, RuntimeError):
-    """A checkpoint file is missing, corrupt or does not match; the message names the file."""
 
 
 def sha256_file(path: Path) -> str:
@@ -53,12 +56,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def save_with_metadata(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -103,10 +100,10 @@ def save_checkpoint(
     train_state: dict[str, Any],
 ) -> Path:
     """Write checkpoints/step-<step>/ from files given by their path inside it, then point LATEST at it."""
-    root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:010d}"
-    final, tmp = root / name, root / (name + ".tmp")
+    run = RunDir(run_dir)
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    final = run.checkpoint(step)
+    tmp = staging(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for rel, (tensors, meta) in torch_files.items():
@@ -118,41 +115,162 @@ def save_checkpoint(
             save_torch(contiguous, str(tmp / rel))
     for rel, arrays in numpy_files.items():
         save_numpy({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / rel))
-    (tmp / "train_state.json").write_text(json.dumps(train_state) + "\n")
+    (tmp / TRAIN_STATE_FILE).write_text(json.dumps(train_state) + "\n")
     files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
     manifest = {"format_version": FORMAT_VERSION, "step": step, "files": {f: sha256_file(tmp / f) for f in files}}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    write_json_atomic(root / "LATEST", {"checkpoint": name})
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))[:-KEEP_CHECKPOINTS]:
+    run.write_latest(step)
+    for old in run.checkpoint_dirs()[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old)
     return final
+
+
+# -- one agent's deployable policy ------------------------------------------------------------------
+@dataclass(frozen=True)
+class ActorFile:
+    """What `actors/<agent>.safetensors` holds: the actor kind, the hyper-parameters that rebuild the
+    network (omad.train.policies.AgentPolicy), and its weights."""
+
+    kind: str
+    hparams: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    def entry(self, agent: str) -> TorchFile:
+        meta = {"format_version": str(FORMAT_VERSION), "agent": agent, "actor": self.kind}
+        return self.tensors, {**meta, "hparams": json.dumps(self.hparams)}
+
+
+def read_actor(path: Path, known_kinds: list[str]) -> ActorFile:
+    """An actor file of a verified checkpoint; its kind must be one of `known_kinds`."""
+    meta = load_metadata(path)
+    kind = meta.get("actor", "")
+    if kind not in known_kinds:
+        raise CheckpointError(f"{path}: unknown actor kind {kind!r} (known: {sorted(known_kinds)})")
+    try:
+        hparams = json.loads(meta["hparams"])
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: missing or corrupt 'hparams' metadata ({err})") from None
+    return ActorFile(kind, hparams, load_tensors(path))
+
+
+# -- the training state -----------------------------------------------------------------------------
+class Checkpointable(Protocol):
+    """What a checkpoint holds of an algorithm (omad.train.algos.common.Algorithm)."""
+
+    num_updates: int
+
+    def modules(self) -> dict[str, torch.nn.Module]: ...
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class LoopCounters:
+    """The training loop's counters a checkpoint carries."""
+
+    step: int
+    update_debt: float
+    episodes_done: int
+    last_train_return: float
+    num_updates: int
+
+
+def save_training(
+    run_dir: Path,
+    counters: LoopCounters,
+    algo: Checkpointable,
+    actors: dict[str, ActorFile],
+    buffer: ReplayBuffer,
+    envs: VecEnv,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> Path:
+    """A checkpoint of everything a resumed run needs to continue exactly, and of every agent's
+    deployable policy. Every tensor is saved from the CPU, so a checkpoint does not depend on the
+    training device."""
+    files: dict[str, TorchFile] = {actor_file(agent): actor.entry(agent) for agent, actor in actors.items()}
+    for name, module in algo.modules().items():
+        files[module_file(name)] = (module.state_dict(), None)
+    opt_meta = {}
+    for name, opt in algo.optimizers().items():
+        tensors, opt_meta[name] = optimizer_tensors(opt)
+        files[optimizer_file(name)] = (tensors, None)
+    files[EXTRA_FILE] = ({k: v.detach().clone().reshape(-1) for k, v in algo.extra_tensors().items()}, None)
+    rng_state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng_state["cuda"] = torch.cuda.get_rng_state(device)
+    files[RNG_FILE] = (rng_state, None)
+    files = {name: ({k: v.detach().cpu() for k, v in t.items()}, meta) for name, (t, meta) in files.items()}
+    env_meta, env_arrays = envs.snapshot()
+    state = {
+        "format_version": TRAIN_STATE_VERSION,
+        "step": counters.step,
+        "update_debt": counters.update_debt,
+        "episodes_done": counters.episodes_done,
+        "last_train_return": counters.last_train_return,
+        "num_updates": counters.num_updates,
+        "numpy_rng": rng.bit_generator.state,
+        "optimizers": opt_meta,
+        "replay": buffer.state_meta(),
+        "envs": env_meta,
+    }
+    arrays = {REPLAY_FILE: buffer.state_arrays(), ENVS_FILE: env_arrays}
+    return save_checkpoint(run_dir, counters.step, files, arrays, state)
+
+
+def restore_training(
+    run_dir: Path,
+    algo: Checkpointable,
+    buffer: ReplayBuffer,
+    envs: VecEnv,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> LoopCounters:
+    """Load the latest checkpoint into the algorithm, replay buffer, env copies and RNGs (torch's
+    and `rng`); returns the loop's counters."""
+    ckpt = latest_checkpoint(run_dir)
+    state = json.loads((ckpt / TRAIN_STATE_FILE).read_text())
+    if state.get("format_version") != TRAIN_STATE_VERSION:
+        raise CheckpointError(
+            f"{ckpt}: training state format {state.get('format_version')!r}, this omad resumes format "
+            f"{TRAIN_STATE_VERSION} (its policies still export and evaluate)"
+        )
+    for name, module in algo.modules().items():
+        path = ckpt / module_file(name)
+        load_into(module, load_tensors(path), path)
+    for name, opt in algo.optimizers().items():
+        restore_optimizer(opt, load_tensors(ckpt / optimizer_file(name)), state["optimizers"][name])
+    extra = load_tensors(ckpt / EXTRA_FILE)
+    with torch.no_grad():
+        for k, v in algo.extra_tensors().items():
+            v.copy_(extra[k].reshape(v.shape))
+    rng_state = load_tensors(ckpt / RNG_FILE)
+    torch.set_rng_state(rng_state["torch"])
+    if device.type == "cuda" and "cuda" in rng_state:  # a CUDA run's stream; on the CPU it has none
+        torch.cuda.set_rng_state(rng_state["cuda"], device)
+    rng.bit_generator.state = state["numpy_rng"]
+    buffer.load_state(load_arrays(ckpt / REPLAY_FILE), state["replay"])
+    envs.restore(state["envs"], load_arrays(ckpt / ENVS_FILE))
+    return LoopCounters(
+        state["step"], state["update_debt"], state["episodes_done"], state["last_train_return"], state["num_updates"]
+    )
 
 
 # -- reading --------------------------------------------------------------------------------------
 def latest_checkpoint(run_dir: Path, files: list[str] | None = None) -> Path:
     """The newest complete checkpoint, verified (only `files`, relative paths, when given)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run dir {run_dir} does not exist")
-    pointer = run_dir / "checkpoints" / "LATEST"
-    try:
-        name = json.loads(pointer.read_text())["checkpoint"]
-    except FileNotFoundError:
-        raise CheckpointError(f"{pointer}: no checkpoint has been written in this run dir yet") from None
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{pointer}: unreadable checkpoint pointer ({err})") from None
-    if not isinstance(name, str) or not CHECKPOINT_NAME.fullmatch(name):
-        raise CheckpointError(f"{pointer}: names {name!r}, not a checkpoint of this run (step-<N>)")
-    path = run_dir / "checkpoints" / name
+    path = RunDir(run_dir).latest()
     verify_checkpoint(path, files)
     return path
 
 
 def verify_checkpoint(path: Path, files: list[str] | None = None) -> dict:
     """Check the manifest's format version and the sha256 of every file (or of `files`); return the manifest."""
-    mpath = path / "manifest.json"
+    mpath = path / MANIFEST_FILE
     try:
         manifest = json.loads(mpath.read_text())
     except FileNotFoundError:

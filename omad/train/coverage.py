@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from omad.core.envs import VecEnv
-from omad.core.rundir import COVERAGE_FILE
+from omad.core.rundir import RunDir, staging
 
 MAX_STEPS = 250_000  # the paper's window: the first 250k training env steps
 EXTENT = 20.0  # metres: the grid spans [-EXTENT, EXTENT] in x and in y around the start (0, 0)
@@ -59,7 +59,7 @@ class Coverage:
         """The trainer's recorder: None unless the env is an Ant; continues `run_dir/coverage.json` if present."""
         if not records_coverage(env_id):
             return None
-        path = Path(run_dir) / COVERAGE_FILE
+        path = RunDir(run_dir).coverage
         return cls.load(path) if path.is_file() else cls()
 
     # -- recording ------------------------------------------------------------------------------
@@ -105,8 +105,8 @@ class Coverage:
         }
 
     def save(self, run_dir: Path) -> Path:
-        path = Path(run_dir) / COVERAGE_FILE
-        tmp = path.with_suffix(".json.tmp")
+        path = RunDir(run_dir).coverage
+        tmp = staging(path)
         tmp.write_text(json.dumps(self.to_dict()) + "\n")
         os.replace(tmp, path)
         return path

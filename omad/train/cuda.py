@@ -83,7 +83,11 @@ class DeviceReplay:
         self.storage = self._empty(0)
         if rows is None:
             rows = torch.empty((batch_size, layout.width), dtype=torch.float32, device=self.device)
-        if rows.shape != (batch_size, layout.width) or rows.device.type != self.device.type or rows.dtype != torch.float32:
+        if (
+            rows.shape != (batch_size, layout.width)
+            or rows.device.type != self.device.type
+            or rows.dtype != torch.float32
+        ):
             raise ValueError(
                 f"sample rows must be float32 [{batch_size}, {layout.width}] on {self.device}, "
                 f"got {rows.dtype} {list(rows.shape)} on {rows.device}"

@@ -10,15 +10,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from omad.core.rundir import RunDir, staging
+
 
 class RunLogger:
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, progress: bool = True):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir = Path(run_dir)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.run = RunDir(run_dir)
+        self.metrics_path = self.run.metrics
         self.records = self._read_records(start_step)
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step or None)
+        self.writer = SummaryWriter(str(self.run.tensorboard), purge_step=start_step or None)
         # Redraw at most every 0.5 s on a terminal, every 30 s into a log file.
         interval = 0.5 if sys.stderr.isatty() else 30.0
         self.bar = tqdm(
@@ -97,10 +99,10 @@ class RunLogger:
         ax.set_ylabel("evaluation return")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        tmp = self.run_dir / "curves.tmp.png"
-        fig.savefig(tmp)
+        tmp = staging(self.run.curves)
+        fig.savefig(tmp, format="png")
         plt.close(fig)
-        tmp.replace(self.run_dir / "curves.png")
+        tmp.replace(self.run.curves)
 
     def close(self) -> None:
         self.bar.close()

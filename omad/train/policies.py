@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from omad.core.envs.base import EnvSpec
+from omad.core.rundir import SPEC_FILE, RunDir, actor_file
 from omad.train.actors import DeterministicActors, GaussianActors, StackedActors
-from omad.train.checkpoint import CheckpointError, latest_checkpoint, load_into, load_metadata, load_tensors
+from omad.train.checkpoint import CheckpointError, latest_checkpoint, load_into, read_actor
 from omad.train.diffusion import DiffusionActors
 
 # Actor kind (the `actor` metadata of a checkpoint's actor file) -> its class.
@@ -59,7 +60,7 @@ class AgentPolicy(nn.Module):
 
 
 def load_spec(run_dir: str | Path) -> EnvSpec:
-    path = Path(run_dir) / "spec.json"
+    path = RunDir(run_dir).spec
     try:
         return EnvSpec.from_dict(json.loads(path.read_text()))
     except FileNotFoundError:
@@ -71,27 +72,22 @@ def load_spec(run_dir: str | Path) -> EnvSpec:
 def load_policies(run_dir: str | Path) -> dict[str, AgentPolicy]:
     """`{agent name: AgentPolicy}` in the environment's agent order, from the latest checkpoint."""
     spec = load_spec(run_dir)
-    ckpt = latest_checkpoint(Path(run_dir), files=[f"actors/{a.name}.safetensors" for a in spec.agents])
+    ckpt = latest_checkpoint(Path(run_dir), files=[actor_file(a.name) for a in spec.agents])
     policies = {}
     for agent in spec.agents:
-        path = ckpt / "actors" / f"{agent.name}.safetensors"
-        meta = load_metadata(path)
-        kind = meta.get("actor", "")
-        if kind not in ACTOR_CLASSES:
-            raise CheckpointError(f"{path}: unknown actor kind {kind!r} (known: {sorted(ACTOR_CLASSES)})")
+        path = ckpt / actor_file(agent.name)
+        actor = read_actor(path, list(ACTOR_CLASSES))
         try:
-            hparams = json.loads(meta["hparams"])
-        except (KeyError, ValueError) as err:
-            raise CheckpointError(f"{path}: missing or corrupt 'hparams' metadata ({err})") from None
-        try:
-            policy = AgentPolicy(agent.name, hparams, kind)
+            policy = AgentPolicy(agent.name, actor.hparams, actor.kind)
         except (TypeError, ValueError, KeyError) as err:
-            raise CheckpointError(f"{path}: 'hparams' metadata does not describe a {kind} actor ({err})") from None
+            raise CheckpointError(
+                f"{path}: 'hparams' metadata does not describe a {actor.kind} actor ({err})"
+            ) from None
         if (policy.obs_dim, policy.act_dim) != (agent.obs_dim, agent.act_dim):
             raise CheckpointError(
-                f"{path}: policy sizes (obs {policy.obs_dim}, act {policy.act_dim}) do not match spec.json "
+                f"{path}: policy sizes (obs {policy.obs_dim}, act {policy.act_dim}) do not match {SPEC_FILE} "
                 f"(obs {agent.obs_dim}, act {agent.act_dim})"
             )
-        load_into(policy.actors, load_tensors(path), path)
+        load_into(policy.actors, actor.tensors, path)
         policies[agent.name] = policy.eval()
     return policies

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +11,10 @@ import torch
 
 from omad.core.envs import VecEnv, env_family, get_spec
 from omad.core.envs.base import EnvSpec
-from omad.core.errors import OmadError
 from omad.core.rollout import evaluate
+from omad.core.rundir import RunDir, write_atomic
 from omad.train.algos import make_algorithm
-from omad.train.checkpoint import (
-    FORMAT_VERSION,
-    CheckpointError,
-    TorchFile,
-    latest_checkpoint,
-    load_arrays,
-    load_into,
-    load_tensors,
-    optimizer_tensors,
-    restore_optimizer,
-    save_checkpoint,
-)
+from omad.train.checkpoint import ActorFile, LoopCounters, restore_training, save_training
 from omad.train.config import (
     ConfigError,
     TrainConfig,
@@ -46,43 +31,6 @@ from omad.train.replay import ReplayBuffer, ReplaySample, Transition
 
 # Every evaluation runs both modes: with the policy's noise, and with zero noise.
 EVAL_MODES = {"stochastic": False, "deterministic": True}
-
-# Version of the resumable training state (train/, replay, envs, train_state.json); 2 = one file per part.
-TRAIN_STATE_VERSION = 2
-
-
-class RunDirError(OmadError, RuntimeError):
-    pass
-
-
-LOCK_FILE = ".lock"
-
-
-@contextlib.contextmanager
-def locked_run_dir(out: Path) -> Iterator[None]:
-    """Hold the run dir's lock file while training, so a second trainer of the same dir is refused
-    (the kernel releases the lock when the process ends, however it ends)."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK_FILE, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirError(
-                f"{out} is being trained by another process; wait for it or choose another --out"
-            ) from None
-        yield
-
-
-def clear_run_dir(out: Path, overwrite: bool) -> None:
-    """Empty a run dir for a fresh run (its lock file stays, held by this trainer)."""
-    contents = [p for p in out.iterdir() if p.name != LOCK_FILE]
-    if contents and not overwrite:
-        raise RunDirError(f"output dir {out} already exists; pass --resume to continue it or --overwrite to replace it")
-    for path in contents:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
 
 
 def crossed(before: int, after: int, every: int) -> bool:
@@ -189,80 +137,21 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save(self) -> Path:
-        """Every tensor is saved from the CPU, so a checkpoint does not depend on the training device."""
         algo = self.algo
-        files: dict[str, TorchFile] = {}
+        actors = {}
         for i, name in enumerate(self.layout.names):
             policy = algo.agent_policy(i)
-            meta = {
-                "format_version": str(FORMAT_VERSION),
-                "agent": name,
-                "actor": policy.kind,
-                "hparams": json.dumps(policy.hparams),
-            }
-            files[f"actors/{name}.safetensors"] = (policy.actors.state_dict(), meta)
-        for name, module in algo.modules().items():
-            files[f"train/modules/{name}.safetensors"] = (module.state_dict(), None)
-        opt_meta = {}
-        for name, opt in algo.optimizers().items():
-            tensors, opt_meta[name] = optimizer_tensors(opt)
-            files[f"train/optimizers/{name}.safetensors"] = (tensors, None)
-        files["train/extra.safetensors"] = (
-            {k: v.detach().clone().reshape(-1) for k, v in algo.extra_tensors().items()},
-            None,
+            actors[name] = ActorFile(policy.kind, policy.hparams, policy.actors.state_dict())
+        counters = LoopCounters(
+            self.step, self.update_debt, self.episodes_done, self.last_train_return, algo.num_updates
         )
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        files["train/rng.safetensors"] = (rng, None)
-        files = {name: ({k: v.detach().cpu() for k, v in t.items()}, meta) for name, (t, meta) in files.items()}
-        env_meta, env_arrays = self.envs.snapshot()
-        state = {
-            "format_version": TRAIN_STATE_VERSION,
-            "step": self.step,
-            "update_debt": self.update_debt,
-            "episodes_done": self.episodes_done,
-            "last_train_return": self.last_train_return,
-            "num_updates": algo.num_updates,
-            "numpy_rng": self.rng.bit_generator.state,
-            "optimizers": opt_meta,
-            "replay": self.buffer.state_meta(),
-            "envs": env_meta,
-        }
-        arrays = {"replay.safetensors": self.buffer.state_arrays(), "envs.safetensors": env_arrays}
-        return save_checkpoint(self.out, self.step, files, arrays, state)
+        return save_training(self.out, counters, algo, actors, self.buffer, self.envs, self.rng, self.device)
 
     def restore(self) -> None:
-        ckpt = latest_checkpoint(self.out)
-        state = json.loads((ckpt / "train_state.json").read_text())
-        if state.get("format_version") != TRAIN_STATE_VERSION:
-            raise CheckpointError(
-                f"{ckpt}: training state format {state.get('format_version')!r}, this omad resumes format "
-                f"{TRAIN_STATE_VERSION} (its policies still export and evaluate)"
-            )
-        algo = self.algo
-        for name, module in algo.modules().items():
-            path = ckpt / "train" / "modules" / f"{name}.safetensors"
-            load_into(module, load_tensors(path), path)
-        for name, opt in algo.optimizers().items():
-            restore_optimizer(
-                opt, load_tensors(ckpt / "train" / "optimizers" / f"{name}.safetensors"), state["optimizers"][name]
-            )
-        extra = load_tensors(ckpt / "train" / "extra.safetensors")
-        with torch.no_grad():
-            for k, v in algo.extra_tensors().items():
-                v.copy_(extra[k].reshape(v.shape))
-        rng = load_tensors(ckpt / "train" / "rng.safetensors")
-        torch.set_rng_state(rng["torch"])
-        if self.device.type == "cuda" and "cuda" in rng:  # a CUDA run's stream; on the CPU it has none
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-        self.rng.bit_generator.state = state["numpy_rng"]
-        self.buffer.load_state(load_arrays(ckpt / "replay.safetensors"), state["replay"])
-        self.envs.restore(state["envs"], load_arrays(ckpt / "envs.safetensors"))
-        self.step, self.update_debt = state["step"], state["update_debt"]
-        self.episodes_done = state["episodes_done"]
-        self.last_train_return = state["last_train_return"]
-        algo.num_updates = state["num_updates"]
+        counters = restore_training(self.out, self.algo, self.buffer, self.envs, self.rng, self.device)
+        self.step, self.update_debt = counters.step, counters.update_debt
+        self.episodes_done, self.last_train_return = counters.episodes_done, counters.last_train_return
+        self.algo.num_updates = counters.num_updates
 
     # -- the loop -------------------------------------------------------------------------------
     def lap(self, part: str, since: float) -> float:
@@ -277,8 +166,8 @@ class Trainer:
             self.restore()
             obs, state = self.envs.current()
         else:
-            save_config(cfg, self.out / "config.json")
-            (self.out / "spec.json").write_text(json.dumps(self.spec.to_dict(), indent=2) + "\n")
+            save_config(cfg, self.out)
+            write_atomic(RunDir(self.out).spec, json.dumps(self.spec.to_dict(), indent=2) + "\n")
             obs, state = self.envs.reset()
         logger = RunLogger(self.out, cfg.total_steps, self.step, cfg.progress)
         last: dict = {}
@@ -358,10 +247,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
     cfg.value_range(env_family(cfg.env))
     if resume:
         check_resume(load_run_config(out), cfg)
-    with locked_run_dir(out):
+    run = RunDir(out)
+    with run.locked():
         if not resume:
-            clear_run_dir(out, overwrite)
+            run.clear(overwrite)
         trainer = Trainer(cfg, out)
         if resume:
-            save_config(cfg, out / "config.json")
+            save_config(cfg, out)
         return trainer.train(resume=resume)

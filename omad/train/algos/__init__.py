@@ -1,4 +1,4 @@
-"""The algorithms, by the name `TrainConfig.algo` gives; each is an `common.Algorithm`."""
+"""The algorithms, by their config model (omad.train.config.CONFIG_CLASSES); each is an `common.Algorithm`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from omad.train.algos.common import Algorithm
 from omad.train.algos.omad import OMAD
 from omad.train.algos.sequential import HASAC, HATD3
-from omad.train.config import TrainConfig
+from omad.train.config import HasacConfig, OmadUpdateConfig, TrainConfig
 from omad.train.layout import AgentLayout
 
 
@@ -19,6 +19,8 @@ def make_algorithm(
     device: torch.device | str = "cpu",
 ) -> Algorithm:
     """The networks are initialised on the CPU (the same weights on every device), then moved to `device`."""
-    if cfg.algo in ("omad", "omad-gaussian"):  # the Gaussian ablation differs only in its actors
+    if isinstance(cfg, OmadUpdateConfig):  # the Gaussian ablation differs only in its actors
         return OMAD(cfg, layout, state_dim, value_range, device)
-    return {"hasac": HASAC, "hatd3": HATD3}[cfg.algo](cfg, layout, state_dim, device)
+    if isinstance(cfg, HasacConfig):
+        return HASAC(cfg, layout, state_dim, device)
+    return HATD3(cfg, layout, state_dim, device)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from omad.train.actors import Actors, ChainOutput
-from omad.train.config import TrainConfig
+from omad.train.config import TrainConfigBase
 from omad.train.layout import AgentLayout
 from omad.train.policies import AgentPolicy
 from omad.train.replay import ReplaySample
@@ -20,7 +20,7 @@ class Algorithm(ABC):
     """Base of every algorithm: the members the trainer, checkpoints and export rely on. Networks,
     optimizer state and `update` live on `device`; `act` takes and returns numpy arrays."""
 
-    cfg: TrainConfig
+    cfg: TrainConfigBase  # each algorithm narrows it to its own config model
     layout: AgentLayout
     actors: Actors  # one stack, or per-agent stacks with the same call
     chain: Callable[..., ChainOutput]  # what acting calls: `actors`, or a compiled copy of it

@@ -21,7 +21,7 @@ import torch
 
 from omad.train.actors import GaussianActors, StackedActors
 from omad.train.algos.common import Algorithm, clip_grad_norm_per_agent, gradient_step, polyak_update
-from omad.train.config import TrainConfig
+from omad.train.config import OmadConfig, OmadUpdateConfig
 from omad.train.critic import CategoricalCritic, project_distribution
 from omad.train.cuda import GraphedUpdate
 from omad.train.diffusion import DiffusionActors
@@ -29,24 +29,26 @@ from omad.train.layout import AgentLayout
 from omad.train.replay import ReplaySample, RowLayout
 
 
-def make_actors(cfg: TrainConfig, layout: AgentLayout) -> StackedActors:
+def make_actors(cfg: OmadUpdateConfig, layout: AgentLayout) -> StackedActors:
     sizes = (layout.obs_dims, layout.act_dims, layout.action_low, layout.action_high)
-    if cfg.algo == "omad-gaussian":
-        return GaussianActors(*sizes, hidden=cfg.actor_hidden)
-    return DiffusionActors(
-        *sizes,
-        hidden=cfg.actor_hidden,
-        denoising_steps=cfg.denoising_steps,
-        prior_std=cfg.prior_std,
-        dt_init=cfg.dt_init,
-        time_features=cfg.time_features,
-    )
+    if isinstance(cfg, OmadConfig):
+        return DiffusionActors(
+            *sizes,
+            hidden=cfg.actor_hidden,
+            denoising_steps=cfg.denoising_steps,
+            prior_std=cfg.prior_std,
+            dt_init=cfg.dt_init,
+            time_features=cfg.time_features,
+        )
+    return GaussianActors(*sizes, hidden=cfg.actor_hidden)  # OMAD-Gaussian
 
 
 class OMAD(Algorithm):
+    cfg: OmadUpdateConfig
+
     def __init__(
         self,
-        cfg: TrainConfig,
+        cfg: OmadUpdateConfig,
         layout: AgentLayout,
         state_dim: int,
         value_range: tuple[float, float],

@@ -17,16 +17,19 @@ import torch
 
 from omad.train.actors import ChainOutput, DeterministicActors, GaussianActors, PerAgentActors, StackedActors
 from omad.train.algos.common import Algorithm, gradient_step, polyak_update
-from omad.train.config import TrainConfig
+from omad.train.config import HasacConfig, Hatd3Config
 from omad.train.critic import TwinQCritic
 from omad.train.layout import AgentLayout
 from omad.train.replay import ReplaySample
 
 
 class SequentialAlgorithm(Algorithm):
+    cfg: HasacConfig | Hatd3Config
     actors: PerAgentActors
 
-    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, device: torch.device | str = "cpu"):
+    def __init__(
+        self, cfg: HasacConfig | Hatd3Config, layout: AgentLayout, state_dim: int, device: torch.device | str = "cpu"
+    ):
         self.cfg, self.layout, self.device = cfg, layout, torch.device(device)
         self.actors = self.chain = PerAgentActors([self.make_actor(i) for i in range(layout.n)]).to(self.device)
         self.critic = TwinQCritic(state_dim + layout.joint_dim, cfg.critic_hidden).to(self.device)
@@ -117,7 +120,9 @@ class HASAC(SequentialAlgorithm):
     """Squashed-Gaussian actors, soft twin-Q target, one auto-tuned temperature per agent
     (target entropy -d_a: alpha_i rises while log pi_i exceeds `cost_budget_per_dim` * d_a_i)."""
 
-    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, device: torch.device | str = "cpu"):
+    cfg: HasacConfig
+
+    def __init__(self, cfg: HasacConfig, layout: AgentLayout, state_dim: int, device: torch.device | str = "cpu"):
         super().__init__(cfg, layout, state_dim, device)
         self.log_alpha = torch.full(
             (layout.n,), math.log(cfg.alpha_init), device=self.device, requires_grad=cfg.auto_alpha
@@ -182,7 +187,9 @@ class HATD3(SequentialAlgorithm):
     uses smoothed target actions (noise `target_noise` clipped at `target_noise_clip`) and the
     smaller of the two target heads; actors follow the first head, every `policy_delay` updates."""
 
-    def __init__(self, cfg: TrainConfig, layout: AgentLayout, state_dim: int, device: torch.device | str = "cpu"):
+    cfg: Hatd3Config
+
+    def __init__(self, cfg: Hatd3Config, layout: AgentLayout, state_dim: int, device: torch.device | str = "cpu"):
         super().__init__(cfg, layout, state_dim, device)
         self.actor_target = copy.deepcopy(self.actors).requires_grad_(False)
 
