@@ -1,15 +1,14 @@
 """The cost of K, for deployment (docs/results/cost-of-k.md): OMAD trained at K = 1, 2, 4, 8
-denoising steps on HalfCheetah 2x3 at the study's budget and protocol, every run exported and served.
+denoising steps on HalfCheetah 2x3 with the sample-efficiency study's protocol, every run exported and served.
 One table: the final return (IQM, 95% CI over seeds), the learner's updates/s, and the served policy's
 round trip (p50/p99 at 1 closed-loop client) and actions/s at 16 clients. It is the table to read to
 pick K for a latency budget.
 
-    .venv/bin/python -m bench.k_cost [--seeds 0 1] [--ks 1 2 4 8] [--steps N] [--workers 2] [--out DIR]
+    .venv/bin/python -m bench.k_cost [--seeds 0 1] [--ks 1 2 4 8] [--steps N] [--workers 2] [--runs-dir DIR] [--out DIR]
     .venv/bin/python -m bench.k_cost --smoke --out DIR    # K = 1, 2, tiny networks and budgets: checks the script
 
-Training: one resumable `omad sweep` per K (re-running the command continues it). K = 8 is OMAD's
-default, so its runs are the study's OMAD runs (the HalfCheetah presets arm of bench.sample_efficiency,
---study-dir), which this script reads and does not train. Updates/s: bench.training's measurement
+Training: one resumable `omad sweep` per K under --runs-dir (default runs/k_cost, outside the results:
+the runs keep their checkpoints, which the export reads); re-running the command continues it. Updates/s: bench.training's measurement
 (synthetic batches, median of timed windows, one torch thread as a sweep job has), all K in this one
 run. Serving: `omad export` of each run, then `omad serve` (default flags: micro-batching on, one ONNX
 Runtime thread) of its first agent measured with bench.serving's closed-loop clients (the server
@@ -36,15 +35,14 @@ from bench.serving import Bench, closed_loop, omad_server
 from bench.study_report import VERDICT_MODE
 from bench.training import updates_per_second
 from omad.experiments import stats
-from omad.experiments.layout import job_dir, read_done
+from omad.experiments.layout import job_dir
 from omad.experiments.report import aggregate, read_metrics
 from omad.experiments.sweep import run_sweep
 from omad.export.onnx import export_run
 from omad.serve.client import act_request
 
 TASK = TASKS["halfcheetah_2x3"]
-STEPS = TASK.arms["presets"].budgets["omad"]  # env steps per run: the study's OMAD budget
-DEFAULT_K = 8  # OMAD's default: the study's runs
+STEPS = 15_000  # env steps per run: enough to separate the Ks' returns, not the study's full budget
 SERVE_SECONDS = 3.0
 # --smoke: K = 1 and 2 at one seed, the study's tiny --quick networks and budget, brief measurements
 SMOKE = dict(ks=[1, 2], seeds=[0], steps=QUICK_STEPS - 200, serve_seconds=0.3, windows=1, cycles=1, reps=200)
@@ -55,13 +53,12 @@ def protocol(smoke: bool) -> dict:
     return {**task_config(TASK, smoke), **({"env_options": {"max_episode_steps": 50}} if smoke else {})}
 
 
-def sweep_dir(out: Path, study_dir: Path, k: int) -> Path:
-    return study_dir if k == DEFAULT_K else out / f"K-{k}"
+def sweep_dir(runs: Path, k: int) -> Path:
+    return runs / f"K-{k}"
 
 
 def train(
-    out: Path,
-    study_dir: Path,
+    runs: Path,
     ks: list[int],
     seeds: list[int],
     steps: int,
@@ -70,17 +67,8 @@ def train(
     ray_address: str | None,
 ) -> None:
     for k in ks:
-        if k == DEFAULT_K:  # the study's runs: read here, trained by bench.sample_efficiency
-            missing = [
-                repo_relative(run)
-                for run in (job_dir(study_dir, TASK.env, "omad", seed) for seed in seeds)
-                if read_done(run) is None
-            ]
-            if missing:
-                raise SystemExit(f"K = {DEFAULT_K} reads the study's finished OMAD runs; not finished: {missing}")
-            continue
         summary = run_sweep(
-            sweep_dir(out, study_dir, k),
+            sweep_dir(runs, k),
             [TASK.env],
             ["omad"],
             seeds,
@@ -108,17 +96,14 @@ def serve_latency(onnx_path: Path, obs_dim: int, seconds: float) -> dict:
     }
 
 
-def measure(out: Path, study_dir: Path, ks: list[int], seeds: list[int], smoke: bool, reps: int) -> list[dict]:
+def measure(runs: Path, ks: list[int], seeds: list[int], smoke: bool, reps: int) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)
     rows = []
     for k in ks:
         curve = aggregate(
-            {
-                seed: read_metrics(job_dir(sweep_dir(out, study_dir, k), TASK.env, "omad", seed), VERDICT_MODE)
-                for seed in seeds
-            }
+            {seed: read_metrics(job_dir(sweep_dir(runs, k), TASK.env, "omad", seed), VERDICT_MODE) for seed in seeds}
         )
         point, low, high = stats.iqm_ci({"k": curve.finals}, reps)["k"]
         shape = {key: QUICK[key] for key in ("actor_hidden", "critic_hidden", "batch_size")} if smoke else {}
@@ -127,7 +112,7 @@ def measure(out: Path, study_dir: Path, ks: list[int], seeds: list[int], smoke: 
         served = []
         with tempfile.TemporaryDirectory() as tmp:
             for seed in seeds:
-                run = job_dir(sweep_dir(out, study_dir, k), TASK.env, "omad", seed)
+                run = job_dir(sweep_dir(runs, k), TASK.env, "omad", seed)
                 export = Path(tmp) / f"seed-{seed}"
                 export_run(run, export)  # checks ONNX Runtime against torch on the way
                 manifest = json.loads((export / "manifest.json").read_text())
@@ -184,15 +169,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--steps", type=int, default=None, help=f"env steps per run (default: the study's, {STEPS})")
+    parser.add_argument("--steps", type=int, default=None, help=f"env steps per run (default {STEPS})")
     parser.add_argument("--workers", type=int, default=2, help="local worker processes")
     parser.add_argument("--ray-address", default=None, help="train as Ray tasks instead")
     parser.add_argument("--out", type=Path, default=RESULTS / "k_cost", help="default bench/results/k_cost")
     parser.add_argument(
-        "--study-dir",
-        type=Path,
-        default=RESULTS / "study" / "halfcheetah_2x3" / "presets",
-        help="the study's HalfCheetah sweep dir of the presets arm, home of the K = 8 runs",
+        "--runs-dir", type=Path, default=Path("runs/k_cost"), help="where the runs train (default runs/k_cost)"
     )
     parser.add_argument("--reps", type=int, default=stats.REPS, help="bootstrap resamples of the CI")
     parser.add_argument(
@@ -203,14 +185,14 @@ def main() -> None:
         ks, seeds, steps, reps = SMOKE["ks"], SMOKE["seeds"], SMOKE["steps"], SMOKE["reps"]
     else:
         ks, seeds, steps, reps = args.ks, args.seeds, args.steps or STEPS, args.reps
-    train(args.out, args.study_dir, ks, seeds, steps, args.smoke, args.workers, args.ray_address)
+    train(args.runs_dir, ks, seeds, steps, args.smoke, args.workers, args.ray_address)
     t0 = time.perf_counter()
-    rows = measure(args.out, args.study_dir, ks, seeds, args.smoke, reps)
+    rows = measure(args.runs_dir, ks, seeds, args.smoke, reps)
     meta = {
         "env": TASK.env,
         "protocol": protocol(args.smoke),
         "mode": VERDICT_MODE,
-        "study_dir": repo_relative(args.study_dir),
+        "runs_dir": repo_relative(args.runs_dir),
         "measure_seconds": time.perf_counter() - t0,
         "command": command("bench.k_cost", sys.argv[1:]),
     }

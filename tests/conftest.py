@@ -4,11 +4,16 @@ dir in seconds. `certs` makes a throwaway CA with server and client certificates
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 from helpers import tiny_config
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core: each worker's torch, and the commands it starts, take one thread
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="session")

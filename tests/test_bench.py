@@ -120,11 +120,13 @@ def test_coop_nav_scale_smoke(tmp_path):
 
 def test_k_cost_smoke(tmp_path):
     out = tmp_path / "k_cost"
-    run_bench("k_cost", "--smoke", "--out", str(out), "--study-dir", str(tmp_path / "study"), "--workers", "1")
+    run_bench("k_cost", "--smoke", "--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--workers", "1")
     result = read_result(out / "k_cost.json", tmp_path)
-    assert result["env"] == "mamujoco:HalfCheetah-2x3" and result["study_dir"] == os.path.relpath(
-        tmp_path / "study", REPO
+    assert result["env"] == "mamujoco:HalfCheetah-2x3" and result["runs_dir"] == os.path.relpath(
+        tmp_path / "runs", REPO
     )
+    for k in (1, 2):  # each K trained its own run, with the checkpoint its export read
+        assert (tmp_path / "runs" / f"K-{k}").is_dir()
     assert [row["K"] for row in result["rows"]] == [1, 2]
     for row in result["rows"]:
         assert row["seeds"] == [0] and len(row["final_returns"]) == 1 and row["budget"] == 400

@@ -270,7 +270,7 @@ def test_resume_refuses_a_changed_config(tiny_run_dir, capsys, flags, named):
         (dict(total_steps=100_000, algo="hasac"), "g++", False),  # auto compiles OMAD only
         (dict(total_steps=100_000, algo="omad-gaussian"), "g++", False),
         (dict(total_steps=100_000, algo="omad-gaussian", compile=True), "g++", True),  # the OMAD class compiles
-        (dict(total_steps=100_000, algo="hatd3", compile=True), "g++", False),  # nothing of HATD3's compiles
+        (dict(total_steps=100_000, algo="hatd3"), "g++", False),  # nothing of HATD3's compiles (true is refused)
         (dict(total_steps=1_000, learning_starts=500, compile=True), None, True),  # asked for: as asked
         (dict(total_steps=100_000, compile=False), "g++", False),
     ],

@@ -81,9 +81,9 @@ def make_algo(name: str, **overrides):
         compile=False,
         progress=False,
     )
-    # `cfg` holds every algorithm's fields; `name` takes its own
+    # `cfg` and the tests' overrides hold fields of every algorithm; `name` takes its own
     return make_algorithm(
-        parse_config({**fields_for(name, cfg, EVERY_ALGO), **overrides}), LAYOUT, STATE_DIM, (V_MIN, V_MAX)
+        parse_config(fields_for(name, {**cfg, **overrides}, EVERY_ALGO)), LAYOUT, STATE_DIM, (V_MIN, V_MAX)
     )
 
 
