@@ -6,6 +6,9 @@
   silently stop being generated.
 - On any page, `<!-- generated: docstring MODULE -->` becomes MODULE's docstring in a text block
   (the file layouts in `reference/formats.md`).
+- A page that includes a generated file from bench/results (`--8<-- "PATH"`) shows the figures that
+  file links relative to itself: `on_files` publishes every PNG below the included file's folder
+  beside the including page, so the links resolve on the site as they do in the repository.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import re
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import annotated_types
 from mkdocs.exceptions import PluginError
+from mkdocs.structure.files import File
 
 HELP_COLUMNS = "100"  # argparse wraps help text to $COLUMNS
 
@@ -147,3 +152,20 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     if marker not in markdown:
         raise PluginError(f"{page.file.src_uri} lost its marker line {marker!r}: the generated reference has no place")
     return markdown.replace(marker, build())
+
+
+SNIPPET = re.compile(r'^--8<-- "([^"]+)"$', re.MULTILINE)
+
+
+def on_files(files, config):
+    """Publish the figures of every included file beside the page that includes it."""
+    repo = Path(config["config_file_path"]).parent
+    for page in list(files.documentation_pages()):
+        page_dir = PurePosixPath(page.src_uri).parent
+        for included in SNIPPET.findall(Path(page.abs_src_path).read_text()):
+            folder = (repo / included).parent
+            for figure in sorted(folder.rglob("*.png")):
+                uri = str(page_dir / figure.relative_to(folder).as_posix())
+                if files.get_file_from_path(uri) is None:
+                    files.append(File.generated(config, uri, abs_src_path=str(figure)))
+    return files
