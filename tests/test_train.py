@@ -347,3 +347,23 @@ def test_a_run_whose_config_json_is_flat_resumes_exports_and_evaluates(tmp_path,
     np.testing.assert_allclose(
         reports["--run-dir"]["returns"], reports["--export-dir"]["returns"], rtol=1e-4, atol=1e-4
     )
+
+
+def test_the_log_warns_when_the_critic_target_is_clipped(tmp_path, capsys):
+    """Above 5% of the target mass clipped at the support's ends, the evaluation line is followed by a
+    warning that names the share; at or below it, nothing is said."""
+    from omad.train.logger import RunLogger
+
+    logger = RunLogger(tmp_path, total_steps=300, start_step=0, progress=False)
+    base = {"eval_return_mean": 1.0, "eval_return_std": 0.5, "alpha": 0.1}
+    logger.log({"step": 100, **base, "critic_target_clipped": 0.05})
+    logger.log({"step": 200, **base})  # HASAC/HATD3 records have no such metric
+    assert "warning" not in capsys.readouterr().out
+    logger.log({"step": 300, **base, "critic_target_clipped": 0.23})
+    out = capsys.readouterr().out
+    assert "warning: 23% of the critic's target mass fell outside its support" in out
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
+        100,
+        200,
+        300,
+    ]

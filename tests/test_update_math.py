@@ -190,7 +190,8 @@ def omad_target(algo, batch, noise, reduce: str):
         probs = algo.critic_target.logits(batch.next_state, joint_of(nxt.action)).softmax(-1).tolist()  # [2][B][M]
     costs = [nxt.cost[0, b].item() + nxt.cost[1, b].item() for b in range(B)]  # entropy_norm "sum"
 
-    def target(alpha: float) -> torch.Tensor:
+    def target(alpha: float, clipped: list[float] | None = None) -> torch.Tensor:
+        """The target rows; `clipped`, if given, receives each sample's mass outside [V_MIN, V_MAX]."""
         rows = []
         for b in range(B):
             heads = [probs[0][b], probs[1][b]]
@@ -201,7 +202,10 @@ def omad_target(algo, batch, noise, reduce: str):
                 p = heads[0] if q[0] <= q[1] else heads[1]
             keep = batch.discount[b].item() * (1.0 - batch.done[b].item())
             r = REWARD_SCALE * REWARD[b]
-            rows.append(c51_project(p, [r + keep * (z - alpha * costs[b]) for z in atoms]))
+            values = [r + keep * (z - alpha * costs[b]) for z in atoms]
+            if clipped is not None:
+                clipped.append(sum(pj for pj, v in zip(p, values) if not V_MIN <= v <= V_MAX))
+            rows.append(c51_project(p, values))
         return torch.tensor(rows)
 
     return target
@@ -223,7 +227,11 @@ def test_omad_critic_target_is_the_projected_soft_target(reduce, done):
     assert alpha == pytest.approx(0.37)
     target = omad_target(algo, batch, noise, reduce)
     critic_before = copy.deepcopy(algo.critic)
-    metrics = check_critic_step(algo, batch, c51_loss(batch, target(alpha)))
+    clipped: list[float] = []
+    metrics = check_critic_step(algo, batch, c51_loss(batch, target(alpha, clipped)))
+    # the mass clipped at the support's ends: none when every target is a reward inside it, some otherwise
+    assert metrics["critic_target_clipped"] == pytest.approx(sum(clipped) / B, abs=1e-6)
+    assert (sum(clipped) == 0) if done == "all" else (0 < sum(clipped) < B)
 
     if done == "none":
         # the temperature stepped in this update (auto_alpha, lr_alpha 0.5); the target must use the
@@ -570,7 +578,7 @@ def test_hasac_actor_loss_is_alpha_times_log_pi_minus_the_twin_minimum():
 @pytest.mark.parametrize(
     ("name", "logged"),
     [
-        ("omad", ["actor_loss", "alpha", "critic_loss", "entropy_bound", "q", "running_cost"]),
+        ("omad", ["actor_loss", "alpha", "critic_loss", "critic_target_clipped", "entropy_bound", "q", "running_cost"]),
         ("hasac", ["actor_loss", "alpha", "critic_loss", "q"]),
         ("hatd3", ["actor_loss", "critic_loss", "q"]),
     ],

@@ -12,6 +12,10 @@ from tqdm import tqdm
 
 from omad.core.rundir import RunDir, staging
 
+# Above this share of the critic's target mass clipped at the support's ends (in the last update before
+# an evaluation), the log warns: the distributional critic can no longer represent those values.
+CLIPPED_WARNING = 0.05
+
 
 class RunLogger:
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, progress: bool = True):
@@ -81,6 +85,12 @@ class RunLogger:
             f"step {record['step']:>8d}  eval return {record['eval_return_mean']:9.2f} "
             f"+- {record['eval_return_std']:.2f}  alpha {record.get('alpha', float('nan')):.4f}"
         )
+        clipped = record.get("critic_target_clipped", 0.0)
+        if clipped > CLIPPED_WARNING:
+            self.bar.write(
+                f"warning: {clipped:.0%} of the critic's target mass fell outside its support and was clipped "
+                "to its ends; widen v_min / v_max (docs/algorithm.md, the critic's support)"
+            )
         self.plot()
 
     def plot(self) -> None:

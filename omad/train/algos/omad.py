@@ -99,9 +99,12 @@ class OMAD(Algorithm):
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp()
 
-    def critic_loss(self, batch: ReplaySample, next_noise: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    def critic_loss(
+        self, batch: ReplaySample, next_noise: torch.Tensor, alpha: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy against the C51 target from the next joint action of all current policies,
-        summed over heads."""
+        summed over heads; and the batch's mean target mass that fell outside the support and was
+        clipped to its ends (the `critic_target_clipped` metric)."""
         cfg = self.cfg
         with torch.no_grad():
             nxt = self.actors(batch.next_obs.transpose(0, 1), next_noise)
@@ -115,9 +118,11 @@ class OMAD(Algorithm):
             soft_atoms = self.critic.atoms - alpha * self.joint(nxt.cost).unsqueeze(-1)
             bootstrap = (batch.discount * (1.0 - batch.done)).unsqueeze(-1)
             target_atoms = cfg.reward_scale * batch.reward.unsqueeze(-1) + bootstrap * soft_atoms
+            outside = (target_atoms < self.critic.v_min) | (target_atoms > self.critic.v_max)
+            clipped = (next_probs * outside).sum(-1).mean()
             target = project_distribution(next_probs, target_atoms, self.critic.v_min, self.critic.v_max, cfg.num_atoms)
         logits = self.critic.logits(batch.state, batch.action)
-        return -(target * logits.log_softmax(-1)).sum(-1).mean(-1).sum()
+        return -(target * logits.log_softmax(-1)).sum(-1).mean(-1).sum(), clipped
 
     def actor_loss(self, state: torch.Tensor, obs: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor):
         """All agents at once, through their reparameterised chains: (loss, Q per sample, joint cost,
@@ -148,9 +153,9 @@ class OMAD(Algorithm):
         B = batch.obs.shape[0]
         alpha = self.alpha
 
-        critic_loss = self.critic_loss_fn(batch, noise(B), alpha)
+        critic_loss, clipped = self.critic_loss_fn(batch, noise(B), alpha)
         gradient_step(critic_loss, self.critic_opt, self.critic.parameters(), cfg.grad_clip)
-        metrics = {"critic_loss": critic_loss.detach()}
+        metrics = {"critic_loss": critic_loss.detach(), "critic_target_clipped": clipped}
 
         if actor_step:
             self.critic.requires_grad_(False)
