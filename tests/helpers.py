@@ -323,3 +323,19 @@ def toy_batch(layout, state_dim: int, B: int, rng: np.random.Generator):
         next_state=torch.randn(B, state_dim),
         next_obs=torch.randn(B, layout.n, layout.obs_max),
     )
+
+
+def toy_omad_config(**overrides):
+    """A small OMAD config for update-level tests: 2 denoising steps, 11 atoms, actor updates every
+    second critic update."""
+    from omad.train.config import build_config
+
+    base = dict(
+        env="mpe:simple_spread_v3",
+        actor_hidden=[16, 16],
+        critic_hidden=[16],
+        denoising_steps=2,
+        num_atoms=11,
+        policy_delay=2,
+    )
+    return build_config({**base, **overrides})

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import random_inputs, toy_batch, toy_spec
+from helpers import random_inputs, toy_batch, toy_omad_config, toy_spec
 
 from omad.runtime.onnx_policy import BoundRunner, OnnxPolicy
 from omad.train.algos.omad import OMAD
@@ -32,18 +32,7 @@ TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 
 
 def toy_omad(device: str, compile_: bool, cuda_graphs: bool | None = None, seed: int = 0) -> OMAD:
-    cfg = build_config(
-        dict(
-            env="mpe:simple_spread_v3",
-            actor_hidden=[16, 16],
-            critic_hidden=[16],
-            denoising_steps=2,
-            num_atoms=11,
-            policy_delay=2,
-            batch_size=32,
-            compile=compile_,
-        )
-    )
+    cfg = toy_omad_config(batch_size=32, compile=compile_)
     torch.manual_seed(seed)
     return OMAD(cfg, AgentLayout(SPEC), SPEC.state_dim, (-10.0, 10.0), device, cuda_graphs=cuda_graphs)
 

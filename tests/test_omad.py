@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import bimodal_reward, toy_batch, toy_spec, train_on_the_bimodal_game
+from helpers import bimodal_reward, toy_batch, toy_omad_config, toy_spec, train_on_the_bimodal_game
 
 from omad.train.algos.omad import OMAD
 from omad.train.config import build_config
@@ -41,17 +41,7 @@ def test_compiled_update_equals_the_eager_one():
     batches = [toy_batch(layout, spec.state_dim, 32, rng) for _ in range(3)]
     algos = []
     for compile_ in (False, True):
-        cfg = build_config(
-            dict(
-                env="mpe:simple_spread_v3",
-                actor_hidden=[16, 16],
-                critic_hidden=[16],
-                denoising_steps=2,
-                num_atoms=11,
-                policy_delay=2,
-                compile=compile_,
-            )
-        )
+        cfg = toy_omad_config(compile=compile_)
         torch.manual_seed(0)
         algo = OMAD(cfg, layout, spec.state_dim, (-10.0, 10.0))
         algo.metrics = [algo.update(b) for b in batches]
