@@ -148,6 +148,7 @@ class HASAC(SequentialAlgorithm):
     def next_value(self, next_state, next_obs):
         nxt = self.chain(next_obs, self.noise(next_obs.shape[1]))
         q = self.critic_target(next_state, self.joint_action(nxt.action)).min(0).values
+        assert nxt.cost is not None  # the chain is asked for its cost by default
         return q - (self.alpha.view(-1, 1) * nxt.cost).sum(0)
 
     def actor_loss(self, i, q, out):
