@@ -275,11 +275,38 @@ def test_device_copy_samples_exactly_what_the_buffer_samples():
     restored_copy = DeviceReplay(restored, "cpu", 16)
     restored_copy.sample(np.random.default_rng(0))
     restored.load_state(buf.state_arrays(), buf.state_meta())  # a resume replaces the buffer's contents
-    for seed in range(3):
-        got = restored_copy.sample(np.random.default_rng(seed))
-        want = buf.sample(np.random.default_rng(seed), 16)
-        for key in ReplaySample._fields:
-            assert torch.equal(getattr(got, key), torch.from_numpy(getattr(want, key))), key
+
+    def same(copy, source):
+        for seed in range(3):
+            got = copy.sample(np.random.default_rng(seed))
+            want = source.sample(np.random.default_rng(seed), 16)
+            for key in ReplaySample._fields:
+                assert torch.equal(getattr(got, key), torch.from_numpy(getattr(want, key))), key
+
+    same(restored_copy, buf)
+    # A second restore with no write in between (a run resumed twice) is uploaded whole again.
+    other = ReplayBuffer(50, shapes, 1, 1, GAMMA)
+    for s in range(30):
+        other.add(0, distinct_step(2000 + s))
+    restored.load_state(other.state_arrays(), other.state_meta())
+    same(restored_copy, other)
+    # A copy made before the restore and synced only after it (how a resumed run starts).
+    fresh = ReplayBuffer(50, shapes, 1, 1, GAMMA)
+    fresh_copy = DeviceReplay(fresh, "cpu", 16)
+    fresh.load_state(buf.state_arrays(), buf.state_meta())
+    same(fresh_copy, buf)
+
+
+def test_storage_is_float32_as_it_grows_and_after_a_restore():
+    """Half the memory of numpy's default float64, and the dtype the sample rows are packed in."""
+    buf = make_buffer(n_step=1, capacity=3000)
+    for t in range(1500):  # past the first allocation of 1024 rows
+        buf.add(0, step(t, 1.0))
+    assert {v.dtype for v in buf.data.values()} == {np.dtype(np.float32)}
+    restored = make_buffer(n_step=1, capacity=3000)
+    restored.load_state(buf.state_arrays(), buf.state_meta())
+    assert {v.dtype for v in restored.data.values()} == {np.dtype(np.float32)}
+    assert all(v.dtype == np.float32 for v in restored.sample(np.random.default_rng(0), 8))
 
 
 def test_device_copy_refuses_rows_of_the_wrong_width():

@@ -676,3 +676,16 @@ def test_omad_compiles_the_chain_and_both_losses_only_when_asked(compile_):
     assert [w != p for w, p in zip(wrapped, plain)] == [compile_] * 3  # equal bound methods compare equal
     if compile_:
         assert isinstance(algo.chain, torch._dynamo.eval_frame.OptimizedModule) and algo.chain._orig_mod is algo.actors
+
+
+def test_critic_target_clipped_counts_only_the_mass_past_the_support_ends():
+    """Terminal transitions at reward scale 1: each target is the reward itself, all of its mass on one
+    value. On an end of the support nothing is clipped; past an end, all of that sample's mass."""
+    algo = make_algo("omad", reward_scale=1.0)
+    batch = make_batch(DONE["all"])
+    for rewards, share in (
+        ([V_MIN, V_MAX, V_MIN, V_MAX, 0.0, 1.0], 0.0),
+        ([V_MIN - 0.5, V_MAX, V_MAX + 0.5, V_MIN, 0.0, 1.0], 2 / 6),
+    ):
+        _, clipped = algo.critic_loss(batch._replace(reward=torch.tensor(rewards)), algo.noise(B), algo.alpha)
+        assert clipped.item() == pytest.approx(share)
