@@ -506,3 +506,27 @@ def test_the_inference_thread_is_a_daemon_named_omad_infer_so_an_unclosed_batche
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     done = subprocess.run([sys.executable, "-c", code], check=True, timeout=30, capture_output=True, text=True, env=env)
     assert done.stdout.strip() == "[('omad-infer', True)]"
+
+
+def test_a_batch_delivered_without_an_outcome_fails_its_callers_with_a_message_that_says_so():
+    """A call handed back with neither actions nor an error (a broken invariant, not a normal path)
+    must still release its callers, each with BatcherFailed saying what happened."""
+
+    async def scenario():
+        batcher = MicroBatcher(plain(fake_model), max_batch=4)
+        deliver = batcher._deliver
+
+        def outcome_lost(batch):
+            batch.actions, batch.error = None, None
+            deliver(batch)
+
+        batcher._deliver = outcome_lost
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(caller_job(caller, 1))) for caller in range(2)]
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), WAIT_S)
+        await batcher.close(timeout_s=1.0)
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert [type(o) for o in outcomes] == [BatcherFailed] * 2
+    assert all(str(o) == "a batch was delivered before it ran" for o in outcomes)
