@@ -9,6 +9,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       libegl1 libgl1 libgl1-mesa-dri libb64-0d >/dev/null
   fi
+  # Debian's python3 makes virtual environments only with python3-venv.
+  if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
 fi
 
 python3 -m venv .venv
