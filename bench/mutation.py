@@ -9,9 +9,9 @@ mutmut 3 copies the code into mutants/, mutates every function of the files unde
 selection (`pytest_add_cli_args_test_selection`) that call the mutated function. Decorated
 functions are not mutated (mutmut 3 cannot wrap them); the report lists them.
 
-Survivors that change no behaviour are listed with the reason in bench/mutation_equivalent.yaml and
-left out of the score: killed / (mutants - equivalent), timeouts counted as killed. Runs on purpose,
-not in CI (a few hours on 2 cores). Writes bench/results/mutation.json and mutation.md.
+Survivors that change no behaviour, and survivors in code that runs only on CUDA, are listed with the
+reason in bench/mutation_equivalent.yaml and left out of the score: killed / (mutants - listed),
+timeouts counted as killed. Runs on purpose, not in CI (an hour or more on 2 cores). Writes bench/results/mutation.json and mutation.md.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ SCOPE = {
     "omad/runtime/onnx_policy.py": [f"omad.runtime.onnx_policy.{name}__mutmut_*" for name in RUNTIME_VALIDATION],
 }
 DETECTED = ("killed", "timeout")
+# kinds of entry in bench/mutation_equivalent.yaml -> their column in the report
+LISTED_KINDS = {"equivalent": "equivalent", "cuda": "CUDA only"}
 
 
 def main() -> None:
@@ -124,9 +126,38 @@ def changed_lines(diff: str) -> tuple[str, str]:
     return before, after
 
 
-def load_equivalent() -> dict[tuple[str, str, str], str]:
+def load_listed() -> dict[tuple[str, str, str], tuple[str, str]]:
+    """bench/mutation_equivalent.yaml: (function, before, after) -> (kind, why). Kind `equivalent` (the
+    default) changes no behaviour; kind `cuda` changes code that only runs on a CUDA device."""
     entries = yaml.safe_load(EQUIVALENT.read_text()) or []
-    return {(e["function"], e["before"], e["after"]): e["why"] for e in entries}
+    out = {}
+    for e in entries:
+        kind = e.get("kind", "equivalent")
+        if kind not in LISTED_KINDS:
+            raise ValueError(f"{EQUIVALENT.name}: kind {kind!r} of {e['function']} is not one of {LISTED_KINDS}")
+        out[e["function"], e["before"], e["after"]] = (kind, e["why"])
+    return out
+
+
+def tally(mutants: list[dict], listed: dict[tuple[str, str, str], tuple[str, str]]) -> tuple[Counter, list, list]:
+    """Count one module's mutants by status. `mutants`: {"mutant", "status", "before", "after"} each (before
+    and after only needed for the undetected). An undetected mutant listed in bench/mutation_equivalent.yaml
+    counts under its kind and goes to the second list with its reason; any other goes to the survivors."""
+    counts: Counter = Counter(mutants=len(mutants))
+    survivors, matched = [], []
+    for m in mutants:
+        if m["status"] in DETECTED:
+            counts[m["status"]] += 1
+            continue
+        key = (function_of(m["mutant"]), m["before"], m["after"])
+        if key in listed:
+            kind, why = listed[key]
+            counts[LISTED_KINDS[kind]] += 1
+            matched.append({**m, "kind": kind, "why": why, "key": key})
+        else:
+            counts[m["status"]] += 1
+            survivors.append(m)
+    return counts, survivors, matched
 
 
 def decorated_functions(path: str) -> list[str]:
@@ -150,36 +181,27 @@ def build_report(run: dict) -> dict:
     from mutmut.mutation.diff_apply import get_diff_for_mutant
     from mutmut.stats import status_by_exit_code
 
-    equivalent = load_equivalent()
-    used_equivalents = set()
-    modules, survivors, equivalents = {}, [], []
+    listed = load_listed()
+    modules, survivors, matched = {}, [], []
     for path, patterns in SCOPE.items():
         meta = json.loads(Path("mutants", path + ".meta").read_text())["exit_code_by_key"]
         names = sorted(
             (n for n in meta if any(fnmatch(n, p) for p in patterns)),
             key=lambda n: (n.rpartition("__mutmut_")[0], int(n.rpartition("_")[2])),
         )
-        counts = Counter()
+        mutants = []
         for name in names:
             status = status_by_exit_code[meta[name]]
-            if status in DETECTED:
-                counts[status] += 1
-                continue
-            before, after = changed_lines(get_diff_for_mutant(name, path=path))
-            key = (function_of(name), before, after)
-            entry = {"mutant": name, "status": status, "before": before, "after": after}
-            if key in equivalent:
-                used_equivalents.add(key)
-                counts["equivalent"] += 1
-                equivalents.append({**entry, "why": equivalent[key]})
-            else:
-                counts[status] += 1
-                survivors.append(entry)
-        counts["mutants"] = len(names)
+            before, after = ("", "") if status in DETECTED else changed_lines(get_diff_for_mutant(name, path=path))
+            mutants.append({"mutant": name, "status": status, "before": before, "after": after})
+        counts, module_survivors, module_matched = tally(mutants, listed)
         modules[path] = dict(counts)
+        survivors += module_survivors
+        matched += module_matched
     totals = sum((Counter(c) for c in modules.values()), Counter())
-    relevant = totals["mutants"] - totals["equivalent"]
+    relevant = scored(totals)
     detected = sum(totals[s] for s in DETECTED)
+    used = {m.pop("key") for m in matched}
     return {
         "run": run,
         "score": round(detected / relevant, 4) if relevant else None,
@@ -188,25 +210,33 @@ def build_report(run: dict) -> dict:
         "totals": dict(totals),
         "modules": modules,
         "survivors": survivors,
-        "equivalent": equivalents,
-        "stale_equivalent_entries": [list(k) for k in equivalent if k not in used_equivalents],
+        "equivalent": [m for m in matched if m["kind"] == "equivalent"],
+        "cuda_only": [m for m in matched if m["kind"] == "cuda"],
+        "stale_equivalent_entries": [list(k) for k in listed if k not in used],
         "not_mutated": {path: decorated_functions(path) for path in SCOPE if decorated_functions(path)},
     }
+
+
+def scored(counts: dict) -> int:
+    """The mutants the score counts: all but the listed (equivalent, and CUDA-only on a CPU run)."""
+    return counts.get("mutants", 0) - sum(counts.get(column, 0) for column in LISTED_KINDS.values())
 
 
 # ---- writing it --------------------------------------------------------------------------------
 
 
 def format_summary(report: dict) -> str:
+    totals = report["totals"]
     return (
-        f"mutation score {report['score']:.2%}: {report['detected']} of {report['non_equivalent']} non-equivalent "
-        f"mutants killed ({report['totals'].get('equivalent', 0)} equivalent, {len(report['survivors'])} survivors)"
+        f"mutation score {report['score']:.2%}: {report['detected']} of {report['non_equivalent']} scored "
+        f"mutants killed ({totals.get('equivalent', 0)} equivalent, {totals.get('CUDA only', 0)} CUDA only, "
+        f"{len(report['survivors'])} survivors)"
     )
 
 
 def format_report(report: dict) -> str:
     run = report["run"]
-    columns = ["mutants", "killed", "timeout", "survived", "no tests", "equivalent"]
+    columns = ["mutants", "killed", "timeout", "survived", "no tests", *LISTED_KINDS.values()]
     columns += sorted(set(report["totals"]) - set(columns))  # e.g. suspicious, segfault, not checked
     lines = [
         "# Mutation testing",
@@ -216,28 +246,45 @@ def format_report(report: dict) -> str:
             f"{run.get('seconds', 0) / 60:.0f} min on commit {run.get('commit', '?')}, {run.get('date', '?')}."
         ),
         "",
-        f"**{format_summary(report)}.** Score = (killed + timeout) / (mutants - equivalent).",
+        f"**{format_summary(report)}.** Score = (killed + timeout) / (mutants - equivalent - CUDA only).",
         "",
         "| module | " + " | ".join(columns) + " | score |",
         "|---|" + "---|" * (len(columns) + 1),
     ]
     for path, counts in [*report["modules"].items(), ("total", report["totals"])]:
-        relevant = counts.get("mutants", 0) - counts.get("equivalent", 0)
+        relevant = scored(counts)
         score = sum(counts.get(s, 0) for s in DETECTED) / relevant if relevant else 1.0
         lines.append(f"| {path} | " + " | ".join(str(counts.get(c, 0)) for c in columns) + f" | {score:.1%} |")
-    lines += ["", "## Surviving mutants", ""]
-    lines += [f"- `{s['mutant']}` ({s['status']}): `{s['before']}` -> `{s['after']}`" for s in report["survivors"]] or [
-        "None."
+    sections = [
+        (
+            "Surviving mutants",
+            [f"- `{s['mutant']}` ({s['status']}): `{s['before']}` -> `{s['after']}`" for s in report["survivors"]],
+        ),
+        (
+            "Equivalent mutants (no behaviour change; not in the score)",
+            [f"- `{e['mutant']}`: `{e['before']}` -> `{e['after']}`. {e['why']}" for e in report["equivalent"]],
+        ),
+        (
+            "CUDA-only mutants (code a CPU run cannot execute; not in the score)",
+            [
+                f"- `{e['mutant']}` ({e['status']}): `{e['before']}` -> `{e['after']}`. {e['why']}"
+                for e in report.get("cuda_only", [])
+            ],
+        ),
+        (
+            "Not mutated (decorated functions, which mutmut 3 skips)",
+            [f"- {path}: {', '.join(funcs)}" for path, funcs in report["not_mutated"].items()],
+        ),
     ]
-    lines += ["", "## Equivalent mutants (no behaviour change; not in the score)", ""]
-    lines += [f"- `{e['mutant']}`: `{e['before']}` -> `{e['after']}`. {e['why']}" for e in report["equivalent"]] or [
-        "None."
-    ]
-    lines += ["", "## Not mutated (decorated functions, which mutmut 3 skips)", ""]
-    lines += [f"- {path}: {', '.join(funcs)}" for path, funcs in report["not_mutated"].items()] or ["None."]
     if report["stale_equivalent_entries"]:
-        lines += ["", "## Entries of bench/mutation_equivalent.yaml that matched no survivor", ""]
-        lines += [f"- `{f}`: `{b}` -> `{a}`" for f, b, a in report["stale_equivalent_entries"]]
+        sections.append(
+            (
+                "Entries of bench/mutation_equivalent.yaml that matched no survivor",
+                [f"- `{f}`: `{b}` -> `{a}`" for f, b, a in report["stale_equivalent_entries"]],
+            )
+        )
+    for title, items in sections:
+        lines += ["", f"## {title}", "", *(items or ["None."])]
     return "\n".join(lines) + "\n"
 
 

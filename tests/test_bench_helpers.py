@@ -11,7 +11,7 @@ import shlex
 import pytest
 
 from bench.common import REPO, command, repo_relative
-from bench.mutation import changed_lines, function_of
+from bench.mutation import changed_lines, function_of, scored, tally
 from bench.sample_efficiency import job_hours
 from bench.training import updates_per_second
 
@@ -61,6 +61,38 @@ def test_mutant_names_and_diffs_are_read_as_the_report_shows_them():
     )
     diff = "--- a.py\n+++ b.py\n@@ -1,2 +1,2 @@\n-    x = a + b\n-    y = 1\n+    x = a - b\n+    y = 2\n"
     assert changed_lines(diff) == ("x = a + b / y = 1", "x = a - b / y = 2")
+
+
+def test_listed_survivors_leave_the_score_by_kind_and_the_rest_stay_survivors():
+    def mutant(n, status, before="", after=""):
+        return {"mutant": f"m.x_f__mutmut_{n}", "status": status, "before": before, "after": after}
+
+    mutants = [
+        mutant(1, "killed"),
+        mutant(2, "timeout"),
+        mutant(3, "survived", "a + b", "a - b"),  # listed equivalent
+        mutant(4, "survived", "if cuda:", "if not cuda:"),  # listed CUDA-only
+        mutant(5, "survived", "a + b", "a * b"),  # same function, another change: not listed
+        mutant(6, "no tests", "y = 1", "y = 2"),
+    ]
+    listed = {
+        ("m.f", "a + b", "a - b"): ("equivalent", "why 1"),
+        ("m.f", "if cuda:", "if not cuda:"): ("cuda", "why 2"),
+        ("m.g", "a + b", "a * b"): ("equivalent", "another function"),
+    }
+    counts, survivors, matched = tally(mutants, listed)
+    assert counts == {
+        "mutants": 6,
+        "killed": 1,
+        "timeout": 1,
+        "equivalent": 1,
+        "CUDA only": 1,
+        "survived": 1,
+        "no tests": 1,
+    }
+    assert [s["mutant"] for s in survivors] == ["m.x_f__mutmut_5", "m.x_f__mutmut_6"]
+    assert [(m["kind"], m["why"]) for m in matched] == [("equivalent", "why 1"), ("cuda", "why 2")]
+    assert scored(counts) == 4  # 6 mutants less the two listed: the score is 2 of 4
 
 
 def test_job_hours_sums_every_run_and_every_resumed_segment(tmp_path):
