@@ -59,6 +59,44 @@ def test_compiled_update_equals_the_eager_one():
     torch.testing.assert_close(compiled.log_alpha, eager.log_alpha)
 
 
+def test_update_hands_the_batch_and_the_actor_step_to_the_cuda_graphs_and_returns_their_metrics():
+    """On CUDA a captured graph replaces the eager step; `update` must pass it each batch with the
+    policy-delay schedule (actor steps at updates 0 and 2 of delay 2) and return what it computed.
+    A recording stand-in takes the graph's place, so this runs on the CPU."""
+    spec = toy_spec([5, 7, 3], [2, 3, 1])
+    layout = AgentLayout(spec)
+    algo = OMAD(toy_omad_config(), layout, spec.state_dim, (-10.0, 10.0))
+    calls = []
+
+    def graphs(batch, actor_step):
+        calls.append((batch, actor_step))
+        return {"critic_loss": torch.tensor(float(len(calls)))}
+
+    algo.graphs = graphs
+    before = {k: v.clone() for k, v in algo.critic.state_dict().items()}
+    rng = np.random.default_rng(0)
+    batches = [toy_batch(layout, spec.state_dim, 8, rng) for _ in range(3)]
+    returned = [algo.update(b) for b in batches]
+    assert [(b is batch, step) for (b, step), batch in zip(calls, batches)] == [
+        (True, True),
+        (True, False),
+        (True, True),
+    ]
+    assert [m["critic_loss"].item() for m in returned] == [1.0, 2.0, 3.0]
+    assert algo.num_updates == 3
+    for key, value in algo.critic.state_dict().items():  # the eager step did not run as well
+        assert torch.equal(value, before[key]), key
+
+
+def test_cuda_graphs_are_refused_off_cuda_and_not_chosen_for_a_compiled_cpu_update():
+    spec = toy_spec([5, 7, 3], [2, 3, 1])
+    layout = AgentLayout(spec)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device, not cpu"):
+        OMAD(toy_omad_config(), layout, spec.state_dim, (-10.0, 10.0), cuda_graphs=True)
+    compiled = OMAD(toy_omad_config(compile=True), layout, spec.state_dim, (-10.0, 10.0))  # compiles lazily
+    assert compiled.graphs is None
+
+
 def test_stacked_agents_equal_a_per_agent_loop():
     obs_dims, act_dims = [6, 9, 4], [2, 3, 1]
     low = [[-1.0] * d for d in act_dims]
