@@ -128,7 +128,8 @@ def changed_lines(diff: str) -> tuple[str, str]:
 
 def load_listed() -> dict[tuple[str, str, str], tuple[str, str]]:
     """bench/mutation_equivalent.yaml: (function, before, after) -> (kind, why). Kind `equivalent` (the
-    default) changes no behaviour; kind `cuda` changes code that only runs on a CUDA device."""
+    default) changes no behaviour; kind `cuda` changes code that only runs on a CUDA device. An `after`
+    of "*" stands for every mutant of the line."""
     entries = yaml.safe_load(EQUIVALENT.read_text()) or []
     out = {}
     for e in entries:
@@ -149,7 +150,8 @@ def tally(mutants: list[dict], listed: dict[tuple[str, str, str], tuple[str, str
         if m["status"] in DETECTED:
             counts[m["status"]] += 1
             continue
-        key = (function_of(m["mutant"]), m["before"], m["after"])
+        exact = (function_of(m["mutant"]), m["before"], m["after"])
+        key = exact if exact in listed else (exact[0], exact[1], "*")  # "*": any mutant of the line
         if key in listed:
             kind, why = listed[key]
             counts[LISTED_KINDS[kind]] += 1

@@ -74,25 +74,27 @@ def test_listed_survivors_leave_the_score_by_kind_and_the_rest_stay_survivors():
         mutant(4, "survived", "if cuda:", "if not cuda:"),  # listed CUDA-only
         mutant(5, "survived", "a + b", "a * b"),  # same function, another change: not listed
         mutant(6, "no tests", "y = 1", "y = 2"),
+        mutant(7, "survived", "graphs = capture()", "graphs = None"),  # listed CUDA-only, any change of the line
     ]
     listed = {
         ("m.f", "a + b", "a - b"): ("equivalent", "why 1"),
         ("m.f", "if cuda:", "if not cuda:"): ("cuda", "why 2"),
         ("m.g", "a + b", "a * b"): ("equivalent", "another function"),
+        ("m.f", "graphs = capture()", "*"): ("cuda", "why 3"),
     }
     counts, survivors, matched = tally(mutants, listed)
     assert counts == {
-        "mutants": 6,
+        "mutants": 7,
         "killed": 1,
         "timeout": 1,
         "equivalent": 1,
-        "CUDA only": 1,
+        "CUDA only": 2,
         "survived": 1,
         "no tests": 1,
     }
     assert [s["mutant"] for s in survivors] == ["m.x_f__mutmut_5", "m.x_f__mutmut_6"]
-    assert [(m["kind"], m["why"]) for m in matched] == [("equivalent", "why 1"), ("cuda", "why 2")]
-    assert scored(counts) == 4  # 6 mutants less the two listed: the score is 2 of 4
+    assert [(m["kind"], m["why"]) for m in matched] == [("equivalent", "why 1"), ("cuda", "why 2"), ("cuda", "why 3")]
+    assert scored(counts) == 4  # 7 mutants less the three listed: the score is 2 of 4
 
 
 def test_job_hours_sums_every_run_and_every_resumed_segment(tmp_path):
