@@ -91,15 +91,13 @@ def main() -> None:
         subprocess.run([str(mutmut), "run", "--max-children", str(args.max_children), *patterns], env=env, check=True)
         elapsed = time.monotonic() - started
         if args.only:
-            run = {**run, "last_partial": {"patterns": args.only, "seconds": round(elapsed)}}
+            run = {**run, "last_partial": {"patterns": args.only, "seconds": round(elapsed), "commit": head_commit()}}
         else:
             run = {
                 "command": "make mutation",
                 "seconds": round(elapsed),
                 "max_children": args.max_children,
-                "commit": subprocess.run(
-                    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-                ).stdout.strip(),
+                "commit": head_commit(),
                 "date": time.strftime("%Y-%m-%d"),
             }
     report = build_report(run)
@@ -107,6 +105,10 @@ def main() -> None:
     (RESULTS / "mutation.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     (RESULTS / "mutation.md").write_text(format_report(report))
     print(format_summary(report))
+
+
+def head_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
 # ---- reading mutmut's results ------------------------------------------------------------------
@@ -240,12 +242,19 @@ def format_report(report: dict) -> str:
     run = report["run"]
     columns = ["mutants", "killed", "timeout", "survived", "no tests", *LISTED_KINDS.values()]
     columns += sorted(set(report["totals"]) - set(columns))  # e.g. suspicious, segfault, not checked
+    partial = run.get("last_partial")
+    retested = (
+        f" Then re-tested on commit {partial.get('commit', '?')} ({partial['seconds']} s), keeping the other results: "
+        f"`{' '.join(partial['patterns'])}`."
+        if partial
+        else ""
+    )
     lines = [
         "# Mutation testing",
         "",
         (
             f"`{run.get('command', 'make mutation')}` (mutmut, {run.get('max_children', '?')} workers): "
-            f"{run.get('seconds', 0) / 60:.0f} min on commit {run.get('commit', '?')}, {run.get('date', '?')}."
+            f"{run.get('seconds', 0) / 60:.0f} min on commit {run.get('commit', '?')}, {run.get('date', '?')}.{retested}"
         ),
         "",
         f"**{format_summary(report)}.** Score = (killed + timeout) / (mutants - equivalent - CUDA only).",
