@@ -11,7 +11,8 @@ functions are not mutated (mutmut 3 cannot wrap them); the report lists them.
 
 Survivors that change no behaviour, and survivors in code that runs only on CUDA, are listed with the
 reason in bench/mutation_equivalent.yaml and left out of the score: killed / (mutants - listed),
-timeouts counted as killed. Runs on purpose, not in CI (an hour or more on 2 cores). Writes bench/results/mutation.json and mutation.md.
+timeouts counted as killed. Runs on purpose, not in CI (about an hour on 2 cores). Writes
+bench/results/mutation.json and mutation.md.
 """
 
 from __future__ import annotations
@@ -210,14 +211,14 @@ def build_report(run: dict) -> dict:
         "run": run,
         "score": round(detected / relevant, 4) if relevant else None,
         "detected": detected,
-        "non_equivalent": relevant,
+        "scored": relevant,
         "totals": dict(totals),
         "modules": modules,
         "survivors": survivors,
         "equivalent": [m for m in matched if m["kind"] == "equivalent"],
         "cuda_only": [m for m in matched if m["kind"] == "cuda"],
         "stale_equivalent_entries": [list(k) for k in listed if k not in used],
-        "not_mutated": {path: decorated_functions(path) for path in SCOPE if decorated_functions(path)},
+        "not_mutated": {path: funcs for path in SCOPE if (funcs := decorated_functions(path))},
     }
 
 
@@ -232,7 +233,7 @@ def scored(counts: dict) -> int:
 def format_summary(report: dict) -> str:
     totals = report["totals"]
     return (
-        f"mutation score {report['score']:.2%}: {report['detected']} of {report['non_equivalent']} scored "
+        f"mutation score {report['score']:.2%}: {report['detected']} of {report['scored']} scored "
         f"mutants killed ({totals.get('equivalent', 0)} equivalent, {totals.get('CUDA only', 0)} CUDA only, "
         f"{len(report['survivors'])} survivors)"
     )
@@ -279,7 +280,7 @@ def format_report(report: dict) -> str:
             "CUDA-only mutants (code a CPU run cannot execute; not in the score)",
             [
                 f"- `{e['mutant']}` ({e['status']}): `{e['before']}` -> `{e['after']}`. {e['why']}"
-                for e in report.get("cuda_only", [])
+                for e in report["cuda_only"]
             ],
         ),
         (
