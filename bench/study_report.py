@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from omad.experiments.report import collect, write_report
 
 if TYPE_CHECKING:
@@ -16,6 +18,12 @@ if TYPE_CHECKING:
 
 MILESTONES = (15_000, 30_000, 50_000)  # env steps the study gives every IQM at, where a curve has them
 VERDICT_MODE = "deterministic"  # as HARL evaluates; the stochastic mode stands beside it
+ABLATION = "omad-gaussian"
+PAPER_RATIOS = (2.5, 5.0)  # the sample-efficiency ratios the paper reports
+PROJECTED_STEPS = 1_000_000  # the budget per run the cost projection is made for
+PROJECTED_SEEDS = 5
+NAMES = {"omad": "OMAD", "omad-gaussian": "OMAD-Gaussian", "hasac": "HASAC", "hatd3": "HATD3"}
+GPU_CHECK = Path(__file__).parent / "results" / "gpu_check" / "second-run.json"  # its OMAD update rates
 
 
 def arm_label(arm: str) -> str:
@@ -33,8 +41,162 @@ def task_table(task_dir: Path, arms: list[str]) -> dict:
     return table
 
 
+def placement(probability: list[float]) -> str:
+    """Where OMAD ends against B, from P(OMAD > B) and its 95% interval: above or below when the interval
+    excludes 1/2, level otherwise."""
+    _, low, high = probability
+    return "above" if low > 0.5 else "below" if high < 0.5 else "level with"
+
+
+def _iqm(values: list[float]) -> str:
+    return "{:.0f} [{:.0f}, {:.0f}]".format(*values)
+
+
+def _ratio(eff: dict) -> str:
+    return f"{eff['ratio']:.2f}x" if eff["reached"] else f"not reached (< {eff['ratio_upper_bound']:.2f}x)"
+
+
+def verdict(report: dict, env: str, controls: dict[str, str], cost: list[dict]) -> list[str]:
+    """The study's verdict in words, from the report of one env (verdict mode, the other beside it):
+    OMAD against its ablation, what the baselines' presets cost (each baseline against its `controls`
+    label), the ratios against the paper's, and what a larger budget needs (`cost`, rows of
+    `cost_rows`). Parts whose runs are missing are left out."""
+    mode, other = report["mode"], report["other_mode"]["mode"]
+    data, beside = report["envs"][env], report["other_mode"]["envs"].get(env, {})
+    algos, efficiency = data["algos"], data["sample_efficiency"]
+    lines = []
+    if ABLATION in efficiency:
+        omad, gauss = algos["omad"], algos[ABLATION]
+        p, p_other = data["probability_of_improvement"][ABLATION], beside["probability_of_improvement"][ABLATION]
+        lines.append(
+            f"- **OMAD against its Gaussian ablation.** At {omad['budget']} env steps OMAD ends "
+            f"**{placement(p)}** OMAD-Gaussian in the {mode} mode: IQM {_iqm(omad['final_return_iqm'])} against "
+            f"{_iqm(gauss['final_return_iqm'])} ({len(omad['seeds'])} and {len(gauss['seeds'])} seeds), "
+            f"P(OMAD > OMAD-Gaussian) = {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]. In the {other} mode it ends "
+            f"{placement(p_other)} it (P = {p_other[0]:.2f} [{p_other[1]:.2f}, {p_other[2]:.2f}])."
+        )
+    at = report["at"].get(env, {})
+    for base, control in controls.items():
+        if control not in algos or "budget" not in algos[control]:
+            continue
+        step = str(algos[control]["budget"])
+        presets, omad_there = at.get(base, {}).get(mode, {}).get(step), at.get("omad", {}).get(mode, {}).get(step)
+        if presets is None or omad_there is None:
+            continue
+        matched = algos[control]["final_return_iqm"][0]
+        lead, gain = omad_there[0] - presets[0], matched - presets[0]
+        if lead <= 0:
+            share = f"OMAD is not ahead of {base.upper()} at its presets there"
+        elif gain <= 0:
+            share = (
+                f"OMAD's settings do not help {base.upper()}, so its presets do not explain OMAD's lead of {lead:.0f}"
+            )
+        elif gain >= lead:
+            share = f"OMAD's settings close all of OMAD's lead of {lead:.0f} over {base.upper()} at its presets"
+        else:
+            share = f"OMAD's settings close {gain / lead:.0%} of OMAD's lead of {lead:.0f} over {base.upper()} at its presets"
+        lines.append(
+            f"- **{base.upper()}: its presets against OMAD's settings.** At {step} env steps {base.upper()} scores "
+            f"{presets[0]:.0f} at its presets and {matched:.0f} at OMAD's settings, where OMAD scores "
+            f"{omad_there[0]:.0f}: {share}."
+        )
+    if efficiency:
+        paper = [b for b, eff in efficiency.items() if eff["reached"] and eff["ratio"] >= PAPER_RATIOS[0]]
+        matched_set = {ABLATION, *controls.values()}
+        listing = "; ".join(
+            f"{b} {_ratio(efficiency[b])}"
+            + (
+                f" (its own curve first reaches its final return at {efficiency[b]['baseline_step']:.0f} of "
+                f"{efficiency[b]['baseline_budget']} steps)"
+                if efficiency[b]["baseline_step"] < efficiency[b]["baseline_budget"]
+                else ""
+            )
+            for b in efficiency
+        )
+        fair = [b for b in paper if b in matched_set]
+        reading = (
+            f"Against the ablation and at matched settings, {', '.join(fair)} reach{'es' if len(fair) == 1 else ''} "
+            "the paper's range."
+            if fair
+            else "Against the ablation and the baselines at OMAD's settings, no ratio reaches it"
+            + (f"; only baselines at their presets do ({', '.join(paper)})." if paper else ".")
+        )
+        lines.append(
+            f"- **The paper's {PAPER_RATIOS[0]:g}-{PAPER_RATIOS[1]:g}x.** The sample-efficiency ratios in the {mode} "
+            f"mode: {listing}. {reading}"
+        )
+    if cost:
+        here = sum(row["hours_here"] for row in cost) * PROJECTED_SEEDS
+        gpu = [row for row in cost if row["hours_gpu"] is not None]
+        on_gpu = "".join(
+            f" With its updates on a GPU and the rest as here, one {NAMES.get(row['algo'], row['algo'])} run would take "
+            f"{row['hours_gpu']:.1f} h instead of {row['hours_here']:.1f} h."
+            for row in gpu
+        )
+        lines.append(
+            f"- **A larger budget.** {PROJECTED_SEEDS} seeds of each of the {len(cost)} algorithms at "
+            f"{PROJECTED_STEPS:,} env steps need about {here:,.0f} job-hours at the costs measured here "
+            f"(the table below).{on_gpu}"
+        )
+    return lines
+
+
+def run_hours(updates_per_s: float, other_s_per_step: float) -> float:
+    """Hours of one run of PROJECTED_STEPS env steps, one update per step."""
+    return PROJECTED_STEPS * (1 / updates_per_s + other_s_per_step) / 3600
+
+
+def cost_rows(costs: dict[str, list[tuple[float, float]]], gpu: dict[str, float]) -> list[dict]:
+    """Per algorithm, the projected hours of one run of PROJECTED_STEPS env steps (one update per step):
+    here, from the medians over its runs of `run_costs`' update rate and other seconds per env step; and
+    with its updates at `gpu`'s rate (where measured), the rest as here."""
+    rows = []
+    for algo, runs in costs.items():
+        rate, other = (float(np.median([run[i] for run in runs])) for i in (0, 1))
+        rows.append(
+            {
+                "algo": algo,
+                "runs": len(runs),
+                "updates_per_s": rate,
+                "other_s_per_step": other,
+                "hours_here": run_hours(rate, other),
+                "gpu_updates_per_s": gpu.get(algo),
+                "hours_gpu": run_hours(gpu[algo], other) if algo in gpu else None,
+            }
+        )
+    return rows
+
+
+def cost_table(rows: list[dict]) -> list[str]:
+    lines = [
+        (
+            f"| algo | runs | updates/s here | other s per env step here | h per run of {PROJECTED_STEPS:,} steps here | "
+            "updates/s on the GPU | h per run with GPU updates |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        gpu = f"{row['gpu_updates_per_s']:.0f} | {row['hours_gpu']:.1f}" if row["hours_gpu"] is not None else "- | -"
+        lines.append(
+            f"| {row['algo']} | {row['runs']} | {row['updates_per_s']:.1f} | {row['other_s_per_step']:.4f} | "
+            f"{row['hours_here']:.1f} | {gpu} |"
+        )
+    return lines
+
+
+def gpu_update_rates(path: Path, denoising_steps: int | None) -> dict[str, float]:
+    """{"omad": the fastest OMAD update rate of a GPU check}, when it measured the study's K; else {}."""
+    if not path.is_file():
+        return {}
+    updates = json.loads(path.read_text()).get("updates") or {}
+    rates = [row["updates_per_s"] for row in updates.get("rows", []) if row.get("updates_per_s")]
+    if updates.get("denoising_steps") != denoising_steps or not rates:
+        return {}
+    return {"omad": max(rates)}
+
+
 def write_study_report(root: Path, tasks: dict[str, Task], reps: int) -> dict:
-    from bench.sample_efficiency import job_hours
+    from bench.sample_efficiency import job_hours, run_costs
 
     study: dict = {}
     for name, task in tasks.items():
@@ -45,6 +207,12 @@ def write_study_report(root: Path, tasks: dict[str, Task], reps: int) -> dict:
         longest = max(max(arm.budgets.values()) for arm in task.arms.values())
         at = tuple(step for step in MILESTONES if step <= longest)
         report = write_report(table, task_dir / "report", name, reps, VERDICT_MODE, at)
+        controls = {
+            algo: arm_label("control").format(algo=algo) for algo in getattr(task.arms.get("control"), "budgets", {})
+        }
+        configs = sorted(task_dir.glob("presets/*/omad/seed-*/config.json"))
+        k = json.loads(configs[0].read_text())["denoising_steps"] if configs else None
+        cost = cost_rows(run_costs(task_dir / "presets"), gpu_update_rates(GPU_CHECK, k))
         study[name] = {
             "env": task.env,
             "protocol": task.shared,
@@ -59,6 +227,8 @@ def write_study_report(root: Path, tasks: dict[str, Task], reps: int) -> dict:
                 if (task_dir / arm_name).is_dir()
             },
             "report": f"{name}/report/report.md",
+            "verdict": verdict(report, task.env, controls, cost) if task.env in report["envs"] else [],
+            "cost": cost,
             "finals": {
                 mode: {
                     algo: {key: info.get(key) for key in ("final_return_iqm", "seeds", "jobs", "budget")}
@@ -69,7 +239,26 @@ def write_study_report(root: Path, tasks: dict[str, Task], reps: int) -> dict:
             },
         }
     (root / "study.json").write_text(json.dumps(study, indent=2) + "\n")
-    lines = ["## Runs", ""]
+    lines = ["## Verdict", ""]
+    for name, entry in study.items():
+        lines += [f"### {name}", "", *entry["verdict"], ""]
+        if entry["cost"]:
+            lines += [
+                f"#### What a larger budget needs ({name})",
+                "",
+                (
+                    f"One run of {PROJECTED_STEPS:,} env steps (one update per step) per algorithm at its presets, "
+                    "projected from the costs this study's runs measured: the median over runs of updates per "
+                    "second of update time, and of the other seconds per env step (env steps, evaluations, "
+                    "checkpoints). The runs shared two cores, two jobs at a time. The GPU column keeps the other "
+                    "seconds and takes the fastest update rate the GPU check measured at the study's K "
+                    "(Performance, 'Measured on one H200'); only OMAD has one."
+                ),
+                "",
+                *cost_table(entry["cost"]),
+                "",
+            ]
+    lines += ["## Runs", ""]
     for name, entry in study.items():
         for arm, info in entry["arms"].items():
             budgets = ", ".join(f"{algo} {steps}" for algo, steps in info["budgets"].items())

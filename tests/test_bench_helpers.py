@@ -12,7 +12,7 @@ import pytest
 
 from bench.common import REPO, command, repo_relative
 from bench.mutation import changed_lines, function_of, scored, tally
-from bench.sample_efficiency import job_hours
+from bench.sample_efficiency import job_hours, run_costs
 from bench.training import updates_per_second
 
 
@@ -110,3 +110,20 @@ def test_job_hours_sums_every_run_and_every_resumed_segment(tmp_path):
     # killed in warm-up (env time only), resumed into updates: the total rises, one clock drops
     write("hatd3", 0, [(0.0, 30.0), (0.0, 60.0), (200.0, 10.0)])
     assert job_hours(tmp_path) == pytest.approx((1080 + 1500 + 1020 + 60 + 210) / 3600)
+
+
+def test_run_costs_split_kept_updates_from_everything_else(tmp_path):
+    def write(algo: str, seed: int, rows: list[tuple[float, float, int]]) -> None:
+        run = tmp_path / "env" / algo / f"seed-{seed}"
+        run.mkdir(parents=True)
+        lines = [
+            json.dumps({"step": 100 * (i + 1), "seconds_update": u, "seconds_env": e, "updates": n})
+            for i, (u, e, n) in enumerate(rows)
+        ]
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+    # resumed at update 100: 300 updates in 20 + 30 s; env time 4 + 6 s over its 400 steps
+    write("omad", 0, [(10.0, 2.0, 50), (20.0, 4.0, 100), (5.0, 1.0, 150), (30.0, 6.0, 300)])
+    write("omad", 1, [(0.0, 1.0, 0), (40.0, 3.0, 100)])  # 100 updates in 40 s; 3 s over 200 steps
+    write("hasac", 0, [(0.0, 2.0, 0)])  # warm-up only: no rate
+    assert run_costs(tmp_path) == {"omad": [(6.0, 10 / 400), (2.5, 3 / 200)]}

@@ -150,6 +150,10 @@ def test_report_numbers_are_exact(tmp_path):
     assert "| 400 | 45.00 | 400 | not reached in 400 | not reached (< 1.00x) | [1.00x, 1.14x] (" in md
     assert "| mamujoco:Ant-2x4 | hatd3 | " in md and "| 400 | 0.50 | 183 | 188 | 2.13x |" in md
     assert "| mamujoco:Ant-2x4 | omad | 2 | 400 | 1600 cells of 1 m over +-20 m | 60.0% ± 10.0% |" in md
+    # per seed, both modes (the stochastic return is the deterministic one less 100)
+    assert "| mpe:simple_spread_v3 | omad | deterministic | 0: 30.00, 1: 50.00 |" in md
+    assert "| mpe:simple_spread_v3 | omad | stochastic | 0: -70.00, 1: -50.00 |" in md
+    assert "| mamujoco:Ant-2x4 | hatd3 | deterministic | 0: 0.50 |" in md
     assert "linearly interpolated" in md and "![mpe:simple_spread_v3](curves_mpe_simple_spread_v3.png)" in md
     assert "![mpe:simple_spread_v3](profile_mpe_simple_spread_v3.png)" in md
 

@@ -408,6 +408,14 @@ def build_markdown(report: dict, title: str) -> str:
             else:
                 lines.append(f"| {env} | {algo} | 0 of {info['jobs']} | - | no finished runs yet | | {other_iqm} |")
 
+    lines += ["", "## Final return per seed", "", "| env | algo | mode | seed: final return |", "|---|---|---|---|"]
+    for part in (report, other):
+        for env, data in part["envs"].items():
+            for algo, info in data["algos"].items():
+                if "budget" in info:
+                    finals = ", ".join(f"{s}: {r:.2f}" for s, r in zip(info["seeds"], info["final_returns"]))
+                    lines.append(f"| {env} | {algo} | {part['mode']} | {finals} |")
+
     if report["at"]:
         lines += [
             "",
