@@ -178,8 +178,7 @@ def plan(tasks: list[str], steps: dict, seeds: int, workers: int, hours: float) 
 
 
 def sweep_jobs(root: Path, name: str, steps: dict, seeds: list[int], quick: bool, cpus: int, backend: str) -> list:
-    """Every job of a task's arms, recorded in each arm's sweep.json, in seed-major order (a study cut
-    off midway holds every arm and algo at the same seeds), in each arm's algo order within a seed."""
+    """Every job of a task's arms, recorded in each arm's sweep.json, in the order `job_order` gives."""
     task = TASKS[name]
     per_arm = {}
     for arm_name, arm in task.arms.items():
@@ -195,10 +194,24 @@ def sweep_jobs(root: Path, name: str, steps: dict, seeds: list[int], quick: bool
             write_sweep_file(out, planned, base, backend)
             jobs += planned
         per_arm[arm_name] = jobs
+    return job_order(task, per_arm, seeds)
+
+
+def job_order(task: Task, per_arm: dict[str, list], seeds: list[int]) -> list:
+    """First the seeds every arm and algo runs, seed-major (a study cut off there holds them all at the same
+    seeds), each seed in the arms' algo order; then the other jobs, shortest budget first, seed-major
+    within a budget (the cheap runs finish before the long ones take the workers)."""
     order = {(arm, algo): i for i, (arm, algo) in enumerate((a, g) for a in task.arms for g in task.arms[a].budgets)}
+    common = min(arm.max_seeds.get(algo, len(seeds)) for arm in task.arms.values() for algo in arm.budgets)
+    first = set(seeds[:common])
+
+    def key(arm_job: tuple) -> tuple:
+        arm, job = arm_job
+        rank = order[arm, job.algo]
+        return (0, 0, job.seed, rank) if job.seed in first else (1, job.config["total_steps"], job.seed, rank)
+
     everything = [(arm, job) for arm, jobs in per_arm.items() for job in jobs]
-    everything.sort(key=lambda aj: (aj[1].seed, order[aj[0], aj[1].algo]))
-    return [job for _, job in everything]
+    return [job for _, job in sorted(everything, key=key)]
 
 
 def main() -> None:

@@ -127,3 +127,33 @@ def test_run_costs_split_kept_updates_from_everything_else(tmp_path):
     write("omad", 1, [(0.0, 1.0, 0), (40.0, 3.0, 100)])  # 100 updates in 40 s; 3 s over 200 steps
     write("hasac", 0, [(0.0, 2.0, 0)])  # warm-up only: no rate
     assert run_costs(tmp_path) == {"omad": [(6.0, 10 / 400), (2.5, 3 / 200)]}
+
+
+def test_study_jobs_run_common_seeds_first_then_short_budgets_first():
+    from types import SimpleNamespace
+
+    from bench.sample_efficiency import Arm, Task, job_order
+
+    task = Task(
+        "env",
+        {},
+        {
+            "presets": Arm({"omad": 50_000, "hatd3": 50_000}, max_seeds={"hatd3": 2}),
+            "control": Arm({"hasac": 15_000}),
+        },
+    )
+
+    def jobs(algo: str, budget: int, seeds: list[int]) -> list:
+        return [SimpleNamespace(algo=algo, seed=s, config={"total_steps": budget}) for s in seeds]
+
+    per_arm = {
+        "presets": jobs("omad", 50_000, [0, 1, 2, 3]) + jobs("hatd3", 50_000, [0, 1]),
+        "control": jobs("hasac", 15_000, [0, 1, 2, 3]),
+    }
+    got = [(job.algo, job.seed) for job in job_order(task, per_arm, [0, 1, 2, 3])]
+    assert got == [
+        ("omad", 0), ("hatd3", 0), ("hasac", 0),
+        ("omad", 1), ("hatd3", 1), ("hasac", 1),
+        ("hasac", 2), ("hasac", 3),  # beyond the seeds every algo runs: the 15k budget first
+        ("omad", 2), ("omad", 3),
+    ]  # fmt: skip
