@@ -20,6 +20,7 @@ wall time of the current budgets; nothing is trained.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 from dataclasses import dataclass, field
@@ -140,17 +141,24 @@ def job_hours(task_dir: Path) -> float:
     return sum(sum(clocks.values()) for clocks in runs) / 3600
 
 
-def run_costs(arm_dir: Path) -> dict[str, list[tuple[float, float]]]:
-    """{algo: [(updates per second of update time, seconds of everything else per env step)]}, one per
-    run of a sweep dir that has updated: what a run's length costs, split into its updates and the rest
-    (env steps, evaluations, checkpoints)."""
-    costs: dict[str, list[tuple[float, float]]] = {}
+def run_costs(arm_dir: Path) -> dict[str, list[list[tuple[float, float]]]]:
+    """{algo: one list per run of a sweep dir: (updates per second of update time, seconds of everything
+    else per env step) over each interval between two evaluations that made updates}: what a run's
+    length costs, split into its updates and the rest (env steps, evaluations, checkpoints). The first
+    record after a resume starts a new process's clocks, so no interval ends there."""
+    costs: dict[str, list[list[tuple[float, float]]]] = {}
     for metrics in sorted(arm_dir.glob("*/*/seed-*/metrics.jsonl")):
-        clocks, last = run_seconds(metrics)
-        update_s, updates, steps = clocks.get("seconds_update", 0.0), last.get("updates", 0), last.get("step", 0)
-        if updates and update_s and steps:
-            other = sum(clocks.values()) - update_s
-            costs.setdefault(metrics.parent.parent.name, []).append((updates / update_s, other / steps))
+        rows = [json.loads(line) for line in filter(str.strip, metrics.read_text().splitlines())]
+        intervals = []
+        for before, after in itertools.pairwise(rows):
+            clocks = {k: after[k] - before.get(k, 0.0) for k in after if k.startswith("seconds_")}
+            updates, steps = after.get("updates", 0) - before.get("updates", 0), after["step"] - before["step"]
+            if any(v < 0 for v in clocks.values()) or updates <= 0 or clocks.get("seconds_update", 0.0) <= 0:
+                continue
+            other = sum(clocks.values()) - clocks["seconds_update"]
+            intervals.append((updates / clocks["seconds_update"], other / steps))
+        if intervals:
+            costs.setdefault(metrics.parent.parent.name, []).append(intervals)
     return costs
 
 

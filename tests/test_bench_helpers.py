@@ -112,7 +112,7 @@ def test_job_hours_sums_every_run_and_every_resumed_segment(tmp_path):
     assert job_hours(tmp_path) == pytest.approx((1080 + 1500 + 1020 + 60 + 210) / 3600)
 
 
-def test_run_costs_split_kept_updates_from_everything_else(tmp_path):
+def test_run_costs_are_per_interval_and_skip_the_interval_a_resume_restarts(tmp_path):
     def write(algo: str, seed: int, rows: list[tuple[float, float, int]]) -> None:
         run = tmp_path / "env" / algo / f"seed-{seed}"
         run.mkdir(parents=True)
@@ -122,11 +122,12 @@ def test_run_costs_split_kept_updates_from_everything_else(tmp_path):
         ]
         (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
-    # resumed at update 100: 300 updates in 20 + 30 s; env time 4 + 6 s over its 400 steps
+    # 50 updates in 10 s, env 2 s over 100 steps; then a resume (the clocks drop: no interval); then
+    # 150 updates in 25 s, env 5 s over 100 steps
     write("omad", 0, [(10.0, 2.0, 50), (20.0, 4.0, 100), (5.0, 1.0, 150), (30.0, 6.0, 300)])
-    write("omad", 1, [(0.0, 1.0, 0), (40.0, 3.0, 100)])  # 100 updates in 40 s; 3 s over 200 steps
-    write("hasac", 0, [(0.0, 2.0, 0)])  # warm-up only: no rate
-    assert run_costs(tmp_path) == {"omad": [(6.0, 10 / 400), (2.5, 3 / 200)]}
+    write("omad", 1, [(0.0, 1.0, 0), (40.0, 3.0, 100)])  # 100 updates in 40 s; 2 s over 100 steps
+    write("hasac", 0, [(0.0, 2.0, 0), (0.0, 4.0, 0)])  # warm-up only: no interval with updates
+    assert run_costs(tmp_path) == {"omad": [[(5.0, 0.02), (6.0, 0.05)], [(2.5, 0.02)]]}
 
 
 def test_study_jobs_run_common_seeds_first_then_short_budgets_first():
