@@ -252,16 +252,16 @@ def write_study_report(root: Path, tasks: dict[str, Task], reps: int) -> dict:
         controls = {
             algo: arm_label("control").format(algo=algo) for algo in getattr(task.arms.get("control"), "budgets", {})
         }
-        # the milestones, and the control arm's budgets, where the verdict sets it against the presets
-        compared = {
-            *(step for step in MILESTONES if step <= longest),
-            *getattr(task.arms.get("control"), "budgets", {}).values(),
+        # the milestones, and the budgets the control arm's runs reached, where the verdict sets them against
+        # the presets
+        reached = {
+            curve.budget
+            for algos in table.values()
+            for label, entry in algos.items()
+            if label in controls.values() and (curve := entry["curves"].get(VERDICT_MODE)) is not None
         }
-        at = tuple(sorted(compared))
+        at = tuple(sorted({*(step for step in MILESTONES if step <= longest), *reached}))
         report = write_report(table, task_dir / "report", name, reps, VERDICT_MODE, at)
-        controls = {
-            algo: arm_label("control").format(algo=algo) for algo in getattr(task.arms.get("control"), "budgets", {})
-        }
         configs = sorted(task_dir.glob("presets/*/omad/seed-*/config.json"))
         omad_config = json.loads(configs[0].read_text()) if configs else {}
         cost = cost_rows(run_costs(task_dir / "presets"), gpu_update_rates(GPU_CHECK, task.env, omad_config))

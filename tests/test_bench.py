@@ -169,7 +169,19 @@ def test_sample_efficiency_quick(tmp_path):
     assert all(arm["job_hours"] > 0 for arm in task["arms"].values())
     assert (tmp_path / task["report"]).exists()  # recorded relative to the study dir
     assert sorted(task["finals"]) == ["deterministic", "stochastic"]  # both evaluation modes
-    assert (tmp_path / "study.md").exists()
+    # the verdict's parts are wired to the arms' labels and the control budget's evaluations
+    heads = [line.split("**")[1] for line in task["verdict"]]
+    assert heads == [
+        "OMAD against its Gaussian ablation.",
+        "HASAC: its presets against OMAD's settings.",
+        "HATD3: its presets against OMAD's settings.",
+        "The paper's 2.5-5x.",
+        "A larger budget.",
+    ]
+    assert not any("Left out" in line for line in task["verdict"]), task["verdict"]
+    assert sorted(row["algo"] for row in task["cost"]) == ["hasac", "hatd3", "omad", "omad-gaussian"]
+    assert all(row["hours_gpu"] is None for row in task["cost"])  # the GPU check measured another env
+    assert "## Verdict" in (tmp_path / "study.md").read_text()
 
 
 def test_mutation_driver_imports_as_a_module():
