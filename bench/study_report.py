@@ -20,7 +20,7 @@ MILESTONES = (15_000, 30_000, 50_000)  # env steps the study gives every IQM at,
 VERDICT_MODE = "deterministic"  # as HARL evaluates; the stochastic mode stands beside it
 ABLATION = "omad-gaussian"
 PAPER_RATIOS = (2.5, 5.0)  # the sample-efficiency ratios the paper reports
-PROJECTED_STEPS = 1_000_000  # the budget per run the cost projection is made for
+PROJECTED_STEPS = 3_000_000  # the budget per run the cost projection is made for: the paper's, about 3M env steps
 PROJECTED_SEEDS = 5
 NAMES = {"omad": "OMAD", "omad-gaussian": "OMAD-Gaussian", "hasac": "HASAC", "hatd3": "HATD3"}
 GPU_CHECK = Path(__file__).parent / "results" / "gpu_check" / "second-run.json"  # its OMAD update rates
@@ -171,7 +171,8 @@ def verdict(report: dict, env: str, controls: dict[str, str], cost: list[dict]) 
         )
         lines.append(
             f"- **A larger budget.** {PROJECTED_SEEDS} seeds of each of the {len(cost)} algorithms at "
-            f"{PROJECTED_STEPS:,} env steps need about {here:,.0f} job-hours at the costs measured here "
+            f"{PROJECTED_STEPS:,} env steps, about the paper's budget, need about {here:,.0f} job-hours at the costs "
+            f"measured here "
             f"(the table below).{on_gpu}"
         )
     return lines

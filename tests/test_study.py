@@ -149,13 +149,13 @@ def test_cost_rows_project_a_run_from_median_interval_costs_by_hand(tmp_path):
     }
     rows = {row["algo"]: row for row in cost_rows(costs, {"omad": 500.0})}
     assert (rows["omad"]["runs"], rows["omad"]["intervals"]) == (2, 5)
-    # 1M steps: 1e6 / 5 = 200,000 s of updates + 4,000 s of the rest = 56.67 h
-    assert rows["omad"]["hours_here"] == pytest.approx(204_000 / 3600)
-    assert rows["omad"]["hours_gpu"] == pytest.approx((2_000 + 4_000) / 3600)  # 1e6 / 500 s of updates
-    assert rows["hasac"]["hours_here"] == pytest.approx(102_000 / 3600) and rows["hasac"]["hours_gpu"] is None
+    # 3M steps: 3e6 / 5 = 600,000 s of updates + 12,000 s of the rest = 170 h
+    assert rows["omad"]["hours_here"] == pytest.approx(612_000 / 3600)
+    assert rows["omad"]["hours_gpu"] == pytest.approx((6_000 + 12_000) / 3600)  # 3e6 / 500 s of updates
+    assert rows["hasac"]["hours_here"] == pytest.approx(306_000 / 3600) and rows["hasac"]["hours_gpu"] is None
     line = verdict(_report([0.5, 0.1, 0.9], None, None, [0.0, 0, 0], [1.0, 1.0, 1.0]), "E", {}, list(rows.values()))[-1]
-    assert "about 425 job-hours" in line  # 5 seeds x (56.67 + 28.33) h
-    assert "one OMAD run would take 1.7 h instead of 56.7 h" in line
+    assert "about 1,275 job-hours" in line  # 5 seeds x (170 + 85) h
+    assert "one OMAD run would take 5.0 h instead of 170.0 h" in line
 
     check = tmp_path / "gpu.json"
     rows_json = [{"updates_per_s": 60.0}, {"updates_per_s": 720.0}, {"updates_per_s": None}]
