@@ -118,27 +118,20 @@ def budgets(name: str, arm: str, steps: dict, quick: bool) -> dict[str, int]:
     return {algo: QUICK_STEPS if quick else steps.get((name, arm, algo), n) for algo, n in base.items()}
 
 
-def run_seconds(metrics: Path) -> tuple[dict[str, float], dict]:
-    """One run's training time per clock (`seconds_env`, `seconds_update`, ...) and its last evaluation
-    record, from its evaluation records: the time of the kept work (what a killed run did after its last
-    checkpoint is not counted). Each process's clocks start at 0, so a resumed run's clocks drop: that
-    starts a new segment, and the run's time is the sum of every segment's last record."""
-    total: dict[str, float] = {}
-    last: dict[str, float] = {}
-    row: dict = {}
-    for line in filter(str.strip, metrics.read_text().splitlines()):
-        row = json.loads(line)
-        now = {k: v for k, v in row.items() if k.startswith("seconds_")}
-        if any(v < last.get(k, 0.0) for k, v in now.items()):
-            total = {k: total.get(k, 0.0) + last.get(k, 0.0) for k in {*total, *last}}
-        last = now
-    return {k: total.get(k, 0.0) + last.get(k, 0.0) for k in {*total, *last}}, row
-
-
 def job_hours(task_dir: Path) -> float:
-    """The training time of every run under a dir (a task, or one of its arms), summed (`run_seconds`)."""
-    runs = (run_seconds(metrics)[0] for metrics in sorted(task_dir.rglob("seed-*/metrics.jsonl")))
-    return sum(sum(clocks.values()) for clocks in runs) / 3600
+    """The training time of every run under a dir (a task, or one of its arms), summed, from the runs'
+    evaluation records (the time of the kept work: what a killed run did after its last checkpoint is not
+    counted). Each process's clocks start at 0, so a resumed run's clocks drop: that starts a new segment."""
+    total = 0.0
+    for metrics in sorted(task_dir.rglob("seed-*/metrics.jsonl")):
+        last: dict[str, float] = {}
+        for line in filter(str.strip, metrics.read_text().splitlines()):
+            now = {k: v for k, v in json.loads(line).items() if k.startswith("seconds_")}
+            if any(v < last.get(k, 0.0) for k, v in now.items()):
+                total += sum(last.values())
+            last = now
+        total += sum(last.values())
+    return total / 3600
 
 
 def run_costs(arm_dir: Path) -> dict[str, list[list[tuple[float, float]]]]:

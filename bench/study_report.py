@@ -303,7 +303,7 @@ def write_study_report(root: Path, tasks: dict[str, Task], reps: int) -> dict:
                     f"One run of {PROJECTED_STEPS:,} env steps (one update per step) per algorithm at its presets, "
                     "projected from the costs this study's runs measured between evaluations: the median over "
                     "their intervals of updates per second of update time, and of the other seconds per env step "
-                    "(env steps, evaluations, checkpoints). The runs ran two at a time on two cores. The GPU "
+                    "(env steps, evaluations, checkpoints). The GPU "
                     "columns keep the other seconds and take the fastest OMAD update the GPU check measured at the "
                     "study's env, K and batch size (Performance, 'Measured on one H200'), where there is one."
                 ),
